@@ -1,0 +1,151 @@
+"""Async database access: one engine per service, PostgreSQL schema or SQLite file per service.
+
+PostgreSQL (asyncpg) puts each service in its own schema via ``search_path``; SQLite (aiosqlite)
+gives each service its own file. Alembic keeps one migration history per service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+log = logging.getLogger(__name__)
+
+
+class Database:
+    """The engine and session factory of one service's store."""
+
+    def __init__(self, url: str, schema: str, *, pool_size: int = 10) -> None:
+        self.url = url
+        self.schema = schema
+        sa_url = make_url(url)
+        self.is_postgres = sa_url.get_backend_name() == "postgresql"
+        self.is_sqlite = sa_url.get_backend_name() == "sqlite"
+        kwargs: dict[str, Any] = {}
+        if self.is_postgres:
+            kwargs["connect_args"] = {"server_settings": {"search_path": schema}}
+            kwargs["pool_size"] = pool_size
+            kwargs["max_overflow"] = pool_size
+            kwargs["pool_pre_ping"] = True
+        elif self.is_sqlite:
+            db_path = sa_url.database
+            if db_path and db_path != ":memory:":
+                Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            raise ValueError(f"unsupported database URL {sa_url.render_as_string()}")
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if self.is_sqlite:
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self.sessionmaker = async_sessionmaker(
+            self.engine,
+            class_=AsyncSession,
+            expire_on_commit=False,
+            info={"kiln_notify_channel": self.notify_channel()},
+        )
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        async with self.sessionmaker() as session:
+            yield session
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A session whose work commits on exit, or rolls back if the block raises."""
+        async with self.sessionmaker() as session, session.begin():
+            yield session
+
+    async def check(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+    async def migrate(self, script_location: Path) -> None:
+        """Bring this service's schema to the newest revision (safe with concurrent starters)."""
+        await asyncio.to_thread(_upgrade_in_thread, self.url, self.schema, script_location)
+
+    def notify_channel(self) -> str:
+        return f"kiln_outbox_{self.schema}"
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL lets the relay read while the API writes; busy_timeout rides out short write locks.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _upgrade_in_thread(url: str, schema: str, script_location: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(script_location))
+    cfg.attributes["kiln_url"] = url
+    cfg.attributes["kiln_schema"] = schema
+    sa_url = make_url(url)
+    if sa_url.get_backend_name() == "sqlite" and sa_url.database not in (None, "", ":memory:"):
+        lock_path = Path(f"{sa_url.database}.migrate.lock")
+        with lock_path.open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            command.upgrade(cfg, "head")
+    else:
+        command.upgrade(cfg, "head")
+
+
+def run_migrations_from_env() -> None:
+    """Body of every service's Alembic ``env.py``: migrate the schema named in the config."""
+    from alembic import context
+
+    cfg = context.config
+    url: str = cfg.attributes["kiln_url"]
+    schema: str = cfg.attributes["kiln_schema"]
+    asyncio.run(_run_async_migrations(context, url, schema))
+
+
+async def _run_async_migrations(context: Any, url: str, schema: str) -> None:
+    db = Database(url, schema, pool_size=1)
+    try:
+        async with db.engine.connect() as conn:
+            if db.is_postgres:
+                # Two processes of one service may start together: serialise their migrations.
+                lock_id = int.from_bytes(hashlib.sha256(schema.encode()).digest()[:7], "big")
+                await conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": lock_id})
+                await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+                await conn.commit()
+            try:
+                await conn.run_sync(_configure_and_run, context, schema if db.is_postgres else None)
+                await conn.commit()
+            finally:
+                if db.is_postgres:
+                    await conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": lock_id})
+                    await conn.commit()
+    finally:
+        await db.dispose()
+
+
+def _configure_and_run(sync_conn: Any, context: Any, schema: str | None) -> None:
+    context.configure(
+        connection=sync_conn,
+        target_metadata=None,
+        version_table_schema=schema,
+        transaction_per_migration=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()

@@ -1,0 +1,197 @@
+"""FastAPI app factory: health and readiness, request ids, tracing, metrics, problem+json."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from opentelemetry import trace
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlmodel.ext.asyncio.session import AsyncSession
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kiln_core.errors import PROBLEM_BASE, KilnError, PayloadTooLarge
+from kiln_core.telemetry import HTTP_REQUESTS, HTTP_SECONDS, extract_context, tracer
+
+if TYPE_CHECKING:
+    from kiln_core.service import ServiceRuntime
+
+log = logging.getLogger(__name__)
+PROBLEM_JSON = "application/problem+json"
+
+
+def problem_response(status: int, body: dict[str, Any]) -> JSONResponse:
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
+
+
+def _problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> JSONResponse:
+    body = {"type": PROBLEM_BASE + slug, "title": title, "status": status, "detail": detail}
+    body.update(extra)
+    return problem_response(status, body)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(KilnError)
+    async def kiln_error(request: Request, exc: KilnError) -> JSONResponse:
+        return problem_response(exc.status, exc.problem(instance=request.url.path))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}
+            for e in exc.errors()
+        ]
+        first = errors[0] if errors else {"field": "", "message": "invalid"}
+        return _problem(
+            422,
+            "validation-failed",
+            "Request validation failed",
+            f"{first['field']}: {first['message']}",
+            errors=errors,
+            instance=request.url.path,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+        return _problem(exc.status_code, slug, str(exc.detail), str(exc.detail),
+                        instance=request.url.path)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", extra={"path": request.url.path})
+        return _problem(500, "internal-error", "Internal error",
+                        "an unexpected error occurred; it has been logged",
+                        instance=request.url.path)
+
+
+class EdgeMiddleware:
+    """Request id, server span, metrics and the request size limit, as pure ASGI."""
+
+    def __init__(self, app: ASGIApp, service: str, max_body: int) -> None:
+        self.app = app
+        self.service = service
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode().lower(): v for k, v in scope.get("headers", [])}
+        request_id = headers.get("x-request-id", b"").decode()[:128] or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            err = PayloadTooLarge(f"request body exceeds {self.max_body} bytes")
+            await problem_response(413, err.problem())(scope, receive, send)
+            return
+        ctx = extract_context([(k, v) for k, v in headers.items()])
+        started = time.perf_counter()
+        status_holder = {"status": 500}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + [
+                    (b"x-request-id", request_id.encode())
+                ]
+            await send(message)
+
+        path = scope.get("path", "")
+        with tracer("kiln.http").start_as_current_span(
+            f"{scope.get('method')} {path}",
+            context=ctx,
+            kind=trace.SpanKind.SERVER,
+            attributes={"http.request.method": scope.get("method", ""), "url.path": path,
+                        "kiln.service": self.service, "kiln.request_id": request_id},
+        ) as span:
+            try:
+                await self.app(scope, receive, send_wrapper)
+            finally:
+                route = scope.get("route")
+                route_path = getattr(route, "path", "unmatched")
+                status = status_holder["status"]
+                span.set_attribute("http.response.status_code", status)
+                HTTP_REQUESTS.labels(self.service, scope.get("method"), route_path, status).inc()
+                HTTP_SECONDS.labels(self.service, route_path).observe(time.perf_counter() - started)
+
+
+def get_runtime(request: Request) -> ServiceRuntime:
+    return request.app.state.runtime  # type: ignore[no-any-return]
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with get_runtime(request).db.session() as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+def create_app(
+    runtime: ServiceRuntime,
+    *,
+    background: list[Callable[[asyncio.Event], Awaitable[None]]] | None = None,
+) -> FastAPI:
+    """The app of one service: its routers plus /healthz, /readyz and /metrics."""
+    spec = runtime.spec
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(job(stop)) for job in (background or [])]
+        try:
+            yield
+        finally:
+            stop.set()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await runtime.stop()
+
+    app = FastAPI(
+        title=f"Kiln {spec.name} service",
+        description=spec.description,
+        version="0.1.0",
+        lifespan=lifespan,
+        responses={
+            "4XX": {"description": "Problem details (RFC 9457)", "content": {PROBLEM_JSON: {}}}
+        },
+    )
+    app.state.runtime = runtime
+    app.state.settings = runtime.settings
+    install_error_handlers(app)
+    app.add_middleware(EdgeMiddleware, service=spec.name, max_body=runtime.settings.max_request_bytes)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "alive", "service": spec.name}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> Response:
+        checks = await runtime.check_dependencies()
+        ready = all(v == "ok" for v in checks.values())
+        if ready:
+            return JSONResponse({"status": "ready", "service": spec.name, "checks": checks})
+        return _problem(503, "not-ready", "Dependencies unavailable",
+                        ", ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok"),
+                        checks=checks)
+
+    @app.get("/metrics", tags=["health"], include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    for router in spec.routers:
+        app.include_router(router)
+    return app

@@ -1,0 +1,236 @@
+"""Transactional outbox: an event row is written in the same transaction as the state change,
+and a relay publishes pending rows to the bus and marks them published.
+
+Several relays may run at once: each claims rows with ``FOR UPDATE SKIP LOCKED``. On PostgreSQL
+the relay wakes on ``NOTIFY`` sent by the writing transaction at commit; on SQLite it polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+from sqlalchemy import BigInteger, Column, DateTime, Integer, String, Text, text, update
+from sqlalchemy.engine import make_url
+from sqlmodel import Field, SQLModel, col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from kiln_core.bus import Bus, OutgoingRecord
+from kiln_core.db import Database
+from kiln_core.events import CloudEvent
+from kiln_core.telemetry import EVENTS_PUBLISHED, inject_headers
+
+log = logging.getLogger(__name__)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class OutboxEvent(SQLModel, table=True):
+    __tablename__ = "outbox"
+
+    position: int | None = Field(
+        default=None,
+        sa_column=Column(
+            BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+        ),
+    )
+    event_id: str = Field(sa_column=Column(String(64), unique=True, nullable=False))
+    event_type: str = Field(sa_column=Column(String(200), nullable=False))
+    topic: str = Field(sa_column=Column(String(200), nullable=False))
+    key: str | None = Field(default=None, sa_column=Column(String(300)))
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    headers: str = Field(default="[]", sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(
+        default_factory=_utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+    published_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    publish_count: int = Field(default=0, sa_column=Column(Integer, nullable=False, default=0))
+
+
+def create_outbox_table(op: Any) -> None:
+    """Migration step every service's first revision runs."""
+    import sqlalchemy as sa
+
+    op.create_table(
+        "outbox",
+        sa.Column(
+            "position",
+            sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
+        sa.Column("event_id", sa.String(64), nullable=False, unique=True),
+        sa.Column("event_type", sa.String(200), nullable=False),
+        sa.Column("topic", sa.String(200), nullable=False),
+        sa.Column("key", sa.String(300)),
+        sa.Column("payload", sa.Text, nullable=False),
+        sa.Column("headers", sa.Text, nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("published_at", sa.DateTime(timezone=True)),
+        sa.Column("publish_count", sa.Integer, nullable=False, server_default="0"),
+    )
+    # The relay only ever scans unpublished rows; keep that scan small.
+    op.create_index(
+        "ix_outbox_pending",
+        "outbox",
+        ["position"],
+        postgresql_where=sa.text("published_at IS NULL"),
+        sqlite_where=sa.text("published_at IS NULL"),
+    )
+
+
+async def add_event(session: AsyncSession, event: CloudEvent) -> None:
+    """Stage ``event`` for publication in the caller's transaction."""
+    headers = [(k, v.decode()) for k, v in inject_headers()]
+    headers += [("ce_id", event.id), ("ce_type", event.type)]
+    session.add(
+        OutboxEvent(
+            event_id=event.id,
+            event_type=event.type,
+            topic=event.topic,
+            key=event.key,
+            payload=event.model_dump_json(exclude_none=True),
+            headers=json.dumps(headers),
+        )
+    )
+    channel = session.info.get("kiln_notify_channel")
+    if channel and session.bind is not None and session.bind.dialect.name == "postgresql":
+        # Delivered to LISTENers only when this transaction commits.
+        await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": channel})
+
+
+def _to_record(row: OutboxEvent) -> OutgoingRecord:
+    headers = tuple((k, v.encode()) for k, v in json.loads(row.headers))
+    return OutgoingRecord(
+        topic=row.topic,
+        value=row.payload.encode(),
+        key=row.key.encode() if row.key is not None else None,
+        headers=headers,
+    )
+
+
+class OutboxRelay:
+    """Publishes pending outbox rows of one service's database, in commit order."""
+
+    def __init__(
+        self,
+        db: Database,
+        bus: Bus,
+        *,
+        service: str,
+        batch_size: int = 500,
+        poll_interval_s: float = 0.02,
+        fallback_interval_s: float = 1.0,
+        retention: timedelta = timedelta(days=7),
+    ) -> None:
+        self.db = db
+        self.bus = bus
+        self.service = service
+        self.batch_size = batch_size
+        self.poll_interval_s = poll_interval_s
+        self.fallback_interval_s = fallback_interval_s
+        self.retention = retention
+        self._wake = asyncio.Event()
+        # Fault-injection point for tests: runs after publishing, before rows are marked.
+        self.after_publish: Callable[[Sequence[OutboxEvent]], Awaitable[None]] | None = None
+
+    async def publish_pending(self) -> int:
+        """Publish one batch; returns how many rows it published."""
+        async with self.db.transaction() as session:
+            query = (
+                select(OutboxEvent)
+                .where(col(OutboxEvent.published_at).is_(None))
+                .order_by(col(OutboxEvent.position))
+                .limit(self.batch_size)
+            )
+            if self.db.is_postgres:
+                query = query.with_for_update(skip_locked=True)
+            rows = list((await session.exec(query)).all())
+            if not rows:
+                return 0
+            await self.bus.publish_many([_to_record(r) for r in rows])
+            if self.after_publish is not None:
+                await self.after_publish(rows)
+            await session.exec(
+                update(OutboxEvent)  # type: ignore[call-overload]
+                .where(col(OutboxEvent.position).in_([r.position for r in rows]))
+                .values(published_at=_utcnow(), publish_count=OutboxEvent.publish_count + 1)
+            )
+        for row in rows:
+            EVENTS_PUBLISHED.labels(self.service, row.topic).inc()
+        return len(rows)
+
+    async def drain(self) -> int:
+        total = 0
+        while True:
+            n = await self.publish_pending()
+            total += n
+            if n < self.batch_size:
+                return total
+
+    async def prune(self) -> int:
+        """Delete rows published longer ago than the retention period."""
+        from sqlalchemy import delete
+
+        cutoff = _utcnow() - self.retention
+        async with self.db.transaction() as session:
+            result = await session.exec(
+                delete(OutboxEvent).where(col(OutboxEvent.published_at) < cutoff)  # type: ignore[call-overload]
+            )
+            return int(result.rowcount or 0)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        listener = await self._listen() if self.db.is_postgres else None
+        interval = self.fallback_interval_s if listener is not None else self.poll_interval_s
+        last_prune = 0.0
+        loop = asyncio.get_running_loop()
+        try:
+            while not stop.is_set():
+                try:
+                    await self.drain()
+                except Exception:  # noqa: BLE001 - keep relaying; rows stay pending
+                    log.exception("outbox relay batch failed; retrying", extra={"service": self.service})
+                    await asyncio.sleep(min(5.0, interval * 10 + 0.5))
+                if loop.time() - last_prune > 600:
+                    last_prune = loop.time()
+                    try:
+                        await self.prune()
+                    except Exception:  # noqa: BLE001
+                        log.warning("outbox prune failed", exc_info=True)
+                self._wake.clear()
+                stop_wait = asyncio.ensure_future(stop.wait())
+                wake_wait = asyncio.ensure_future(self._wake.wait())
+                await asyncio.wait(
+                    [stop_wait, wake_wait], timeout=interval, return_when=asyncio.FIRST_COMPLETED
+                )
+                stop_wait.cancel()
+                wake_wait.cancel()
+        finally:
+            if listener is not None:
+                await listener.close()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _listen(self) -> asyncpg.Connection | None:
+        url = make_url(self.db.url)
+        try:
+            conn = await asyncpg.connect(
+                host=url.host,
+                port=url.port or 5432,
+                user=url.username,
+                password=url.password,
+                database=url.database,
+            )
+            await conn.add_listener(self.db.notify_channel(), lambda *_: self._wake.set())
+            return conn
+        except Exception:  # noqa: BLE001 - fall back to polling rather than stop relaying
+            log.warning("LISTEN failed; outbox relay falls back to polling", exc_info=True)
+            return None

@@ -1,0 +1,120 @@
+"""What a service is (``ServiceSpec``) and the adapters one process wires for it
+(``ServiceRuntime``): the only place that turns configuration into real implementations."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import APIRouter
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from kiln_core.bus import Bus, open_bus
+from kiln_core.db import Database
+from kiln_core.events import CloudEvent, EventData, new_event
+from kiln_core.inbox import EventHandler, InboxConsumer
+from kiln_core.outbox import OutboxRelay, add_event
+from kiln_core.settings import Settings, get_settings
+from kiln_core.storage import ObjectStore, open_store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServiceSpec:
+    """A service's parts: routes, event handlers, and its own Alembic history."""
+
+    name: str
+    description: str
+    migrations: Path
+    routers: list[APIRouter] = field(default_factory=list)
+    handlers: dict[str, EventHandler] = field(default_factory=dict)
+    # Extra long-running loops of the event process (schedulers, watchers), beside the inbox.
+    workers: list[Callable[[ServiceRuntime, asyncio.Event], object]] = field(default_factory=list)
+
+
+class ServiceRuntime:
+    """Database, bus and object store of one service in one process."""
+
+    def __init__(self, spec: ServiceSpec, settings: Settings | None = None) -> None:
+        self.spec = spec
+        self.settings = settings or get_settings()
+        s = self.settings
+        self.db = Database(s.resolve(s.database_url, spec.name), schema=spec.name)
+        self.bus: Bus = open_bus(s.resolve(s.bus_url, spec.name))
+        self.store: ObjectStore = open_store(s.resolve(s.storage_url, spec.name))
+        self.relay = OutboxRelay(
+            self.db,
+            self.bus,
+            service=spec.name,
+            batch_size=s.relay_batch_size,
+            poll_interval_s=s.relay_poll_interval_s,
+            fallback_interval_s=s.relay_fallback_interval_s,
+        )
+        self.inbox = InboxConsumer(
+            spec.name,
+            self.db,
+            self.bus,
+            spec.handlers,
+            max_attempts=s.consumer_max_attempts,
+            backoff_initial_s=s.consumer_backoff_initial_s,
+            backoff_max_s=s.consumer_backoff_max_s,
+        )
+        self._started = False
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    async def start(self, *, migrate: bool = True) -> None:
+        if self._started:
+            return
+        if migrate:
+            await self.db.migrate(self.spec.migrations)
+        await self.bus.start()
+        self._started = True
+
+    async def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        await self.bus.stop()
+        await self.db.dispose()
+
+    async def emit(self, session: AsyncSession, data: EventData, subject: str) -> CloudEvent:
+        """Stage an event in ``session``'s transaction and wake this process's relay."""
+        event = new_event(data, subject)
+        await add_event(session, event)
+        self.relay.wake()
+        return event
+
+    async def run_relay(self, stop: asyncio.Event) -> None:
+        await self.relay.run(stop)
+
+    async def run_inbox(self, stop: asyncio.Event) -> None:
+        if not self.spec.handlers:
+            await stop.wait()
+            return
+        await self.inbox.run(stop)
+
+    async def run_events(self, stop: asyncio.Event) -> None:
+        """The event process: inbox consumer, outbox relay and the service's own workers."""
+        jobs = [self.run_inbox(stop), self.run_relay(stop)]
+        jobs += [worker(self, stop) for worker in self.spec.workers]  # type: ignore[misc]
+        await asyncio.gather(*jobs)
+
+    async def check_dependencies(self, timeout_s: float = 3.0) -> dict[str, str]:
+        async def probe(check: Callable[[], object]) -> str:
+            try:
+                await asyncio.wait_for(check(), timeout_s)  # type: ignore[arg-type]
+                return "ok"
+            except Exception as exc:  # noqa: BLE001 - reported, not raised
+                return f"{type(exc).__name__}: {exc}"[:300]
+
+        db, bus, store = await asyncio.gather(
+            probe(self.db.check), probe(self.bus.check), probe(self.store.check)
+        )
+        return {"database": db, "bus": bus, "store": store}

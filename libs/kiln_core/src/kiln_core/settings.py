@@ -1,0 +1,67 @@
+"""One settings object per process, read from ``KILN_*`` environment variables.
+
+The scheme of each URL picks the implementation (see ``docs/`` and DESIGN.md):
+``KILN_DATABASE_URL`` postgresql+asyncpg:// or sqlite+aiosqlite://, ``KILN_BUS_URL`` kafka:// or
+embedded://, ``KILN_STORAGE_URL`` s3:// or file://, ``KILN_TRITON_URL`` grpc:// or managed://.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def kiln_home() -> Path:
+    """The directory that holds ``.kiln/`` state: ``KILN_HOME`` or the current directory."""
+    import os
+
+    return Path(os.environ.get("KILN_HOME") or Path.cwd()).resolve()
+
+
+def state_dir() -> Path:
+    return kiln_home() / ".kiln"
+
+
+class Settings(BaseSettings):
+    """Process configuration. Defaults are the embedded, zero-dependency setup."""
+
+    model_config = SettingsConfigDict(env_prefix="KILN_", extra="ignore")
+
+    # ``{service}`` in a URL is replaced by the service name, so one value serves all services
+    # in embedded mode (one SQLite file each) and in Postgres mode (one schema each).
+    database_url: str = "sqlite+aiosqlite:///{state}/data/{service}.db"
+    bus_url: str = "embedded://"
+    storage_url: str = "file://{state}/store"
+    celery_broker_url: str = "memory://"
+    triton_url: str = "managed://"
+    redis_url: str = "redis://127.0.0.1:56379/0"
+
+    jwt_secret: str = Field(default="kiln-dev-secret-change-me-0123456789", min_length=16)
+    jwt_algorithm: str = "HS256"
+    # Embedded quickstart runs without tokens; real deployments set KILN_AUTH_REQUIRED=true.
+    auth_required: bool = False
+
+    log_level: str = "INFO"
+    log_json: bool = True
+    trace_exporter: str = "none"  # none | console | memory
+
+    consumer_max_attempts: int = 5
+    consumer_backoff_initial_s: float = 0.05
+    consumer_backoff_max_s: float = 2.0
+    relay_batch_size: int = 500
+    relay_poll_interval_s: float = 0.02  # SQLite polling; Postgres wakes on NOTIFY
+    relay_fallback_interval_s: float = 1.0
+
+    max_request_bytes: int = 64 * 1024 * 1024
+
+    def resolve(self, url: str, service: str) -> str:
+        """Expand ``{service}`` and ``{state}`` placeholders in a configured URL."""
+        return url.replace("{service}", service).replace("{state}", str(state_dir()))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

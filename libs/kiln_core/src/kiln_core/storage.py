@@ -1,0 +1,284 @@
+"""Object storage: the S3 API (MinIO client) or a local directory, chosen by URL scheme.
+
+Blobs are content-addressed by SHA-256 (``blobs/sha256/ab/cdef…``): the same bytes are stored
+once. Writes are spooled through a temporary file while hashing and reads are streamed, so no
+large object is ever held in memory whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import parse_qs, unquote, urlsplit
+
+CHUNK = 1024 * 1024
+Source = bytes | BinaryIO | AsyncIterable[bytes] | Iterable[bytes]
+
+
+def blob_key(sha256: str) -> str:
+    return f"blobs/sha256/{sha256[:2]}/{sha256[2:]}"
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    sha256: str
+    size: int
+    key: str
+    created: bool  # False when identical bytes were already stored
+
+
+class ObjectStore(ABC):
+    url: str
+
+    async def put_blob(self, source: Source, *, max_bytes: int | None = None) -> BlobRef:
+        """Store bytes under their SHA-256; a second put of the same bytes stores nothing."""
+        spool, sha, size = await _spool(source, max_bytes=max_bytes)
+        try:
+            key = blob_key(sha)
+            created = False
+            if not await self.exists(key):
+                await self._put_file(key, spool, size)
+                created = True
+            return BlobRef(sha256=sha, size=size, key=key, created=created)
+        finally:
+            os.unlink(spool)
+
+    async def put(self, key: str, source: Source) -> int:
+        """Store bytes under ``key`` (replacing); returns the size."""
+        spool, _sha, size = await _spool(source)
+        try:
+            await self._put_file(key, spool, size)
+            return size
+        finally:
+            os.unlink(spool)
+
+    async def read_bytes(self, key: str) -> bytes:
+        """Whole object in memory: for small objects such as manifests only."""
+        return b"".join([chunk async for chunk in self.stream(key)])
+
+    @abstractmethod
+    async def _put_file(self, key: str, path: str, size: int) -> None: ...
+
+    @abstractmethod
+    def stream(self, key: str, chunk_size: int = CHUNK) -> AsyncIterator[bytes]: ...
+
+    @abstractmethod
+    async def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    async def size(self, key: str) -> int: ...
+
+    @abstractmethod
+    async def delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    async def list(self, prefix: str = "") -> list[str]: ...
+
+    @abstractmethod
+    async def check(self) -> None:
+        """Raise if the store is unreachable (``/readyz``)."""
+
+
+class ObjectNotFound(KeyError):
+    pass
+
+
+async def _spool(source: Source, *, max_bytes: int | None = None) -> tuple[str, str, int]:
+    """Copy ``source`` to a temporary file, hashing as it goes."""
+    from kiln_core.errors import PayloadTooLarge
+
+    digest = hashlib.sha256()
+    size = 0
+    fd, path = tempfile.mkstemp(prefix="kiln-spool-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            async for chunk in _chunks(source):
+                size += len(chunk)
+                if max_bytes is not None and size > max_bytes:
+                    raise PayloadTooLarge(f"object exceeds the limit of {max_bytes} bytes")
+                digest.update(chunk)
+                out.write(chunk)
+    except BaseException:
+        os.unlink(path)
+        raise
+    return path, digest.hexdigest(), size
+
+
+async def _chunks(source: Source) -> AsyncIterator[bytes]:
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = bytes(source)
+        for i in range(0, len(data), CHUNK):
+            yield data[i : i + CHUNK]
+    elif hasattr(source, "read"):
+        while chunk := await asyncio.to_thread(source.read, CHUNK):  # type: ignore[union-attr]
+            yield chunk
+    elif hasattr(source, "__aiter__"):
+        async for chunk in source:  # type: ignore[union-attr]
+            yield chunk
+    else:
+        for chunk in source:  # type: ignore[union-attr]
+            yield chunk
+
+
+class LocalStore(ObjectStore):
+    """``file:///abs/dir`` — objects are files; writes land by atomic rename."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.root = Path(unquote(url.split("://", 1)[1])).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root not in path.parents:
+            raise ValueError(f"object key escapes the store: {key!r}")
+        return path
+
+    async def _put_file(self, key: str, path: str, size: int) -> None:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        await asyncio.to_thread(shutil.copyfile, path, tmp)
+        os.replace(tmp, target)
+
+    async def stream(self, key: str, chunk_size: int = CHUNK) -> AsyncIterator[bytes]:
+        path = self._path(key)
+        if not path.is_file():
+            raise ObjectNotFound(key)
+        with path.open("rb") as f:
+            while chunk := await asyncio.to_thread(f.read, chunk_size):
+                yield chunk
+
+    async def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    async def size(self, key: str) -> int:
+        path = self._path(key)
+        if not path.is_file():
+            raise ObjectNotFound(key)
+        return path.stat().st_size
+
+    async def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    async def list(self, prefix: str = "") -> list[str]:
+        out = []
+        for path in self.root.rglob("*"):
+            if path.is_file() and not path.name.endswith(".tmp"):
+                key = path.relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    out.append(key)
+        return sorted(out)
+
+    async def check(self) -> None:
+        if not os.access(self.root, os.W_OK):
+            raise OSError(f"store directory {self.root} is not writable")
+
+
+class S3Store(ObjectStore):
+    """``s3://ACCESS:SECRET@host:port/bucket?secure=false&region=us-east-1``."""
+
+    def __init__(self, url: str) -> None:
+        from minio import Minio
+
+        self.url = url
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        self.bucket = parts.path.strip("/")
+        if not self.bucket:
+            raise ValueError("s3 storage URL needs a bucket: s3://key:secret@host:port/bucket")
+        secure = query.get("secure", ["true"])[0].lower() in ("1", "true", "yes")
+        self.client = Minio(
+            f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname),
+            access_key=unquote(parts.username or ""),
+            secret_key=unquote(parts.password or ""),
+            secure=secure,
+            region=query.get("region", [None])[0],
+        )
+        self._bucket_ready = False
+
+    async def _ensure_bucket(self) -> None:
+        if not self._bucket_ready:
+            if not await asyncio.to_thread(self.client.bucket_exists, self.bucket):
+                try:
+                    await asyncio.to_thread(self.client.make_bucket, self.bucket)
+                except Exception:  # noqa: BLE001 - a concurrent creator may have won
+                    if not await asyncio.to_thread(self.client.bucket_exists, self.bucket):
+                        raise
+            self._bucket_ready = True
+
+    async def _put_file(self, key: str, path: str, size: int) -> None:
+        await self._ensure_bucket()
+        await asyncio.to_thread(self.client.fput_object, self.bucket, key, path)
+
+    async def stream(self, key: str, chunk_size: int = CHUNK) -> AsyncIterator[bytes]:
+        from minio.error import S3Error
+
+        await self._ensure_bucket()
+        try:
+            resp = await asyncio.to_thread(self.client.get_object, self.bucket, key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject"):
+                raise ObjectNotFound(key) from None
+            raise
+        try:
+            while chunk := await asyncio.to_thread(resp.read, chunk_size):
+                yield chunk
+        finally:
+            resp.close()
+            resp.release_conn()
+
+    async def exists(self, key: str) -> bool:
+        try:
+            await self.size(key)
+            return True
+        except ObjectNotFound:
+            return False
+
+    async def size(self, key: str) -> int:
+        from minio.error import S3Error
+
+        await self._ensure_bucket()
+        try:
+            stat = await asyncio.to_thread(self.client.stat_object, self.bucket, key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+                raise ObjectNotFound(key) from None
+            raise
+        return int(stat.size or 0)
+
+    async def delete(self, key: str) -> None:
+        await self._ensure_bucket()
+        await asyncio.to_thread(self.client.remove_object, self.bucket, key)
+
+    async def list(self, prefix: str = "") -> list[str]:
+        await self._ensure_bucket()
+
+        def _list() -> list[str]:
+            return sorted(
+                o.object_name
+                for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
+                if o.object_name
+            )
+
+        return await asyncio.to_thread(_list)
+
+    async def check(self) -> None:
+        await self._ensure_bucket()
+
+
+def open_store(url: str) -> ObjectStore:
+    scheme = url.split("://", 1)[0]
+    if scheme == "file":
+        return LocalStore(url)
+    if scheme == "s3":
+        return S3Store(url)
+    raise ValueError(f"unsupported storage URL scheme {scheme!r} (use s3:// or file://)")

@@ -1,0 +1,139 @@
+"""Tracing, metrics and logs: OpenTelemetry traces carried through Kafka headers, Prometheus
+metrics, and JSON logs that carry the trace id."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import (
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+)
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from prometheus_client import Counter, Histogram
+
+_propagator = TraceContextTextMapPropagator()
+_provider: TracerProvider | None = None
+memory_exporter: InMemorySpanExporter | None = None
+
+EVENTS_PUBLISHED = Counter(
+    "kiln_events_published_total", "Outbox events published to the bus", ["service", "topic"]
+)
+EVENTS_HANDLED = Counter(
+    "kiln_events_handled_total",
+    "Events taken by an inbox consumer, by outcome (applied, duplicate, ignored, dead_lettered, retried)",
+    ["consumer", "outcome"],
+)
+EVENT_HANDLE_SECONDS = Histogram(
+    "kiln_event_handle_seconds", "Time to apply one event in its transaction", ["consumer"]
+)
+HTTP_REQUESTS = Counter(
+    "kiln_http_requests_total", "HTTP requests", ["service", "method", "route", "status"]
+)
+HTTP_SECONDS = Histogram("kiln_http_request_seconds", "HTTP latency", ["service", "route"])
+
+
+def setup_tracing(service: str, exporter: str = "none") -> TracerProvider:
+    """Install one tracer provider per process (idempotent); ``exporter`` none|console|memory."""
+    global _provider, memory_exporter
+    if _provider is not None:
+        return _provider
+    provider = TracerProvider(resource=Resource.create({"service.name": f"kiln-{service}"}))
+    span_exporter: SpanExporter | None = None
+    if exporter == "console":
+        span_exporter = ConsoleSpanExporter(out=sys.stderr)
+    elif exporter == "memory":
+        memory_exporter = InMemorySpanExporter()
+        span_exporter = memory_exporter
+    if span_exporter is not None:
+        provider.add_span_processor(SimpleSpanProcessor(span_exporter))
+    trace.set_tracer_provider(provider)
+    _provider = provider
+    return provider
+
+
+def tracer(name: str = "kiln") -> trace.Tracer:
+    return trace.get_tracer(name)
+
+
+def inject_headers(ctx: Context | None = None) -> list[tuple[str, bytes]]:
+    """W3C trace context of the current (or given) span as Kafka record headers."""
+    carrier: dict[str, str] = {}
+    _propagator.inject(carrier, context=ctx)
+    return [(k, v.encode()) for k, v in carrier.items()]
+
+
+def extract_context(headers: Iterable[tuple[str, bytes]]) -> Context:
+    carrier = {k: v.decode(errors="replace") for k, v in headers if k in ("traceparent", "tracestate")}
+    return _propagator.extract(carrier)
+
+
+def trace_id_of(ctx: Context | None = None) -> str | None:
+    span = trace.get_current_span(ctx)
+    sc = span.get_span_context()
+    if not sc.is_valid:
+        return None
+    return format(sc.trace_id, "032x")
+
+
+def attach(ctx: Context) -> object:
+    return otel_context.attach(ctx)
+
+
+def detach(token: object) -> None:
+    otel_context.detach(token)  # type: ignore[arg-type]
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line with the active trace and span ids."""
+
+    _skip = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "service": self.service,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        sc = trace.get_current_span().get_span_context()
+        if sc.is_valid:
+            out["trace_id"] = format(sc.trace_id, "032x")
+            out["span_id"] = format(sc.span_id, "016x")
+        for key, value in vars(record).items():
+            if key not in self._skip and not key.startswith("_"):
+                out[key] = value
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup_logging(service: str, level: str = "INFO", as_json: bool = True) -> None:
+    """The one logging setup of a process."""
+    handler = logging.StreamHandler(sys.stderr)
+    if as_json:
+        handler.setFormatter(JsonFormatter(service))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("aiokafka", "kafka", "alembic", "uvicorn.access", "httpx"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,14 @@
+"""The dataset service's parts: routes, event handlers, migrations."""
+
+from pathlib import Path
+
+from kiln_core.ping import ping_handlers, ping_router
+from kiln_core.service import ServiceSpec
+
+SERVICE = ServiceSpec(
+    name="dataset",
+    description="Datasets, immutable versions, content-addressed items, splits, lineage, augmentation and quality reports.",
+    migrations=Path(__file__).parent / "migrations",
+    routers=[ping_router("dataset")],
+    handlers={**ping_handlers("dataset")},
+)

@@ -1,0 +1,14 @@
+"""The registry service's parts: routes, event handlers, migrations."""
+
+from pathlib import Path
+
+from kiln_core.ping import ping_handlers, ping_router
+from kiln_core.service import ServiceSpec
+
+SERVICE = ServiceSpec(
+    name="registry",
+    description="Registered models, versions, aliases and stages, lineage, audit log and promotion policies.",
+    migrations=Path(__file__).parent / "migrations",
+    routers=[ping_router("registry")],
+    handlers={**ping_handlers("registry")},
+)

@@ -1,0 +1,14 @@
+"""The training service's parts: routes, event handlers, migrations."""
+
+from pathlib import Path
+
+from kiln_core.ping import ping_handlers, ping_router
+from kiln_core.service import ServiceSpec
+
+SERVICE = ServiceSpec(
+    name="training",
+    description="Training jobs, trials, quotas, the fair-share queue, checkpoints and metrics history.",
+    migrations=Path(__file__).parent / "migrations",
+    routers=[ping_router("training")],
+    handlers={**ping_handlers("training")},
+)
