@@ -1,0 +1,200 @@
+"""The ``kiln`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kiln_core.events import SERVICES
+
+app = typer.Typer(help="Kiln: an AI model training platform.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+events_app = typer.Typer(help="Event contract and dead-letter tools.", no_args_is_help=True)
+app.add_typer(events_app, name="events")
+
+try:
+    from kiln_cli.infra import infra_app
+
+    app.add_typer(infra_app, name="infra", help="Install, start and check the local infrastructure.")
+except ImportError:  # pragma: no cover - infra module is optional while being developed
+    pass
+
+from kiln_cli.stack import stack_app  # noqa: E402
+
+app.add_typer(stack_app, name="stack", help="Run every service as its own processes.")
+
+ServiceArg = Annotated[str, typer.Argument(help=f"one of: {', '.join(SERVICES)}")]
+
+
+def _setup(service: str) -> None:
+    from kiln_core.settings import get_settings
+    from kiln_core.telemetry import setup_logging, setup_tracing
+
+    settings = get_settings()
+    setup_logging(service, settings.log_level, settings.log_json)
+    setup_tracing(service, settings.trace_exporter)
+
+
+def _runtime(service: str):  # type: ignore[no-untyped-def]
+    from kiln_cli.services import load_spec
+    from kiln_core.service import ServiceRuntime
+
+    try:
+        spec = load_spec(service)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return ServiceRuntime(spec)
+
+
+@app.command()
+def serve(
+    service: ServiceArg,
+    host: str = typer.Option("127.0.0.1", help="interface to bind"),
+    port: int = typer.Option(0, help="port (0 = the service's default)"),
+) -> None:
+    """Run a service's HTTP API (it migrates its schema first and relays its outbox)."""
+    import uvicorn
+
+    from kiln_cli.services import DEFAULT_PORTS
+    from kiln_core.http import create_app
+
+    runtime = _runtime(service)
+    _setup(service)
+    api = create_app(runtime, background=[runtime.run_relay])
+    uvicorn.run(api, host=host, port=port or DEFAULT_PORTS[service], log_config=None,
+                access_log=False)
+
+
+@app.command()
+def consume(service: ServiceArg) -> None:
+    """Run a service's event process: inbox consumer, outbox relay and its workers."""
+    runtime = _runtime(service)
+    _setup(service)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await runtime.start()
+        try:
+            await runtime.run_events(stop)
+        finally:
+            await runtime.stop()
+
+    asyncio.run(main())
+
+
+@app.command()
+def migrate(service: Annotated[str, typer.Argument(help="a service, or 'all'")] = "all") -> None:
+    """Bring service schemas to their newest revision."""
+    names = list(SERVICES) if service == "all" else [service]
+
+    async def main() -> None:
+        for name in names:
+            runtime = _runtime(name)
+            await runtime.db.migrate(runtime.spec.migrations)
+            await runtime.db.dispose()
+            typer.echo(f"{name}: migrated")
+
+    asyncio.run(main())
+
+
+@app.command()
+def demo(
+    timeout: float = typer.Option(30.0, help="seconds to wait for every service to answer"),
+) -> None:
+    """The main job on the embedded defaults: every service in one process, zero setup."""
+    from kiln_cli.demo import run_demo
+
+    _setup("demo")
+    result = asyncio.run(run_demo(timeout))
+    typer.echo(json.dumps(result))
+    if not result.get("ok"):
+        raise typer.Exit(1)
+
+
+@app.command()
+def token(
+    subject: str = typer.Option("dev", "--sub", help="user id"),
+    role: list[str] = typer.Option(["admin"], "--role", help="role (repeatable)"),
+    ttl: int = typer.Option(3600, help="seconds the token is valid"),
+) -> None:
+    """Mint a bearer token signed with KILN_JWT_SECRET (for local use and tests)."""
+    from kiln_core.auth import issue_token
+
+    try:
+        typer.echo(issue_token(subject, role, ttl_s=ttl))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+@events_app.command("replay")
+def events_replay(
+    topic: str = typer.Option(..., help="original topic, e.g. kiln.dataset"),
+    consumer: str = typer.Option(None, help="only events dead-lettered by this consumer"),
+    event_id: str = typer.Option(None, help="only this event id"),
+) -> None:
+    """Re-feed dead-lettered events of TOPIC (from TOPIC.dlq) to TOPIC."""
+    from kiln_core.bus import open_bus
+    from kiln_core.inbox import replay_dead_letters
+    from kiln_core.settings import get_settings
+
+    settings = get_settings()
+
+    async def main() -> list[dict[str, str]]:
+        bus = open_bus(settings.resolve(settings.bus_url, "cli"))
+        await bus.start()
+        try:
+            return await replay_dead_letters(bus, topic, consumer=consumer, event_id=event_id)
+        finally:
+            await bus.stop()
+
+    replayed = asyncio.run(main())
+    for item in replayed:
+        typer.echo(f"replayed {item.get('event_id') or '(no id)'} "
+                   f"(consumer {item.get('consumer')}: {item.get('reason')})")
+    typer.echo(json.dumps({"replayed": len(replayed)}))
+
+
+@events_app.command("schemas")
+def events_schemas(
+    out: Path = typer.Option(Path("docs/events"), help="where to write the JSON Schemas"),
+    check: bool = typer.Option(False, help="only check docs are current and compatible"),
+    allow_breaking: bool = typer.Option(False, help="write even a backward-incompatible change"),
+) -> None:
+    """Export every event type as JSON Schema plus one AsyncAPI 3.0 document."""
+    from kiln_cli.schemas import write_or_check
+
+    problems = write_or_check(out, check=check, allow_breaking=allow_breaking)
+    for p in problems:
+        typer.echo(p, err=True)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo("event schemas are current" if check else f"wrote event schemas to {out}")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def test(ctx: typer.Context) -> None:
+    """Install and start the local infrastructure, then run the whole test suite."""
+    from kiln_cli.infra import local_stack_env, up
+
+    up()
+    env = dict(os.environ)
+    for key, value in local_stack_env().items():
+        env.setdefault(key.replace("KILN_", "KILN_TEST_", 1), value)
+    cmd = [sys.executable, "-m", "pytest", *ctx.args]
+    typer.echo("+ " + " ".join(cmd))
+    raise typer.Exit(subprocess.call(cmd, env=env))
+
+
+if __name__ == "__main__":
+    app()

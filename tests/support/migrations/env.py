@@ -1,0 +1,3 @@
+from kiln_core.db import run_migrations_from_env
+
+run_migrations_from_env()
