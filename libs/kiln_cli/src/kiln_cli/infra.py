@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import fcntl
 import hashlib
@@ -33,9 +34,12 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from minio import Minio
 
 # --- Fixed addresses and credentials of the local stack (loopback only) -------------------------
 
@@ -150,6 +154,9 @@ def local_stack_env() -> dict[str, str]:
 # --- Process and command helpers -----------------------------------------------------------------
 
 
+_LOG_BANNER = "=== started by kiln infra"
+
+
 def _tail(paths: Sequence[Path], lines: int = 25) -> str:
     chunks = []
     for path in paths:
@@ -160,6 +167,8 @@ def _tail(paths: Sequence[Path], lines: int = 25) -> str:
                 text = handle.read().decode("utf-8", "replace")
         except OSError:
             continue
+        # Only this run's output: earlier starts appended to the same file behind a banner.
+        text = text.rpartition(_LOG_BANNER)[2]
         last = [line for line in text.splitlines() if line.strip()][-lines:]
         if last:
             chunks.append(f"--- last lines of {path} ---\n" + "\n".join(last))
@@ -295,7 +304,7 @@ def _open_log(path: Path) -> int:
             path.replace(path.with_name(path.name + ".1"))
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    os.write(fd, f"\n=== started by kiln infra at {stamp} ===\n".encode())
+    os.write(fd, f"\n{_LOG_BANNER} at {stamp} ===\n".encode())
     return fd
 
 
@@ -355,7 +364,9 @@ def _apt_install(component: str, packages: Sequence[str], echo: Echo) -> None:
             "run that as root (or install sudo) and retry"
         )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = [*prefix, "apt-get", "install", "-y", *packages]
+    # Wait for dpkg's lock instead of failing if another apt run (ours or the system's) holds it.
+    apt = [*prefix, "apt-get", "-o", "DPkg::Lock::Timeout=600"]
+    install = [*apt, "install", "-y", *packages]
     with _apt_lock:  # dpkg holds a global lock; parallel component installs would collide on it
         echo(f"{component}: installing {' '.join(packages)} with apt-get")
         try:
@@ -365,7 +376,7 @@ def _apt_install(component: str, packages: Sequence[str], echo: Echo) -> None:
             _run(
                 component,
                 "apt-get update",
-                [*prefix, "apt-get", "update"],
+                [*apt, "update"],
                 timeout=APT_TIMEOUT,
                 env=env,
             )
@@ -378,12 +389,16 @@ def _tcp_open(port: int, timeout: float = 1.0) -> bool:
     return False
 
 
-async def _http_get(url: str, timeout: float = 3.0) -> tuple[int, str]:
+# Loopback requests must never go through an http_proxy from the environment.
+_LOOPBACK_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+async def _http_get(url: str) -> tuple[int, str]:
     """GET with the stdlib: importing httpx (and the CLI deps it pulls in) is slow for a probe."""
 
     def get() -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
+            with _LOOPBACK_OPENER.open(url, timeout=3) as response:
                 return response.status, response.read().decode("utf-8", "replace")
         except urllib.error.HTTPError as exc:  # a non-2xx answer is still an answer
             return exc.code, exc.read().decode("utf-8", "replace")
@@ -1081,7 +1096,7 @@ class _MinIO(_Component):
         )
 
     @staticmethod
-    def client():  # -> minio.Minio
+    def client() -> Minio:
         import urllib3
         from minio import Minio
 
@@ -1159,12 +1174,10 @@ class _Triton(_Component):
     def install(self, echo: Echo) -> None:
         dist, libs = self._dist()
         stub = self._stub(dist)
+        backend = dist / "backends" / "python"
         sources = {
-            dist / "backends" / "python" / "libtriton_python.so": "libtriton_python.so",
-            dist
-            / "backends"
-            / "python"
-            / "triton_python_backend_utils.py": "triton_python_backend_utils.py",
+            backend / "libtriton_python.so": "libtriton_python.so",
+            backend / "triton_python_backend_utils.py": "triton_python_backend_utils.py",
             # The Python backend runs models in this stub, which embeds libpython: it must match
             # the interpreter whose packages (numpy, kiln) the models import.
             stub: "triton_python_backend_stub",
@@ -1176,6 +1189,11 @@ class _Triton(_Component):
                     f"(reinstall it with `uv sync --frozen --reinstall-package "
                     f"nvidia-pytriton`)"
                 )
+        if not (Path(sys.executable).parent / "python3").exists():
+            raise InfraError(
+                f"triton: {Path(sys.executable).parent} has no `python3`; the Python backend "
+                "stub finds its environment through it (run kiln from the project's .venv)"
+            )
         if importlib.util.find_spec("numpy") is None:
             raise InfraError(
                 "triton: numpy must be installed in the environment: Python-backend "
@@ -1210,18 +1228,12 @@ class _Triton(_Component):
         if env.get("LD_LIBRARY_PATH"):
             lib_dirs.append(env["LD_LIBRARY_PATH"])
         env["LD_LIBRARY_PATH"] = os.pathsep.join(lib_dirs)
-        # The embedded interpreter finds its prefix by looking up `python3` on PATH; putting the
-        # venv's bin first makes it pick up the venv (pyvenv.cfg, .pth files for the editable
-        # kiln packages). PYTHONPATH to site-packages is the fallback should that lookup land
-        # elsewhere, so numpy is importable either way.
+        # The stub's embedded interpreter ignores PYTHONPATH (checked: it never reaches its
+        # sys.path) and locates its prefix by looking `python3` up on PATH. Putting
+        # this interpreter's bin dir first makes it resolve the venv itself (pyvenv.cfg and the
+        # .pth files of the editable kiln packages), so models import numpy and kiln like we do.
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-        site_dirs = list(
-            dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
-        )
-        if env.get("PYTHONPATH"):
-            site_dirs.append(env["PYTHONPATH"])
-        env["PYTHONPATH"] = os.pathsep.join(site_dirs)
-        env.pop("PYTHONHOME", None)
+        env.pop("PYTHONHOME", None)  # defensively: a stray one would pick another stdlib
         # CPU only: there is no GPU on these boxes and CUDA probing only adds noise to the log.
         env.setdefault("CUDA_VISIBLE_DEVICES", "")
         return env
@@ -1319,7 +1331,14 @@ async def astatus(components: Sequence[str] | None = None) -> list[ComponentStat
 
 
 def status(components: Sequence[str] | None = None) -> list[ComponentStatus]:
-    return asyncio.run(astatus(components))
+    """Synchronous astatus(); also callable from code already running an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(astatus(components))
+    # asyncio.run() refuses to nest, so give the checks their own loop on a worker thread.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, astatus(components)).result()
 
 
 def _bring_up(component: _Component, echo: Echo) -> ComponentStatus:
@@ -1374,7 +1393,7 @@ def up(components: Sequence[str] | None = None, *, echo: Echo = print) -> list[C
         with lock:
             echo(line)
 
-    initial = asyncio.run(astatus([c.name for c in selected]))
+    initial = status([c.name for c in selected])
     results: dict[str, ComponentStatus] = {}
     errors: dict[str, BaseException] = {}
     threads = []
@@ -1453,12 +1472,11 @@ def up_command(
     """Install (once) and start the components, then wait until every one is healthy."""
     started = time.monotonic()
     try:
-        up(components, echo=typer.echo)
+        statuses = up(components, echo=typer.echo)
     except InfraError as exc:
         raise _fail(exc) from None
-    typer.echo(
-        f"local stack up in {time.monotonic() - started:.1f}s; `kiln infra env` prints the settings"
-    )
+    names = ", ".join(item.name for item in statuses)
+    typer.echo(f"up in {time.monotonic() - started:.1f}s: {names} (`kiln infra env` for settings)")
 
 
 @infra_app.command("status")
