@@ -185,9 +185,13 @@ def events_schemas(
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def test(ctx: typer.Context) -> None:
     """Install and start the local infrastructure, then run the whole test suite."""
-    from kiln_cli.infra import local_stack_env, up
+    from kiln_cli.infra import InfraError, local_stack_env, up
 
-    up()
+    try:
+        up()
+    except InfraError as exc:
+        typer.echo(f"kiln test: the infrastructure the tests need is not up:\n{exc}", err=True)
+        raise typer.Exit(2) from None
     env = dict(os.environ)
     for key, value in local_stack_env().items():
         env.setdefault(key.replace("KILN_", "KILN_TEST_", 1), value)

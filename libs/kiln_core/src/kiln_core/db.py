@@ -7,6 +7,7 @@ gives each service its own file. Alembic keeps one migration history per service
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import logging
@@ -17,7 +18,12 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 log = logging.getLogger(__name__)
@@ -37,7 +43,9 @@ class Database:
             kwargs["connect_args"] = {"server_settings": {"search_path": schema}}
             kwargs["pool_size"] = pool_size
             kwargs["max_overflow"] = pool_size
-            kwargs["pool_pre_ping"] = True
+            # No pre-ping round trip per checkout: a dead connection surfaces as a transient
+            # error, which the inbox redelivers and the relay retries.
+            kwargs["pool_recycle"] = 1800
         elif self.is_sqlite:
             db_path = sa_url.database
             if db_path and db_path != ":memory:":
@@ -46,6 +54,7 @@ class Database:
         else:
             raise ValueError(f"unsupported database URL {sa_url.render_as_string()}")
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        self._lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessionmaker = async_sessionmaker(
@@ -63,8 +72,21 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A session whose work commits on exit, or rolls back if the block raises."""
-        async with self.sessionmaker() as session, session.begin():
+        async with self._write_lock(), self.sessionmaker() as session, session.begin():
             yield session
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        """A Core connection in a transaction (for set-based work such as the outbox relay)."""
+        async with self._write_lock(), self.engine.begin() as conn:
+            yield conn
+
+    def _write_lock(self) -> asyncio.Lock | contextlib.nullcontext[None]:
+        # SQLite has one writer at a time and its busy handler sleeps; queueing writers of this
+        # process on a lock is far faster. PostgreSQL needs nothing of the sort.
+        if self._lock is None:
+            return contextlib.nullcontext()
+        return self._lock
 
     async def check(self) -> None:
         async with self.engine.connect() as conn:

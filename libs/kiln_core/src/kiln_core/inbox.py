@@ -17,7 +17,9 @@ from typing import Any
 
 from opentelemetry import trace
 from sqlalchemy import Column, DateTime, String
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlmodel import Field, SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -44,6 +46,9 @@ class InboxEntry(SQLModel, table=True):
         default_factory=lambda: datetime.now(UTC),
         sa_column=Column(DateTime(timezone=True), nullable=False),
     )
+
+
+INBOX = InboxEntry.__table__  # type: ignore[attr-defined]
 
 
 def create_inbox_table(op: Any) -> None:
@@ -83,8 +88,10 @@ class InboxConsumer:
         max_attempts: int = 5,
         backoff_initial_s: float = 0.05,
         backoff_max_s: float = 2.0,
+        batch_size: int = 200,
     ) -> None:
         self.name = name
+        self.batch_size = batch_size
         self.db = db
         self.bus = bus
         self.handlers = dict(handlers)
@@ -94,6 +101,8 @@ class InboxConsumer:
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.consumer: Consumer | None = None
+        insert_fn = pg_insert if db.is_postgres else sqlite_insert
+        self._claim = insert_fn(INBOX).on_conflict_do_nothing()
         # Fault-injection point for tests: runs after the DB commit, before the offset commit.
         self.after_commit: Callable[[CloudEvent], Awaitable[None]] | None = None
 
@@ -102,6 +111,81 @@ class InboxConsumer:
         from kiln_core.events import topic_for
 
         return topic_for(event_type)
+
+    async def handle_batch(self, records: list[Record]) -> None:
+        """Apply a polled batch in one transaction; fall back to one by one if any fails.
+
+        Under load this turns a handful of database round trips per event into a handful per
+        batch. Rejected records go to the DLQ first; the rest keep their order.
+        """
+        if len(records) == 1:
+            await self.handle_record(records[0])
+            return
+        decoded: list[tuple[Record, CloudEvent, EventData, EventHandler]] = []
+        for record in records:
+            try:
+                envelope, data = decode_event(record.value)
+            except EventRejected as exc:
+                await self.dead_letter(record, exc)
+                continue
+            handler = self.handlers.get(envelope.type)
+            if handler is None:
+                EVENTS_HANDLED.labels(self.name, "ignored").inc()
+                continue
+            decoded.append((record, envelope, data, handler))
+        if not decoded:
+            return
+        started = time.perf_counter()
+        try:
+            applied = await self._apply_batch(decoded)
+        except Exception as exc:
+            if _is_transient(exc):
+                raise
+            log.info("batch failed; applying its events one by one",
+                     extra={"consumer": self.name, "error": repr(exc)})
+            for record, *_ in decoded:
+                await self.handle_record(record)
+            return
+        elapsed = (time.perf_counter() - started) / len(decoded)
+        for _record, envelope, _data, _handler in decoded:
+            EVENT_HANDLE_SECONDS.labels(self.name).observe(elapsed)
+            EVENTS_HANDLED.labels(self.name,
+                                  "applied" if envelope.id in applied else "duplicate").inc()
+        if self.after_commit is not None:
+            for _record, envelope, _data, _handler in decoded:
+                if envelope.id in applied:
+                    await self.after_commit(envelope)
+
+    async def _apply_batch(
+        self, decoded: list[tuple[Record, CloudEvent, EventData, EventHandler]]
+    ) -> set[str]:
+        now = datetime.now(UTC)
+        rows = [
+            {"consumer": self.name, "event_id": e.id, "event_type": e.type, "processed_at": now}
+            for _r, e, _d, _h in decoded
+        ]
+        async with self.db.transaction() as session:
+            # One statement claims the whole batch; ids already claimed come back missing.
+            result = await session.execute(
+                self._claim.values(rows).returning(INBOX.c.event_id)
+            )
+            claimed = {row[0] for row in result}
+            applying: set[str] = set()
+            for record, envelope, data, handler in decoded:
+                if envelope.id not in claimed or envelope.id in applying:
+                    continue  # already applied, or the same event twice in one batch
+                applying.add(envelope.id)
+                with tracer("kiln.inbox").start_as_current_span(
+                    f"{self.name} handle {envelope.type}",
+                    context=extract_context(record.headers),
+                    kind=trace.SpanKind.CONSUMER,
+                    attributes={"messaging.system": "kafka",
+                                "messaging.destination.name": record.topic,
+                                "messaging.message.id": envelope.id,
+                                "kiln.consumer": self.name},
+                ):
+                    await handler(session, envelope, data)
+        return applying
 
     async def handle_record(self, record: Record) -> None:
         try:
@@ -163,20 +247,20 @@ class InboxConsumer:
 
     async def _apply_once(self, envelope: CloudEvent, data: EventData, handler: EventHandler) -> bool:
         """Run the handler and record the event in one transaction; False if already applied."""
-        try:
-            async with self.db.transaction() as session:
-                if await session.get(InboxEntry, (self.name, envelope.id)) is not None:
-                    return False
-                await handler(session, envelope, data)
-                session.add(
-                    InboxEntry(consumer=self.name, event_id=envelope.id, event_type=envelope.type)
-                )
-        except IntegrityError:
-            # Another member applied the same event concurrently; its transaction won.
-            async with self.db.session() as session:
-                if await session.get(InboxEntry, (self.name, envelope.id)) is not None:
-                    return False
-            raise
+        async with self.db.transaction() as session:
+            # Claim the event first: a concurrent claimer of the same id waits on this row and
+            # then finds it taken; an earlier claim means the event was already applied.
+            claimed = await session.execute(
+                self._claim.values(
+                    consumer=self.name,
+                    event_id=envelope.id,
+                    event_type=envelope.type,
+                    processed_at=datetime.now(UTC),
+                ).returning(INBOX.c.event_id)
+            )
+            if claimed.first() is None:
+                return False
+            await handler(session, envelope, data)
         return True
 
     async def dead_letter(self, record: Record, exc: BaseException, attempts: int = 1) -> None:
@@ -212,11 +296,12 @@ class InboxConsumer:
     async def run(self, stop: asyncio.Event) -> None:
         consumer = self.consumer or await self.start()
         try:
-            await consumer.run(
-                self.handle_record,
+            await consumer.run_batches(
+                self.handle_batch,
                 stop,
                 retry_backoff_s=self.backoff_initial_s,
                 max_backoff_s=self.backoff_max_s,
+                max_records=self.batch_size,
             )
         finally:
             await consumer.stop()

@@ -15,9 +15,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-from sqlalchemy import BigInteger, Column, DateTime, Integer, String, Text, text, update
+from sqlalchemy import BigInteger, Column, DateTime, Integer, String, Text, insert, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.engine import make_url
-from sqlmodel import Field, SQLModel, col, select
+from sqlmodel import Field, SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.bus import Bus, OutgoingRecord
@@ -84,29 +85,49 @@ def create_outbox_table(op: Any) -> None:
         postgresql_where=sa.text("published_at IS NULL"),
         sqlite_where=sa.text("published_at IS NULL"),
     )
+    if op.get_bind().dialect.name == "postgresql":
+        # Every insert wakes the relays of this schema at commit; writers cannot forget it.
+        op.execute(
+            """
+            CREATE OR REPLACE FUNCTION outbox_notify() RETURNS trigger AS $$
+            BEGIN
+                PERFORM pg_notify('kiln_outbox_' || TG_TABLE_SCHEMA, '');
+                RETURN NULL;
+            END $$ LANGUAGE plpgsql
+            """
+        )
+        op.execute(
+            "CREATE TRIGGER outbox_notify AFTER INSERT ON outbox "
+            "FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify()"
+        )
+
+
+OUTBOX = OutboxEvent.__table__  # type: ignore[attr-defined]
 
 
 async def add_event(session: AsyncSession, event: CloudEvent) -> None:
-    """Stage ``event`` for publication in the caller's transaction."""
+    """Stage ``event`` for publication in the caller's transaction.
+
+    On PostgreSQL a statement trigger NOTIFYs the relays when the transaction commits.
+    """
     headers = [(k, v.decode()) for k, v in inject_headers()]
     headers += [("ce_id", event.id), ("ce_type", event.type)]
-    session.add(
-        OutboxEvent(
+    # A Core insert, not an ORM add: this is on every write path, so keep it cheap.
+    await session.execute(
+        insert(OUTBOX).values(
             event_id=event.id,
             event_type=event.type,
             topic=event.topic,
             key=event.key,
             payload=event.model_dump_json(exclude_none=True),
             headers=json.dumps(headers),
+            created_at=_utcnow(),
+            publish_count=0,
         )
     )
-    channel = session.info.get("kiln_notify_channel")
-    if channel and session.bind is not None and session.bind.dialect.name == "postgresql":
-        # Delivered to LISTENers only when this transaction commits.
-        await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": channel})
 
 
-def _to_record(row: OutboxEvent) -> OutgoingRecord:
+def _to_record(row: Any) -> OutgoingRecord:
     headers = tuple((k, v.encode()) for k, v in json.loads(row.headers))
     return OutgoingRecord(
         topic=row.topic,
@@ -139,29 +160,31 @@ class OutboxRelay:
         self.retention = retention
         self._wake = asyncio.Event()
         # Fault-injection point for tests: runs after publishing, before rows are marked.
-        self.after_publish: Callable[[Sequence[OutboxEvent]], Awaitable[None]] | None = None
+        self.after_publish: Callable[[Sequence[Any]], Awaitable[None]] | None = None
 
     async def publish_pending(self) -> int:
         """Publish one batch; returns how many rows it published."""
-        async with self.db.transaction() as session:
-            query = (
-                select(OutboxEvent)
-                .where(col(OutboxEvent.published_at).is_(None))
-                .order_by(col(OutboxEvent.position))
-                .limit(self.batch_size)
-            )
-            if self.db.is_postgres:
-                query = query.with_for_update(skip_locked=True)
-            rows = list((await session.exec(query)).all())
+        c = OUTBOX.c
+        query = (
+            sa_select(c.position, c.topic, c.key, c.payload, c.headers)
+            .where(c.published_at.is_(None))
+            .order_by(c.position)
+            .limit(self.batch_size)
+        )
+        if self.db.is_postgres:
+            # Concurrent relays take disjoint rows instead of waiting on each other.
+            query = query.with_for_update(skip_locked=True)
+        async with self.db.begin() as conn:
+            rows = (await conn.execute(query)).all()
             if not rows:
                 return 0
             await self.bus.publish_many([_to_record(r) for r in rows])
             if self.after_publish is not None:
                 await self.after_publish(rows)
-            await session.exec(
-                update(OutboxEvent)  # type: ignore[call-overload]
-                .where(col(OutboxEvent.position).in_([r.position for r in rows]))
-                .values(published_at=_utcnow(), publish_count=OutboxEvent.publish_count + 1)
+            await conn.execute(
+                update(OUTBOX)
+                .where(c.position.in_([r.position for r in rows]))
+                .values(published_at=_utcnow(), publish_count=c.publish_count + 1)
             )
         for row in rows:
             EVENTS_PUBLISHED.labels(self.service, row.topic).inc()
@@ -180,10 +203,8 @@ class OutboxRelay:
         from sqlalchemy import delete
 
         cutoff = _utcnow() - self.retention
-        async with self.db.transaction() as session:
-            result = await session.exec(
-                delete(OutboxEvent).where(col(OutboxEvent.published_at) < cutoff)  # type: ignore[call-overload]
-            )
+        async with self.db.begin() as conn:
+            result = await conn.execute(delete(OUTBOX).where(OUTBOX.c.published_at < cutoff))
             return int(result.rowcount or 0)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -193,6 +214,8 @@ class OutboxRelay:
         loop = asyncio.get_running_loop()
         try:
             while not stop.is_set():
+                # Clear before draining: a wake-up that arrives mid-drain must not be lost.
+                self._wake.clear()
                 try:
                     await self.drain()
                 except Exception:  # noqa: BLE001 - keep relaying; rows stay pending
@@ -204,7 +227,6 @@ class OutboxRelay:
                         await self.prune()
                     except Exception:  # noqa: BLE001
                         log.warning("outbox prune failed", exc_info=True)
-                self._wake.clear()
                 stop_wait = asyncio.ensure_future(stop.wait())
                 wake_wait = asyncio.ensure_future(self._wake.wait())
                 await asyncio.wait(

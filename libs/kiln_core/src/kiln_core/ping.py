@@ -72,14 +72,14 @@ def ping_router(service: str) -> APIRouter:
         response_model=PingAccepted,
         dependencies=[require_roles("admin", "ml-engineer", "data-engineer")],
     )
-    async def send_ping(body: PingRequest, request: Request, session: SessionDep) -> PingAccepted:
+    async def send_ping(body: PingRequest, request: Request) -> PingAccepted:
         """Send a ping from this service to every other service (through the outbox)."""
         runtime = get_runtime(request)
         ping_id = uuid.uuid4().hex
         data = event_cls(
             ping_id=ping_id, origin=service, message=body.message, sent_at=datetime.now(UTC)
         )
-        async with session.begin():
+        async with runtime.db.transaction() as session:
             event = await runtime.emit(session, data, subject=ping_id)
         return PingAccepted(
             ping_id=ping_id, event_id=event.id, event_type=event.type, trace_id=trace_id_of()

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from kiln_core.bus.base import Bus, Consumer, Headers, OutgoingRecord, Record, RecordHandler
+from kiln_core.bus.base import (
+    BatchHandler,
+    Bus,
+    Consumer,
+    Headers,
+    OutgoingRecord,
+    Record,
+    RecordHandler,
+)
 
 
 def open_bus(url: str) -> Bus:
@@ -24,6 +32,7 @@ def dlq_topic(topic: str) -> str:
 
 
 __all__ = [
+    "BatchHandler",
     "Bus",
     "Consumer",
     "Headers",

@@ -41,6 +41,7 @@ class Record:
 
 
 RecordHandler = Callable[[Record], Awaitable[None]]
+BatchHandler = Callable[[list[Record]], Awaitable[None]]
 
 
 @dataclass
@@ -62,6 +63,7 @@ class Consumer(ABC):
         self.topics = list(topics)
         self.group_id = group_id
         self.stats = DeliveryStats()
+        self._commit_task: asyncio.Future[None] | None = None
 
     @abstractmethod
     async def start(self) -> None: ...
@@ -128,6 +130,71 @@ class Consumer(ABC):
                 backoff = min(backoff * 2, max_backoff_s)
             elif done:
                 backoff = retry_backoff_s
+
+
+    async def run_batches(
+        self,
+        handler: BatchHandler,
+        stop: asyncio.Event,
+        *,
+        retry_backoff_s: float = 0.05,
+        max_backoff_s: float = 2.0,
+        max_records: int = 500,
+    ) -> None:
+        """Like :meth:`run`, but hands over each polled batch whole.
+
+        The batch is committed after ``handler`` returns; if it raises, every partition of the
+        batch is rewound to its first record in the batch and the batch is redelivered.
+        """
+        backoff = retry_backoff_s
+        while not stop.is_set():
+            records = await self.poll(timeout_s=0.2, max_records=max_records)
+            if not records:
+                continue
+            try:
+                await handler(records)
+            except Exception as exc:  # noqa: BLE001 - any failure means redeliver the batch
+                self.stats.failed += 1
+                self.stats.errors.append(repr(exc))
+                log.warning("batch handler failed; batch will be redelivered",
+                            extra={"records": len(records), "error": repr(exc)})
+                await self.flush_commits()
+                firsts: dict[tuple[str, int], Record] = {}
+                for record in records:
+                    firsts.setdefault((record.topic, record.partition), record)
+                for record in firsts.values():
+                    await self.rewind(record)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, max_backoff_s)
+                continue
+            self.stats.delivered += len(records)
+            # The offset commit is a broker round trip; let it run while the next batch is
+            # polled and applied. Commits stay in order, and a lost one only means redelivery,
+            # which the inbox absorbs.
+            self._commit_later(records)
+            backoff = retry_backoff_s
+        await self.flush_commits()
+
+    def _commit_later(self, records: list[Record]) -> None:
+        previous = self._commit_task
+
+        async def commit_after_previous() -> None:
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
+            try:
+                await self.commit(records)
+                self.stats.committed += len(records)
+            except Exception as exc:  # noqa: BLE001 - redelivery is safe
+                log.warning("offset commit failed; records may be redelivered",
+                            extra={"error": repr(exc)})
+
+        self._commit_task = asyncio.ensure_future(commit_after_previous())
+
+    async def flush_commits(self) -> None:
+        """Wait for offset commits still in flight."""
+        if self._commit_task is not None:
+            await asyncio.gather(self._commit_task, return_exceptions=True)
+            self._commit_task = None
 
 
 class Bus(ABC):
