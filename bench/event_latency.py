@@ -57,8 +57,10 @@ def summary(name: str, latencies_ms: list[float], elapsed_s: float) -> dict[str,
         f"{name}_mean_ms": round(statistics.fmean(latencies_ms), 2),
         f"{name}_events_per_s": round(len(latencies_ms) / elapsed_s, 1),
     }
-    print(f"{name:>10}: " + ", ".join(f"{k.removeprefix(name + '_')}={v}" for k, v in out.items()),
-          file=sys.stderr)
+    print(
+        f"{name:>10}: " + ", ".join(f"{k.removeprefix(name + '_')}={v}" for k, v in out.items()),
+        file=sys.stderr,
+    )
     return out
 
 
@@ -105,7 +107,14 @@ async def outbox_to_handler(
     if separate_consumer:
         out = tempfile.mktemp(suffix=".json")
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "--consumer", db.url, db.schema, bus.url, str(events), out,
+            sys.executable,
+            __file__,
+            "--consumer",
+            db.url,
+            db.schema,
+            bus.url,
+            str(events),
+            out,
             stdout=asyncio.subprocess.PIPE,
         )
         assert proc.stdout is not None
@@ -213,7 +222,8 @@ async def main(events: int, rate: float) -> dict[str, Any]:
     lat, elapsed = await bare_kafka(events, rate)
     result.update(summary("bare_kafka", lat, elapsed))
     result["kafka_p99_over_bare_kafka_p99"] = round(
-        result["kafka_p99_ms"] / max(result["bare_kafka_p99_ms"], 0.001), 2)
+        result["kafka_p99_ms"] / max(result["bare_kafka_p99_ms"], 0.001), 2
+    )
     result["kafka_p99_target_ms"] = 50
     result["kafka_p99_meets_target"] = result["kafka_p99_ms"] < 50
     return result

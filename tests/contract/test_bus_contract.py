@@ -41,7 +41,9 @@ async def started(bus: Bus, topics: list[str], group: str) -> Consumer:
 
 async def test_records_of_one_key_arrive_in_order_with_headers(bus: Bus) -> None:
     records = [
-        OutgoingRecord(TOPIC, f"v{i}".encode(), b"aggregate-1", (("traceparent", b"t"), ("n", str(i).encode())))
+        OutgoingRecord(
+            TOPIC, f"v{i}".encode(), b"aggregate-1", (("traceparent", b"t"), ("n", str(i).encode()))
+        )
         for i in range(20)
     ]
     await bus.publish_many(records)
@@ -116,7 +118,10 @@ async def test_every_group_gets_every_record(bus: Bus) -> None:
     b = await started(bus, ["kiln.training"], f"gb-{uuid.uuid4().hex}")
     try:
         await bus.publish_many(
-            [OutgoingRecord("kiln.training", marker + str(i).encode(), str(i).encode()) for i in range(9)]
+            [
+                OutgoingRecord("kiln.training", marker + str(i).encode(), str(i).encode())
+                for i in range(9)
+            ]
         )
         got_a = [r for r in await drain(a, 9) if r.value.startswith(marker)]
         got_b = [r for r in await drain(b, 9) if r.value.startswith(marker)]
@@ -137,7 +142,10 @@ async def test_members_of_one_group_share_partitions_without_duplicates(bus: Bus
         await c1.wait_assigned()
         await c2.wait_assigned()
         await bus.publish_many(
-            [OutgoingRecord(TOPIC, marker + str(i).encode(), f"key-{i}".encode()) for i in range(60)]
+            [
+                OutgoingRecord(TOPIC, marker + str(i).encode(), f"key-{i}".encode())
+                for i in range(60)
+            ]
         )
         values: list[bytes] = []
 

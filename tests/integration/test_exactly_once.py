@@ -79,7 +79,9 @@ async def test_crash_after_db_commit_before_offset_commit_applies_once(pg_db, ka
 
     # A restarted member of the same group gets the uncommitted record again...
     restarted = InboxConsumer("t", pg_db, kafka, {PING.event_type: record_effect})
-    await run_until(restarted, lambda: restarted.consumer and restarted.consumer.stats.committed >= 1)
+    await run_until(
+        restarted, lambda: restarted.consumer and restarted.consumer.stats.committed >= 1
+    )
     # ...and its inbox row turns the redelivery into a no-op.
     assert await count_effects(pg_db, event.data["ping_id"]) == 1
 
@@ -99,7 +101,9 @@ async def test_relay_publishing_a_row_twice_still_gives_one_effect(pg_db, kafka:
     relay.after_publish = None
     assert await relay.drain() == 1  # the row was still pending, so it is published again
 
-    copies = [r for r in await read_topic(kafka, TOPIC, 2) if r.header("ce_id") == event.id.encode()]
+    copies = [
+        r for r in await read_topic(kafka, TOPIC, 2) if r.header("ce_id") == event.id.encode()
+    ]
     assert len(copies) == 2
 
     consumer = InboxConsumer("t", pg_db, kafka, {PING.event_type: record_effect})
@@ -129,10 +133,12 @@ async def test_poison_event_lands_in_dlq_with_reason_and_replays(pg_db, kafka: B
         await record_effect(session, event, data)
 
     poison = ping()
-    await kafka.publish(TOPIC, poison.to_bytes(), poison.key.encode(),
-                        (("ce_id", poison.id.encode()),))
-    consumer = InboxConsumer("t", pg_db, kafka, {PING.event_type: handler},
-                             max_attempts=3, backoff_initial_s=0.01)
+    await kafka.publish(
+        TOPIC, poison.to_bytes(), poison.key.encode(), (("ce_id", poison.id.encode()),)
+    )
+    consumer = InboxConsumer(
+        "t", pg_db, kafka, {PING.event_type: handler}, max_attempts=3, backoff_initial_s=0.01
+    )
     await run_until(consumer, lambda: consumer.consumer and consumer.consumer.stats.committed >= 1)
     assert await count_effects(pg_db) == 0
 
@@ -150,15 +156,19 @@ async def test_poison_event_lands_in_dlq_with_reason_and_replays(pg_db, kafka: B
     assert await count_effects(pg_db, poison.data["ping_id"]) == 1
 
 
-async def test_malformed_input_goes_to_dlq_while_the_consumer_keeps_going(pg_db, kafka: Bus) -> None:  # type: ignore[no-untyped-def]
+async def test_malformed_input_goes_to_dlq_while_the_consumer_keeps_going(
+    pg_db, kafka: Bus
+) -> None:  # type: ignore[no-untyped-def]
     good = ping()
     bad = [
         b"<xml>not a cloud event</xml>",
         b'{"specversion": "1.0", "id": "m1", "source": "/x", "type": "kiln.dataset.unknown.thing", "time": "2026-01-01T00:00:00Z"}',
         b'{"specversion": "1.0", "id": "m2", "source": "/x", "type": "kiln.dataset.ping.sent", "time": "2026-01-01T00:00:00Z", "data": {"ping_id": []}}',
     ]
-    await kafka.publish_many([OutgoingRecord(TOPIC, raw, b"k") for raw in bad]
-                             + [OutgoingRecord(TOPIC, good.to_bytes(), b"k")])
+    await kafka.publish_many(
+        [OutgoingRecord(TOPIC, raw, b"k") for raw in bad]
+        + [OutgoingRecord(TOPIC, good.to_bytes(), b"k")]
+    )
     consumer = InboxConsumer("t", pg_db, kafka, {PING.event_type: record_effect})
     await run_until(consumer, lambda: count_effects(pg_db, good.data["ping_id"]))
     dead = await read_topic(kafka, dlq_topic(TOPIC), 3)
@@ -176,8 +186,11 @@ async def test_outbox_notify_wakes_the_relay_without_polling(pg_db, kafka: Bus) 
     event = ping()
     async with pg_db.transaction() as session:
         await add_event(session, event)
-    got = [r for r in await read_topic(kafka, TOPIC, 1, timeout_s=10)
-           if r.header("ce_id") == event.id.encode()]
+    got = [
+        r
+        for r in await read_topic(kafka, TOPIC, 1, timeout_s=10)
+        if r.header("ce_id") == event.id.encode()
+    ]
     stop.set()
     await task
     assert len(got) == 1

@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
+
 from kiln_cli import infra
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,6 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -42,16 +41,29 @@ def stack(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
     bus_url, store_url = stack_url("bus_url"), stack_url("storage_url")
     require_service("Kafka", bus_url)
     require_service("MinIO", store_url)
-    env = {**os.environ, "KILN_DATABASE_URL": pg_url,
-           "KILN_BUS_URL": f"{bus_url}?namespace=t{uuid.uuid4().hex[:10]}",
-           "KILN_STORAGE_URL": store_url, "KILN_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "KILN_DATABASE_URL": pg_url,
+        "KILN_BUS_URL": f"{bus_url}?namespace=t{uuid.uuid4().hex[:10]}",
+        "KILN_STORAGE_URL": store_url,
+        "KILN_LOG_LEVEL": "WARNING",
+    }
     ports = {name: free_port() for name in SERVICES}
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     for name in SERVICES:
         for args in (["serve", name, "--port", str(ports[name])], ["consume", name]):
             log = (tmp_path / f"{name}-{args[0]}.log").open("wb")
-            procs.append((f"{name} {args[0]}", subprocess.Popen(
-                [sys.executable, "-m", "kiln_cli.main", *args], env=env, stdout=log, stderr=log)))
+            procs.append(
+                (
+                    f"{name} {args[0]}",
+                    subprocess.Popen(
+                        [sys.executable, "-m", "kiln_cli.main", *args],
+                        env=env,
+                        stdout=log,
+                        stderr=log,
+                    ),
+                )
+            )
     try:
         deadline = time.monotonic() + 90
         for name, port in ports.items():
@@ -63,8 +75,10 @@ def stack(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
                     pass
                 dead = [(n, p.returncode) for n, p in procs if p.poll() is not None]
                 if dead or time.monotonic() > deadline:
-                    logs = "\n".join(f"--- {f.name}\n{f.read_text()[-2000:]}"
-                                     for f in sorted(tmp_path.glob("*.log")))
+                    logs = "\n".join(
+                        f"--- {f.name}\n{f.read_text()[-2000:]}"
+                        for f in sorted(tmp_path.glob("*.log"))
+                    )
                     pytest.fail(f"{name} not ready (exited: {dead})\n{logs}")
                 time.sleep(0.2)
         yield ports
@@ -83,9 +97,16 @@ async def test_each_service_migrated_its_own_schema(stack: dict[str, int], pg_ur
     try:
         async with db.engine.connect() as conn:
             for name in SERVICES:
-                tables = set((await conn.execute(text(
-                    "SELECT table_name FROM information_schema.tables WHERE table_schema = :s"),
-                    {"s": name})).scalars())
+                tables = set(
+                    (
+                        await conn.execute(
+                            text(
+                                "SELECT table_name FROM information_schema.tables WHERE table_schema = :s"
+                            ),
+                            {"s": name},
+                        )
+                    ).scalars()
+                )
                 assert {"outbox", "inbox", "ping_received", "alembic_version"} <= tables, name
     finally:
         await db.dispose()
@@ -105,8 +126,9 @@ def test_ping_reaches_every_other_service_in_one_trace(stack: dict[str, int]) ->
         for name, port in stack.items():
             if name == "training" or name in received:
                 continue
-            rows = httpx.get(f"http://127.0.0.1:{port}/v1/pings/received",
-                             params={"ping_id": ping["ping_id"]}).json()
+            rows = httpx.get(
+                f"http://127.0.0.1:{port}/v1/pings/received", params={"ping_id": ping["ping_id"]}
+            ).json()
             if rows:
                 received[name] = rows[0]
         time.sleep(0.1)
@@ -114,6 +136,8 @@ def test_ping_reaches_every_other_service_in_one_trace(stack: dict[str, int]) ->
     assert {r["trace_id"] for r in received.values()} == {ping["trace_id"]}
     assert all(r["origin"] == "training" and r["message"] == "hello" for r in received.values())
     # the sender does not consume its own ping
-    own = httpx.get(f"http://127.0.0.1:{stack['training']}/v1/pings/received",
-                    params={"ping_id": ping["ping_id"]}).json()
+    own = httpx.get(
+        f"http://127.0.0.1:{stack['training']}/v1/pings/received",
+        params={"ping_id": ping["ping_id"]},
+    ).json()
     assert own == []

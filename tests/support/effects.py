@@ -15,8 +15,9 @@ from kiln_core.events import CloudEvent
 class Effect(SQLModel, table=True):
     __tablename__ = "effects"
 
-    id: int | None = Field(default=None, sa_column=Column(Integer, primary_key=True,
-                                                           autoincrement=True))
+    id: int | None = Field(
+        default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True)
+    )
     ping_id: str = Field(sa_column=Column(String(64), nullable=False))
     event_id: str = Field(sa_column=Column(String(64), nullable=False))
 

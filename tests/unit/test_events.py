@@ -47,12 +47,21 @@ def test_event_round_trips_through_bytes() -> None:
         (b"\xff\xfe not json", MalformedEvent),
         (b"[1, 2]", MalformedEvent),
         (b'{"id": "1", "source": "/x", "type": "kiln.dataset.ping.sent"}', MalformedEvent),
-        (b'{"specversion": "0.3", "id": "1", "source": "/x", "type": "kiln.dataset.ping.sent",'
-         b' "time": "2026-01-01T00:00:00Z"}', MalformedEvent),
-        (b'{"specversion": "1.0", "id": "1", "source": "/x", "type": "kiln.dataset.nothing.happened",'
-         b' "time": "2026-01-01T00:00:00Z", "data": {}}', UnknownEventType),
-        (b'{"specversion": "1.0", "id": "1", "source": "/x", "type": "kiln.dataset.ping.sent",'
-         b' "time": "2026-01-01T00:00:00Z", "data": {"ping_id": 5}}', EventSchemaViolation),
+        (
+            b'{"specversion": "0.3", "id": "1", "source": "/x", "type": "kiln.dataset.ping.sent",'
+            b' "time": "2026-01-01T00:00:00Z"}',
+            MalformedEvent,
+        ),
+        (
+            b'{"specversion": "1.0", "id": "1", "source": "/x", "type": "kiln.dataset.nothing.happened",'
+            b' "time": "2026-01-01T00:00:00Z", "data": {}}',
+            UnknownEventType,
+        ),
+        (
+            b'{"specversion": "1.0", "id": "1", "source": "/x", "type": "kiln.dataset.ping.sent",'
+            b' "time": "2026-01-01T00:00:00Z", "data": {"ping_id": 5}}',
+            EventSchemaViolation,
+        ),
     ],
 )
 def test_unusable_records_are_rejected_with_a_reason(raw: bytes, error: type[Exception]) -> None:
@@ -113,8 +122,13 @@ def test_additive_change_is_compatible() -> None:
         (lambda s: s["properties"].pop("count"), "count: field removed"),
         (lambda s: s["properties"].__setitem__("count", {"type": "string"}), "count: type changed"),
         (lambda s: s["required"].append("note"), "note: optional field became required"),
-        (lambda s: (s["properties"].__setitem__("new", {"type": "string"}),
-                    s["required"].append("new")), "new: new required field"),
+        (
+            lambda s: (
+                s["properties"].__setitem__("new", {"type": "string"}),
+                s["required"].append("new"),
+            ),
+            "new: new required field",
+        ),
         (lambda s: s["properties"]["kind"].__setitem__("enum", ["a"]), "kind: enum values removed"),
     ],
 )

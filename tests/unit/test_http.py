@@ -51,7 +51,9 @@ async def test_invalid_body_is_a_problem_naming_the_field(client: httpx.AsyncCli
 
 
 async def test_malformed_json_is_a_problem(client: httpx.AsyncClient) -> None:
-    r = await client.post("/v1/pings", content=b"{nope", headers={"content-type": "application/json"})
+    r = await client.post(
+        "/v1/pings", content=b"{nope", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 422
     assert r.headers["content-type"] == "application/problem+json"
 
@@ -63,7 +65,9 @@ async def test_unknown_route_is_a_problem(client: httpx.AsyncClient) -> None:
 
 
 async def test_oversized_body_is_refused_before_reading(client: httpx.AsyncClient) -> None:
-    r = await client.post("/v1/pings", content=b"x" * 20_000, headers={"content-type": "application/json"})
+    r = await client.post(
+        "/v1/pings", content=b"x" * 20_000, headers={"content-type": "application/json"}
+    )
     assert r.status_code == 413
     assert r.json()["type"].endswith("/payload-too-large")
 
@@ -76,14 +80,17 @@ async def test_missing_and_bad_tokens_are_401(client: httpx.AsyncClient) -> None
     assert r.headers["content-type"] == "application/problem+json"
 
 
-async def test_role_without_permission_is_403_and_changes_nothing(client: httpx.AsyncClient) -> None:
+async def test_role_without_permission_is_403_and_changes_nothing(
+    client: httpx.AsyncClient,
+) -> None:
     viewer = issue_token("victor", ["viewer"], client.settings)  # type: ignore[attr-defined]
     before = (await client.get("/v1/pings/received")).json()
     r = await client.post("/v1/pings", json={}, headers={"authorization": f"Bearer {viewer}"})
     assert r.status_code == 403
     assert r.json()["type"].endswith("/forbidden")
-    assert (await client.get("/v1/pings/received",
-                             headers={"authorization": f"Bearer {viewer}"})).json() == before
+    assert (
+        await client.get("/v1/pings/received", headers={"authorization": f"Bearer {viewer}"})
+    ).json() == before
 
 
 async def test_request_id_is_echoed_or_generated(client: httpx.AsyncClient) -> None:

@@ -54,7 +54,9 @@ async def test_relay_publishes_committed_rows_only(sqlite_db, embedded_url: str)
     assert [r.header("ce_id") for r in log] == [kept.id.encode()]
 
 
-async def test_handler_that_always_fails_goes_to_dlq_and_replays(sqlite_db, embedded_url: str) -> None:  # type: ignore[no-untyped-def]
+async def test_handler_that_always_fails_goes_to_dlq_and_replays(
+    sqlite_db, embedded_url: str
+) -> None:  # type: ignore[no-untyped-def]
     bus = open_bus(embedded_url)
     broken = {"on": True}
 
@@ -63,13 +65,20 @@ async def test_handler_that_always_fails_goes_to_dlq_and_replays(sqlite_db, embe
             raise ValueError("label schema v2 not supported")
         await record_effect(session, event, data)
 
-    consumer = InboxConsumer("t", sqlite_db, bus, {PING.event_type: flaky},
-                             max_attempts=3, backoff_initial_s=0.001)
+    consumer = InboxConsumer(
+        "t", sqlite_db, bus, {PING.event_type: flaky}, max_attempts=3, backoff_initial_s=0.001
+    )
     poison, good = ping(), ping()
     for e in (poison, good):
         await bus.publish("kiln.dataset", e.to_bytes(), e.key.encode())
-    record = Record("kiln.dataset", 0, 0, poison.to_bytes(), poison.key.encode(),
-                    (("ce_id", poison.id.encode()),))
+    record = Record(
+        "kiln.dataset",
+        0,
+        0,
+        poison.to_bytes(),
+        poison.key.encode(),
+        (("ce_id", poison.id.encode()),),
+    )
     await consumer.handle_record(record)
     dlq = [r for part in bus.broker.log(dlq_topic("kiln.dataset")) for r in part]  # type: ignore[attr-defined]
     assert len(dlq) == 1
@@ -90,7 +99,9 @@ async def test_handler_that_always_fails_goes_to_dlq_and_replays(sqlite_db, embe
     assert await count_effects(sqlite_db, good.data["ping_id"]) == 1
 
 
-async def test_malformed_records_go_to_dlq_and_the_consumer_keeps_going(sqlite_db, embedded_url: str) -> None:  # type: ignore[no-untyped-def]
+async def test_malformed_records_go_to_dlq_and_the_consumer_keeps_going(
+    sqlite_db, embedded_url: str
+) -> None:  # type: ignore[no-untyped-def]
     bus = open_bus(embedded_url)
     consumer = InboxConsumer("t", sqlite_db, bus, {PING.event_type: record_effect})
     bad = [

@@ -25,12 +25,15 @@ async def run_demo(timeout_s: float) -> dict[str, Any]:
     stop = asyncio.Event()
     for runtime in runtimes.values():
         await runtime.start()
-    typer.echo(f"started {len(runtimes)} services in-process "
-               f"(bus {runtimes['dataset'].bus.url}, db {runtimes['dataset'].db.url})")
+    typer.echo(
+        f"started {len(runtimes)} services in-process "
+        f"(bus {runtimes['dataset'].bus.url}, db {runtimes['dataset'].db.url})"
+    )
     tasks = [asyncio.create_task(r.run_events(stop)) for r in runtimes.values()]
     clients = {
-        name: httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(r)),
-                                base_url=f"http://{name}")
+        name: httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(r)), base_url=f"http://{name}"
+        )
         for name, r in runtimes.items()
     }
     try:
@@ -45,13 +48,15 @@ async def run_demo(timeout_s: float) -> dict[str, Any]:
             for name, client in clients.items():
                 if name == "dataset" or name in received:
                     continue
-                rows = (await client.get("/v1/pings/received",
-                                         params={"ping_id": ping["ping_id"]})).json()
+                rows = (
+                    await client.get("/v1/pings/received", params={"ping_id": ping["ping_id"]})
+                ).json()
                 if rows:
                     received[name] = rows[0]
                     ms = (time.perf_counter() - started) * 1000
-                    typer.echo(f"  {name:<10} received it after {ms:6.1f} ms "
-                               f"(trace {rows[0]['trace_id']})")
+                    typer.echo(
+                        f"  {name:<10} received it after {ms:6.1f} ms (trace {rows[0]['trace_id']})"
+                    )
             await asyncio.sleep(0.02)
         traces = {r["trace_id"] for r in received.values()} | {ping["trace_id"]}
         return {

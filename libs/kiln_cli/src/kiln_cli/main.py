@@ -15,15 +15,20 @@ import typer
 
 from kiln_core.events import SERVICES
 
-app = typer.Typer(help="Kiln: an AI model training platform.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Kiln: an AI model training platform.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 events_app = typer.Typer(help="Event contract and dead-letter tools.", no_args_is_help=True)
 app.add_typer(events_app, name="events")
 
 try:
     from kiln_cli.infra import infra_app
 
-    app.add_typer(infra_app, name="infra", help="Install, start and check the local infrastructure.")
+    app.add_typer(
+        infra_app, name="infra", help="Install, start and check the local infrastructure."
+    )
 except ImportError:  # pragma: no cover - infra module is optional while being developed
     pass
 
@@ -69,8 +74,9 @@ def serve(
     runtime = _runtime(service)
     _setup(service)
     api = create_app(runtime, background=[runtime.run_relay])
-    uvicorn.run(api, host=host, port=port or DEFAULT_PORTS[service], log_config=None,
-                access_log=False)
+    uvicorn.run(
+        api, host=host, port=port or DEFAULT_PORTS[service], log_config=None, access_log=False
+    )
 
 
 @app.command()
@@ -160,8 +166,10 @@ def events_replay(
 
     replayed = asyncio.run(main())
     for item in replayed:
-        typer.echo(f"replayed {item.get('event_id') or '(no id)'} "
-                   f"(consumer {item.get('consumer')}: {item.get('reason')})")
+        typer.echo(
+            f"replayed {item.get('event_id') or '(no id)'} "
+            f"(consumer {item.get('consumer')}: {item.get('reason')})"
+        )
     typer.echo(json.dumps({"replayed": len(replayed)}))
 
 

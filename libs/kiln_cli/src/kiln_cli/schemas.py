@@ -26,7 +26,7 @@ def generated_files(out: Path) -> dict[Path, str]:
 
 def compatibility_problems(out: Path) -> list[str]:
     """Breaking changes of the current models against the committed schema files."""
-    problems = []
+    problems: list[str] = []
     if not out.is_dir():
         return problems
     for path in sorted(out.glob("kiln.*.json")):

@@ -7,8 +7,13 @@ import importlib
 from kiln_core.events import SERVICES
 from kiln_core.service import ServiceSpec
 
-DEFAULT_PORTS = {"dataset": 8101, "annotation": 8102, "training": 8103, "registry": 8104,
-                 "serving": 8105}
+DEFAULT_PORTS = {
+    "dataset": 8101,
+    "annotation": 8102,
+    "training": 8103,
+    "registry": 8104,
+    "serving": 8105,
+}
 
 
 def load_spec(name: str) -> ServiceSpec:

@@ -53,8 +53,13 @@ def stack_up(wait: float = typer.Option(60.0, help="seconds to wait for /readyz"
         if pid_file.exists() and _alive(int(pid_file.read_text())):
             continue
         log = (_pid_dir() / f"{name}.log").open("ab")
-        proc = subprocess.Popen([sys.executable, "-m", "kiln_cli.main", *args], env=env,
-                                stdout=log, stderr=log, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kiln_cli.main", *args],
+            env=env,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
         pid_file.write_text(str(proc.pid))
         typer.echo(f"started {name} (pid {proc.pid})")
     deadline = time.monotonic() + wait

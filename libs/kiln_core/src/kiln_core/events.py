@@ -63,7 +63,9 @@ def topic_for(event_type: str) -> str:
     """Events go to one topic per producing service: ``kiln.<service>``."""
     parts = event_type.split(".")
     if len(parts) != 4 or parts[0] != "kiln" or parts[1] not in SERVICES:
-        raise UnknownEventType(f"event type {event_type!r} is not kiln.<service>.<aggregate>.<verb>")
+        raise UnknownEventType(
+            f"event type {event_type!r} is not kiln.<service>.<aggregate>.<verb>"
+        )
     return f"kiln.{parts[1]}"
 
 
@@ -73,7 +75,9 @@ def register_event(cls: E) -> E:
     topic_for(name)  # validates the naming rule
     existing = EVENT_TYPES.get(name)
     if existing is not None and existing is not cls:
-        raise ValueError(f"event type {name} registered twice ({existing.__name__}, {cls.__name__})")
+        raise ValueError(
+            f"event type {name} registered twice ({existing.__name__}, {cls.__name__})"
+        )
     EVENT_TYPES[name] = cls
     return cls
 
@@ -159,7 +163,9 @@ def asyncapi_document() -> dict[str, Any]:
             "contentType": "application/cloudevents+json",
             "headers": {
                 "type": "object",
-                "properties": {"traceparent": {"type": "string", "description": "W3C trace context"}},
+                "properties": {
+                    "traceparent": {"type": "string", "description": "W3C trace context"}
+                },
             },
             "payload": {
                 "allOf": [
@@ -204,7 +210,11 @@ def asyncapi_document() -> dict[str, Any]:
         },
         "defaultContentType": "application/cloudevents+json",
         "servers": {
-            "local": {"host": "127.0.0.1:59092", "protocol": "kafka", "description": "kiln infra up"}
+            "local": {
+                "host": "127.0.0.1:59092",
+                "protocol": "kafka",
+                "description": "kiln infra up",
+            }
         },
         "channels": channels,
         "operations": operations,

@@ -63,15 +63,20 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
-        return _problem(exc.status_code, slug, str(exc.detail), str(exc.detail),
-                        instance=request.url.path)
+        return _problem(
+            exc.status_code, slug, str(exc.detail), str(exc.detail), instance=request.url.path
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", extra={"path": request.url.path})
-        return _problem(500, "internal-error", "Internal error",
-                        "an unexpected error occurred; it has been logged",
-                        instance=request.url.path)
+        return _problem(
+            500,
+            "internal-error",
+            "Internal error",
+            "an unexpected error occurred; it has been logged",
+            instance=request.url.path,
+        )
 
 
 class EdgeMiddleware:
@@ -112,8 +117,12 @@ class EdgeMiddleware:
             f"{scope.get('method')} {path}",
             context=ctx,
             kind=trace.SpanKind.SERVER,
-            attributes={"http.request.method": scope.get("method", ""), "url.path": path,
-                        "kiln.service": self.service, "kiln.request_id": request_id},
+            attributes={
+                "http.request.method": scope.get("method", ""),
+                "url.path": path,
+                "kiln.service": self.service,
+                "kiln.request_id": request_id,
+            },
         ) as span:
             try:
                 await self.app(scope, receive, send_wrapper)
@@ -150,7 +159,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
         stop = asyncio.Event()
-        tasks = [asyncio.create_task(job(stop)) for job in (background or [])]
+        tasks = [asyncio.ensure_future(job(stop)) for job in (background or [])]
         try:
             yield
         finally:
@@ -172,7 +181,9 @@ def create_app(
     app.state.runtime = runtime
     app.state.settings = runtime.settings
     install_error_handlers(app)
-    app.add_middleware(EdgeMiddleware, service=spec.name, max_body=runtime.settings.max_request_bytes)
+    app.add_middleware(
+        EdgeMiddleware, service=spec.name, max_body=runtime.settings.max_request_bytes
+    )
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
@@ -184,9 +195,13 @@ def create_app(
         ready = all(v == "ok" for v in checks.values())
         if ready:
             return JSONResponse({"status": "ready", "service": spec.name, "checks": checks})
-        return _problem(503, "not-ready", "Dependencies unavailable",
-                        ", ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok"),
-                        checks=checks)
+        return _problem(
+            503,
+            "not-ready",
+            "Dependencies unavailable",
+            ", ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok"),
+            checks=checks,
+        )
 
     @app.get("/metrics", tags=["health"], include_in_schema=False)
     async def metrics() -> Response:

@@ -123,16 +123,9 @@ class InboxConsumer:
             return
         decoded: list[tuple[Record, CloudEvent, EventData, EventHandler]] = []
         for record in records:
-            try:
-                envelope, data = decode_event(record.value)
-            except EventRejected as exc:
-                await self.dead_letter(record, exc)
-                continue
-            handler = self.handlers.get(envelope.type)
-            if handler is None:
-                EVENTS_HANDLED.labels(self.name, "ignored").inc()
-                continue
-            decoded.append((record, envelope, data, handler))
+            routed = await self._route(record)
+            if routed is not None:
+                decoded.append((record, *routed))
         if not decoded:
             return
         started = time.perf_counter()
@@ -141,16 +134,19 @@ class InboxConsumer:
         except Exception as exc:
             if _is_transient(exc):
                 raise
-            log.info("batch failed; applying its events one by one",
-                     extra={"consumer": self.name, "error": repr(exc)})
+            log.info(
+                "batch failed; applying its events one by one",
+                extra={"consumer": self.name, "error": repr(exc)},
+            )
             for record, *_ in decoded:
                 await self.handle_record(record)
             return
         elapsed = (time.perf_counter() - started) / len(decoded)
         for _record, envelope, _data, _handler in decoded:
             EVENT_HANDLE_SECONDS.labels(self.name).observe(elapsed)
-            EVENTS_HANDLED.labels(self.name,
-                                  "applied" if envelope.id in applied else "duplicate").inc()
+            EVENTS_HANDLED.labels(
+                self.name, "applied" if envelope.id in applied else "duplicate"
+            ).inc()
         if self.after_commit is not None:
             for _record, envelope, _data, _handler in decoded:
                 if envelope.id in applied:
@@ -166,41 +162,35 @@ class InboxConsumer:
         ]
         async with self.db.transaction() as session:
             # One statement claims the whole batch; ids already claimed come back missing.
-            result = await session.execute(
-                self._claim.values(rows).returning(INBOX.c.event_id)
-            )
+            result = await session.execute(self._claim.values(rows).returning(INBOX.c.event_id))
             claimed = {row[0] for row in result}
             applying: set[str] = set()
             for record, envelope, data, handler in decoded:
                 if envelope.id not in claimed or envelope.id in applying:
                     continue  # already applied, or the same event twice in one batch
                 applying.add(envelope.id)
-                with tracer("kiln.inbox").start_as_current_span(
-                    f"{self.name} handle {envelope.type}",
-                    context=extract_context(record.headers),
-                    kind=trace.SpanKind.CONSUMER,
-                    attributes={"messaging.system": "kafka",
-                                "messaging.destination.name": record.topic,
-                                "messaging.message.id": envelope.id,
-                                "kiln.consumer": self.name},
-                ):
+                with self._span(record, envelope):
                     await handler(session, envelope, data)
         return applying
 
-    async def handle_record(self, record: Record) -> None:
+    async def _route(self, record: Record) -> tuple[CloudEvent, EventData, EventHandler] | None:
+        """Decode a record and find its handler; dead-letter what can never be applied."""
         try:
             envelope, data = decode_event(record.value)
         except EventRejected as exc:
             await self.dead_letter(record, exc)
-            return
+            return None
         handler = self.handlers.get(envelope.type)
         if handler is None:
             EVENTS_HANDLED.labels(self.name, "ignored").inc()
-            return
-        ctx = extract_context(record.headers)
-        with tracer("kiln.inbox").start_as_current_span(
+            return None
+        return envelope, data, handler
+
+    def _span(self, record: Record, envelope: CloudEvent) -> Any:
+        """The consumer span, a child of the producer's trace carried in the record headers."""
+        return tracer("kiln.inbox").start_as_current_span(
             f"{self.name} handle {envelope.type}",
-            context=ctx,
+            context=extract_context(record.headers),
             kind=trace.SpanKind.CONSUMER,
             attributes={
                 "messaging.system": "kafka",
@@ -208,7 +198,14 @@ class InboxConsumer:
                 "messaging.message.id": envelope.id,
                 "kiln.consumer": self.name,
             },
-        ):
+        )
+
+    async def handle_record(self, record: Record) -> None:
+        routed = await self._route(record)
+        if routed is None:
+            return
+        envelope, data, handler = routed
+        with self._span(record, envelope):
             await self._apply_with_retries(record, envelope, data, handler)
 
     async def _apply_with_retries(
@@ -233,8 +230,12 @@ class InboxConsumer:
                 EVENTS_HANDLED.labels(self.name, "retried").inc()
                 log.warning(
                     "event handler failed; retrying",
-                    extra={"consumer": self.name, "event_id": envelope.id, "attempt": attempt,
-                           "error": repr(exc)},
+                    extra={
+                        "consumer": self.name,
+                        "event_id": envelope.id,
+                        "attempt": attempt,
+                        "error": repr(exc),
+                    },
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.backoff_max_s)
@@ -245,7 +246,9 @@ class InboxConsumer:
                 await self.after_commit(envelope)
             return
 
-    async def _apply_once(self, envelope: CloudEvent, data: EventData, handler: EventHandler) -> bool:
+    async def _apply_once(
+        self, envelope: CloudEvent, data: EventData, handler: EventHandler
+    ) -> bool:
         """Run the handler and record the event in one transaction; False if already applied."""
         async with self.db.transaction() as session:
             # Claim the event first: a concurrent claimer of the same id waits on this row and
@@ -282,8 +285,13 @@ class InboxConsumer:
         EVENTS_HANDLED.labels(self.name, "dead_lettered").inc()
         log.error(
             "event dead-lettered",
-            extra={"consumer": self.name, "topic": record.topic, "offset": record.offset,
-                   "reason": reason, "error_type": error_type},
+            extra={
+                "consumer": self.name,
+                "topic": record.topic,
+                "offset": record.offset,
+                "reason": reason,
+                "error_type": error_type,
+            },
         )
 
     async def start(self) -> Consumer:
@@ -334,15 +342,20 @@ async def replay_dead_letters(
                 return replayed
             out = []
             for rec in records:
-                info = {k[len(DLQ_PREFIX):]: v.decode(errors="replace")
-                        for k, v in rec.headers if k.startswith(DLQ_PREFIX)}
+                info = {
+                    k[len(DLQ_PREFIX) :]: v.decode(errors="replace")
+                    for k, v in rec.headers
+                    if k.startswith(DLQ_PREFIX)
+                }
                 ce_id = (rec.header("ce_id") or b"").decode()
                 if consumer and info.get("consumer") != consumer:
                     continue
                 if event_id and ce_id != event_id:
                     continue
                 headers = tuple(h for h in rec.headers if not h[0].startswith(DLQ_PREFIX))
-                headers += (("kiln-replayed-from", f"{source}@{rec.partition}:{rec.offset}".encode()),)
+                headers += (
+                    ("kiln-replayed-from", f"{source}@{rec.partition}:{rec.offset}".encode()),
+                )
                 out.append(OutgoingRecord(topic, rec.value, rec.key, headers))
                 replayed.append({"event_id": ce_id, **info})
             await bus.publish_many(out)

@@ -219,7 +219,9 @@ class OutboxRelay:
                 try:
                     await self.drain()
                 except Exception:  # noqa: BLE001 - keep relaying; rows stay pending
-                    log.exception("outbox relay batch failed; retrying", extra={"service": self.service})
+                    log.exception(
+                        "outbox relay batch failed; retrying", extra={"service": self.service}
+                    )
                     await asyncio.sleep(min(5.0, interval * 10 + 0.5))
                 if loop.time() - last_prune > 600:
                     last_prune = loop.time()

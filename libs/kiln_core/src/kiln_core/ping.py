@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Query, Request, status
-from pydantic import BaseModel, Field as PydField
+from pydantic import BaseModel
+from pydantic import Field as PydField
 from sqlalchemy import Column, DateTime, String, Text
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -89,8 +90,9 @@ def ping_router(service: str) -> APIRouter:
     async def received_pings(
         session: SessionDep,
         ping_id: str | None = Query(default=None, max_length=64),
-        _viewer: object = require_roles("viewer", "admin", "ml-engineer", "data-engineer",
-                                        "annotator", "reviewer"),
+        _viewer: object = require_roles(
+            "viewer", "admin", "ml-engineer", "data-engineer", "annotator", "reviewer"
+        ),
     ) -> list[PingReceived]:
         """Pings this service has received from the others, newest first."""
         query = select(PingReceived).order_by(col(PingReceived.received_at).desc()).limit(100)

@@ -33,7 +33,8 @@ EVENTS_PUBLISHED = Counter(
 )
 EVENTS_HANDLED = Counter(
     "kiln_events_handled_total",
-    "Events taken by an inbox consumer, by outcome (applied, duplicate, ignored, dead_lettered, retried)",
+    "Events taken by an inbox consumer, by outcome "
+    "(applied, duplicate, ignored, dead_lettered, retried)",
     ["consumer", "outcome"],
 )
 EVENT_HANDLE_SECONDS = Histogram(
@@ -76,7 +77,9 @@ def inject_headers(ctx: Context | None = None) -> list[tuple[str, bytes]]:
 
 
 def extract_context(headers: Iterable[tuple[str, bytes]]) -> Context:
-    carrier = {k: v.decode(errors="replace") for k, v in headers if k in ("traceparent", "tracestate")}
+    carrier = {
+        k: v.decode(errors="replace") for k, v in headers if k in ("traceparent", "tracestate")
+    }
     return _propagator.extract(carrier)
 
 

@@ -1,4 +1,4 @@
-"""Kiln annotation service: Labelling projects, schemas, tasks, assignments, reviews, annotator statistics and pre-labels."""
+"""The Kiln annotation service (see ``service.py`` for its parts)."""
 
 from kiln_annotation.service import SERVICE
 

@@ -1,4 +1,5 @@
-"""The annotation service's parts: routes, event handlers, migrations."""
+"""The annotation service: labelling projects, schemas, tasks, assignments, reviews, annotator
+statistics and pre-labels."""
 
 from pathlib import Path
 
@@ -7,7 +8,7 @@ from kiln_core.service import ServiceSpec
 
 SERVICE = ServiceSpec(
     name="annotation",
-    description="Labelling projects, schemas, tasks, assignments, reviews, annotator statistics and pre-labels.",
+    description=" ".join((__doc__ or "").split()),
     migrations=Path(__file__).parent / "migrations",
     routers=[ping_router("annotation")],
     handlers={**ping_handlers("annotation")},

@@ -1,4 +1,4 @@
-"""Kiln dataset service: Datasets, immutable versions, content-addressed items, splits, lineage, augmentation and quality reports."""
+"""The Kiln dataset service (see ``service.py`` for its parts)."""
 
 from kiln_dataset.service import SERVICE
 

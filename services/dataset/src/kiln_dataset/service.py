@@ -1,4 +1,5 @@
-"""The dataset service's parts: routes, event handlers, migrations."""
+"""The dataset service: datasets, immutable versions, content-addressed items, splits, lineage,
+augmentation and quality reports."""
 
 from pathlib import Path
 
@@ -7,7 +8,7 @@ from kiln_core.service import ServiceSpec
 
 SERVICE = ServiceSpec(
     name="dataset",
-    description="Datasets, immutable versions, content-addressed items, splits, lineage, augmentation and quality reports.",
+    description=" ".join((__doc__ or "").split()),
     migrations=Path(__file__).parent / "migrations",
     routers=[ping_router("dataset")],
     handlers={**ping_handlers("dataset")},

@@ -1,4 +1,4 @@
-"""Kiln registry service: Registered models, versions, aliases and stages, lineage, audit log and promotion policies."""
+"""The Kiln registry service (see ``service.py`` for its parts)."""
 
 from kiln_registry.service import SERVICE
 

@@ -1,4 +1,5 @@
-"""The registry service's parts: routes, event handlers, migrations."""
+"""The registry service: registered models, versions, aliases and stages, lineage, audit log and
+promotion policies."""
 
 from pathlib import Path
 
@@ -7,7 +8,7 @@ from kiln_core.service import ServiceSpec
 
 SERVICE = ServiceSpec(
     name="registry",
-    description="Registered models, versions, aliases and stages, lineage, audit log and promotion policies.",
+    description=" ".join((__doc__ or "").split()),
     migrations=Path(__file__).parent / "migrations",
     routers=[ping_router("registry")],
     handlers={**ping_handlers("registry")},

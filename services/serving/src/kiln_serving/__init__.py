@@ -1,4 +1,4 @@
-"""Kiln serving service: Deployments, traffic splits, Triton model state and prediction logs."""
+"""The Kiln serving service (see ``service.py`` for its parts)."""
 
 from kiln_serving.service import SERVICE
 

@@ -1,4 +1,4 @@
-"""The serving service's parts: routes, event handlers, migrations."""
+"""The serving service: deployments, traffic splits, Triton model state and prediction logs."""
 
 from pathlib import Path
 
@@ -7,7 +7,7 @@ from kiln_core.service import ServiceSpec
 
 SERVICE = ServiceSpec(
     name="serving",
-    description="Deployments, traffic splits, Triton model state and prediction logs.",
+    description=" ".join((__doc__ or "").split()),
     migrations=Path(__file__).parent / "migrations",
     routers=[ping_router("serving")],
     handlers={**ping_handlers("serving")},

@@ -1,4 +1,4 @@
-"""Kiln training service: Training jobs, trials, quotas, the fair-share queue, checkpoints and metrics history."""
+"""The Kiln training service (see ``service.py`` for its parts)."""
 
 from kiln_training.service import SERVICE
 

@@ -1,4 +1,5 @@
-"""The training service's parts: routes, event handlers, migrations."""
+"""The training service: training jobs, trials, quotas, the fair-share queue, checkpoints and
+metrics history."""
 
 from pathlib import Path
 
@@ -7,7 +8,7 @@ from kiln_core.service import ServiceSpec
 
 SERVICE = ServiceSpec(
     name="training",
-    description="Training jobs, trials, quotas, the fair-share queue, checkpoints and metrics history.",
+    description=" ".join((__doc__ or "").split()),
     migrations=Path(__file__).parent / "migrations",
     routers=[ping_router("training")],
     handlers={**ping_handlers("training")},

@@ -131,7 +131,6 @@ class Consumer(ABC):
             elif done:
                 backoff = retry_backoff_s
 
-
     async def run_batches(
         self,
         handler: BatchHandler,
@@ -156,8 +155,10 @@ class Consumer(ABC):
             except Exception as exc:  # noqa: BLE001 - any failure means redeliver the batch
                 self.stats.failed += 1
                 self.stats.errors.append(repr(exc))
-                log.warning("batch handler failed; batch will be redelivered",
-                            extra={"records": len(records), "error": repr(exc)})
+                log.warning(
+                    "batch handler failed; batch will be redelivered",
+                    extra={"records": len(records), "error": repr(exc)},
+                )
                 await self.flush_commits()
                 firsts: dict[tuple[str, int], Record] = {}
                 for record in records:
@@ -185,8 +186,9 @@ class Consumer(ABC):
                 await self.commit(records)
                 self.stats.committed += len(records)
             except Exception as exc:  # noqa: BLE001 - redelivery is safe
-                log.warning("offset commit failed; records may be redelivered",
-                            extra={"error": repr(exc)})
+                log.warning(
+                    "offset commit failed; records may be redelivered", extra={"error": repr(exc)}
+                )
 
         self._commit_task = asyncio.ensure_future(commit_after_previous())
 
