@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 import pytest
 
-from kiln_cli import infra
+import kiln_cli.infra as infra
 
 pytestmark = pytest.mark.integration
 

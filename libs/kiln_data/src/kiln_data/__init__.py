@@ -1,0 +1,1 @@
+"""Training data access for Kiln dataset versions."""
