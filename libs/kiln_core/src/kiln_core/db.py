@@ -57,11 +57,13 @@ class Database:
         self._lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        # Shared by every session of this database (the runtime registers itself here).
+        self.session_info: dict[str, Any] = {"kiln_notify_channel": self.notify_channel()}
         self.sessionmaker = async_sessionmaker(
             self.engine,
             class_=AsyncSession,
             expire_on_commit=False,
-            info={"kiln_notify_channel": self.notify_channel()},
+            info=self.session_info,
         )
 
     @asynccontextmanager

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -34,6 +35,16 @@ class ServiceSpec:
     handlers: dict[str, EventHandler] = field(default_factory=dict)
     # Extra long-running loops of the event process (schedulers, watchers), beside the inbox.
     workers: list[Callable[[ServiceRuntime, asyncio.Event], object]] = field(default_factory=list)
+    # The service's Celery app for long work, if it has any (see kiln_core.tasks).
+    celery: Any = None
+
+
+def runtime_of(session: AsyncSession) -> ServiceRuntime:
+    """The runtime whose database ``session`` belongs to (for event handlers and jobs)."""
+    runtime = session.info.get("kiln_runtime")
+    if runtime is None:
+        raise RuntimeError("session does not belong to a ServiceRuntime")
+    return runtime  # type: ignore[no-any-return]
 
 
 class ServiceRuntime:
@@ -63,6 +74,8 @@ class ServiceRuntime:
             backoff_initial_s=s.consumer_backoff_initial_s,
             backoff_max_s=s.consumer_backoff_max_s,
         )
+        self.db.session_info["kiln_runtime"] = self
+        self._worker: Any = None
         self._started = False
 
     @property
@@ -81,8 +94,21 @@ class ServiceRuntime:
         if not self._started:
             return
         self._started = False
+        if self._worker is not None:
+            await asyncio.to_thread(self._worker.stop)
         await self.bus.stop()
         await self.db.dispose()
+
+    def ensure_embedded_worker(self) -> None:
+        """On the embedded broker (``memory://``) run this service's Celery worker in-process,
+        started on first use so processes that never enqueue work never pay for it."""
+        from kiln_core.tasks import BackgroundWorker, is_embedded_broker
+
+        if self.spec.celery is None or not is_embedded_broker(self.spec.celery):
+            return
+        if self._worker is None:
+            self._worker = BackgroundWorker(self.spec.celery)
+        self._worker.start()
 
     async def emit(self, session: AsyncSession, data: EventData, subject: str) -> CloudEvent:
         """Stage an event in ``session``'s transaction and wake this process's relay."""

@@ -8,6 +8,7 @@ large object is ever held in memory whole.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import shutil
@@ -35,21 +36,38 @@ class BlobRef:
     created: bool  # False when identical bytes were already stored
 
 
+@dataclass(frozen=True)
+class SpooledBlob:
+    path: str
+    sha256: str
+    size: int
+
+
 class ObjectStore(ABC):
     url: str
 
     async def put_blob(self, source: Source, *, max_bytes: int | None = None) -> BlobRef:
         """Store bytes under their SHA-256; a second put of the same bytes stores nothing."""
-        spool, sha, size = await _spool(source, max_bytes=max_bytes)
+        return await self.put_spooled(await self.spool(source, max_bytes=max_bytes))
+
+    async def spool(self, source: Source, *, max_bytes: int | None = None) -> SpooledBlob:
+        """First half of :meth:`put_blob`: hash to a temporary file, so the caller can record
+        the hash (e.g. protect it from a purge) before the bytes land."""
+        path, sha, size = await _spool(source, max_bytes=max_bytes)
+        return SpooledBlob(path=path, sha256=sha, size=size)
+
+    async def put_spooled(self, spooled: SpooledBlob) -> BlobRef:
+        """Second half of :meth:`put_blob`; removes the temporary file."""
         try:
-            key = blob_key(sha)
+            key = blob_key(spooled.sha256)
             created = False
             if not await self.exists(key):
-                await self._put_file(key, spool, size)
+                await self._put_file(key, spooled.path, spooled.size)
                 created = True
-            return BlobRef(sha256=sha, size=size, key=key, created=created)
+            return BlobRef(sha256=spooled.sha256, size=spooled.size, key=key, created=created)
         finally:
-            os.unlink(spool)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(spooled.path)
 
     async def put(self, key: str, source: Source) -> int:
         """Store bytes under ``key`` (replacing); returns the size."""
@@ -63,6 +81,10 @@ class ObjectStore(ABC):
     async def read_bytes(self, key: str) -> bytes:
         """Whole object in memory: for small objects such as manifests only."""
         return b"".join([chunk async for chunk in self.stream(key)])
+
+    @abstractmethod
+    def uri(self, key: str) -> str:
+        """A credential-free URI naming ``key`` (for events and humans)."""
 
     @abstractmethod
     async def _put_file(self, key: str, path: str, size: int) -> None: ...
@@ -136,6 +158,9 @@ class LocalStore(ObjectStore):
         self.root = Path(unquote(url.split("://", 1)[1])).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
 
+    def uri(self, key: str) -> str:
+        return f"file://{self.root}/{key}"
+
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
         if self.root not in path.parents:
@@ -204,6 +229,9 @@ class S3Store(ObjectStore):
             region=query.get("region", [None])[0],
         )
         self._bucket_ready = False
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
 
     async def _ensure_bucket(self) -> None:
         if not self._bucket_ready:

@@ -1,15 +1,20 @@
 """The dataset service: datasets, immutable versions, content-addressed items, splits, lineage,
 augmentation and quality reports."""
 
+from __future__ import annotations
+
 from pathlib import Path
 
-from kiln_core.ping import ping_handlers, ping_router
+from kiln_core.ping import ping_router
 from kiln_core.service import ServiceSpec
+from kiln_dataset import api, jobs, runners  # noqa: F401 - runners register job kinds
+from kiln_dataset.handlers import HANDLERS
 
 SERVICE = ServiceSpec(
     name="dataset",
     description=" ".join((__doc__ or "").split()),
     migrations=Path(__file__).parent / "migrations",
-    routers=[ping_router("dataset")],
-    handlers={**ping_handlers("dataset")},
+    routers=[ping_router("dataset"), api.router],
+    handlers=HANDLERS,
+    celery=jobs.celery_app,
 )

@@ -1,0 +1,86 @@
+"""Long work on Celery: one app per service, broker from ``KILN_CELERY_BROKER_URL``.
+
+Task state lives in the owning service's database (its ``jobs`` table), never in a Celery
+result backend. Tasks are plain functions of a job id, so a redelivered task (acks late, worker
+lost) picks the job up again from what the database says. On the embedded defaults
+(``memory://``) an in-process worker thread runs the tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from celery import Celery
+
+from kiln_core.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+def make_celery(service: str, settings: Settings | None = None) -> Celery:
+    """The Celery app of ``service``: its queue is named after it."""
+    settings = settings or get_settings()
+    app = Celery(f"kiln-{service}", broker=settings.celery_broker_url)
+    app.conf.update(
+        task_default_queue=service,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        # A task is acknowledged only once it finished, so a killed worker's task runs again.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        broker_transport_options={"visibility_timeout": 6 * 3600},
+    )
+    if is_embedded_broker(app):
+        # The in-memory transport polls; keep job pickup snappy in the quickstart.
+        app.conf.broker_transport_options = {"polling_interval": 0.05}
+    return app
+
+
+def is_embedded_broker(app: Celery) -> bool:
+    return str(app.conf.broker_url or "").startswith("memory://")
+
+
+@contextmanager
+def in_process_worker(app: Celery, concurrency: int = 2) -> Iterator[Any]:
+    """Run a worker for ``app`` in a background thread of this process (embedded mode)."""
+    from celery.contrib.testing.worker import start_worker
+
+    with start_worker(
+        app,
+        pool="threads",
+        concurrency=concurrency,
+        perform_ping_check=False,
+        loglevel="WARNING",
+        shutdown_timeout=30.0,
+    ) as worker:
+        yield worker
+
+
+class BackgroundWorker:
+    """Start/stop wrapper around :func:`in_process_worker` for async lifespans."""
+
+    def __init__(self, app: Celery, concurrency: int = 2) -> None:
+        self.app = app
+        self.concurrency = concurrency
+        self._ctx: Any = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        with self._lock:
+            if self._ctx is None:
+                self._ctx = in_process_worker(self.app, self.concurrency)
+                self._ctx.__enter__()
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._ctx is not None:
+                ctx, self._ctx = self._ctx, None
+                ctx.__exit__(None, None, None)

@@ -1,0 +1,140 @@
+"""Lifecycle: soft deletes with retention, archive, and the purge that deletes only blobs that
+no live version and no open draft references (checked again under a row lock per blob)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+from sqlalchemy import exists, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from kiln_core.catalog import DatasetVersionDeleted
+from kiln_core.service import ServiceRuntime
+from kiln_core.storage import BlobRef, blob_key
+from kiln_dataset.models import (
+    Blob,
+    Dataset,
+    DatasetStatus,
+    DatasetVersion,
+    Draft,
+    DraftItem,
+    VersionBlob,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+BLOBS = Blob.__table__  # type: ignore[attr-defined]
+
+
+async def record_blob(session: AsyncSession, ref: BlobRef, media_type: str) -> None:
+    """Register an uploaded blob, or refresh when it was last seen if it already exists."""
+    now = utcnow()
+    insert_fn = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+    stmt = insert_fn(BLOBS).values(
+        sha256=ref.sha256, size_bytes=ref.size, media_type=media_type, created_at=now,
+        last_seen_at=now,
+    )
+    await session.execute(
+        stmt.on_conflict_do_update(index_elements=["sha256"], set_={"last_seen_at": now})
+    )
+
+
+async def delete_version(
+    session: AsyncSession, runtime: ServiceRuntime, version: DatasetVersion, reason: str
+) -> None:
+    """Soft-delete one version and announce it; its blobs become purge candidates."""
+    version.status = "deleted"
+    version.deleted_at = utcnow()
+    session.add(version)
+    await runtime.emit(
+        session,
+        DatasetVersionDeleted(
+            dataset_id=version.dataset_id, version=version.number, version_id=version.id,
+            reason=reason,
+        ),
+        subject=version.dataset_id,
+    )
+
+
+def _referenced(blob_column: object) -> object:
+    live = exists().where(
+        VersionBlob.blob == blob_column,
+        DatasetVersion.id == VersionBlob.version_id,
+        DatasetVersion.status == "live",
+    )
+    drafted = exists().where(
+        DraftItem.blob == blob_column, Draft.id == DraftItem.draft_id, Draft.status == "open"
+    )
+    return live | drafted  # type: ignore[operator]
+
+
+async def purge(
+    runtime: ServiceRuntime,
+    *,
+    grace: timedelta = timedelta(hours=1),
+    progress: Callable[[int, int, str], Awaitable[None]] | None = None,
+) -> dict[str, int]:
+    """Expire datasets past their retention, then delete unreferenced blobs.
+
+    A blob is deleted only if, inside a transaction holding its row lock, no live version and
+    no open draft references it and no upload has touched it within ``grace``.
+    """
+    db = runtime.db
+    expired_versions = 0
+    async with db.transaction() as session:
+        due = (
+            await session.exec(
+                select(Dataset).where(
+                    Dataset.status == DatasetStatus.deleted,
+                    col(Dataset.purge_after) <= utcnow(),
+                )
+            )
+        ).all()
+        for dataset in due:
+            versions = (
+                await session.exec(
+                    select(DatasetVersion).where(
+                        DatasetVersion.dataset_id == dataset.id, DatasetVersion.status == "live"
+                    )
+                )
+            ).all()
+            for version in versions:
+                await delete_version(session, runtime, version, "dataset retention expired")
+                expired_versions += 1
+            await session.execute(
+                update(Draft).where(col(Draft.dataset_id) == dataset.id).values(status="discarded")
+            )
+    cutoff = utcnow() - grace
+    async with db.session() as session:
+        candidates = list(
+            (
+                await session.exec(
+                    select(Blob.sha256).where(
+                        col(Blob.last_seen_at) <= cutoff, ~_referenced(Blob.sha256)  # type: ignore[operator]
+                    )
+                )
+            ).all()
+        )
+    deleted = 0
+    for index, sha in enumerate(candidates):
+        async with db.transaction() as session:
+            query = select(Blob).where(
+                Blob.sha256 == sha, col(Blob.last_seen_at) <= cutoff, ~_referenced(Blob.sha256)  # type: ignore[operator]
+            )
+            if db.is_postgres:
+                query = query.with_for_update()
+            row = (await session.exec(query)).first()
+            if row is None:
+                continue  # referenced or touched since the scan: keep it
+            await runtime.store.delete(blob_key(sha))
+            await session.delete(row)
+            deleted += 1
+        if progress is not None and (index + 1) % 50 == 0:
+            await progress(index + 1, len(candidates), f"purged {deleted} blobs")
+    return {"expired_versions": expired_versions, "deleted_blobs": deleted,
+            "candidates": len(candidates)}

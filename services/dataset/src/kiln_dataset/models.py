@@ -1,0 +1,262 @@
+"""The dataset service's tables and API schemas."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field as PydField, field_validator
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Integer, String, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from kiln_core.manifest import Category, TaskType
+
+
+T = TypeVar("T")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def aware(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class DatasetStatus(StrEnum):
+    active = "active"
+    archived = "archived"
+    deleted = "deleted"
+
+
+class Usability(StrEnum):
+    base = "base"
+    training = "training"
+    validation = "validation"
+    anomaly = "anomaly"
+    custom = "custom"
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+
+
+# --- tables -------------------------------------------------------------------------------------
+
+
+def _ts(nullable: bool = False) -> Any:
+    return Column(DateTime(timezone=True), nullable=nullable)
+
+
+class Dataset(SQLModel, table=True):
+    __tablename__ = "datasets"
+
+    id: str = Field(default_factory=new_id, sa_column=Column(String(32), primary_key=True))
+    name: str = Field(sa_column=Column(String(200), nullable=False, index=True))
+    description: str = Field(default="", sa_column=Column(Text, nullable=False))
+    task_type: str = Field(sa_column=Column(String(30), nullable=False))
+    owner: str = Field(sa_column=Column(String(200), nullable=False))
+    source_channel: str | None = Field(default=None, sa_column=Column(String(100), index=True))
+    product_standard: str | None = Field(default=None, sa_column=Column(String(20)))
+    media_format: str | None = Field(default=None, sa_column=Column(String(50)))
+    usability: str | None = Field(default=None, sa_column=Column(String(20)))
+    tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    status: str = Field(default=DatasetStatus.active, sa_column=Column(String(20), nullable=False))
+    next_version: int = Field(default=1, sa_column=Column(Integer, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    deleted_at: datetime | None = Field(default=None, sa_column=_ts(True))
+    purge_after: datetime | None = Field(default=None, sa_column=_ts(True))
+
+
+class DatasetVersion(SQLModel, table=True):
+    __tablename__ = "versions"
+    __table_args__ = (UniqueConstraint("dataset_id", "number", name="uq_versions_number"),)
+
+    id: str = Field(default_factory=new_id, sa_column=Column(String(32), primary_key=True))
+    dataset_id: str = Field(sa_column=Column(String(32), nullable=False, index=True))
+    number: int = Field(sa_column=Column(Integer, nullable=False))
+    parent_id: str | None = Field(default=None, sa_column=Column(String(32)))
+    manifest_key: str = Field(sa_column=Column(String(500), nullable=False))
+    manifest_sha256: str = Field(sa_column=Column(String(64), nullable=False))
+    item_count: int = Field(sa_column=Column(Integer, nullable=False))
+    labelled_count: int = Field(sa_column=Column(Integer, nullable=False))
+    total_bytes: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    categories: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+    stats: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    lineage: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    quality: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    message: str = Field(default="", sa_column=Column(Text, nullable=False))
+    created_by: str = Field(default="", sa_column=Column(String(200), nullable=False))
+    status: str = Field(default="live", sa_column=Column(String(20), nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    deleted_at: datetime | None = Field(default=None, sa_column=_ts(True))
+
+
+class VersionBlob(SQLModel, table=True):
+    """Which blobs a version references: what the purge must never delete while it lives."""
+
+    __tablename__ = "version_blobs"
+
+    version_id: str = Field(sa_column=Column(String(32), primary_key=True))
+    blob: str = Field(sa_column=Column(String(64), primary_key=True, index=True))
+
+
+class Blob(SQLModel, table=True):
+    """Every blob this service stored (content-addressed), for purge accounting."""
+
+    __tablename__ = "blobs"
+
+    sha256: str = Field(sa_column=Column(String(64), primary_key=True))
+    size_bytes: int = Field(sa_column=Column(BigInteger, nullable=False))
+    media_type: str = Field(sa_column=Column(String(100), nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    # Refreshed on every upload of the same bytes, so a purge never races a fresh upload.
+    last_seen_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+class Draft(SQLModel, table=True):
+    __tablename__ = "drafts"
+
+    id: str = Field(default_factory=new_id, sa_column=Column(String(32), primary_key=True))
+    dataset_id: str = Field(sa_column=Column(String(32), nullable=False, index=True))
+    base_version: int | None = Field(default=None, sa_column=Column(Integer))
+    status: str = Field(default="open", sa_column=Column(String(20), nullable=False))
+    created_by: str = Field(default="", sa_column=Column(String(200), nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+class DraftItem(SQLModel, table=True):
+    __tablename__ = "draft_items"
+
+    draft_id: str = Field(sa_column=Column(String(32), primary_key=True))
+    item_id: str = Field(sa_column=Column(String(500), primary_key=True))
+    blob: str = Field(sa_column=Column(String(64), nullable=False, index=True))
+    record: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+
+
+class Job(SQLModel, table=True):
+    """Long work (imports, augmentation, quality, purge) and its progress."""
+
+    __tablename__ = "jobs"
+
+    id: str = Field(default_factory=new_id, sa_column=Column(String(32), primary_key=True))
+    kind: str = Field(sa_column=Column(String(30), nullable=False))
+    dataset_id: str | None = Field(default=None, sa_column=Column(String(32), index=True))
+    status: str = Field(default=JobStatus.queued, sa_column=Column(String(20), nullable=False))
+    done: int = Field(default=0, sa_column=Column(Integer, nullable=False))
+    total: int = Field(default=0, sa_column=Column(Integer, nullable=False))
+    message: str = Field(default="", sa_column=Column(Text, nullable=False))
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    result: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False))
+    created_by: str = Field(default="", sa_column=Column(String(200), nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+# --- API schemas --------------------------------------------------------------------------------
+
+
+class DatasetCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = PydField(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][\w .\-]*$")
+    description: str = PydField(default="", max_length=5000)
+    task_type: TaskType
+    source_channel: str | None = PydField(default=None, max_length=100)
+    product_standard: str | None = PydField(default=None, pattern=r"^(standard|non-standard)$")
+    media_format: str | None = PydField(default=None, max_length=50)
+    usability: Usability | None = None
+    tags: list[str] = PydField(default_factory=list, max_length=50)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: list[str]) -> list[str]:
+        for tag in v:
+            if not 0 < len(tag) <= 100:
+                raise ValueError("each tag must be 1 to 100 characters")
+        return sorted(set(v))
+
+
+class DatasetUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    description: str | None = PydField(default=None, max_length=5000)
+    source_channel: str | None = PydField(default=None, max_length=100)
+    product_standard: str | None = PydField(default=None, pattern=r"^(standard|non-standard)$")
+    media_format: str | None = PydField(default=None, max_length=50)
+    usability: Usability | None = None
+    tags: list[str] | None = PydField(default=None, max_length=50)
+
+
+class DatasetPublic(BaseModel):
+    id: str
+    name: str
+    description: str
+    task_type: str
+    owner: str
+    source_channel: str | None
+    product_standard: str | None
+    media_format: str | None
+    usability: str | None
+    tags: list[str]
+    status: str
+    latest_version: int | None
+    created_at: datetime
+    updated_at: datetime
+    deleted_at: datetime | None
+    purge_after: datetime | None
+
+
+class VersionPublic(BaseModel):
+    dataset_id: str
+    version: int
+    version_id: str
+    parent_version: int | None
+    manifest_key: str
+    manifest_sha256: str
+    item_count: int
+    labelled_count: int
+    total_bytes: int
+    categories: list[Category]
+    stats: dict[str, Any]
+    lineage: dict[str, Any]
+    has_quality_report: bool
+    message: str
+    created_by: str
+    status: str
+    created_at: datetime
+
+
+class JobPublic(BaseModel):
+    id: str
+    kind: str
+    dataset_id: str | None
+    status: str
+    progress: float = PydField(description="0..1")
+    done: int
+    total: int
+    message: str
+    result: dict[str, Any]
+    error: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int

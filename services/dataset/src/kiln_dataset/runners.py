@@ -1,0 +1,1 @@
+"""Job runners: import, augmentation and quality (purge lives with the lifecycle)."""
