@@ -24,8 +24,9 @@ async def running_service(
     app = create_app(runtime, background=[runtime.run_events])
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test",
-                                     timeout=60) as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://test", timeout=60
+        ) as client:
             token = issue_token("tester", roles or ["admin"], settings)
             client.headers["authorization"] = f"Bearer {token}"
             yield client, runtime

@@ -88,7 +88,8 @@ class DatasetVersionDeleted(EventData):
 class LabelsCommitted(EventData):
     event_type: ClassVar[str] = "kiln.annotation.labels.committed"
     description: ClassVar[str] = (
-        "Labels for items of a dataset version were accepted; the manifest holds item ids and labels."
+        "Labels for items of a dataset version were accepted; "
+        "the manifest holds item ids and labels."
     )
 
     commit_id: str

@@ -54,7 +54,9 @@ class ServiceRuntime:
         self.spec = spec
         self.settings = settings or get_settings()
         s = self.settings
-        self.db = Database(s.resolve(s.database_url, spec.name), schema=spec.name)
+        self.db = Database(
+            s.resolve(s.database_url, spec.name), schema=f"{s.db_schema_prefix}{spec.name}"
+        )
         self.bus: Bus = open_bus(s.resolve(s.bus_url, spec.name))
         self.store: ObjectStore = open_store(s.resolve(s.storage_url, spec.name))
         self.relay = OutboxRelay(

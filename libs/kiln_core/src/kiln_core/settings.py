@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     celery_broker_url: str = "memory://"
     triton_url: str = "managed://"
     redis_url: str = "redis://127.0.0.1:56379/0"
+    # Prefix of every service's PostgreSQL schema (``{prefix}dataset``): lets several
+    # environments or test runs share one database.
+    db_schema_prefix: str = Field(default="", pattern=r"^[a-z0-9_]*$", max_length=30)
 
     jwt_secret: str = Field(default="kiln-dev-secret-change-me-0123456789", min_length=16)
     jwt_algorithm: str = "HS256"

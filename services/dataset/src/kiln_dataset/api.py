@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile, status
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field as PydField
+from pydantic import BaseModel
+from pydantic import Field as PydField
 from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -18,10 +25,10 @@ from kiln_core.auth import Principal, require_roles
 from kiln_core.catalog import VersionLineage
 from kiln_core.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, ValidationFailed
 from kiln_core.http import SessionDep, get_runtime
-from kiln_core.manifest import Category, Label, ManifestItem, dump_jsonl
+from kiln_core.manifest import Category, Label, ManifestItem
 from kiln_core.service import ServiceRuntime
 from kiln_dataset import jobs
-from kiln_dataset.lifecycle import delete_version, record_blob
+from kiln_dataset.lifecycle import delete_version, record_blobs
 from kiln_dataset.models import (
     Dataset,
     DatasetCreate,
@@ -38,6 +45,7 @@ from kiln_dataset.models import (
     aware,
     utcnow,
 )
+from kiln_dataset.runners import validate_archive
 from kiln_dataset.versions import (
     create_version,
     diff_versions,
@@ -60,6 +68,7 @@ ExportFormat = Literal["coco", "yolo", "voc", "imagefolder", "jsonl"]
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_FILES_PER_REQUEST = 2000
+UPLOAD_CONCURRENCY = 8
 
 
 async def _dataset_public(session: AsyncSession, dataset: Dataset) -> DatasetPublic:
@@ -103,9 +112,17 @@ async def _version_out(session: AsyncSession, version: DatasetVersion) -> Versio
 def job_public(job: Job) -> JobPublic:
     progress = 1.0 if job.status == "succeeded" else (job.done / job.total if job.total else 0.0)
     return JobPublic(
-        id=job.id, kind=job.kind, dataset_id=job.dataset_id, status=job.status,
-        progress=round(min(progress, 1.0), 4), done=job.done, total=job.total,
-        message=job.message, result=job.result, error=job.error, created_at=job.created_at,
+        id=job.id,
+        kind=job.kind,
+        dataset_id=job.dataset_id,
+        status=job.status,
+        progress=round(min(progress, 1.0), 4),
+        done=job.done,
+        total=job.total,
+        message=job.message,
+        result=job.result,
+        error=job.error,
+        created_at=job.created_at,
         updated_at=job.updated_at,
     )
 
@@ -156,9 +173,12 @@ async def list_datasets(
     else:
         query = query.where(Dataset.status != DatasetStatus.deleted)
     for column, value in (
-        (Dataset.task_type, task_type), (Dataset.source_channel, source_channel),
-        (Dataset.product_standard, product_standard), (Dataset.media_format, media_format),
-        (Dataset.usability, usability), (Dataset.owner, owner),
+        (Dataset.task_type, task_type),
+        (Dataset.source_channel, source_channel),
+        (Dataset.product_standard, product_standard),
+        (Dataset.media_format, media_format),
+        (Dataset.usability, usability),
+        (Dataset.owner, owner),
     ):
         if value is not None:
             query = query.where(column == value)
@@ -168,8 +188,12 @@ async def list_datasets(
     if tag:
         rows = [d for d in rows if tag in (d.tags or [])]
     page = rows[offset : offset + limit]
-    return Page(items=[await _dataset_public(session, d) for d in page], total=len(rows),
-                limit=limit, offset=offset)
+    return Page(
+        items=[await _dataset_public(session, d) for d in page],
+        total=len(rows),
+        limit=limit,
+        offset=offset,
+    )
 
 
 @router.get("/datasets/{dataset_id}", response_model=DatasetPublic)
@@ -222,14 +246,22 @@ async def _set_status(request: Request, dataset_id: str, new: str, allowed: set[
             raise NotFound(f"no dataset {dataset_id!r}")
         if dataset.status not in allowed:
             raise Conflict(f"dataset is {dataset.status}; cannot become {new}")
-        if dataset.status == DatasetStatus.deleted and dataset.purge_after and (
-            aware(dataset.purge_after) <= utcnow()
+        if (
+            dataset.status == DatasetStatus.deleted
+            and dataset.purge_after
+            and (aware(dataset.purge_after) <= utcnow())
         ):
             raise Conflict("the retention period has ended; the dataset is being purged")
         if new == DatasetStatus.active and dataset.status == DatasetStatus.deleted:
-            clash = (await session.exec(select(Dataset).where(
-                Dataset.name == dataset.name, Dataset.status != "deleted",
-                Dataset.id != dataset.id))).first()
+            clash = (
+                await session.exec(
+                    select(Dataset).where(
+                        Dataset.name == dataset.name,
+                        Dataset.status != "deleted",
+                        Dataset.id != dataset.id,
+                    )
+                )
+            ).first()
             if clash is not None:
                 raise Conflict(f"another dataset is now named {dataset.name!r}")
         dataset.status = new
@@ -288,9 +320,13 @@ async def _open_draft(session: AsyncSession, dataset_id: str, draft_id: str) -> 
 
 
 async def _draft_count(session: AsyncSession, draft_id: str) -> int:
-    return int((await session.exec(
-        select(func.count()).select_from(DraftItem).where(DraftItem.draft_id == draft_id)
-    )).one())
+    return int(
+        (
+            await session.exec(
+                select(func.count()).select_from(DraftItem).where(DraftItem.draft_id == draft_id)
+            )
+        ).one()
+    )
 
 
 @router.post("/datasets/{dataset_id}/drafts", status_code=201, response_model=DraftPublic)
@@ -309,11 +345,22 @@ async def create_draft(
         if body.base_version is not None:
             base = await get_version(session, dataset_id, body.base_version)
             for item in await read_manifest(runtime.store, base.manifest_key):
-                session.add(DraftItem(draft_id=draft.id, item_id=item.item_id, blob=item.blob,
-                                      record=item.model_dump(mode="json", exclude_none=True)))
+                session.add(
+                    DraftItem(
+                        draft_id=draft.id,
+                        item_id=item.item_id,
+                        blob=item.blob,
+                        record=item.model_dump(mode="json", exclude_none=True),
+                    )
+                )
                 count += 1
-    return DraftPublic(id=draft.id, dataset_id=dataset_id, base_version=draft.base_version,
-                       status=draft.status, item_count=count)
+    return DraftPublic(
+        id=draft.id,
+        dataset_id=dataset_id,
+        base_version=draft.base_version,
+        status=draft.status,
+        item_count=count,
+    )
 
 
 def _parse_label_map(raw: str | None) -> dict[str, list[Any]]:
@@ -324,8 +371,9 @@ def _parse_label_map(raw: str | None) -> dict[str, list[Any]]:
     except ValueError as exc:
         raise ValidationFailed(f"labels: not JSON ({exc})", field="labels") from None
     if not isinstance(value, dict):
-        raise ValidationFailed("labels: must map file names to a label or list of labels",
-                               field="labels")
+        raise ValidationFailed(
+            "labels: must map file names to a label or list of labels", field="labels"
+        )
     out: dict[str, list[Any]] = {}
     for name, labels in value.items():
         labels = labels if isinstance(labels, list) else [labels]
@@ -348,8 +396,13 @@ async def upload_items(
     split: Annotated[Literal["train", "val", "test"] | None, Form()] = None,
 ) -> UploadResult:
     """Each file is checked on its own: a file whose bytes are not the image type its name
-    claims, or that cannot be decoded, is rejected with a reason; the others are kept."""
-    from kiln_dataset.media import UnreadableImage, extension_matches, image_size, sniff
+    claims, or that cannot be decoded, is rejected with a reason; the others are kept.
+
+    Files are checked and stored concurrently; the database work is one transaction for the
+    blobs (recorded before their bytes land, so a purge never races them) and one for the
+    draft items."""
+    from kiln_core.storage import SpooledBlob
+    from kiln_dataset.media import UnreadableImage, extension_matches, sniff, verify_image
 
     runtime = get_runtime(request)
     if len(files) > MAX_FILES_PER_REQUEST:
@@ -357,67 +410,125 @@ async def upload_items(
     label_map = _parse_label_map(labels)
     async with runtime.db.session() as session:
         await _open_draft(session, dataset_id, draft_id)
-    accepted: list[dict[str, Any]] = []
-    rejected: list[dict[str, Any]] = []
-    for upload in files:
+    limit = asyncio.Semaphore(UPLOAD_CONCURRENCY)
+
+    async def check(upload: UploadFile) -> tuple[ManifestItem, SpooledBlob] | dict[str, Any]:
         name = upload.filename or "unnamed"
-        head = await upload.read(64)
-        await upload.seek(0)
-        media_type = sniff(head)
-        if media_type is None:
-            rejected.append({"file": name, "reason": "not a supported image type"})
-            continue
-        if not extension_matches(name, media_type):
-            rejected.append({"file": name, "reason": f"file name does not match its bytes ({media_type})"})
-            continue
-        try:
-            spooled = await runtime.store.spool(upload.file, max_bytes=MAX_FILE_BYTES)
-        except PayloadTooLarge:
-            rejected.append({"file": name, "reason": f"larger than {MAX_FILE_BYTES} bytes"})
-            continue
-        try:
-            width, height = image_size(spooled.path)
-        except UnreadableImage as exc:
-            rejected.append({"file": name, "reason": f"unreadable image: {exc}"})
-            continue
-        try:
-            item = ManifestItem(
-                item_id=name, blob=spooled.sha256, media_type=media_type,
-                size_bytes=spooled.size, width=width, height=height, source_name=name,
-                split=split, labels=label_map.get(name, []),
-            )
-        except ValueError as exc:
-            rejected.append({"file": name, "reason": f"labels: {exc}"})
-            continue
-        # Record the blob first, so a concurrent purge sees it as fresh, then store the bytes.
-        async with runtime.db.transaction() as session:
-            await record_blob(session, spooled_ref(spooled), media_type)
-        await runtime.store.put_spooled(spooled)
-        async with runtime.db.transaction() as session:
-            await _open_draft(session, dataset_id, draft_id)
-            existing = await session.get(DraftItem, (draft_id, name))
-            record = item.model_dump(mode="json", exclude_none=True)
-            if existing is not None:
-                existing.blob, existing.record = item.blob, record
-                session.add(existing)
-            else:
-                session.add(DraftItem(draft_id=draft_id, item_id=name, blob=item.blob,
-                                      record=record))
-        accepted.append({"file": name, "item_id": name, "blob": item.blob,
-                         "size_bytes": item.size_bytes, "width": width, "height": height})
+        async with limit:
+            head = await upload.read(64)
+            await upload.seek(0)
+            media_type = sniff(head)
+            if media_type is None:
+                return {"file": name, "reason": "not a supported image type"}
+            if not extension_matches(name, media_type):
+                return {
+                    "file": name,
+                    "reason": f"file name does not match its bytes ({media_type})",
+                }
+            try:
+                spooled = await runtime.store.spool(upload.file, max_bytes=MAX_FILE_BYTES)
+            except PayloadTooLarge:
+                return {"file": name, "reason": f"larger than {MAX_FILE_BYTES} bytes"}
+            try:
+                width, height = await asyncio.to_thread(verify_image, Path(spooled.path))
+                item = ManifestItem(
+                    item_id=name,
+                    blob=spooled.sha256,
+                    media_type=media_type,
+                    size_bytes=spooled.size,
+                    width=width,
+                    height=height,
+                    source_name=name,
+                    split=split,
+                    labels=label_map.get(name, []),
+                )
+            except (UnreadableImage, ValueError) as exc:
+                _discard(spooled.path)
+                reason = (
+                    f"unreadable image: {exc}"
+                    if isinstance(exc, UnreadableImage)
+                    else (f"labels: {exc}")
+                )
+                return {"file": name, "reason": reason}
+            return item, spooled
+
+    checked = await asyncio.gather(*(check(f) for f in files))
+    rejected = [c for c in checked if isinstance(c, dict)]
+    good = [c for c in checked if not isinstance(c, dict)]
+    try:
+        if good:
+            async with runtime.db.transaction() as session:
+                await record_blobs(
+                    session, [(spooled_ref(sp), item.media_type) for item, sp in good]
+                )
+
+            async def store(spooled: SpooledBlob) -> None:
+                async with limit:
+                    await runtime.store.put_spooled(spooled)
+
+            await asyncio.gather(*(store(sp) for _, sp in good))
+            async with runtime.db.transaction() as session:
+                await _open_draft(session, dataset_id, draft_id)
+                ids = [item.item_id for item, _ in good]
+                current = {
+                    row.item_id: row
+                    for row in (
+                        await session.exec(
+                            select(DraftItem).where(
+                                DraftItem.draft_id == draft_id, col(DraftItem.item_id).in_(ids)
+                            )
+                        )
+                    ).all()
+                }
+                for item, _ in good:
+                    record = item.model_dump(mode="json", exclude_none=True)
+                    existing = current.get(item.item_id)
+                    if existing is not None:
+                        existing.blob, existing.record = item.blob, record
+                        session.add(existing)
+                    else:
+                        session.add(
+                            DraftItem(
+                                draft_id=draft_id,
+                                item_id=item.item_id,
+                                blob=item.blob,
+                                record=record,
+                            )
+                        )
+    finally:
+        for _, spooled in good:
+            _discard(spooled.path)
+    accepted = [
+        {
+            "file": item.item_id,
+            "item_id": item.item_id,
+            "blob": item.blob,
+            "size_bytes": item.size_bytes,
+            "width": item.width,
+            "height": item.height,
+        }
+        for item, _ in good
+    ]
     return UploadResult(accepted=accepted, rejected=rejected)
+
+
+def _discard(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def spooled_ref(spooled: Any) -> Any:
     from kiln_core.storage import BlobRef, blob_key
 
-    return BlobRef(sha256=spooled.sha256, size=spooled.size, key=blob_key(spooled.sha256),
-                   created=False)
+    return BlobRef(
+        sha256=spooled.sha256, size=spooled.size, key=blob_key(spooled.sha256), created=False
+    )
 
 
 @router.delete("/datasets/{dataset_id}/drafts/{draft_id}/items/{item_id:path}", status_code=204)
-async def remove_draft_item(dataset_id: str, draft_id: str, item_id: str, request: Request,
-                            _who: Writer) -> None:
+async def remove_draft_item(
+    dataset_id: str, draft_id: str, item_id: str, request: Request, _who: Writer
+) -> None:
     runtime = get_runtime(request)
     async with runtime.db.transaction() as session:
         await _open_draft(session, dataset_id, draft_id)
@@ -431,8 +542,9 @@ class CommitRequest(BaseModel):
     message: str = PydField(default="", max_length=2000)
 
 
-@router.post("/datasets/{dataset_id}/drafts/{draft_id}/commit", status_code=201,
-             response_model=VersionPublic)
+@router.post(
+    "/datasets/{dataset_id}/drafts/{draft_id}/commit", status_code=201, response_model=VersionPublic
+)
 async def commit_draft(
     dataset_id: str, draft_id: str, body: CommitRequest, request: Request, who: Writer
 ) -> VersionPublic:
@@ -440,22 +552,36 @@ async def commit_draft(
     runtime = get_runtime(request)
     async with runtime.db.transaction() as session:
         draft = await _open_draft(session, dataset_id, draft_id)
-        rows = (await session.exec(
-            select(DraftItem).where(DraftItem.draft_id == draft_id).order_by(col(DraftItem.item_id))
-        )).all()
+        rows = (
+            await session.exec(
+                select(DraftItem)
+                .where(DraftItem.draft_id == draft_id)
+                .order_by(col(DraftItem.item_id))
+            )
+        ).all()
         if not rows:
             raise ValidationFailed("the draft has no items")
         items = [ManifestItem.model_validate(r.record) for r in rows]
-        parent = (await get_version(session, dataset_id, draft.base_version)
-                  if draft.base_version else await latest_version(session, dataset_id))
+        parent = (
+            await get_version(session, dataset_id, draft.base_version)
+            if draft.base_version
+            else await latest_version(session, dataset_id)
+        )
         categories = [Category.model_validate(c) for c in (parent.categories if parent else [])]
         version = await create_version(
-            session, runtime, dataset_id, items, parent=parent, categories=categories,
+            session,
+            runtime,
+            dataset_id,
+            items,
+            parent=parent,
+            categories=categories,
             lineage=VersionLineage(
-                source="upload", parent_version=parent.number if parent else None,
+                source="upload",
+                parent_version=parent.number if parent else None,
                 parent_version_id=parent.id if parent else None,
             ),
-            created_by=who.subject, message=body.message,
+            created_by=who.subject,
+            message=body.message,
         )
         draft.status = "committed"
         session.add(draft)
@@ -480,27 +606,46 @@ async def import_archive(
     file: Annotated[UploadFile, File(description="zip or tar.gz archive")],
     format: Annotated[ImportFormat, Query(description="layout inside the archive")] = "auto",
     message: Annotated[str, Form(max_length=2000)] = "",
+    mode: Annotated[
+        Literal["append", "replace"],
+        Query(description="append to the latest version's items, or replace them"),
+    ] = "append",
 ) -> Accepted:
-    """Store the archive, then import it on a worker; poll ``status_url`` for progress."""
+    """Check and store the archive, then import it on a worker; poll ``status_url``."""
     runtime = get_runtime(request)
     async with runtime.db.session() as session:
         dataset = await get_dataset(session, dataset_id)
         if dataset.status != DatasetStatus.active:
             raise Conflict(f"dataset is {dataset.status}")
-    job = Job(kind="import", dataset_id=dataset_id, created_by=who.subject,
-              params={"format": format, "filename": file.filename or "", "message": message})
-    key = f"imports/{job.id}/archive"
-    size = await runtime.store.put(key, file.file)
-    if size == 0:
-        await runtime.store.delete(key)
-        raise BadRequest("the uploaded archive is empty")
+    job = Job(
+        kind="import",
+        dataset_id=dataset_id,
+        created_by=who.subject,
+        params={
+            "format": format,
+            "filename": file.filename or "",
+            "message": message,
+            "mode": mode,
+        },
+    )
+    with tempfile.NamedTemporaryFile(prefix="kiln-upload-") as spool:
+        await asyncio.to_thread(shutil.copyfileobj, file.file, spool, 1024 * 1024)
+        spool.flush()
+        if spool.tell() == 0:
+            raise BadRequest("the uploaded archive is empty")
+        # Unsafe archives (traversal, links, bombs) are refused now, before anything is kept.
+        await asyncio.to_thread(validate_archive, Path(spool.name))
+        spool.seek(0)
+        key = f"imports/{job.id}/archive"
+        size = await runtime.store.put(key, spool)
     job.params["archive_key"] = key
     job.params["archive_bytes"] = size
     async with runtime.db.transaction() as session:
         session.add(job)
     jobs.enqueue(runtime, job)
-    return Accepted(import_id=job.id, job_id=job.id, status=job.status,
-                    status_url=f"/v1/imports/{job.id}")
+    return Accepted(
+        import_id=job.id, job_id=job.id, status=job.status, status_url=f"/v1/imports/{job.id}"
+    )
 
 
 @router.get("/imports/{import_id}", response_model=JobPublic)
@@ -521,9 +666,13 @@ async def read_job(job_id: str, session: SessionDep, _who: Reader) -> JobPublic:
 
 @router.get("/jobs", response_model=Page[JobPublic])
 async def list_jobs(
-    session: SessionDep, _who: Reader, limit: Limit = 50, offset: Offset = 0,
-    dataset_id: str | None = None, kind: str | None = None, status_: Annotated[
-        str | None, Query(alias="status")] = None,
+    session: SessionDep,
+    _who: Reader,
+    limit: Limit = 50,
+    offset: Offset = 0,
+    dataset_id: str | None = None,
+    kind: str | None = None,
+    status_: Annotated[str | None, Query(alias="status")] = None,
 ) -> Page[JobPublic]:
     query = select(Job)
     if dataset_id:
@@ -533,8 +682,9 @@ async def list_jobs(
     if status_:
         query = query.where(Job.status == status_)
     total = int((await session.exec(select(func.count()).select_from(query.subquery()))).one())
-    rows = (await session.exec(
-        query.order_by(col(Job.created_at).desc()).offset(offset).limit(limit))).all()
+    rows = (
+        await session.exec(query.order_by(col(Job.created_at).desc()).offset(offset).limit(limit))
+    ).all()
     return Page(items=[job_public(j) for j in rows], total=total, limit=limit, offset=offset)
 
 
@@ -547,12 +697,20 @@ async def list_versions(
 ) -> Page[VersionPublic]:
     await get_dataset(session, dataset_id)
     query = select(DatasetVersion).where(
-        DatasetVersion.dataset_id == dataset_id, DatasetVersion.status == "live")
+        DatasetVersion.dataset_id == dataset_id, DatasetVersion.status == "live"
+    )
     total = int((await session.exec(select(func.count()).select_from(query.subquery()))).one())
-    rows = (await session.exec(
-        query.order_by(col(DatasetVersion.number).desc()).offset(offset).limit(limit))).all()
-    return Page(items=[await _version_out(session, v) for v in rows], total=total, limit=limit,
-                offset=offset)
+    rows = (
+        await session.exec(
+            query.order_by(col(DatasetVersion.number).desc()).offset(offset).limit(limit)
+        )
+    ).all()
+    return Page(
+        items=[await _version_out(session, v) for v in rows],
+        total=total,
+        limit=limit,
+        offset=offset,
+    )
 
 
 @router.get("/datasets/{dataset_id}/versions/{version}", response_model=VersionPublic)
@@ -564,8 +722,13 @@ async def read_version(
 
 @router.get("/datasets/{dataset_id}/versions/{version}/items", response_model=Page[ManifestItem])
 async def list_items(
-    dataset_id: str, version: int, request: Request, session: SessionDep, _who: Reader,
-    limit: Limit = 100, offset: Offset = 0,
+    dataset_id: str,
+    version: int,
+    request: Request,
+    session: SessionDep,
+    _who: Reader,
+    limit: Limit = 100,
+    offset: Offset = 0,
     split: Literal["train", "val", "test", "unassigned"] | None = None,
     label: str | None = None,
 ) -> Page[ManifestItem]:
@@ -575,34 +738,43 @@ async def list_items(
         items = [i for i in items if (i.split or "unassigned") == split]
     if label:
         items = [i for i in items if any(x.label == label for x in i.labels)]
-    return Page(items=items[offset : offset + limit], total=len(items), limit=limit,
-                offset=offset)
+    return Page(items=items[offset : offset + limit], total=len(items), limit=limit, offset=offset)
 
 
-@router.get("/datasets/{dataset_id}/versions/{version}/manifest",
-            response_class=StreamingResponse,
-            responses={200: {"content": {"application/x-ndjson": {}}}})
+@router.get(
+    "/datasets/{dataset_id}/versions/{version}/manifest",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/x-ndjson": {}}}},
+)
 async def download_manifest(
     dataset_id: str, version: int, request: Request, session: SessionDep, _who: Reader
 ) -> StreamingResponse:
     """The version's JSONL manifest, streamed."""
     row = await get_version(session, dataset_id, version)
     store = get_runtime(request).store
-    return StreamingResponse(store.stream(row.manifest_key), media_type="application/x-ndjson",
-                             headers={"etag": f'"{row.manifest_sha256}"'})
+    return StreamingResponse(
+        store.stream(row.manifest_key),
+        media_type="application/x-ndjson",
+        headers={"etag": f'"{row.manifest_sha256}"'},
+    )
 
 
 @router.get("/datasets/{dataset_id}/versions/{version}/diff")
 async def diff_version(
-    dataset_id: str, version: int, request: Request, session: SessionDep, _who: Reader,
+    dataset_id: str,
+    version: int,
+    request: Request,
+    session: SessionDep,
+    _who: Reader,
     against: Annotated[int, Query(ge=1, description="the other version (the 'before')")],
 ) -> dict[str, Any]:
     """Items added, removed, relabelled between ``against`` and this version."""
     store = get_runtime(request).store
     new = await get_version(session, dataset_id, version)
     old = await get_version(session, dataset_id, against)
-    diff = diff_versions(await read_manifest(store, old.manifest_key),
-                         await read_manifest(store, new.manifest_key))
+    diff = diff_versions(
+        await read_manifest(store, old.manifest_key), await read_manifest(store, new.manifest_key)
+    )
     return {"from_version": against, "to_version": version, **diff}
 
 
@@ -613,8 +785,11 @@ class SplitRequest(BaseModel):
     message: str = PydField(default="", max_length=2000)
 
 
-@router.post("/datasets/{dataset_id}/versions/{version}/splits", status_code=201,
-             response_model=VersionPublic)
+@router.post(
+    "/datasets/{dataset_id}/versions/{version}/splits",
+    status_code=201,
+    response_model=VersionPublic,
+)
 async def split_version(
     dataset_id: str, version: int, body: SplitRequest, request: Request, who: Writer
 ) -> VersionPublic:
@@ -626,17 +801,27 @@ async def split_version(
         parent = await get_version(session, dataset_id, version)
         items = await read_manifest(runtime.store, parent.manifest_key)
         try:
-            assignment = assign_splits(items, ratios=body.ratios, seed=body.seed,
-                                       stratify=body.stratify)
+            assignment = assign_splits(
+                items, ratios=body.ratios, seed=body.seed, stratify=body.stratify
+            )
         except ValueError as exc:
             raise ValidationFailed(str(exc), field="ratios") from None
         items = [i.model_copy(update={"split": assignment[i.item_id]}) for i in items]
         created = await create_version(
-            session, runtime, dataset_id, items, parent=parent,
+            session,
+            runtime,
+            dataset_id,
+            items,
+            parent=parent,
             categories=[Category.model_validate(c) for c in parent.categories or []],
-            lineage=VersionLineage(source="split", parent_version=parent.number,
-                                   parent_version_id=parent.id, seed=body.seed),
-            created_by=who.subject, message=body.message or f"splits {body.ratios} seed {body.seed}",
+            lineage=VersionLineage(
+                source="split",
+                parent_version=parent.number,
+                parent_version_id=parent.id,
+                seed=body.seed,
+            ),
+            created_by=who.subject,
+            message=body.message or f"splits {body.ratios} seed {body.seed}",
         )
         return await _version_out(session, created)
 
@@ -649,11 +834,17 @@ async def version_stats(
     return (await get_version(session, dataset_id, version)).stats or {}
 
 
-@router.get("/datasets/{dataset_id}/versions/{version}/export",
-            response_class=StreamingResponse,
-            responses={200: {"content": {"application/zip": {}, "application/x-ndjson": {}}}})
+@router.get(
+    "/datasets/{dataset_id}/versions/{version}/export",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/zip": {}, "application/x-ndjson": {}}}},
+)
 async def export_version(
-    dataset_id: str, version: int, request: Request, session: SessionDep, _who: Reader,
+    dataset_id: str,
+    version: int,
+    request: Request,
+    session: SessionDep,
+    _who: Reader,
     format: Annotated[ExportFormat, Query(description="output layout")] = "jsonl",
 ) -> StreamingResponse:
     """The version in a standard layout, streamed (zip for image formats)."""
@@ -674,14 +865,18 @@ async def export_version(
     suffix = "jsonl" if format == "jsonl" else "zip"
     name = f"{dataset.name}-v{row.number}-{format}.{suffix}".replace(" ", "_")
     return StreamingResponse(
-        export_stream(format, items, categories, read_blob), media_type=media,
+        export_stream(format, items, categories, read_blob),
+        media_type=media,
         headers={"content-disposition": f'attachment; filename="{name}"'},
     )
 
 
 @router.delete("/datasets/{dataset_id}/versions/{version}", status_code=204)
 async def delete_dataset_version(
-    dataset_id: str, version: int, request: Request, _who: Writer,
+    dataset_id: str,
+    version: int,
+    request: Request,
+    _who: Writer,
     reason: Annotated[str, Query(max_length=500)] = "",
 ) -> None:
     """Soft-delete a version; its blobs are purged later unless another version uses them."""
@@ -697,8 +892,11 @@ class AugmentRequest(BaseModel):
     message: str = PydField(default="", max_length=2000)
 
 
-@router.post("/datasets/{dataset_id}/versions/{version}/augmentations", status_code=202,
-             response_model=Accepted)
+@router.post(
+    "/datasets/{dataset_id}/versions/{version}/augmentations",
+    status_code=202,
+    response_model=Accepted,
+)
 async def augment_version(
     dataset_id: str, version: int, body: AugmentRequest, request: Request, who: Writer
 ) -> Accepted:
@@ -709,13 +907,19 @@ async def augment_version(
         recipe = Recipe.model_validate(body.recipe)
     except ValueError as exc:
         raise ValidationFailed(f"recipe: {exc}", field="recipe") from None
-    return await _start_job(request, who, dataset_id, version, "augmentation",
-                            {"recipe": recipe.model_dump(mode="json"), "seed": body.seed,
-                             "message": body.message})
+    return await _start_job(
+        request,
+        who,
+        dataset_id,
+        version,
+        "augmentation",
+        {"recipe": recipe.model_dump(mode="json"), "seed": body.seed, "message": body.message},
+    )
 
 
-@router.post("/datasets/{dataset_id}/versions/{version}/quality", status_code=202,
-             response_model=Accepted)
+@router.post(
+    "/datasets/{dataset_id}/versions/{version}/quality", status_code=202, response_model=Accepted
+)
 async def evaluate_quality(
     dataset_id: str, version: int, request: Request, who: Writer
 ) -> Accepted:
@@ -733,13 +937,23 @@ async def read_quality(
     return row.quality
 
 
-async def _start_job(request: Request, who: Principal, dataset_id: str, version: int,
-                     kind: str, params: dict[str, Any]) -> Accepted:
+async def _start_job(
+    request: Request,
+    who: Principal,
+    dataset_id: str,
+    version: int,
+    kind: str,
+    params: dict[str, Any],
+) -> Accepted:
     runtime: ServiceRuntime = get_runtime(request)
     async with runtime.db.transaction() as session:
         row = await get_version(session, dataset_id, version)
-        job = Job(kind=kind, dataset_id=dataset_id, created_by=who.subject,
-                  params={**params, "version": row.number})
+        job = Job(
+            kind=kind,
+            dataset_id=dataset_id,
+            created_by=who.subject,
+            params={**params, "version": row.number},
+        )
         session.add(job)
     jobs.enqueue(runtime, job)
     return Accepted(job_id=job.id, status=job.status, status_url=f"/v1/jobs/{job.id}")
@@ -750,8 +964,9 @@ class PurgeRequest(BaseModel):
 
 
 @router.post("/purge", status_code=202, response_model=Accepted, tags=["lifecycle"])
-async def start_purge(body: PurgeRequest, request: Request,
-                      who: Annotated[Principal, require_roles("admin")]) -> Accepted:
+async def start_purge(
+    body: PurgeRequest, request: Request, who: Annotated[Principal, require_roles("admin")]
+) -> Accepted:
     """Expire datasets past retention and delete blobs no live version references."""
     runtime = get_runtime(request)
     job = Job(kind="purge", created_by=who.subject, params={"grace_minutes": body.grace_minutes})

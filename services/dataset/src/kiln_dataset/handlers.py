@@ -19,7 +19,9 @@ from kiln_dataset.versions import create_version, get_version, read_manifest
 log = logging.getLogger(__name__)
 
 
-async def on_labels_committed(session: AsyncSession, event: CloudEvent, data: LabelsCommitted) -> None:
+async def on_labels_committed(
+    session: AsyncSession, event: CloudEvent, data: LabelsCommitted
+) -> None:
     """Annotation accepted labels for items of a version: make the labelled version.
 
     Labels in the commit replace the labels of those items; other items keep theirs.
@@ -43,12 +45,24 @@ async def on_labels_committed(session: AsyncSession, event: CloudEvent, data: La
         for i in items
     ]
     categories = [Category.model_validate(c) for c in base.categories or []]
-    categories += [Category.model_validate(c) for c in data.categories
-                   if c.get("name") not in {x.name for x in categories}]
+    categories += [
+        Category.model_validate(c)
+        for c in data.categories
+        if c.get("name") not in {x.name for x in categories}
+    ]
     await create_version(
-        session, runtime, data.dataset_id, items, parent=base, categories=categories,
-        lineage=VersionLineage(source="labels", parent_version=base.number,
-                               parent_version_id=base.id, labels_commit_id=data.commit_id),
+        session,
+        runtime,
+        data.dataset_id,
+        items,
+        parent=base,
+        categories=categories,
+        lineage=VersionLineage(
+            source="labels",
+            parent_version=base.number,
+            parent_version_id=base.id,
+            labels_commit_id=data.commit_id,
+        ),
         created_by=f"annotation:{data.project_id}",
         message=f"labels from annotation project {data.project_id}",
     )

@@ -95,12 +95,16 @@ async def run_job(job_id: str, settings: Settings | None = None) -> None:
             raise JobFailed(f"no runner for job kind {job.kind!r}")
         await work(runtime, job, progress)
     except Exception as exc:  # noqa: BLE001 - recorded on the job, never lost
-        problem = exc.problem() if isinstance(exc, KilnError) else {
-            "type": "https://kiln.dev/problems/internal-error",
-            "title": "Job failed",
-            "status": 500,
-            "detail": f"{type(exc).__name__}: {exc}"[:2000],
-        }
+        problem = (
+            exc.problem()
+            if isinstance(exc, KilnError)
+            else {
+                "type": "https://kiln.dev/problems/internal-error",
+                "title": "Job failed",
+                "status": 500,
+                "detail": f"{type(exc).__name__}: {exc}"[:2000],
+            }
+        )
         if not isinstance(exc, KilnError):
             log.exception("job failed", extra={"job_id": job_id})
         async with runtime.db.transaction() as session:
@@ -108,7 +112,7 @@ async def run_job(job_id: str, settings: Settings | None = None) -> None:
             if row is not None and row.status != JobStatus.succeeded:
                 row.status = JobStatus.failed
                 row.error = problem
-                row.message = problem["detail"]
+                row.message = str(problem["detail"])
                 row.updated_at = utcnow()
                 session.add(row)
     finally:
@@ -133,7 +137,8 @@ async def run_purge(runtime: ServiceRuntime, job: Job, progress: Progress) -> di
     from kiln_dataset.lifecycle import purge
 
     result = await purge(
-        runtime, grace=timedelta(minutes=int(job.params.get("grace_minutes", 60))),
+        runtime,
+        grace=timedelta(minutes=int(job.params.get("grace_minutes", 60))),
         progress=progress,
     )
     async with runtime.db.transaction() as session:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import exists, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -33,12 +34,28 @@ BLOBS = Blob.__table__  # type: ignore[attr-defined]
 
 async def record_blob(session: AsyncSession, ref: BlobRef, media_type: str) -> None:
     """Register an uploaded blob, or refresh when it was last seen if it already exists."""
+    await record_blobs(session, [(ref, media_type)])
+
+
+async def record_blobs(session: AsyncSession, refs: list[tuple[BlobRef, str]]) -> None:
+    """:func:`record_blob` for many blobs in one statement (sorted: a stable lock order)."""
+    if not refs:
+        return
     now = utcnow()
-    insert_fn = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
-    stmt = insert_fn(BLOBS).values(
-        sha256=ref.sha256, size_bytes=ref.size, media_type=media_type, created_at=now,
-        last_seen_at=now,
-    )
+    unique = {ref.sha256: (ref, media_type) for ref, media_type in refs}
+    rows = [
+        {
+            "sha256": sha,
+            "size_bytes": ref.size,
+            "media_type": media_type,
+            "created_at": now,
+            "last_seen_at": now,
+        }
+        for sha, (ref, media_type) in sorted(unique.items())
+    ]
+    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    insert_fn = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = insert_fn(BLOBS).values(rows)
     await session.execute(
         stmt.on_conflict_do_update(index_elements=["sha256"], set_={"last_seen_at": now})
     )
@@ -54,23 +71,27 @@ async def delete_version(
     await runtime.emit(
         session,
         DatasetVersionDeleted(
-            dataset_id=version.dataset_id, version=version.number, version_id=version.id,
+            dataset_id=version.dataset_id,
+            version=version.number,
+            version_id=version.id,
             reason=reason,
         ),
         subject=version.dataset_id,
     )
 
 
-def _referenced(blob_column: object) -> object:
+def _referenced(blob_column: Any) -> Any:
     live = exists().where(
-        VersionBlob.blob == blob_column,
-        DatasetVersion.id == VersionBlob.version_id,
-        DatasetVersion.status == "live",
+        col(VersionBlob.blob) == blob_column,
+        col(DatasetVersion.id) == col(VersionBlob.version_id),
+        col(DatasetVersion.status) == "live",
     )
     drafted = exists().where(
-        DraftItem.blob == blob_column, Draft.id == DraftItem.draft_id, Draft.status == "open"
+        col(DraftItem.blob) == blob_column,
+        col(Draft.id) == col(DraftItem.draft_id),
+        col(Draft.status) == "open",
     )
-    return live | drafted  # type: ignore[operator]
+    return live | drafted
 
 
 async def purge(
@@ -115,7 +136,7 @@ async def purge(
             (
                 await session.exec(
                     select(Blob.sha256).where(
-                        col(Blob.last_seen_at) <= cutoff, ~_referenced(Blob.sha256)  # type: ignore[operator]
+                        col(Blob.last_seen_at) <= cutoff, ~_referenced(Blob.sha256)
                     )
                 )
             ).all()
@@ -124,7 +145,7 @@ async def purge(
     for index, sha in enumerate(candidates):
         async with db.transaction() as session:
             query = select(Blob).where(
-                Blob.sha256 == sha, col(Blob.last_seen_at) <= cutoff, ~_referenced(Blob.sha256)  # type: ignore[operator]
+                Blob.sha256 == sha, col(Blob.last_seen_at) <= cutoff, ~_referenced(Blob.sha256)
             )
             if db.is_postgres:
                 query = query.with_for_update()
@@ -136,5 +157,8 @@ async def purge(
             deleted += 1
         if progress is not None and (index + 1) % 50 == 0:
             await progress(index + 1, len(candidates), f"purged {deleted} blobs")
-    return {"expired_versions": expired_versions, "deleted_blobs": deleted,
-            "candidates": len(candidates)}
+    return {
+        "expired_versions": expired_versions,
+        "deleted_blobs": deleted,
+        "candidates": len(candidates),
+    }

@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field as PydField, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import Field as PydField
 from sqlalchemy import JSON, BigInteger, Column, DateTime, Integer, String, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from kiln_core.manifest import Category, TaskType
-
 
 T = TypeVar("T")
 

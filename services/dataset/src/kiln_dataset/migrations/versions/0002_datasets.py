@@ -116,5 +116,13 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("jobs", "draft_items", "drafts", "blobs", "version_blobs", "versions", "datasets"):
+    for table in (
+        "jobs",
+        "draft_items",
+        "drafts",
+        "blobs",
+        "version_blobs",
+        "versions",
+        "datasets",
+    ):
         op.drop_table(table)
