@@ -202,3 +202,36 @@ async def test_viewer_cannot_write_and_nothing_changes(dataset_service: Service)
     )
     assert r.status_code == 403
     assert (await client.get("/v1/datasets")).json()["total"] == 0
+
+
+async def test_uploading_the_same_1000_images_twice_stores_1000_blobs(
+    dataset_service: Service,
+) -> None:
+    import random
+
+    from sqlmodel import func, select
+
+    client, runtime = dataset_service
+    ds = (await make_dataset(client))["id"]
+    rng = random.Random(42)
+    images = {
+        f"img{i:04}.png": png((rng.randrange(256), rng.randrange(256), i % 256), (8 + i % 7, 8))
+        for i in range(1000)
+    }
+    assert len(set(images.values())) == 1000
+    names = list(images)
+    for _round in range(2):
+        draft = (await client.post(f"/v1/datasets/{ds}/drafts", json={})).json()["id"]
+        for start in range(0, 1000, 250):
+            batch = names[start : start + 250]
+            r = await client.post(
+                f"/v1/datasets/{ds}/drafts/{draft}/items",
+                files=[("files", (n, images[n], "image/png")) for n in batch],
+            )
+            assert r.status_code == 200 and len(r.json()["accepted"]) == 250
+        await commit(client, ds, draft)
+    assert len(await runtime.store.list("blobs/")) == 1000
+    async with runtime.db.session() as session:
+        assert (await session.exec(select(func.count()).select_from(Blob))).one() == 1000
+    versions = (await client.get(f"/v1/datasets/{ds}/versions")).json()
+    assert [v["item_count"] for v in versions["items"]] == [1000, 1000]

@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
 CHUNK = 1024 * 1024
@@ -38,9 +40,13 @@ class BlobRef:
 
 @dataclass(frozen=True)
 class SpooledBlob:
-    path: str
+    path: str  # the temporary file, or "" when the bytes are held in ``data``
     sha256: str
     size: int
+    data: bytes | None = None
+
+
+SMALL_BLOB = 4 * 1024 * 1024  # below this, bytes already in memory are not spooled to disk
 
 
 class ObjectStore(ABC):
@@ -51,23 +57,51 @@ class ObjectStore(ABC):
         return await self.put_spooled(await self.spool(source, max_bytes=max_bytes))
 
     async def spool(self, source: Source, *, max_bytes: int | None = None) -> SpooledBlob:
-        """First half of :meth:`put_blob`: hash to a temporary file, so the caller can record
-        the hash (e.g. protect it from a purge) before the bytes land."""
+        """First half of :meth:`put_blob`: hash to a temporary file (or, for small bytes
+        already in memory, keep them there), so the caller can record the hash (e.g. protect
+        it from a purge) before the bytes land."""
+        if isinstance(source, bytes | bytearray) and len(source) <= SMALL_BLOB:
+            from kiln_core.errors import PayloadTooLarge
+
+            if max_bytes is not None and len(source) > max_bytes:
+                raise PayloadTooLarge(f"object exceeds the limit of {max_bytes} bytes")
+            data = bytes(source)
+            return SpooledBlob(
+                path="", sha256=hashlib.sha256(data).hexdigest(), size=len(data), data=data
+            )
         path, sha, size = await _spool(source, max_bytes=max_bytes)
         return SpooledBlob(path=path, sha256=sha, size=size)
 
-    async def put_spooled(self, spooled: SpooledBlob) -> BlobRef:
-        """Second half of :meth:`put_blob`; removes the temporary file."""
+    async def put_spooled(
+        self, spooled: SpooledBlob, *, skip_exists_check: bool = False
+    ) -> BlobRef:
+        """Second half of :meth:`put_blob`; removes the temporary file. With
+        ``skip_exists_check`` the bytes are written without asking first (one round trip
+        instead of two when the caller knows they are most likely new)."""
         try:
             key = blob_key(spooled.sha256)
             created = False
-            if not await self.exists(key):
-                await self._put_file(key, spooled.path, spooled.size)
+            if skip_exists_check or not await self.exists(key):
+                if spooled.data is not None:
+                    await self._put_bytes(key, spooled.data)
+                else:
+                    await self._put_file(key, spooled.path, spooled.size)
                 created = True
             return BlobRef(sha256=spooled.sha256, size=spooled.size, key=key, created=created)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(spooled.path)
+            if spooled.path:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(spooled.path)
+
+    async def _put_bytes(self, key: str, data: bytes) -> None:
+        """Small objects already in memory; stores may override to skip the temp file."""
+        fd, path = tempfile.mkstemp(prefix="kiln-small-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            await self._put_file(key, path, len(data))
+        finally:
+            os.unlink(path)
 
     async def put(self, key: str, source: Source) -> int:
         """Store bytes under ``key`` (replacing); returns the size."""
@@ -208,10 +242,14 @@ class LocalStore(ObjectStore):
             raise OSError(f"store directory {self.root} is not writable")
 
 
+_S3_POOL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="kiln-s3")
+
+
 class S3Store(ObjectStore):
     """``s3://ACCESS:SECRET@host:port/bucket?secure=false&region=us-east-1``."""
 
     def __init__(self, url: str) -> None:
+        import urllib3
         from minio import Minio
 
         self.url = url
@@ -227,6 +265,14 @@ class S3Store(ObjectStore):
             secret_key=unquote(parts.password or ""),
             secure=secure,
             region=query.get("region", [None])[0],
+            # As many pooled connections as I/O threads, so concurrent puts reuse them.
+            http_client=urllib3.PoolManager(
+                maxsize=32,
+                timeout=urllib3.Timeout(connect=10, read=300),
+                retries=urllib3.Retry(
+                    total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]
+                ),
+            ),
         )
         self._bucket_ready = False
 
@@ -243,22 +289,31 @@ class S3Store(ObjectStore):
                         raise
             self._bucket_ready = True
 
+    async def _io(self, fn: Any, *args: Any) -> Any:
+        # A pool of its own: S3 calls are slow I/O and must not queue behind CPU work (hashing,
+        # decoding) in the default executor.
+        return await asyncio.get_running_loop().run_in_executor(_S3_POOL, lambda: fn(*args))
+
     async def _put_file(self, key: str, path: str, size: int) -> None:
         await self._ensure_bucket()
-        await asyncio.to_thread(self.client.fput_object, self.bucket, key, path)
+        await self._io(self.client.fput_object, self.bucket, key, path)
+
+    async def _put_bytes(self, key: str, data: bytes) -> None:
+        await self._ensure_bucket()
+        await self._io(self.client.put_object, self.bucket, key, io.BytesIO(data), len(data))
 
     async def stream(self, key: str, chunk_size: int = CHUNK) -> AsyncIterator[bytes]:
         from minio.error import S3Error
 
         await self._ensure_bucket()
         try:
-            resp = await asyncio.to_thread(self.client.get_object, self.bucket, key)
+            resp = await self._io(self.client.get_object, self.bucket, key)
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchObject"):
                 raise ObjectNotFound(key) from None
             raise
         try:
-            while chunk := await asyncio.to_thread(resp.read, chunk_size):
+            while chunk := await self._io(resp.read, chunk_size):
                 yield chunk
         finally:
             resp.close()
@@ -276,7 +331,7 @@ class S3Store(ObjectStore):
 
         await self._ensure_bucket()
         try:
-            stat = await asyncio.to_thread(self.client.stat_object, self.bucket, key)
+            stat = await self._io(self.client.stat_object, self.bucket, key)
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
                 raise ObjectNotFound(key) from None
@@ -285,7 +340,7 @@ class S3Store(ObjectStore):
 
     async def delete(self, key: str) -> None:
         await self._ensure_bucket()
-        await asyncio.to_thread(self.client.remove_object, self.bucket, key)
+        await self._io(self.client.remove_object, self.bucket, key)
 
     async def list(self, prefix: str = "") -> list[str]:
         await self._ensure_bucket()

@@ -28,7 +28,7 @@ from kiln_core.http import SessionDep, get_runtime
 from kiln_core.manifest import Category, Label, ManifestItem
 from kiln_core.service import ServiceRuntime
 from kiln_dataset import jobs
-from kiln_dataset.lifecycle import delete_version, record_blobs
+from kiln_dataset.lifecycle import delete_version, mark_stored, record_blobs
 from kiln_dataset.models import (
     Dataset,
     DatasetCreate,
@@ -401,8 +401,8 @@ async def upload_items(
     Files are checked and stored concurrently; the database work is one transaction for the
     blobs (recorded before their bytes land, so a purge never races them) and one for the
     draft items."""
-    from kiln_core.storage import SpooledBlob
-    from kiln_dataset.media import UnreadableImage, extension_matches, sniff, verify_image
+    from kiln_core.storage import SMALL_BLOB, SpooledBlob
+    from kiln_dataset.media import UnreadableImage, extension_matches, image_size, sniff
 
     runtime = get_runtime(request)
     if len(files) > MAX_FILES_PER_REQUEST:
@@ -426,11 +426,16 @@ async def upload_items(
                     "reason": f"file name does not match its bytes ({media_type})",
                 }
             try:
-                spooled = await runtime.store.spool(upload.file, max_bytes=MAX_FILE_BYTES)
+                # Small files are already in memory (Starlette spools only large ones to disk).
+                small = upload.size is not None and upload.size <= SMALL_BLOB
+                source = await upload.read() if small else upload.file
+                spooled = await runtime.store.spool(source, max_bytes=MAX_FILE_BYTES)
             except PayloadTooLarge:
                 return {"file": name, "reason": f"larger than {MAX_FILE_BYTES} bytes"}
             try:
-                width, height = await asyncio.to_thread(verify_image, Path(spooled.path))
+                # The header must parse and give a size; a full decode is the quality
+                # report's job, so uploads stay fast.
+                width, height = image_size(spooled.data or Path(spooled.path))
                 item = ManifestItem(
                     item_id=name,
                     blob=spooled.sha256,
@@ -443,7 +448,8 @@ async def upload_items(
                     labels=label_map.get(name, []),
                 )
             except (UnreadableImage, ValueError) as exc:
-                _discard(spooled.path)
+                if spooled.path:
+                    _discard(spooled.path)
                 reason = (
                     f"unreadable image: {exc}"
                     if isinstance(exc, UnreadableImage)
@@ -458,16 +464,22 @@ async def upload_items(
     try:
         if good:
             async with runtime.db.transaction() as session:
-                await record_blobs(
+                already = await record_blobs(
                     session, [(spooled_ref(sp), item.media_type) for item, sp in good]
                 )
 
-            async def store(spooled: SpooledBlob) -> None:
-                async with limit:
-                    await runtime.store.put_spooled(spooled)
+            store_limit = asyncio.Semaphore(UPLOAD_CONCURRENCY * 2)
 
-            await asyncio.gather(*(store(sp) for _, sp in good))
+            async def store(spooled: SpooledBlob) -> None:
+                async with store_limit:
+                    # Content-addressed: writing bytes that are already there changes nothing,
+                    # so skip the existence round trip and just write.
+                    await runtime.store.put_spooled(spooled, skip_exists_check=True)
+
+            fresh = {sp.sha256: sp for _, sp in good if sp.sha256 not in already}
+            await asyncio.gather(*(store(sp) for sp in fresh.values()))
             async with runtime.db.transaction() as session:
+                await mark_stored(session, list(fresh))
                 await _open_draft(session, dataset_id, draft_id)
                 ids = [item.item_id for item, _ in good]
                 current = {
@@ -497,7 +509,8 @@ async def upload_items(
                         )
     finally:
         for _, spooled in good:
-            _discard(spooled.path)
+            if spooled.path:
+                _discard(spooled.path)
     accepted = [
         {
             "file": item.item_id,

@@ -33,14 +33,26 @@ BLOBS = Blob.__table__  # type: ignore[attr-defined]
 
 
 async def record_blob(session: AsyncSession, ref: BlobRef, media_type: str) -> None:
-    """Register an uploaded blob, or refresh when it was last seen if it already exists."""
+    """Register a blob whose bytes are stored (or about to be), refreshing its last-seen time."""
     await record_blobs(session, [(ref, media_type)])
+    await mark_stored(session, [ref.sha256])
 
 
-async def record_blobs(session: AsyncSession, refs: list[tuple[BlobRef, str]]) -> None:
-    """:func:`record_blob` for many blobs in one statement (sorted: a stable lock order)."""
+async def record_blobs(session: AsyncSession, refs: list[tuple[BlobRef, str]]) -> set[str]:
+    """:func:`record_blob` for many blobs in one statement (sorted: a stable lock order).
+
+    Returns the hashes whose bytes are already in the object store.
+    """
     if not refs:
-        return
+        return set()
+    shas = sorted({ref.sha256 for ref, _ in refs})
+    stored = set(
+        (
+            await session.exec(
+                select(Blob.sha256).where(col(Blob.sha256).in_(shas), col(Blob.stored))
+            )
+        ).all()
+    )
     now = utcnow()
     unique = {ref.sha256: (ref, media_type) for ref, media_type in refs}
     rows = [
@@ -59,6 +71,14 @@ async def record_blobs(session: AsyncSession, refs: list[tuple[BlobRef, str]]) -
     await session.execute(
         stmt.on_conflict_do_update(index_elements=["sha256"], set_={"last_seen_at": now})
     )
+    return stored
+
+
+async def mark_stored(session: AsyncSession, shas: list[str]) -> None:
+    if shas:
+        await session.execute(
+            update(Blob).where(col(Blob.sha256).in_(sorted(shas))).values(stored=True)
+        )
 
 
 async def delete_version(

@@ -9,7 +9,17 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, field_validator
 from pydantic import Field as PydField
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlmodel import Field, SQLModel
 
 from kiln_core.manifest import Category, TaskType
@@ -123,6 +133,8 @@ class Blob(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
     # Refreshed on every upload of the same bytes, so a purge never races a fresh upload.
     last_seen_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    # Set once the bytes are in the object store; later uploads of them skip the store.
+    stored: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, default=False))
 
 
 class Draft(SQLModel, table=True):
