@@ -85,6 +85,13 @@ async def test_unsafe_archives_are_refused_and_nothing_is_written(dataset_servic
     r = await start_import(client, ds, buf.getvalue(), "imagefolder", "data.tar.gz")
     assert r.status_code == 422 and r.json()["kind"] == "symlink"
 
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf, zf.open("images/zeros.png", "w") as f:
+        for _ in range(64):  # 64 MiB of zeros deflate to about 64 KiB: a ratio near 1000
+            f.write(bytes(1024 * 1024))
+    r = await start_import(client, ds, bomb.getvalue(), "imagefolder")
+    assert r.status_code == 422 and r.json()["kind"] == "compression-ratio"
+
     r = await start_import(client, ds, b"not an archive at all", "imagefolder")
     assert r.status_code == 422 and r.json()["kind"] == "not-an-archive"
     assert await runtime.store.list() == before
