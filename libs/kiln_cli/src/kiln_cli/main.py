@@ -100,6 +100,22 @@ def consume(service: ServiceArg) -> None:
 
 
 @app.command()
+def worker(
+    service: ServiceArg,
+    concurrency: int = typer.Option(2, min=1, max=64, help="tasks run at once"),
+) -> None:
+    """Run a service's Celery worker for its long work (imports, training runs, …)."""
+    runtime = _runtime(service)
+    _setup(service)
+    if runtime.spec.celery is None:
+        typer.echo(f"the {service} service has no long work to run", err=True)
+        raise typer.Exit(2)
+    runtime.spec.celery.worker_main(
+        ["worker", "-Q", service, "--pool", "threads", "-c", str(concurrency), "-l", "INFO"]
+    )
+
+
+@app.command()
 def migrate(service: Annotated[str, typer.Argument(help="a service, or 'all'")] = "all") -> None:
     """Bring service schemas to their newest revision."""
     names = list(SERVICES) if service == "all" else [service]

@@ -12,7 +12,7 @@ import time
 import httpx
 import typer
 
-from kiln_cli.services import DEFAULT_PORTS
+from kiln_cli.services import DEFAULT_PORTS, load_spec
 from kiln_core.events import SERVICES
 from kiln_core.settings import state_dir
 
@@ -38,6 +38,8 @@ def _processes() -> list[tuple[str, list[str]]]:
     for name in SERVICES:
         procs.append((f"{name}-api", ["serve", name, "--port", str(DEFAULT_PORTS[name])]))
         procs.append((f"{name}-events", ["consume", name]))
+        if load_spec(name).celery is not None:
+            procs.append((f"{name}-worker", ["worker", name]))
     return procs
 
 
