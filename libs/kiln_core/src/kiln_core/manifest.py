@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+if TYPE_CHECKING:
+    from kiln_core.storage import ObjectStore
 
 Split = Literal["train", "val", "test"]
 TaskType = Literal["classification", "detection", "segmentation"]
@@ -134,3 +137,15 @@ def parse_jsonl(lines: Iterable[bytes | str]) -> Iterator[ManifestItem]:
             yield ManifestItem.model_validate(json.loads(text))
         except ValueError as exc:
             raise ValueError(f"manifest line {number}: {exc}") from exc
+
+
+async def read_manifest(store: ObjectStore, key: str) -> list[ManifestItem]:
+    """A version's manifest from the object store, streamed line by line."""
+    items: list[ManifestItem] = []
+    pending = b""
+    async for chunk in store.stream(key):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        items.extend(parse_jsonl(lines))
+    items.extend(parse_jsonl([pending]))
+    return items

@@ -3,13 +3,15 @@ statistics and pre-labels."""
 
 from pathlib import Path
 
-from kiln_core.ping import ping_handlers, ping_router
+from kiln_annotation import api
+from kiln_annotation.handlers import HANDLERS
+from kiln_core.ping import ping_router
 from kiln_core.service import ServiceSpec
 
 SERVICE = ServiceSpec(
     name="annotation",
     description=" ".join((__doc__ or "").split()),
     migrations=Path(__file__).parent / "migrations",
-    routers=[ping_router("annotation")],
-    handlers={**ping_handlers("annotation")},
+    routers=[ping_router("annotation"), api.router],
+    handlers=HANDLERS,
 )

@@ -14,28 +14,16 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.catalog import DatasetVersionCreated, VersionLineage
 from kiln_core.errors import Conflict, NotFound, ValidationFailed
-from kiln_core.manifest import Category, ManifestItem, dump_jsonl, parse_jsonl
+from kiln_core.manifest import Category, ManifestItem, dump_jsonl, read_manifest
 from kiln_core.service import ServiceRuntime
-from kiln_core.storage import ObjectStore
 from kiln_dataset.models import Dataset, DatasetStatus, DatasetVersion, VersionBlob, new_id, utcnow
 
 VERSION_BLOBS = VersionBlob.__table__  # type: ignore[attr-defined]
+__all__ = ["read_manifest"]
 
 
 def manifest_key(dataset_id: str, version_id: str) -> str:
     return f"datasets/{dataset_id}/manifests/{version_id}.jsonl"
-
-
-async def read_manifest(store: ObjectStore, key: str) -> list[ManifestItem]:
-    # Manifests are line-oriented; split the stream on newlines without holding raw bytes twice.
-    items: list[ManifestItem] = []
-    pending = b""
-    async for chunk in store.stream(key):
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        items.extend(parse_jsonl(lines))
-    items.extend(parse_jsonl([pending]))
-    return items
 
 
 def label_names(items: Iterable[ManifestItem]) -> list[str]:

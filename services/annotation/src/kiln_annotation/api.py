@@ -1,0 +1,269 @@
+"""REST API of the annotation service, under ``/v1``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response, status
+from pydantic import BaseModel, ConfigDict
+from pydantic import Field as PydField
+from sqlalchemy import func
+from sqlmodel import col, select
+
+from kiln_annotation.models import AuditEntry, LabelsCommit, Project, Task, TaskStatus
+from kiln_annotation.workflow import (
+    commit_labels,
+    create_tasks,
+    get_project,
+    get_task,
+    lease_next,
+    review,
+    submit,
+)
+from kiln_core.auth import Principal, require_roles
+from kiln_core.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from kiln_core.http import SessionDep, get_runtime
+from kiln_core.manifest import read_manifest
+
+router = APIRouter(prefix="/v1", tags=["annotation"])
+
+Manager = Annotated[Principal, require_roles("data-engineer", "admin")]
+Annotator = Annotated[Principal, require_roles("annotator", "admin")]
+Reviewer = Annotated[Principal, require_roles("reviewer", "admin")]
+Anyone = Annotated[
+    Principal,
+    require_roles("viewer", "annotator", "reviewer", "data-engineer", "ml-engineer", "admin"),
+]
+
+
+class ProjectCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = PydField(min_length=1, max_length=200)
+    dataset_id: str = PydField(min_length=1, max_length=32)
+    label_schema: dict[str, Any]
+    auto_annotate: bool = True
+    batch_size: int = PydField(default=1, ge=1, le=1000)
+    overlap: int = PydField(default=1, ge=1, le=10)
+    review_levels: int = PydField(default=1, ge=0, le=2)
+    lease_seconds: int = PydField(default=900, ge=10, le=86400)
+
+
+class TaskPublic(BaseModel):
+    id: str
+    project_id: str
+    dataset_version: int
+    items: list[dict[str, Any]]
+    priority: int
+    source: str
+    status: str
+    assignee: str | None
+    lease_expires_at: datetime | None
+    review_level: int
+    labels: dict[str, Any] | None
+    prelabels: dict[str, Any] | None
+
+
+def task_public(task: Task) -> TaskPublic:
+    return TaskPublic.model_validate(task, from_attributes=True)
+
+
+@router.post("/projects", status_code=201)
+async def create_project(body: ProjectCreate, request: Request, who: Manager) -> dict[str, Any]:
+    """A labelling project on a dataset, with the schema every annotation is checked against."""
+    from kiln_annotation.label_schema import LabelSchema
+
+    try:
+        schema = LabelSchema.model_validate(body.label_schema)
+    except ValueError as exc:
+        raise ValidationFailed(f"label_schema: {exc}", field="label_schema") from None
+    runtime = get_runtime(request)
+    async with runtime.db.transaction() as session:
+        clash = (await session.exec(select(Project).where(Project.name == body.name))).first()
+        if clash is not None:
+            raise Conflict(f"a project named {body.name!r} exists", project_id=clash.id)
+        project = Project(
+            **body.model_dump(exclude={"label_schema"}),
+            label_schema=schema.model_dump(mode="json"),
+            created_by=who.subject,
+        )
+        session.add(project)
+    return project.model_dump(mode="json")
+
+
+@router.get("/projects")
+async def list_projects(
+    session: SessionDep, _who: Anyone, dataset_id: str | None = None
+) -> list[dict[str, Any]]:
+    query = select(Project).order_by(col(Project.created_at).desc())
+    if dataset_id:
+        query = query.where(Project.dataset_id == dataset_id)
+    return [p.model_dump(mode="json") for p in (await session.exec(query)).all()]
+
+
+@router.get("/projects/{project_id}")
+async def read_project(project_id: str, session: SessionDep, _who: Anyone) -> dict[str, Any]:
+    project = await get_project(session, project_id)
+    counts = dict(
+        (
+            await session.exec(
+                select(Task.status, func.count())
+                .where(Task.project_id == project_id)
+                .group_by(Task.status)
+            )
+        ).all()
+    )
+    return {**project.model_dump(mode="json"), "task_counts": counts}
+
+
+class TasksRequest(BaseModel):
+    dataset_version: int = PydField(ge=1)
+    manifest_key: str = PydField(min_length=1, max_length=500)
+    priority: int = 0
+
+
+@router.post("/projects/{project_id}/tasks", status_code=201)
+async def request_tasks(
+    project_id: str, body: TasksRequest, request: Request, _who: Manager
+) -> dict[str, int]:
+    """Create tasks on request for the unlabelled items of a dataset version's manifest."""
+    runtime = get_runtime(request)
+    items = [i for i in await read_manifest(runtime.store, body.manifest_key) if not i.labels]
+    async with runtime.db.transaction() as session:
+        project = await get_project(session, project_id)
+        tasks = create_tasks(
+            session, project, body.dataset_version, items, priority=body.priority, source="manual"
+        )
+    return {"created": len(tasks)}
+
+
+@router.get("/projects/{project_id}/tasks")
+async def list_tasks(
+    project_id: str,
+    session: SessionDep,
+    who: Anyone,
+    status_: Annotated[str | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    """Tasks of a project; annotators see only their own."""
+    query = select(Task).where(Task.project_id == project_id)
+    if not who.has("reviewer", "data-engineer", "ml-engineer", "viewer"):
+        query = query.where(Task.assignee == who.subject)
+    if status_:
+        query = query.where(Task.status == status_)
+    total = int((await session.exec(select(func.count()).select_from(query.subquery()))).one())
+    rows = (
+        await session.exec(
+            query.order_by(col(Task.priority).desc(), col(Task.created_at))
+            .offset(offset)
+            .limit(limit)
+        )
+    ).all()
+    return {
+        "items": [task_public(t) for t in rows],
+        "total": total,
+        "limit": limit,
+        "offset": offset,
+    }
+
+
+@router.post(
+    "/projects/{project_id}/lease",
+    response_model=TaskPublic,
+    responses={204: {"description": "no task is waiting"}},
+)
+async def lease(project_id: str, request: Request, who: Annotator) -> Any:
+    """Pull the next task (highest priority first) and hold it until the lease expires."""
+    task = await lease_next(get_runtime(request), project_id, who.subject)
+    if task is None:
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return task_public(task)
+
+
+@router.get("/tasks/{task_id}", response_model=TaskPublic)
+async def read_task(task_id: str, session: SessionDep, who: Anyone) -> TaskPublic:
+    task = await get_task(session, task_id)
+    if not who.has("reviewer", "data-engineer", "ml-engineer", "viewer") and (
+        task.assignee != who.subject
+    ):
+        raise NotFound(f"no task {task_id!r}")  # annotators only see their own tasks
+    return task_public(task)
+
+
+class Submission(BaseModel):
+    labels: dict[str, list[dict[str, Any]]] = PydField(
+        description="labels per item id, in the unified manifest label format"
+    )
+
+
+@router.post("/tasks/{task_id}/submission", response_model=TaskPublic)
+async def submit_task(
+    task_id: str, body: Submission, request: Request, who: Annotator
+) -> TaskPublic:
+    """Submit labels; each is checked against the project's schema (problem+json says which
+    field is wrong) and nothing changes if any is invalid."""
+    return task_public(await submit(get_runtime(request), task_id, who.subject, body.labels))
+
+
+class ReviewDecision(BaseModel):
+    accept: bool
+    comment: str = PydField(default="", max_length=5000)
+
+
+@router.post("/tasks/{task_id}/review", response_model=TaskPublic)
+async def review_task(
+    task_id: str, body: ReviewDecision, request: Request, who: Reviewer
+) -> TaskPublic:
+    """Accept (to the next review level, or done) or reject back to the annotator."""
+    return task_public(
+        await review(get_runtime(request), task_id, who.subject, body.accept, body.comment)
+    )
+
+
+@router.get("/tasks/{task_id}/audit")
+async def task_audit(task_id: str, session: SessionDep, who: Anyone) -> list[dict[str, Any]]:
+    task = await get_task(session, task_id)
+    if not who.has("reviewer", "data-engineer", "ml-engineer", "viewer") and (
+        task.assignee != who.subject
+    ):
+        raise Forbidden("not your task")
+    rows = (
+        await session.exec(
+            select(AuditEntry).where(AuditEntry.task_id == task_id).order_by(col(AuditEntry.id))
+        )
+    ).all()
+    return [r.model_dump(mode="json") for r in rows]
+
+
+class CommitRequest(BaseModel):
+    dataset_version: int = PydField(ge=1)
+
+
+@router.post("/projects/{project_id}/commits", status_code=201)
+async def commit_now(
+    project_id: str, body: CommitRequest, request: Request, who: Manager
+) -> dict[str, Any]:
+    """Commit the accepted labels of a dataset version now (without waiting for the rest)."""
+    commit = await commit_labels(
+        get_runtime(request), project_id, body.dataset_version, actor=who.subject
+    )
+    if commit is None:
+        raise Conflict("no accepted, uncommitted tasks for that dataset version")
+    return commit.model_dump(mode="json")
+
+
+@router.get("/projects/{project_id}/commits")
+async def list_commits(project_id: str, session: SessionDep, _who: Anyone) -> list[dict[str, Any]]:
+    rows = (
+        await session.exec(
+            select(LabelsCommit)
+            .where(LabelsCommit.project_id == project_id)
+            .order_by(col(LabelsCommit.created_at).desc())
+        )
+    ).all()
+    return [r.model_dump(mode="json") for r in rows]
+
+
+__all__ = ["router", "TaskStatus"]

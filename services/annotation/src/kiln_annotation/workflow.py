@@ -1,0 +1,345 @@
+"""The labelling workflow: tasks from dataset versions, leases, submissions, multi-level review
+and label commits. Every step writes an audit entry."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import and_, exists, or_
+from sqlalchemy.orm import aliased
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from kiln_annotation.models import (
+    AuditEntry,
+    LabelsCommit,
+    Project,
+    Task,
+    TaskStatus,
+    aware,
+    new_id,
+    utcnow,
+)
+from kiln_core.catalog import LabelsCommitted
+from kiln_core.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from kiln_core.manifest import ManifestItem
+from kiln_core.service import ServiceRuntime
+
+ACTIVE_LEARNING_PRIORITY = 100
+
+
+def audit(
+    session: AsyncSession, task: Task, actor: str, action: str, comment: str = "", **detail: Any
+) -> None:
+    session.add(
+        AuditEntry(task_id=task.id, actor=actor, action=action, comment=comment, detail=detail)
+    )
+
+
+def create_tasks(
+    session: AsyncSession,
+    project: Project,
+    version: int,
+    items: list[ManifestItem],
+    *,
+    priority: int = 0,
+    source: str = "dataset",
+) -> list[Task]:
+    """One task per batch of items, ``overlap`` copies of each for independent annotators."""
+    tasks = []
+    for start in range(0, len(items), project.batch_size):
+        batch = items[start : start + project.batch_size]
+        payload = [
+            {
+                "item_id": i.item_id,
+                "blob": i.blob,
+                "width": i.width,
+                "height": i.height,
+                "media_type": i.media_type,
+            }
+            for i in batch
+        ]
+        group = new_id()
+        for slot in range(project.overlap):
+            task = Task(
+                project_id=project.id,
+                group_id=group,
+                slot=slot,
+                dataset_version=version,
+                items=payload,
+                priority=priority,
+                source=source,
+            )
+            session.add(task)
+            tasks.append(task)
+    return tasks
+
+
+async def get_project(session: AsyncSession, project_id: str) -> Project:
+    project = await session.get(Project, project_id)
+    if project is None:
+        raise NotFound(f"no project {project_id!r}")
+    return project
+
+
+async def get_task(session: AsyncSession, task_id: str, *, lock: bool = False) -> Task:
+    query = select(Task).where(Task.id == task_id)
+    if lock:
+        query = query.with_for_update()
+    task = (await session.exec(query)).first()
+    if task is None:
+        raise NotFound(f"no task {task_id!r}")
+    return task
+
+
+async def lease_next(runtime: ServiceRuntime, project_id: str, annotator: str) -> Task | None:
+    """The annotator's current task, or the next one by priority; None when nothing is left.
+
+    Rows are claimed with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (concurrent callers take
+    different tasks); SQLite serialises writers in-process. A lease past its expiry is free.
+    """
+    now = utcnow()
+    async with runtime.db.transaction() as session:
+        project = await get_project(session, project_id)
+        held = (
+            await session.exec(
+                select(Task)
+                .where(
+                    Task.project_id == project_id,
+                    Task.assignee == annotator,
+                    col(Task.status).in_([TaskStatus.leased, TaskStatus.rework]),
+                )
+                .order_by(col(Task.priority).desc())
+            )
+        ).all()
+        for task in held:
+            if task.status == TaskStatus.rework or (
+                task.lease_expires_at and aware(task.lease_expires_at) > now
+            ):
+                task.lease_expires_at = now + timedelta(seconds=project.lease_seconds)
+                session.add(task)
+                return task
+        sibling: Any = aliased(Task)  # an alias's columns are SQL expressions, not str
+        # Overlap: one annotator never takes two copies of the same items.
+        took_sibling = exists().where(
+            sibling.group_id == Task.group_id,
+            sibling.id != Task.id,
+            sibling.assignee == annotator,
+        )
+        query = (
+            select(Task)
+            .where(
+                Task.project_id == project_id,
+                or_(
+                    col(Task.status) == TaskStatus.queued,
+                    and_(col(Task.status) == TaskStatus.leased, col(Task.lease_expires_at) < now),
+                ),
+                ~took_sibling,
+            )
+            .order_by(col(Task.priority).desc(), col(Task.created_at), col(Task.id))
+            .limit(1)
+        )
+        if runtime.db.is_postgres:
+            query = query.with_for_update(skip_locked=True, of=Task)  # type: ignore[arg-type]
+        free = (await session.exec(query)).first()
+        if free is None:
+            return None
+        task = free
+        previous = task.assignee if task.status == TaskStatus.leased else None
+        task.status = TaskStatus.leased
+        task.assignee = annotator
+        task.lease_expires_at = now + timedelta(seconds=project.lease_seconds)
+        task.updated_at = now
+        session.add(task)
+        audit(
+            session,
+            task,
+            annotator,
+            "leased",
+            **({"expired_lease_of": previous} if previous else {}),
+        )
+        return task
+
+
+def validate_labels(project: Project, task: Task, labels: dict[str, Any]) -> dict[str, Any]:
+    """Check submitted labels item by item against the project's schema."""
+    from kiln_annotation.label_schema import AnnotationInvalid, LabelSchema, validate_annotation
+
+    schema = LabelSchema.model_validate(project.label_schema)
+    sizes = {i["item_id"]: (i.get("width") or 0, i.get("height") or 0) for i in task.items}
+    unknown = sorted(set(labels) - set(sizes))
+    if unknown:
+        raise ValidationFailed(
+            f"labels for items not in this task: {unknown[:5]}",
+            errors=[{"field": f"labels.{u}", "message": "not in this task"} for u in unknown[:50]],
+        )
+    out: dict[str, Any] = {}
+    errors: list[dict[str, str]] = []
+    for item_id, item_labels in labels.items():
+        width, height = sizes[item_id]
+        try:
+            parsed = validate_annotation(schema, item_labels, width, height)
+        except AnnotationInvalid as exc:
+            errors += [
+                {"field": f"labels.{item_id}.{e.field}", "message": e.message} for e in exc.errors
+            ]
+            continue
+        out[item_id] = [label.model_dump(mode="json", exclude_none=True) for label in parsed]
+    if errors:
+        raise ValidationFailed(f"{errors[0]['field']}: {errors[0]['message']}", errors=errors)
+    return out
+
+
+async def submit(
+    runtime: ServiceRuntime, task_id: str, annotator: str, labels: dict[str, Any]
+) -> Task:
+    now = utcnow()
+    async with runtime.db.transaction() as session:
+        task = await get_task(session, task_id, lock=runtime.db.is_postgres)
+        project = await get_project(session, task.project_id)
+        if task.assignee != annotator:
+            raise Forbidden("this task is not leased to you")
+        if task.status not in (TaskStatus.leased, TaskStatus.rework):
+            raise Conflict(f"task is {task.status}; only a leased task can be submitted")
+        if task.status == TaskStatus.leased and (
+            task.lease_expires_at is None or aware(task.lease_expires_at) < now
+        ):
+            raise Conflict("your lease has expired; lease the task again")
+        task.labels = validate_labels(project, task, labels)
+        task.status = TaskStatus.in_review if project.review_levels > 0 else TaskStatus.accepted
+        task.review_level = 1 if project.review_levels > 0 else 0
+        task.lease_expires_at = None
+        task.updated_at = now
+        session.add(task)
+        audit(session, task, annotator, "submitted", items=len(task.labels))
+    if task.status == TaskStatus.accepted:
+        await commit_if_complete(runtime, task.project_id, task.dataset_version)
+    return task
+
+
+async def review(
+    runtime: ServiceRuntime, task_id: str, reviewer: str, accept: bool, comment: str
+) -> Task:
+    async with runtime.db.transaction() as session:
+        task = await get_task(session, task_id, lock=runtime.db.is_postgres)
+        project = await get_project(session, task.project_id)
+        if task.status != TaskStatus.in_review:
+            raise Conflict(f"task is {task.status}; only submitted tasks are reviewed")
+        if task.assignee == reviewer:
+            raise Forbidden("annotators do not review their own work")
+        if not accept and not comment.strip():
+            raise ValidationFailed(
+                "a rejection needs a comment for the annotator",
+                errors=[{"field": "comment", "message": "required"}],
+            )
+        level = task.review_level
+        if accept and level < project.review_levels:
+            task.review_level = level + 1
+        elif accept:
+            task.status = TaskStatus.accepted
+        else:
+            task.status = TaskStatus.rework  # back to its annotator
+            task.review_level = 0
+        task.updated_at = utcnow()
+        session.add(task)
+        audit(session, task, reviewer, "accepted" if accept else "rejected", comment, level=level)
+    if task.status == TaskStatus.accepted:
+        await commit_if_complete(runtime, task.project_id, task.dataset_version)
+    return task
+
+
+async def commit_if_complete(runtime: ServiceRuntime, project_id: str, version: int) -> None:
+    """Auto-commit once every task of a dataset version is accepted."""
+    async with runtime.db.session() as session:
+        pending = (
+            await session.exec(
+                select(Task.id)
+                .where(
+                    Task.project_id == project_id,
+                    Task.dataset_version == version,
+                    col(Task.status).not_in([TaskStatus.accepted, TaskStatus.committed]),
+                )
+                .limit(1)
+            )
+        ).first()
+    if pending is None:
+        await commit_labels(runtime, project_id, version, actor="auto")
+
+
+async def commit_labels(
+    runtime: ServiceRuntime, project_id: str, version: int, *, actor: str
+) -> LabelsCommit | None:
+    """Write accepted labels as a manifest and announce them; None if nothing is accepted."""
+    async with runtime.db.transaction() as session:
+        project = await get_project(session, project_id)
+        query = select(Task).where(
+            Task.project_id == project_id,
+            Task.dataset_version == version,
+            Task.status == TaskStatus.accepted,
+        )
+        if runtime.db.is_postgres:
+            query = query.with_for_update()
+        tasks = list((await session.exec(query)).all())
+        if not tasks:
+            return None
+        by_item: dict[str, list[list[dict[str, Any]]]] = {}
+        for task in sorted(tasks, key=lambda t: (t.group_id, t.slot)):
+            for item_id, labels in (task.labels or {}).items():
+                by_item.setdefault(item_id, []).append(labels)
+        records = [
+            {"item_id": item_id, "labels": merge_overlap(project, versions)}
+            for item_id, versions in sorted(by_item.items())
+        ]
+        commit = LabelsCommit(
+            project_id=project_id,
+            dataset_version=version,
+            manifest_key="",
+            item_count=len(records),
+            task_count=len(tasks),
+            created_by=actor,
+        )
+        commit.manifest_key = f"annotation/commits/{commit.id}.jsonl"
+        await runtime.store.put(
+            commit.manifest_key, "".join(json.dumps(r) + "\n" for r in records).encode()
+        )
+        session.add(commit)
+        for task in tasks:
+            task.status = TaskStatus.committed
+            task.commit_id = commit.id
+            session.add(task)
+            audit(session, task, actor, "committed", commit_id=commit.id)
+        names = [label["name"] for label in project.label_schema.get("labels", [])]
+        await runtime.emit(
+            session,
+            LabelsCommitted(
+                commit_id=commit.id,
+                project_id=project_id,
+                dataset_id=project.dataset_id,
+                base_version=version,
+                manifest_key=commit.manifest_key,
+                item_count=len(records),
+                categories=[{"id": i + 1, "name": n} for i, n in enumerate(names)],
+            ),
+            subject=project_id,
+        )
+        return commit
+
+
+def merge_overlap(project: Project, versions: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One label set per item: the only one, or the consensus of overlapping annotators."""
+    if len(versions) == 1:
+        return versions[0]
+    from pydantic import TypeAdapter
+
+    from kiln_annotation.agreement import consensus
+    from kiln_core.manifest import Label
+
+    adapter = TypeAdapter(list[Label])
+    result = consensus(
+        [adapter.validate_python(v) for v in versions],
+        project.label_schema.get("kind", "classification"),
+        multi_label=bool(project.label_schema.get("multi_label")),
+    )
+    return [label.model_dump(mode="json", exclude_none=True) for label in result.labels]

@@ -1,0 +1,172 @@
+"""The labelling loop: a dataset version creates tasks; annotators lease and submit; reviewers
+accept or reject; accepted labels are committed and come back as a labelled dataset version."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from kiln_annotation.models import Task, utcnow
+from kiln_core.auth import issue_token
+from tests.conftest import eventually
+from tests.dataset.conftest import png
+from tests.dataset.test_dataset_api import commit, make_dataset, upload
+
+SCHEMA = {"kind": "boxes", "labels": [{"name": "scratch"}, {"name": "dent"}]}
+
+
+def as_user(settings: Any, name: str, *roles: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {issue_token(name, list(roles), settings)}"}
+
+
+async def setup_project(services: dict[str, Any], images: int, **project: Any) -> tuple[str, str]:
+    data, ann = services["dataset"], services["annotation"]
+    ds = (await make_dataset(data, task_type="detection"))["id"]
+    r = await ann.post(
+        "/v1/projects",
+        json={"name": f"p-{ds}", "dataset_id": ds, "label_schema": SCHEMA, **project},
+    )
+    assert r.status_code == 201, r.text
+    files = {f"img{i}.png": png((i, i, i), (64, 48)) for i in range(images)}
+    await commit(data, ds, (await upload(data, ds, files))["draft"])
+    pid = r.json()["id"]
+
+    async def tasks_created() -> bool:
+        return (await ann.get(f"/v1/projects/{pid}")).json()["task_counts"].get("queued") == images
+
+    await eventually(tasks_created, timeout_s=30)
+    return ds, pid
+
+
+async def test_version_to_labelled_version_with_review(services: dict[str, Any]) -> None:
+    ann, data, settings = services["annotation"], services["dataset"], services["settings"]
+    ds, pid = await setup_project(services, images=2)
+    alice = as_user(settings, "alice", "annotator")
+    bob = as_user(settings, "bob", "annotator")
+    rita = as_user(settings, "rita", "reviewer")
+
+    task = (await ann.post(f"/v1/projects/{pid}/lease", headers=alice)).json()
+    item = task["items"][0]["item_id"]
+    again = (await ann.post(f"/v1/projects/{pid}/lease", headers=alice)).json()
+    assert again["id"] == task["id"]  # pulling again returns the task already held
+    assert (await ann.get(f"/v1/tasks/{task['id']}", headers=bob)).status_code == 404
+
+    bad = await ann.post(
+        f"/v1/tasks/{task['id']}/submission",
+        headers=alice,
+        json={
+            "labels": {
+                item: [
+                    {"type": "box", "label": "scratch", "bbox": [60, 10, 20, 5]},
+                    {"type": "box", "label": "crack", "bbox": [1, 1, 2, 2]},
+                ]
+            }
+        },
+    )
+    assert bad.status_code == 422 and bad.headers["content-type"] == "application/problem+json"
+    fields = {e["field"] for e in bad.json()["errors"]}
+    assert any(f.startswith(f"labels.{item}.labels[0].bbox") for f in fields), fields
+    assert any(f.startswith(f"labels.{item}.labels[1].label") for f in fields), fields
+    assert (await ann.get(f"/v1/tasks/{task['id']}", headers=alice)).json()["labels"] is None
+
+    good = {item: [{"type": "box", "label": "scratch", "bbox": [10, 10, 20, 5]}]}
+    r = await ann.post(f"/v1/tasks/{task['id']}/submission", headers=alice, json={"labels": good})
+    assert r.status_code == 200 and r.json()["status"] == "in_review"
+    own = await ann.post(
+        f"/v1/tasks/{task['id']}/review",
+        headers=as_user(settings, "alice", "reviewer"),
+        json={"accept": True},
+    )
+    assert own.status_code == 403
+    r = await ann.post(
+        f"/v1/tasks/{task['id']}/review",
+        headers=rita,
+        json={"accept": False, "comment": "box too small"},
+    )
+    assert r.json()["status"] == "rework" and r.json()["assignee"] == "alice"
+    back = (await ann.post(f"/v1/projects/{pid}/lease", headers=alice)).json()
+    assert back["id"] == task["id"]  # the rejected task returns to its annotator
+    await ann.post(f"/v1/tasks/{task['id']}/submission", headers=alice, json={"labels": good})
+    assert (
+        await ann.post(f"/v1/tasks/{task['id']}/review", headers=rita, json={"accept": True})
+    ).json()["status"] == "accepted"
+
+    other = (await ann.post(f"/v1/projects/{pid}/lease", headers=bob)).json()
+    assert other["id"] != task["id"]
+    await ann.post(
+        f"/v1/tasks/{other['id']}/submission",
+        headers=bob,
+        json={
+            "labels": {
+                other["items"][0]["item_id"]: [
+                    {"type": "box", "label": "dent", "bbox": [0, 0, 64, 48]}
+                ]
+            }
+        },
+    )
+    await ann.post(f"/v1/tasks/{other['id']}/review", headers=rita, json={"accept": True})
+
+    async def labelled_version() -> dict[str, Any] | None:
+        r = await data.get(f"/v1/datasets/{ds}/versions/2")
+        return r.json() if r.status_code == 200 else None
+
+    v2 = await eventually(labelled_version, timeout_s=30)
+    assert v2["labelled_count"] == 2 and v2["lineage"]["source"] == "labels"
+    assert v2["stats"]["items_per_label"] == {"dent": 1, "scratch": 1}
+    audit = (await ann.get(f"/v1/tasks/{task['id']}/audit", headers=rita)).json()
+    assert [a["action"] for a in audit] == [
+        "leased",
+        "submitted",
+        "rejected",
+        "submitted",
+        "accepted",
+        "committed",
+    ]
+    # the labelled version must not spawn new tasks
+    await asyncio.sleep(0.5)
+    counts = (await ann.get(f"/v1/projects/{pid}")).json()["task_counts"]
+    assert counts == {"committed": 2}
+
+
+async def test_concurrent_leases_never_share_a_task(services: dict[str, Any]) -> None:
+    ann, settings = services["annotation"], services["settings"]
+    _, pid = await setup_project(services, images=50, review_levels=0)
+
+    async def lease(n: int) -> tuple[str, str | None]:
+        r = await ann.post(
+            f"/v1/projects/{pid}/lease", headers=as_user(settings, f"annotator{n}", "annotator")
+        )
+        return f"annotator{n}", (r.json()["id"] if r.status_code == 200 else None)
+
+    results = await asyncio.gather(*(lease(n) for n in range(200)))
+    taken = [task for _, task in results if task]
+    assert len(taken) == 50 and len(set(taken)) == 50
+    assert sum(1 for _, task in results if task is None) == 150
+
+
+async def test_an_expired_lease_returns_its_task(services: dict[str, Any]) -> None:
+    ann, settings = services["annotation"], services["settings"]
+    runtime = services["annotation_runtime"]
+    _, pid = await setup_project(services, images=1, lease_seconds=10)
+    first = (
+        await ann.post(f"/v1/projects/{pid}/lease", headers=as_user(settings, "slow", "annotator"))
+    ).json()
+    nobody = await ann.post(
+        f"/v1/projects/{pid}/lease", headers=as_user(settings, "eager", "annotator")
+    )
+    assert nobody.status_code == 204
+    async with runtime.db.transaction() as session:  # let the clock run past the lease
+        task = await session.get(Task, first["id"])
+        task.lease_expires_at = utcnow() - timedelta(seconds=1)
+        session.add(task)
+    second = await ann.post(
+        f"/v1/projects/{pid}/lease", headers=as_user(settings, "eager", "annotator")
+    )
+    assert second.status_code == 200 and second.json()["id"] == first["id"]
+    late = await ann.post(
+        f"/v1/tasks/{first['id']}/submission",
+        headers=as_user(settings, "slow", "annotator"),
+        json={"labels": {}},
+    )
+    assert late.status_code == 403
