@@ -32,8 +32,11 @@ async def setup_project(services: dict[str, Any], images: int, **project: Any) -
     await commit(data, ds, (await upload(data, ds, files))["draft"])
     pid = r.json()["id"]
 
+    expected = images * project.get("overlap", 1)
+
     async def tasks_created() -> bool:
-        return (await ann.get(f"/v1/projects/{pid}")).json()["task_counts"].get("queued") == images
+        counts = (await ann.get(f"/v1/projects/{pid}")).json()["task_counts"]
+        return counts.get("queued") == expected
 
     await eventually(tasks_created, timeout_s=30)
     return ds, pid
@@ -170,3 +173,56 @@ async def test_an_expired_lease_returns_its_task(services: dict[str, Any]) -> No
         json={"labels": {}},
     )
     assert late.status_code == 403
+
+
+async def test_annotator_statistics_and_gold_tasks(services: dict[str, Any]) -> None:
+    ann, settings = services["annotation"], services["settings"]
+    _, pid = await setup_project(services, images=2, overlap=2, review_levels=1)
+    gold_item = {
+        "item_id": "gold-1",
+        "blob": "0" * 64,
+        "width": 64,
+        "height": 48,
+        "media_type": "image/png",
+    }
+    truth = [{"type": "box", "label": "dent", "bbox": [10, 10, 10, 10]}]
+    r = await ann.post(
+        f"/v1/projects/{pid}/gold",
+        json={"dataset_version": 1, "items": [{"item": gold_item, "labels": truth}]},
+    )
+    assert r.status_code == 201
+    rita = as_user(settings, "rita", "reviewer")
+    boxes = {"ann": [10, 10, 20, 20], "bea": [12, 10, 20, 20]}
+    for who in ("ann", "bea"):
+        headers = as_user(settings, who, "annotator")
+        seen: set[str] = set()
+        while True:
+            r = await ann.post(f"/v1/projects/{pid}/lease", headers=headers)
+            if r.status_code == 204 or r.json()["id"] in seen:
+                break  # nothing new (a rejected task comes back; this test does not redo it)
+            task = r.json()
+            seen.add(task["id"])
+            labels = {
+                i["item_id"]: [{"type": "box", "label": "dent", "bbox": boxes[who]}]
+                for i in task["items"]
+            }
+            done = await ann.post(
+                f"/v1/tasks/{task['id']}/submission", headers=headers, json={"labels": labels}
+            )
+            assert done.status_code == 200, done.text
+            if done.json()["status"] == "in_review":
+                await ann.post(
+                    f"/v1/tasks/{task['id']}/review",
+                    headers=rita,
+                    json={"accept": who == "ann", "comment": "" if who == "ann" else "off"},
+                )
+    stats = {
+        s["annotator"]: s
+        for s in (await ann.get(f"/v1/projects/{pid}/annotators", headers=rita)).json()
+    }
+    assert stats["ann"]["acceptance_rate"] == 1.0 and stats["bea"]["acceptance_rate"] == 0.0
+    assert 0.5 < stats["ann"]["agreement"] < 1.0  # overlapping boxes, IoU about 0.82
+    gold_scores = [s["gold_accuracy"] for s in stats.values() if s["gold_tasks"]]
+    assert len(gold_scores) == 1 and gold_scores[0] < 1.0
+    viewer = as_user(settings, "val", "annotator")
+    assert (await ann.get(f"/v1/projects/{pid}/annotators", headers=viewer)).status_code == 403

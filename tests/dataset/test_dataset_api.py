@@ -237,13 +237,19 @@ async def test_uploading_the_same_1000_images_twice_stores_1000_blobs(
     assert [v["item_count"] for v in versions["items"]] == [1000, 1000]
 
 
-async def test_openapi_documents_every_route_with_problem_responses(dataset_service: Service) -> None:
+async def test_openapi_documents_every_route_with_problem_responses(
+    dataset_service: Service,
+) -> None:
     client, _ = dataset_service
     spec = (await client.get("/openapi.json")).json()
     paths = spec["paths"]
-    for path in ("/v1/datasets", "/v1/datasets/{dataset_id}/imports", "/v1/imports/{import_id}",
-                 "/v1/datasets/{dataset_id}/versions/{version}",
-                 "/v1/datasets/{dataset_id}/versions/{version}/export"):
+    for path in (
+        "/v1/datasets",
+        "/v1/datasets/{dataset_id}/imports",
+        "/v1/imports/{import_id}",
+        "/v1/datasets/{dataset_id}/versions/{version}",
+        "/v1/datasets/{dataset_id}/versions/{version}/export",
+    ):
         assert path in paths, path
     export = paths["/v1/datasets/{dataset_id}/versions/{version}/export"]["get"]
     assert {p["name"] for p in export["parameters"]} >= {"format"}

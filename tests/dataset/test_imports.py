@@ -86,7 +86,10 @@ async def test_unsafe_archives_are_refused_and_nothing_is_written(dataset_servic
     assert r.status_code == 422 and r.json()["kind"] == "symlink"
 
     bomb = io.BytesIO()
-    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf, zf.open("images/zeros.png", "w") as f:
+    with (
+        zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf,
+        zf.open("images/zeros.png", "w") as f,
+    ):
         for _ in range(64):  # 64 MiB of zeros deflate to about 64 KiB: a ratio near 1000
             f.write(bytes(1024 * 1024))
     r = await start_import(client, ds, bomb.getvalue(), "imagefolder")

@@ -33,8 +33,10 @@ except ImportError:  # pragma: no cover - infra module is optional while being d
     pass
 
 from kiln_cli.stack import stack_app  # noqa: E402
+from kiln_training.simulate import scheduler_app  # noqa: E402
 
 app.add_typer(stack_app, name="stack", help="Run every service as its own processes.")
+app.add_typer(scheduler_app, name="scheduler", help="Fair-share (DRF) scheduler tools.")
 
 ServiceArg = Annotated[str, typer.Argument(help=f"one of: {', '.join(SERVICES)}")]
 

@@ -242,7 +242,24 @@ class LocalStore(ObjectStore):
             raise OSError(f"store directory {self.root} is not writable")
 
 
-_S3_POOL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="kiln-s3")
+_S3_POOL: ThreadPoolExecutor | None = None
+
+
+def _s3_pool() -> ThreadPoolExecutor:
+    global _S3_POOL
+    if _S3_POOL is None:
+        _S3_POOL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="kiln-s3")
+    return _S3_POOL
+
+
+def _forget_pool_after_fork() -> None:
+    # A forked child (DataLoader or prefork worker) inherits the pool object but not its
+    # threads; reusing it would queue S3 calls forever. The child makes its own on first use.
+    global _S3_POOL
+    _S3_POOL = None
+
+
+os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
 class S3Store(ObjectStore):
@@ -292,7 +309,7 @@ class S3Store(ObjectStore):
     async def _io(self, fn: Any, *args: Any) -> Any:
         # A pool of its own: S3 calls are slow I/O and must not queue behind CPU work (hashing,
         # decoding) in the default executor.
-        return await asyncio.get_running_loop().run_in_executor(_S3_POOL, lambda: fn(*args))
+        return await asyncio.get_running_loop().run_in_executor(_s3_pool(), lambda: fn(*args))
 
     async def _put_file(self, key: str, path: str, size: int) -> None:
         await self._ensure_bucket()

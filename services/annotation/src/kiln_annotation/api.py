@@ -11,7 +11,7 @@ from pydantic import Field as PydField
 from sqlalchemy import func
 from sqlmodel import col, select
 
-from kiln_annotation.models import AuditEntry, LabelsCommit, Project, Task, TaskStatus
+from kiln_annotation.models import AuditEntry, LabelsCommit, Project, Task, TaskStatus, new_id
 from kiln_annotation.workflow import (
     commit_labels,
     create_tasks,
@@ -267,3 +267,61 @@ async def list_commits(project_id: str, session: SessionDep, _who: Anyone) -> li
 
 
 __all__ = ["router", "TaskStatus"]
+
+
+@router.get("/projects/{project_id}/annotators")
+async def annotators(
+    project_id: str,
+    session: SessionDep,
+    _who: Annotated[Principal, require_roles("reviewer", "data-engineer", "admin")],
+) -> list[dict[str, Any]]:
+    """Per annotator: throughput, acceptance rate, agreement with overlapping annotators, and
+    accuracy on hidden gold tasks."""
+    from kiln_annotation.performance import annotator_statistics
+
+    await get_project(session, project_id)
+    return await annotator_statistics(session, project_id)
+
+
+class GoldItem(BaseModel):
+    item: dict[str, Any] = PydField(description="item_id, blob, width, height, media_type")
+    labels: list[dict[str, Any]]
+
+
+class GoldRequest(BaseModel):
+    dataset_version: int = PydField(ge=1)
+    items: list[GoldItem] = PydField(min_length=1, max_length=1000)
+
+
+@router.post("/projects/{project_id}/gold", status_code=201)
+async def add_gold_tasks(
+    project_id: str, body: GoldRequest, request: Request, _who: Manager
+) -> dict[str, int]:
+    """Hidden gold tasks: annotators see ordinary tasks; their answers are scored against the
+    known labels and never committed."""
+    from kiln_annotation.label_schema import LabelSchema, validate_annotation
+
+    runtime = get_runtime(request)
+    async with runtime.db.transaction() as session:
+        project = await get_project(session, project_id)
+        schema = LabelSchema.model_validate(project.label_schema)
+        for gold in body.items:
+            item = gold.item
+            labels = validate_annotation(
+                schema, gold.labels, int(item.get("width") or 0), int(item.get("height") or 0)
+            )
+            session.add(
+                Task(
+                    project_id=project_id,
+                    group_id=new_id(),
+                    dataset_version=body.dataset_version,
+                    items=[item],
+                    source="gold",
+                    gold_labels={
+                        item["item_id"]: [
+                            x.model_dump(mode="json", exclude_none=True) for x in labels
+                        ]
+                    },
+                )
+            )
+    return {"created": len(body.items)}

@@ -208,8 +208,10 @@ async def submit(
         ):
             raise Conflict("your lease has expired; lease the task again")
         task.labels = validate_labels(project, task, labels)
-        task.status = TaskStatus.in_review if project.review_levels > 0 else TaskStatus.accepted
-        task.review_level = 1 if project.review_levels > 0 else 0
+        # Gold tasks are scored against known labels, never reviewed nor committed.
+        reviewed = project.review_levels > 0 and task.source != "gold"
+        task.status = TaskStatus.in_review if reviewed else TaskStatus.accepted
+        task.review_level = 1 if reviewed else 0
         task.lease_expires_at = None
         task.updated_at = now
         session.add(task)
@@ -259,6 +261,7 @@ async def commit_if_complete(runtime: ServiceRuntime, project_id: str, version: 
                 .where(
                     Task.project_id == project_id,
                     Task.dataset_version == version,
+                    Task.source != "gold",
                     col(Task.status).not_in([TaskStatus.accepted, TaskStatus.committed]),
                 )
                 .limit(1)
@@ -278,6 +281,7 @@ async def commit_labels(
             Task.project_id == project_id,
             Task.dataset_version == version,
             Task.status == TaskStatus.accepted,
+            Task.source != "gold",
         )
         if runtime.db.is_postgres:
             query = query.with_for_update()
