@@ -1113,6 +1113,13 @@ class _MinIO(_Component):
             http_client=http,
         )
 
+    def _write_probe(self) -> None:
+        import io
+
+        client = self.client()
+        client.put_object(MINIO_BUCKET, ".kiln-health", io.BytesIO(b"ok"), 2)
+        client.remove_object(MINIO_BUCKET, ".kiln-health")
+
     async def probe(self) -> _Probe:
         where = f"{HOST}:{MINIO_PORT}"
         try:
@@ -1132,6 +1139,13 @@ class _MinIO(_Component):
                 False,
                 f"server on {where} is live but bucket {MINIO_BUCKET!r} is missing",
                 needs_provisioning=True,
+            )
+        try:
+            # "Live" is not "writable": a server whose data directory vanished still answers.
+            await asyncio.to_thread(self._write_probe)
+        except Exception as exc:
+            return _Probe(
+                False, f"server on {where} is live but refuses writes ({_describe_error(exc)})"
             )
         return _Probe(
             True,

@@ -286,8 +286,12 @@ class S3Store(ObjectStore):
             http_client=urllib3.PoolManager(
                 maxsize=32,
                 timeout=urllib3.Timeout(connect=10, read=300),
+                # A server's Retry-After must not stall an upload for minutes.
                 retries=urllib3.Retry(
-                    total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]
+                    total=3,
+                    backoff_factor=0.2,
+                    status_forcelist=[500, 502, 503, 504],
+                    respect_retry_after_header=False,
                 ),
             ),
         )
