@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -61,11 +62,35 @@ def pg_url() -> str:
 
 
 @pytest.fixture
-def kafka_url(unique: str) -> str:
+def kafka_url(unique: str, request: pytest.FixtureRequest) -> str:
     url = stack_url("bus_url")
     require_service("Kafka", url)
+    request.addfinalizer(lambda: drop_namespace(url, f"t{unique}"))
     sep = "&" if "?" in url else "?"
     return f"{url}{sep}namespace=t{unique}"
+
+
+def drop_namespace(url: str, namespace: str) -> None:
+    # Finalizers may run inside the session's event loop: clean up from a thread of its own.
+    cleaner = threading.Thread(target=lambda: asyncio.run(delete_namespace_topics(url, namespace)))
+    cleaner.start()
+    cleaner.join(30)
+
+
+async def delete_namespace_topics(url: str, namespace: str) -> None:
+    """Drop a test's topics so a long-lived broker does not collect thousands of partitions."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=urlsplit(url).netloc)
+    try:
+        await admin.start()
+        topics = [t for t in await admin.list_topics() if t.startswith(f"{namespace}.")]
+        if topics:
+            await admin.delete_topics(topics)
+    except Exception:  # noqa: BLE001 - hygiene only; never fail a test over it
+        pass
+    finally:
+        await admin.close()
 
 
 @pytest.fixture

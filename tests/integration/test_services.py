@@ -17,7 +17,7 @@ from sqlalchemy import text
 
 from kiln_core.db import Database
 from kiln_core.events import SERVICES
-from tests.conftest import require_service, stack_url
+from tests.conftest import drop_namespace, require_service, stack_url
 
 pytestmark = pytest.mark.integration
 
@@ -41,10 +41,11 @@ def stack(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
     bus_url, store_url = stack_url("bus_url"), stack_url("storage_url")
     require_service("Kafka", bus_url)
     require_service("MinIO", store_url)
+    namespace = f"t{uuid.uuid4().hex[:10]}"
     env = {
         **os.environ,
         "KILN_DATABASE_URL": pg_url,
-        "KILN_BUS_URL": f"{bus_url}?namespace=t{uuid.uuid4().hex[:10]}",
+        "KILN_BUS_URL": f"{bus_url}?namespace={namespace}",
         "KILN_STORAGE_URL": store_url,
         "KILN_LOG_LEVEL": "WARNING",
     }
@@ -90,6 +91,7 @@ def stack(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        drop_namespace(bus_url, namespace)
 
 
 async def test_each_service_migrated_its_own_schema(stack: dict[str, int], pg_url: str) -> None:
