@@ -7,8 +7,9 @@ import asyncio
 from datetime import timedelta
 from typing import Any
 
-from kiln_annotation.models import Task, utcnow
+from kiln_annotation.models import Task
 from kiln_core.auth import issue_token
+from kiln_core.db import utcnow
 from tests.conftest import eventually
 from tests.dataset.conftest import png
 from tests.dataset.test_dataset_api import commit, make_dataset, upload

@@ -18,7 +18,7 @@ from kiln_core.service import ServiceRuntime
 from kiln_core.settings import Settings
 from kiln_core.storage import blob_key
 from kiln_dataset import SERVICE
-from kiln_dataset.lifecycle import delete_version, purge, record_blob
+from kiln_dataset.lifecycle import delete_version, purge, store_blobs
 from kiln_dataset.models import Dataset, DatasetVersion, VersionBlob
 from kiln_dataset.versions import create_version
 
@@ -51,9 +51,8 @@ async def run_sequence(ops: list[tuple[str, object]]) -> None:
                 if op == "create":
                     items = []
                     for index in sorted(arg):  # type: ignore[call-overload]
-                        ref = await runtime.store.put_blob(POOL[index])
-                        async with runtime.db.transaction() as session:
-                            await record_blob(session, ref, "image/png")
+                        ref = await runtime.store.spool(POOL[index])
+                        await store_blobs(runtime, [(ref, "image/png")])
                         items.append(
                             ManifestItem(
                                 item_id=f"i{index}",

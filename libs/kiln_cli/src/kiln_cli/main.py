@@ -23,18 +23,11 @@ app = typer.Typer(
 events_app = typer.Typer(help="Event contract and dead-letter tools.", no_args_is_help=True)
 app.add_typer(events_app, name="events")
 
-try:
-    from kiln_cli.infra import infra_app
-
-    app.add_typer(
-        infra_app, name="infra", help="Install, start and check the local infrastructure."
-    )
-except ImportError:  # pragma: no cover - infra module is optional while being developed
-    pass
-
+from kiln_cli.infra import infra_app  # noqa: E402
 from kiln_cli.stack import stack_app  # noqa: E402
 from kiln_training.simulate import scheduler_app  # noqa: E402
 
+app.add_typer(infra_app, name="infra", help="Install, start and check the local infrastructure.")
 app.add_typer(stack_app, name="stack", help="Run every service as its own processes.")
 app.add_typer(scheduler_app, name="scheduler", help="Fair-share (DRF) scheduler tools.")
 

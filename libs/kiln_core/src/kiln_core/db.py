@@ -11,8 +11,10 @@ import contextlib
 import fcntl
 import hashlib
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,21 @@ from sqlalchemy.ext.asyncio import (
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 log = logging.getLogger(__name__)
+
+
+def utcnow() -> datetime:
+    """Every stored time is UTC and timezone-aware."""
+    return datetime.now(UTC)
+
+
+def aware(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def new_id() -> str:
+    """A new opaque row id (32 hex characters)."""
+    return uuid.uuid4().hex
 
 
 class Database:
@@ -58,7 +75,7 @@ class Database:
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         # Shared by every session of this database (the runtime registers itself here).
-        self.session_info: dict[str, Any] = {"kiln_notify_channel": self.notify_channel()}
+        self.session_info: dict[str, Any] = {}
         self.sessionmaker = async_sessionmaker(
             self.engine,
             class_=AsyncSession,

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from opentelemetry import trace
@@ -24,9 +24,9 @@ from sqlmodel import Field, SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.bus import Bus, Consumer, OutgoingRecord, Record, dlq_topic
-from kiln_core.db import Database
+from kiln_core.db import Database, utcnow
 from kiln_core.errors import EventRejected
-from kiln_core.events import CloudEvent, EventData, decode_event
+from kiln_core.events import CloudEvent, EventData, decode_event, topic_for
 from kiln_core.telemetry import EVENT_HANDLE_SECONDS, EVENTS_HANDLED, extract_context, tracer
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class InboxEntry(SQLModel, table=True):
     event_id: str = Field(sa_column=Column(String(64), primary_key=True))
     event_type: str = Field(sa_column=Column(String(200), nullable=False))
     processed_at: datetime = Field(
-        default_factory=lambda: datetime.now(UTC),
+        default_factory=utcnow,
         sa_column=Column(DateTime(timezone=True), nullable=False),
     )
 
@@ -95,7 +95,7 @@ class InboxConsumer:
         self.db = db
         self.bus = bus
         self.handlers = dict(handlers)
-        self.topics = sorted(set(topics or [self._topic(t) for t in self.handlers]))
+        self.topics = sorted(set(topics or [topic_for(t) for t in self.handlers]))
         self.group_id = f"kiln-{name}"
         self.max_attempts = max_attempts
         self.backoff_initial_s = backoff_initial_s
@@ -105,12 +105,6 @@ class InboxConsumer:
         self._claim = insert_fn(INBOX).on_conflict_do_nothing()
         # Fault-injection point for tests: runs after the DB commit, before the offset commit.
         self.after_commit: Callable[[CloudEvent], Awaitable[None]] | None = None
-
-    @staticmethod
-    def _topic(event_type: str) -> str:
-        from kiln_core.events import topic_for
-
-        return topic_for(event_type)
 
     async def handle_batch(self, records: list[Record]) -> None:
         """Apply a polled batch in one transaction; fall back to one by one if any fails.
@@ -155,7 +149,7 @@ class InboxConsumer:
     async def _apply_batch(
         self, decoded: list[tuple[Record, CloudEvent, EventData, EventHandler]]
     ) -> set[str]:
-        now = datetime.now(UTC)
+        now = utcnow()
         rows = [
             {"consumer": self.name, "event_id": e.id, "event_type": e.type, "processed_at": now}
             for _r, e, _d, _h in decoded
@@ -258,7 +252,7 @@ class InboxConsumer:
                     consumer=self.name,
                     event_id=envelope.id,
                     event_type=envelope.type,
-                    processed_at=datetime.now(UTC),
+                    processed_at=utcnow(),
                 ).returning(INBOX.c.event_id)
             )
             if claimed.first() is None:
@@ -277,7 +271,7 @@ class InboxConsumer:
             (DLQ_PREFIX + "partition", str(record.partition).encode()),
             (DLQ_PREFIX + "offset", str(record.offset).encode()),
             (DLQ_PREFIX + "attempts", str(attempts).encode()),
-            (DLQ_PREFIX + "time", datetime.now(UTC).isoformat().encode()),
+            (DLQ_PREFIX + "time", utcnow().isoformat().encode()),
         )
         await self.bus.publish_many(
             [OutgoingRecord(dlq_topic(record.topic), record.value, record.key, headers)]

@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -22,15 +22,11 @@ from sqlmodel import Field, SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.bus import Bus, OutgoingRecord
-from kiln_core.db import Database
+from kiln_core.db import Database, utcnow
 from kiln_core.events import CloudEvent
 from kiln_core.telemetry import EVENTS_PUBLISHED, inject_headers
 
 log = logging.getLogger(__name__)
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class OutboxEvent(SQLModel, table=True):
@@ -49,7 +45,7 @@ class OutboxEvent(SQLModel, table=True):
     payload: str = Field(sa_column=Column(Text, nullable=False))
     headers: str = Field(default="[]", sa_column=Column(Text, nullable=False))
     created_at: datetime = Field(
-        default_factory=_utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
     published_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
     publish_count: int = Field(default=0, sa_column=Column(Integer, nullable=False, default=0))
@@ -121,7 +117,7 @@ async def add_event(session: AsyncSession, event: CloudEvent) -> None:
             key=event.key,
             payload=event.model_dump_json(exclude_none=True),
             headers=json.dumps(headers),
-            created_at=_utcnow(),
+            created_at=utcnow(),
             publish_count=0,
         )
     )
@@ -184,7 +180,7 @@ class OutboxRelay:
             await conn.execute(
                 update(OUTBOX)
                 .where(c.position.in_([r.position for r in rows]))
-                .values(published_at=_utcnow(), publish_count=c.publish_count + 1)
+                .values(published_at=utcnow(), publish_count=c.publish_count + 1)
             )
         for row in rows:
             EVENTS_PUBLISHED.labels(self.service, row.topic).inc()
@@ -202,7 +198,7 @@ class OutboxRelay:
         """Delete rows published longer ago than the retention period."""
         from sqlalchemy import delete
 
-        cutoff = _utcnow() - self.retention
+        cutoff = utcnow() - self.retention
         async with self.db.begin() as conn:
             result = await conn.execute(delete(OUTBOX).where(OUTBOX.c.published_at < cutoff))
             return int(result.rowcount or 0)

@@ -6,7 +6,7 @@ It proves the whole path — HTTP, outbox, relay, bus, inbox, one trace — for 
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Query, Request, status
@@ -18,6 +18,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.auth import require_roles
 from kiln_core.catalog import PING_EVENTS, PingSent
+from kiln_core.db import utcnow
 from kiln_core.events import SERVICES, CloudEvent
 from kiln_core.http import SessionDep, get_runtime
 from kiln_core.inbox import EventHandler
@@ -33,7 +34,7 @@ class PingReceived(SQLModel, table=True):
     message: str = Field(default="", sa_column=Column(Text, nullable=False))
     trace_id: str | None = Field(default=None, sa_column=Column(String(32)))
     received_at: datetime = Field(
-        default_factory=lambda: datetime.now(UTC),
+        default_factory=utcnow,
         sa_column=Column(DateTime(timezone=True), nullable=False),
     )
 
@@ -77,9 +78,7 @@ def ping_router(service: str) -> APIRouter:
         """Send a ping from this service to every other service (through the outbox)."""
         runtime = get_runtime(request)
         ping_id = uuid.uuid4().hex
-        data = event_cls(
-            ping_id=ping_id, origin=service, message=body.message, sent_at=datetime.now(UTC)
-        )
+        data = event_cls(ping_id=ping_id, origin=service, message=body.message, sent_at=utcnow())
         async with runtime.db.transaction() as session:
             event = await runtime.emit(session, data, subject=ping_id)
         return PingAccepted(

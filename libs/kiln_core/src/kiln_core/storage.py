@@ -72,6 +72,12 @@ class ObjectStore(ABC):
         path, sha, size = await _spool(source, max_bytes=max_bytes)
         return SpooledBlob(path=path, sha256=sha, size=size)
 
+    async def adopt_file(self, path: str) -> SpooledBlob:
+        """Like :meth:`spool` for a file already on local disk: hashed in place, no copy. The
+        blob takes the file over (:meth:`put_spooled` removes it)."""
+        sha, size = await asyncio.to_thread(_hash_file, path)
+        return SpooledBlob(path=path, sha256=sha, size=size)
+
     async def put_spooled(
         self, spooled: SpooledBlob, *, skip_exists_check: bool = False
     ) -> BlobRef:
@@ -166,6 +172,16 @@ async def _spool(source: Source, *, max_bytes: int | None = None) -> tuple[str, 
         os.unlink(path)
         raise
     return path, digest.hexdigest(), size
+
+
+def _hash_file(path: str) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
 
 
 async def _chunks(source: Source) -> AsyncIterator[bytes]:

@@ -11,7 +11,7 @@ from pydantic import Field as PydField
 from sqlalchemy import func
 from sqlmodel import col, select
 
-from kiln_annotation.models import AuditEntry, LabelsCommit, Project, Task, TaskStatus, new_id
+from kiln_annotation.models import AuditEntry, LabelsCommit, Project, Task, TaskStatus
 from kiln_annotation.workflow import (
     commit_labels,
     create_tasks,
@@ -22,6 +22,7 @@ from kiln_annotation.workflow import (
     submit,
 )
 from kiln_core.auth import Principal, require_roles
+from kiln_core.db import new_id
 from kiln_core.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from kiln_core.http import SessionDep, get_runtime
 from kiln_core.manifest import read_manifest

@@ -10,7 +10,8 @@ from pydantic import TypeAdapter
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from kiln_annotation.models import AuditEntry, Task, aware
+from kiln_annotation.models import AuditEntry, Task
+from kiln_core.db import aware
 from kiln_core.manifest import Label
 
 _LABELS = TypeAdapter(list[Label])

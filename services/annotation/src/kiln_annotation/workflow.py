@@ -12,17 +12,9 @@ from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from kiln_annotation.models import (
-    AuditEntry,
-    LabelsCommit,
-    Project,
-    Task,
-    TaskStatus,
-    aware,
-    new_id,
-    utcnow,
-)
+from kiln_annotation.models import AuditEntry, LabelsCommit, Project, Task, TaskStatus
 from kiln_core.catalog import LabelsCommitted
+from kiln_core.db import aware, new_id, utcnow
 from kiln_core.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from kiln_core.manifest import ManifestItem
 from kiln_core.service import ServiceRuntime

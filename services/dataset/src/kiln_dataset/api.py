@@ -23,12 +23,13 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.auth import Principal, require_roles
 from kiln_core.catalog import VersionLineage
+from kiln_core.db import aware, utcnow
 from kiln_core.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, ValidationFailed
 from kiln_core.http import SessionDep, get_runtime
 from kiln_core.manifest import Category, Label, ManifestItem
 from kiln_core.service import ServiceRuntime
 from kiln_dataset import jobs
-from kiln_dataset.lifecycle import delete_version, mark_stored, record_blobs
+from kiln_dataset.lifecycle import delete_version, store_blobs
 from kiln_dataset.models import (
     Dataset,
     DatasetCreate,
@@ -42,8 +43,6 @@ from kiln_dataset.models import (
     JobPublic,
     Page,
     VersionPublic,
-    aware,
-    utcnow,
 )
 from kiln_dataset.runners import validate_archive
 from kiln_dataset.versions import (
@@ -52,7 +51,7 @@ from kiln_dataset.versions import (
     get_dataset,
     get_version,
     latest_version,
-    read_manifest,
+    version_items,
 )
 
 router = APIRouter(prefix="/v1", tags=["datasets"])
@@ -71,12 +70,27 @@ MAX_FILES_PER_REQUEST = 2000
 UPLOAD_CONCURRENCY = 8
 
 
+async def _datasets_public(session: AsyncSession, datasets: list[Dataset]) -> list[DatasetPublic]:
+    """API views of datasets, with every latest version number from one query."""
+    latest: dict[str, int] = {}
+    if datasets:
+        rows = await session.exec(
+            select(DatasetVersion.dataset_id, func.max(DatasetVersion.number))
+            .where(
+                col(DatasetVersion.dataset_id).in_([d.id for d in datasets]),
+                DatasetVersion.status == "live",
+            )
+            .group_by(col(DatasetVersion.dataset_id))
+        )
+        latest = {dataset_id: number for dataset_id, number in rows.all()}
+    return [
+        DatasetPublic(**d.model_dump(exclude={"next_version"}), latest_version=latest.get(d.id))
+        for d in datasets
+    ]
+
+
 async def _dataset_public(session: AsyncSession, dataset: Dataset) -> DatasetPublic:
-    latest = await latest_version(session, dataset.id)
-    return DatasetPublic(
-        **dataset.model_dump(exclude={"next_version"}),
-        latest_version=latest.number if latest else None,
-    )
+    return (await _datasets_public(session, [dataset]))[0]
 
 
 def _version_public(version: DatasetVersion, parent_number: int | None) -> VersionPublic:
@@ -189,7 +203,7 @@ async def list_datasets(
         rows = [d for d in rows if tag in (d.tags or [])]
     page = rows[offset : offset + limit]
     return Page(
-        items=[await _dataset_public(session, d) for d in page],
+        items=await _datasets_public(session, page),
         total=len(rows),
         limit=limit,
         offset=offset,
@@ -344,7 +358,7 @@ async def create_draft(
         count = 0
         if body.base_version is not None:
             base = await get_version(session, dataset_id, body.base_version)
-            for item in await read_manifest(runtime.store, base.manifest_key):
+            for item in await version_items(runtime.store, base):
                 session.add(
                     DraftItem(
                         draft_id=draft.id,
@@ -461,56 +475,33 @@ async def upload_items(
     checked = await asyncio.gather(*(check(f) for f in files))
     rejected = [c for c in checked if isinstance(c, dict)]
     good = [c for c in checked if not isinstance(c, dict)]
-    try:
-        if good:
-            async with runtime.db.transaction() as session:
-                already = await record_blobs(
-                    session, [(spooled_ref(sp), item.media_type) for item, sp in good]
-                )
-
-            store_limit = asyncio.Semaphore(UPLOAD_CONCURRENCY * 2)
-
-            async def store(spooled: SpooledBlob) -> None:
-                async with store_limit:
-                    # Content-addressed: writing bytes that are already there changes nothing,
-                    # so skip the existence round trip and just write.
-                    await runtime.store.put_spooled(spooled, skip_exists_check=True)
-
-            fresh = {sp.sha256: sp for _, sp in good if sp.sha256 not in already}
-            await asyncio.gather(*(store(sp) for sp in fresh.values()))
-            async with runtime.db.transaction() as session:
-                await mark_stored(session, list(fresh))
-                await _open_draft(session, dataset_id, draft_id)
-                ids = [item.item_id for item, _ in good]
-                current = {
-                    row.item_id: row
-                    for row in (
-                        await session.exec(
-                            select(DraftItem).where(
-                                DraftItem.draft_id == draft_id, col(DraftItem.item_id).in_(ids)
-                            )
+    if good:
+        await store_blobs(runtime, [(spooled, item.media_type) for item, spooled in good])
+        async with runtime.db.transaction() as session:
+            await _open_draft(session, dataset_id, draft_id)
+            ids = [item.item_id for item, _ in good]
+            current = {
+                row.item_id: row
+                for row in (
+                    await session.exec(
+                        select(DraftItem).where(
+                            DraftItem.draft_id == draft_id, col(DraftItem.item_id).in_(ids)
                         )
-                    ).all()
-                }
-                for item, _ in good:
-                    record = item.model_dump(mode="json", exclude_none=True)
-                    existing = current.get(item.item_id)
-                    if existing is not None:
-                        existing.blob, existing.record = item.blob, record
-                        session.add(existing)
-                    else:
-                        session.add(
-                            DraftItem(
-                                draft_id=draft_id,
-                                item_id=item.item_id,
-                                blob=item.blob,
-                                record=record,
-                            )
+                    )
+                ).all()
+            }
+            for item, _ in good:
+                record = item.model_dump(mode="json", exclude_none=True)
+                existing = current.get(item.item_id)
+                if existing is not None:
+                    existing.blob, existing.record = item.blob, record
+                    session.add(existing)
+                else:
+                    session.add(
+                        DraftItem(
+                            draft_id=draft_id, item_id=item.item_id, blob=item.blob, record=record
                         )
-    finally:
-        for _, spooled in good:
-            if spooled.path:
-                _discard(spooled.path)
+                    )
     accepted = [
         {
             "file": item.item_id,
@@ -528,14 +519,6 @@ async def upload_items(
 def _discard(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-
-
-def spooled_ref(spooled: Any) -> Any:
-    from kiln_core.storage import BlobRef, blob_key
-
-    return BlobRef(
-        sha256=spooled.sha256, size=spooled.size, key=blob_key(spooled.sha256), created=False
-    )
 
 
 @router.delete("/datasets/{dataset_id}/drafts/{draft_id}/items/{item_id:path}", status_code=204)
@@ -746,7 +729,7 @@ async def list_items(
     label: str | None = None,
 ) -> Page[ManifestItem]:
     row = await get_version(session, dataset_id, version)
-    items = await read_manifest(get_runtime(request).store, row.manifest_key)
+    items = await version_items(get_runtime(request).store, row)
     if split:
         items = [i for i in items if (i.split or "unassigned") == split]
     if label:
@@ -785,9 +768,7 @@ async def diff_version(
     store = get_runtime(request).store
     new = await get_version(session, dataset_id, version)
     old = await get_version(session, dataset_id, against)
-    diff = diff_versions(
-        await read_manifest(store, old.manifest_key), await read_manifest(store, new.manifest_key)
-    )
+    diff = diff_versions(await version_items(store, old), await version_items(store, new))
     return {"from_version": against, "to_version": version, **diff}
 
 
@@ -812,7 +793,7 @@ async def split_version(
     runtime = get_runtime(request)
     async with runtime.db.transaction() as session:
         parent = await get_version(session, dataset_id, version)
-        items = await read_manifest(runtime.store, parent.manifest_key)
+        items = await version_items(runtime.store, parent)
         try:
             assignment = assign_splits(
                 items, ratios=body.ratios, seed=body.seed, stratify=body.stratify
@@ -866,7 +847,7 @@ async def export_version(
     runtime = get_runtime(request)
     row = await get_version(session, dataset_id, version)
     dataset = await get_dataset(session, dataset_id)
-    items = await read_manifest(runtime.store, row.manifest_key)
+    items = await version_items(runtime.store, row)
     categories = [Category.model_validate(c) for c in row.categories or []]
 
     def read_blob(sha: str) -> AsyncIterator[bytes]:

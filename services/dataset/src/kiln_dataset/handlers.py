@@ -14,7 +14,7 @@ from kiln_core.manifest import Category, Label
 from kiln_core.ping import ping_handlers
 from kiln_core.service import ServiceRuntime, runtime_of
 from kiln_core.storage import ObjectNotFound
-from kiln_dataset.versions import create_version, get_version, read_manifest
+from kiln_dataset.versions import create_version, get_version, version_items
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ async def on_labels_committed(
         commit = await read_manifest_labels(runtime, data.manifest_key)
     except ObjectNotFound:
         raise EventRejected(f"labels manifest {data.manifest_key!r} does not exist") from None
-    items = await read_manifest(runtime.store, base.manifest_key)
+    items = await version_items(runtime.store, base)
     known = {i.item_id for i in items}
     unknown = sorted(set(commit) - known)
     if unknown:

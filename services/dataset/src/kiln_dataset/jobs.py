@@ -13,11 +13,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from kiln_core.db import utcnow
 from kiln_core.errors import KilnError
 from kiln_core.service import ServiceRuntime
 from kiln_core.settings import Settings
 from kiln_core.tasks import make_celery
-from kiln_dataset.models import Job, JobStatus, utcnow
+from kiln_dataset.models import Job, JobStatus
 
 log = logging.getLogger(__name__)
 

@@ -3,10 +3,13 @@ no live version and no open draft references (checked again under a row lock per
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import os
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import exists, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -15,8 +18,9 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.catalog import DatasetVersionDeleted
+from kiln_core.db import utcnow
 from kiln_core.service import ServiceRuntime
-from kiln_core.storage import BlobRef, blob_key
+from kiln_core.storage import SpooledBlob, blob_key
 from kiln_dataset.models import (
     Blob,
     Dataset,
@@ -25,21 +29,52 @@ from kiln_dataset.models import (
     Draft,
     DraftItem,
     VersionBlob,
-    utcnow,
 )
 
 log = logging.getLogger(__name__)
 BLOBS = Blob.__table__  # type: ignore[attr-defined]
 
 
-async def record_blob(session: AsyncSession, ref: BlobRef, media_type: str) -> None:
-    """Register a blob whose bytes are stored (or about to be), refreshing its last-seen time."""
-    await record_blobs(session, [(ref, media_type)])
-    await mark_stored(session, [ref.sha256])
+class HashedBlob(Protocol):
+    @property
+    def sha256(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
 
 
-async def record_blobs(session: AsyncSession, refs: list[tuple[BlobRef, str]]) -> set[str]:
-    """:func:`record_blob` for many blobs in one statement (sorted: a stable lock order).
+async def store_blobs(
+    runtime: ServiceRuntime, blobs: list[tuple[SpooledBlob, str]], *, concurrency: int = 16
+) -> None:
+    """Store spooled blobs with their media types: the one way bytes enter this service.
+
+    The blobs are recorded first, so a purge running meanwhile sees them as fresh; then the
+    bytes of those not already stored are written (content-addressed, so without asking the
+    store first) and marked stored. Every temporary file is removed, whatever happens.
+    """
+    try:
+        async with runtime.db.transaction() as session:
+            already = await record_blobs(session, blobs)
+        fresh = {spooled.sha256: spooled for spooled, _ in blobs if spooled.sha256 not in already}
+        limit = asyncio.Semaphore(concurrency)
+
+        async def put(spooled: SpooledBlob) -> None:
+            async with limit:
+                await runtime.store.put_spooled(spooled, skip_exists_check=True)
+
+        await asyncio.gather(*(put(spooled) for spooled in fresh.values()))
+        async with runtime.db.transaction() as session:
+            await mark_stored(session, list(fresh))
+    finally:
+        for spooled, _ in blobs:
+            if spooled.path:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(spooled.path)
+
+
+async def record_blobs(session: AsyncSession, refs: Sequence[tuple[HashedBlob, str]]) -> set[str]:
+    """Register blobs (or refresh when they were last seen) in one statement, sorted for a
+    stable lock order.
 
     Returns the hashes whose bytes are already in the object store.
     """

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
@@ -22,22 +21,10 @@ from sqlalchemy import (
 )
 from sqlmodel import Field, SQLModel
 
+from kiln_core.db import new_id, utcnow
 from kiln_core.manifest import Category, TaskType
 
 T = TypeVar("T")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def aware(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every stored time is UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
 
 
 class DatasetStatus(StrEnum):

@@ -14,13 +14,14 @@ from kiln_core.catalog import VersionLineage
 from kiln_core.errors import ValidationFailed
 from kiln_core.manifest import Category, ManifestItem
 from kiln_core.service import ServiceRuntime
-from kiln_core.storage import blob_key
+from kiln_core.storage import SpooledBlob, blob_key
 from kiln_dataset.jobs import Progress, finish, runner
-from kiln_dataset.lifecycle import record_blob
+from kiln_dataset.lifecycle import store_blobs
 from kiln_dataset.models import Job
-from kiln_dataset.versions import create_version, get_version, latest_version, read_manifest
+from kiln_dataset.versions import create_version, get_version, latest_version, version_items
 
 MAX_PROBLEMS_KEPT = 1000
+STORE_BATCH = 64  # blobs recorded and written together during an import
 
 
 async def _download(runtime: ServiceRuntime, key: str, path: Path) -> None:
@@ -63,6 +64,7 @@ async def run_import(runtime: ServiceRuntime, job: Job, progress: Progress) -> d
             {"kind": p.kind, "message": p.message, "item": p.source_name} for p in result.problems
         ]
         total = len(result.entries)
+        pending: list[tuple[SpooledBlob, str]] = []
         for index, entry in enumerate(result.entries, 1):
             problems += [
                 {"kind": p.kind, "message": p.message, "item": entry.source_name}
@@ -83,13 +85,12 @@ async def run_import(runtime: ServiceRuntime, job: Job, progress: Progress) -> d
                     {"kind": "unreadable-image", "message": str(exc), "item": entry.source_name}
                 )
                 continue
-            with entry.path.open("rb") as f:
-                spooled = await runtime.store.spool(f)
-            from kiln_dataset.api import spooled_ref
-
-            async with runtime.db.transaction() as session:
-                await record_blob(session, spooled_ref(spooled), media_type)
-            await runtime.store.put_spooled(spooled)
+            # The extracted file is hashed where it lies and handed to the store: no copy.
+            spooled = await runtime.store.adopt_file(str(entry.path))
+            pending.append((spooled, media_type))
+            if len(pending) >= STORE_BATCH:
+                await store_blobs(runtime, pending)
+                pending = []
             items.append(
                 ManifestItem(
                     item_id=entry.item_id or entry.source_name,
@@ -105,6 +106,7 @@ async def run_import(runtime: ServiceRuntime, job: Job, progress: Progress) -> d
                 )
             )
             await progress(index, total, f"imported {len(items)} of {total} items")
+        await store_blobs(runtime, pending)
     if not items:
         raise ValidationFailed(
             "the archive holds no readable images", problems=problems[:MAX_PROBLEMS_KEPT]
@@ -114,7 +116,7 @@ async def run_import(runtime: ServiceRuntime, job: Job, progress: Progress) -> d
         merged = {
             i.item_id: i
             for i in (
-                await read_manifest(runtime.store, parent.manifest_key)
+                await version_items(runtime.store, parent)
                 if parent and params.get("mode") != "replace"
                 else []
             )
@@ -167,7 +169,7 @@ async def run_augmentation(runtime: ServiceRuntime, job: Job, progress: Progress
     seed = int(job.params.get("seed", 0))
     async with runtime.db.session() as session:
         parent = await get_version(session, job.dataset_id or "", int(job.params["version"]))
-    source = await read_manifest(runtime.store, parent.manifest_key)
+    source = await version_items(runtime.store, parent)
     out: list[ManifestItem] = list(source)
     total = len(source) * recipe.copies_per_item
     done = 0
@@ -180,9 +182,8 @@ async def run_augmentation(runtime: ServiceRuntime, job: Job, progress: Progress
                 apply_recipe, image, list(item.labels), recipe, item_seed(seed, item.item_id, copy)
             )
             data, media_type = _encode(augmented, item.media_type)
-            ref = await runtime.store.put_blob(data)
-            async with runtime.db.transaction() as session:
-                await record_blob(session, ref, media_type)
+            ref = await runtime.store.spool(data)
+            await store_blobs(runtime, [(ref, media_type)])
             out.append(
                 ManifestItem(
                     item_id=f"{item.item_id}#aug{copy}",
@@ -228,7 +229,7 @@ async def run_quality(runtime: ServiceRuntime, job: Job, progress: Progress) -> 
 
     async with runtime.db.session() as session:
         version = await get_version(session, job.dataset_id or "", int(job.params["version"]))
-    items = await read_manifest(runtime.store, version.manifest_key)
+    items = await version_items(runtime.store, version)
     checker = QualityChecker()
     fetched: set[str] = set()
     for done, item in enumerate(items, 1):

@@ -4,7 +4,7 @@ manifests, statistics and diffs."""
 from __future__ import annotations
 
 import hashlib
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Iterable
 from typing import Any
 
@@ -13,17 +13,36 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.catalog import DatasetVersionCreated, VersionLineage
+from kiln_core.db import new_id, utcnow
 from kiln_core.errors import Conflict, NotFound, ValidationFailed
 from kiln_core.manifest import Category, ManifestItem, dump_jsonl, read_manifest
 from kiln_core.service import ServiceRuntime
-from kiln_dataset.models import Dataset, DatasetStatus, DatasetVersion, VersionBlob, new_id, utcnow
+from kiln_core.storage import ObjectStore
+from kiln_dataset.models import Dataset, DatasetStatus, DatasetVersion, VersionBlob
 
 VERSION_BLOBS = VersionBlob.__table__  # type: ignore[attr-defined]
-__all__ = ["read_manifest"]
+# Parsed manifests by (store, key). A manifest never changes once its version exists, so
+# paging through items or diffing need not re-read and re-parse it each time.
+_MANIFESTS: OrderedDict[tuple[str, str], list[ManifestItem]] = OrderedDict()
+_MANIFESTS_KEPT = 8
 
 
 def manifest_key(dataset_id: str, version_id: str) -> str:
     return f"datasets/{dataset_id}/manifests/{version_id}.jsonl"
+
+
+async def version_items(store: ObjectStore, version: DatasetVersion) -> list[ManifestItem]:
+    """The items of ``version`` (a fresh list; the parsed manifest is cached)."""
+    key = (store.url, version.manifest_key)
+    items = _MANIFESTS.get(key)
+    if items is None:
+        items = await read_manifest(store, version.manifest_key)
+        _MANIFESTS[key] = items
+        while len(_MANIFESTS) > _MANIFESTS_KEPT:
+            _MANIFESTS.popitem(last=False)
+    else:
+        _MANIFESTS.move_to_end(key)
+    return list(items)
 
 
 def label_names(items: Iterable[ManifestItem]) -> list[str]:
