@@ -1,15 +1,20 @@
-"""The registry service: registered models, versions, aliases and stages, lineage, audit log and
-promotion policies."""
+"""The registry service: registered models, versions, aliases and stages, lineage, audit log,
+promotion policies, compression and edge pull."""
+
+from __future__ import annotations
 
 from pathlib import Path
 
-from kiln_core.ping import ping_handlers, ping_router
+from kiln_core.ping import ping_router
 from kiln_core.service import ServiceSpec
+from kiln_registry import api, jobs
+from kiln_registry.handlers import HANDLERS
 
 SERVICE = ServiceSpec(
     name="registry",
     description=" ".join((__doc__ or "").split()),
     migrations=Path(__file__).parent / "migrations",
-    routers=[ping_router("registry")],
-    handlers={**ping_handlers("registry")},
+    routers=[ping_router("registry"), api.router],
+    handlers=HANDLERS,
+    celery=jobs.celery_app,
 )

@@ -1,0 +1,342 @@
+"""The registry service's tables and API schemas."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import Field as PydField
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Integer, String, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from kiln_core.catalog import ModelArtifact, ModelSignature, Preprocessing
+from kiln_core.db import new_id, utcnow
+
+T = TypeVar("T")
+
+NAME_PATTERN = r"^[A-Za-z0-9][\w.\-]*$"
+ALIAS_PATTERN = r"^[a-z][a-z0-9\-]{0,62}$"
+STAGE_ALIASES = ("staging", "canary", "production")
+
+
+class VersionStatus(StrEnum):
+    registered = "registered"
+    staged = "staged"
+    production = "production"
+    archived = "archived"
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+
+
+def _ts(nullable: bool = False) -> Any:
+    return Column(DateTime(timezone=True), nullable=nullable)
+
+
+# --- tables -------------------------------------------------------------------------------------
+
+
+class RegisteredModel(SQLModel, table=True):
+    __tablename__ = "models"
+
+    id: str = Field(default_factory=new_id, sa_column=Column(String(32), primary_key=True))
+    name: str = Field(sa_column=Column(String(200), nullable=False, unique=True))
+    description: str = Field(default="", sa_column=Column(Text, nullable=False))
+    tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    task_type: str | None = Field(default=None, sa_column=Column(String(30)))
+    created_by: str = Field(default="", sa_column=Column(String(200), nullable=False))
+    next_version: int = Field(default=1, sa_column=Column(Integer, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+class ModelVersion(SQLModel, table=True):
+    __tablename__ = "versions"
+    __table_args__ = (UniqueConstraint("model_id", "number", name="uq_versions_number"),)
+
+    id: str = Field(default_factory=new_id, sa_column=Column(String(32), primary_key=True))
+    model_id: str = Field(sa_column=Column(String(32), nullable=False, index=True))
+    number: int = Field(sa_column=Column(Integer, nullable=False))
+    status: str = Field(
+        default=VersionStatus.registered, sa_column=Column(String(20), nullable=False)
+    )
+    description: str = Field(default="", sa_column=Column(Text, nullable=False))
+    tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    metrics: dict[str, float] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    evaluation_split: str | None = Field(default=None, sa_column=Column(String(100)))
+    # The artifact as serving needs it (uri, key, sha256, size, format, signature, labels, ...).
+    artifact: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    sha256: str = Field(sa_column=Column(String(64), nullable=False))
+    size_bytes: int = Field(sa_column=Column(BigInteger, nullable=False))
+    lineage: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # One version per training job, whichever event (or redelivery) brings it.
+    training_job_id: str | None = Field(default=None, sa_column=Column(String(64), unique=True))
+    compression: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    created_by: str = Field(default="", sa_column=Column(String(200), nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+class Alias(SQLModel, table=True):
+    __tablename__ = "aliases"
+
+    model_id: str = Field(sa_column=Column(String(32), primary_key=True))
+    name: str = Field(sa_column=Column(String(63), primary_key=True))
+    version_id: str = Field(sa_column=Column(String(32), nullable=False, index=True))
+    updated_by: str = Field(default="", sa_column=Column(String(200), nullable=False))
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+class PromotionPolicy(SQLModel, table=True):
+    __tablename__ = "policies"
+
+    model_id: str = Field(sa_column=Column(String(32), primary_key=True))
+    rules: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    updated_by: str = Field(default="", sa_column=Column(String(200), nullable=False))
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+class Operation(SQLModel, table=True):
+    """The operation log: every change to a model or version, with who and when."""
+
+    __tablename__ = "operations"
+
+    id: str = Field(default_factory=new_id, sa_column=Column(String(32), primary_key=True))
+    model_id: str = Field(sa_column=Column(String(32), nullable=False, index=True))
+    version_id: str | None = Field(default=None, sa_column=Column(String(32), index=True))
+    action: str = Field(sa_column=Column(String(50), nullable=False))
+    actor: str = Field(sa_column=Column(String(200), nullable=False))
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+class Job(SQLModel, table=True):
+    """Long work (compression) and its outcome; the row is the truth, not Celery."""
+
+    __tablename__ = "jobs"
+
+    id: str = Field(default_factory=new_id, sa_column=Column(String(32), primary_key=True))
+    kind: str = Field(sa_column=Column(String(30), nullable=False))
+    model_id: str = Field(sa_column=Column(String(32), nullable=False, index=True))
+    version_id: str = Field(sa_column=Column(String(32), nullable=False))
+    status: str = Field(default=JobStatus.queued, sa_column=Column(String(20), nullable=False))
+    message: str = Field(default="", sa_column=Column(Text, nullable=False))
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    result: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False))
+    created_by: str = Field(default="", sa_column=Column(String(200), nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+# --- API schemas --------------------------------------------------------------------------------
+
+
+def _clean_tags(tags: list[str]) -> list[str]:
+    for tag in tags:
+        if not 0 < len(tag) <= 100:
+            raise ValueError("each tag must be 1 to 100 characters")
+    return sorted(set(tags))
+
+
+class ModelCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = PydField(min_length=1, max_length=200, pattern=NAME_PATTERN)
+    description: str = PydField(default="", max_length=5000)
+    task_type: str | None = PydField(default=None, max_length=30)
+    tags: list[str] = PydField(default_factory=list, max_length=50)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: list[str]) -> list[str]:
+        return _clean_tags(v)
+
+
+class MetadataUpdate(BaseModel):
+    """Description and tags of a model or a version; every change is logged."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str | None = PydField(default=None, max_length=5000)
+    tags: list[str] | None = PydField(default=None, max_length=50)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else _clean_tags(v)
+
+
+class ModelPublic(BaseModel):
+    id: str
+    name: str
+    description: str
+    task_type: str | None
+    tags: list[str]
+    created_by: str
+    latest_version: int | None
+    aliases: dict[str, int] = PydField(description="alias name → version number")
+    created_at: datetime
+    updated_at: datetime
+
+
+class ImportMetadata(BaseModel):
+    """The JSON part of an import: what the TorchScript file takes and returns."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    signature: ModelSignature
+    label_map: list[str] = PydField(default_factory=list)
+    preprocessing: Preprocessing
+    metrics: dict[str, float] = PydField(default_factory=dict)
+    params: dict[str, Any] = PydField(default_factory=dict)
+    evaluation_split: str | None = None
+    tags: list[str] = PydField(default_factory=list, max_length=50)
+    description: str = PydField(default="", max_length=5000)
+    dataset_id: str | None = None
+    dataset_version: int | None = None
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: list[str]) -> list[str]:
+        return _clean_tags(v)
+
+
+class VersionPublic(BaseModel):
+    model_name: str
+    version: int
+    version_id: str
+    status: str
+    aliases: list[str]
+    description: str
+    tags: list[str]
+    metrics: dict[str, float]
+    params: dict[str, Any]
+    evaluation_split: str | None
+    artifact: ModelArtifact
+    sha256: str
+    size_bytes: int
+    lineage: dict[str, Any]
+    compression: dict[str, Any] | None
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class MetricGate(BaseModel):
+    """The candidate's ``metric`` compared with ``value`` (e.g. accuracy >= 0.9)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str = PydField(min_length=1, max_length=100)
+    op: Literal[">=", ">", "<=", "<"] = ">="
+    value: float
+
+
+class RegressionGate(BaseModel):
+    """The candidate may be worse than the current production version by at most
+    ``max_drop`` on ``metric``, measured on the same evaluation split."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str = PydField(min_length=1, max_length=100)
+    max_drop: float = PydField(ge=0)
+    higher_is_better: bool = True
+
+
+class PolicyBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    gated_aliases: list[str] = PydField(
+        default_factory=lambda: ["production"],
+        description="aliases whose promotion the gates guard (others need only the role)",
+    )
+    metric_gates: list[MetricGate] = PydField(default_factory=list, max_length=50)
+    regression_gates: list[RegressionGate] = PydField(default_factory=list, max_length=50)
+    promoter_roles: list[str] = PydField(
+        default_factory=lambda: ["ml-engineer"],
+        min_length=1,
+        description="roles allowed to move a gated alias (admin always may)",
+    )
+
+    @field_validator("promoter_roles")
+    @classmethod
+    def _roles(cls, v: list[str]) -> list[str]:
+        from kiln_core.auth import ROLES
+
+        unknown = sorted(set(v) - set(ROLES))
+        if unknown:
+            raise ValueError(f"unknown roles {unknown}; known: {', '.join(ROLES)}")
+        return sorted(set(v))
+
+
+class PolicyPublic(PolicyBody):
+    model_name: str
+    updated_by: str
+    updated_at: datetime | None
+
+
+class PromoteBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = PydField(ge=1)
+    reason: str = PydField(default="", max_length=2000)
+
+
+class AliasPublic(BaseModel):
+    alias: str
+    version: int
+    version_id: str
+    updated_by: str
+    updated_at: datetime
+
+
+class OperationPublic(BaseModel):
+    id: str
+    version: int | None
+    action: str
+    actor: str
+    details: dict[str, Any]
+    at: datetime
+
+
+class CompressBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["dynamic-int8"] = "dynamic-int8"
+    samples: int = PydField(default=64, ge=1, le=4096, description="inputs for the agreement")
+    seed: int = 0
+
+
+class JobPublic(BaseModel):
+    id: str
+    kind: str
+    model_name: str
+    version: int | None
+    status: str
+    message: str
+    params: dict[str, Any]
+    result: dict[str, Any]
+    error: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class Accepted(BaseModel):
+    job_id: str
+    status_url: str
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int

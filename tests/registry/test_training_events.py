@@ -1,0 +1,94 @@
+"""training's job.succeeded becomes one model version, however often it is delivered."""
+
+from __future__ import annotations
+
+import io
+
+import torch
+from sqlmodel import select
+
+from kiln_core.catalog import ModelVersionCreated
+from kiln_core.events import new_event
+from kiln_registry.models import ModelVersion
+from tests.conftest import eventually
+from tests.registry.conftest import (
+    FEATURES,
+    Service,
+    as_record,
+    publish,
+    registry_events,
+    training_event,
+)
+
+
+async def _versions(service: Service, name: str) -> list[dict]:
+    client, _ = service
+    response = await client.get(f"/v1/models/{name}/versions")
+    return response.json()["items"] if response.status_code == 200 else []
+
+
+async def test_duplicate_training_event_gives_one_version(
+    registry_service: Service, unique: str
+) -> None:
+    client, runtime = registry_service
+    name = f"m{unique}"
+    event = await training_event(runtime, f"job-{unique}", name)
+    await publish(runtime, event, key=name)
+    await publish(
+        runtime, event, key=name
+    )  # redelivered through the bus: the inbox applies it once
+    versions = await eventually(lambda: _versions(registry_service, name), timeout_s=30)
+    # The same job announced again by a different event is still one version.
+    again = await training_event(runtime, f"job-{unique}", name, metrics={"accuracy": 0.5})
+    await runtime.inbox.handle_record(as_record(again))
+    # Published after the duplicate on its partition: once it is applied, so was the duplicate.
+    await publish(runtime, await training_event(runtime, f"job2-{unique}", name, seed=1), key=name)
+    await eventually(lambda: _has_versions(registry_service, name, 2), timeout_s=30)
+    versions = await _versions(registry_service, name)
+    assert sorted(v["version"] for v in versions) == [1, 2]
+    first = next(v for v in versions if v["version"] == 1)
+    assert first["metrics"] == {"accuracy": 0.91, "loss": 0.2}
+    assert first["lineage"]["source"] == "training"
+    assert first["lineage"]["training_job_id"] == f"job-{unique}"
+    assert first["lineage"]["dataset_id"] == "ds-1" and first["lineage"]["dataset_version"] == 3
+    assert first["evaluation_split"] == "val" and first["params"] == {"epochs": 2, "lr": 0.01}
+    assert first["artifact"]["sha256"] == event.data["artifact"]["sha256"]
+    assert first["artifact"]["key"].startswith("blobs/sha256/")
+    assert first["status"] == "registered" and first["created_by"] == "training:vision"
+    async with runtime.db.session() as session:
+        rows = (await session.exec(select(ModelVersion))).all()
+    assert len(rows) == 2
+    created = await registry_events(runtime, ModelVersionCreated.event_type, 2, f"r-{unique}")
+    assert sorted(data.version for _, data in created) == [1, 2]
+    # The registered artifact is the registry's own copy and runs.
+    response = await client.get(f"/v1/models/{name}/versions/1/artifact")
+    model = torch.jit.load(io.BytesIO(response.content))
+    assert model(torch.zeros(2, FEATURES)).shape == (2, 3)
+
+
+async def _has_versions(service: Service, name: str, count: int) -> bool:
+    return len(await _versions(service, name)) >= count
+
+
+async def test_artifact_with_wrong_checksum_is_dead_lettered(
+    registry_service: Service, unique: str
+) -> None:
+    client, runtime = registry_service
+    good = await training_event(runtime, f"job-{unique}", f"m{unique}")
+    data = dict(good.data)
+    data["artifact"] = {**data["artifact"], "sha256": "0" * 64}
+    from kiln_core.catalog import TrainingJobSucceeded
+
+    bad = new_event(TrainingJobSucceeded.model_validate(data), subject=good.subject)
+    await runtime.inbox.handle_record(as_record(bad))
+    reader = runtime.bus.consumer(["kiln.training.dlq"], f"dlq-{unique}")
+    await reader.start()
+    await reader.wait_assigned()
+    dlq = []
+    for _ in range(100):
+        dlq += await reader.poll(timeout_s=0.2)
+        if dlq:
+            break
+    await reader.stop()
+    assert len(dlq) == 1 and b"sha256" in (dlq[0].header("kiln-dlq-reason") or b"")
+    assert (await client.get(f"/v1/models/m{unique}")).status_code == 404
