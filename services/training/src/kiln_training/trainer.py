@@ -1,0 +1,622 @@
+"""The training runtime: one run of a template on a dataset version, pausable and resumable.
+
+:func:`run_training` is synchronous and knows nothing of jobs, databases or Celery; the service
+hands it a :class:`RunSpec` and a :class:`RunControl` through which it polls for pause/cancel,
+reports progress and stores checkpoints.
+
+Reproducibility: the model is initialised from ``seed``; epoch ``e``'s data order comes from
+``DistributedSampler(seed=seed)`` at epoch ``e`` (for one process too), and dropout draws from a
+torch generator seeded from ``(seed, rank)``. A checkpoint holds the weights, the optimizer
+state, every rank's RNG states, the epoch, the number of batches done in it, the running epoch
+sums and the early-stopping state; the learning rate is a pure function of the step. So a run
+paused mid-epoch and resumed ends with bit-identical weights and metrics to one never paused.
+
+Checkpoints are ``torch.save`` of plain containers and tensors and are read back with
+``weights_only=True``: nothing in them needs general unpickling.
+
+Cost over a plain loop: the data is decoded once into memory tensors (see
+:mod:`kiln_training.examples`), a step adds one ``control.requested()`` poll and one
+``control.on_step`` call (plus, data-parallel, one broadcast of a flag), evaluation runs once at
+the end (and after every epoch only when early stopping needs it), and checkpoints are written
+every ``checkpoint_every_steps`` steps and at epoch ends.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import pickle
+import random
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data.distributed import DistributedSampler
+
+from kiln_core.errors import Conflict
+from kiln_training.evaluation import EvaluationReport, evaluate
+from kiln_training.examples import DataRef, Examples, PreparedData, prepare_data
+from kiln_training.export import ExportedModel, export_model, load_state_dict
+from kiln_training.networks import build_network
+from kiln_training.templates import Template, get_template
+
+__all__ = [
+    "DataRef",
+    "EpochProgress",
+    "RunControl",
+    "RunOutcome",
+    "RunSpec",
+    "StepProgress",
+    "plain_training_loop",
+    "run_training",
+]
+
+CHECKPOINT_FORMAT = 1
+EVAL_BATCH = 1024
+DIST_TIMEOUT = timedelta(minutes=5)
+# Flags rank 0 sends to every rank before each step; higher wins.
+GO, STOP, PAUSE, CANCEL = 0, 1, 2, 3
+
+
+@dataclass
+class RunSpec:
+    template: str
+    params: dict[str, Any]  # already validated (templates.validate_params)
+    seed: int
+    data: DataRef
+    max_epochs: int | None = None  # overrides params["epochs"]
+    time_budget_s: float | None = None  # then stop as succeeded with the weights so far
+    early_stopping_patience: int | None = None  # epochs without eval-accuracy improvement
+    world_size: int = 1  # > 1: data-parallel over that many local processes
+    init_weights: bytes | None = None  # a state_dict from ExportedModel.state_dict (warm start)
+    checkpoint_every_steps: int = 50  # plus at every epoch end
+
+
+@dataclass
+class StepProgress:
+    epoch: int
+    step: int
+    loss: float
+    lr: float
+    samples_per_s: float
+    accuracy: float | None  # running train accuracy of the epoch
+
+
+@dataclass
+class EpochProgress:
+    epoch: int
+    step: int
+    train_loss: float
+    train_accuracy: float
+    eval_loss: float | None  # only when evaluated after every epoch (early stopping)
+    eval_accuracy: float | None
+    lr: float
+    samples_per_s: float
+    seconds: float
+
+
+class RunControl(Protocol):
+    """What the service gives a run; every call comes from the rank-0 process."""
+
+    def requested(self) -> Literal["pause", "cancel"] | None:
+        """Polled before every step; must be cheap."""
+        ...
+
+    def on_step(self, p: StepProgress) -> None: ...
+
+    def on_epoch(self, p: EpochProgress) -> None: ...
+
+    def save_checkpoint(self, data: bytes, step: int) -> None: ...
+
+    def load_checkpoint(self) -> bytes | None: ...
+
+
+@dataclass
+class RunOutcome:
+    status: Literal["succeeded", "paused", "cancelled"]
+    step: int
+    epoch: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    evaluation: EvaluationReport | None = None
+    model: ExportedModel | None = None
+
+
+class IncompatibleCheckpoint(Conflict):
+    type, title = "incompatible-checkpoint", "The checkpoint belongs to a different run"
+
+
+def run_training(spec: RunSpec, control: RunControl) -> RunOutcome:
+    """Train ``spec`` to the end, or until paused, cancelled, stopped early or out of time.
+
+    Resumes exactly from ``control.load_checkpoint()`` when it returns one. With
+    ``world_size > 1`` the calling process is rank 0 and starts the other ranks as child
+    processes (so it works inside daemonic Celery workers, which may not fork children with
+    ``multiprocessing``).
+    """
+    template = get_template(spec.template)
+    checkpoint = control.load_checkpoint()
+    if spec.world_size <= 1:
+        return _Run(spec, template, control, checkpoint).run()
+    return _run_distributed(spec, template, control, checkpoint)
+
+
+# --- one process's run -------------------------------------------------------------------------
+
+
+class _Run:
+    def __init__(
+        self,
+        spec: RunSpec,
+        template: Template,
+        control: RunControl | None,
+        checkpoint: bytes | None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.spec, self.template, self.control = spec, template, control
+        self.rank, self.world = rank, world_size
+        self.params = spec.params
+        self.epochs = spec.max_epochs if spec.max_epochs is not None else int(spec.params["epochs"])
+        self.data: PreparedData = prepare_data(spec.data, template.kind, spec.params, spec.seed)
+
+        torch.manual_seed(spec.seed)
+        self.model = build_network(
+            template.name, spec.params, self.data.input_shape, len(self.data.label_map)
+        )
+        if spec.init_weights is not None:
+            _warm_start(self.model, spec.init_weights)
+        # A separate stream for dropout etc., distinct per rank and from the one that built
+        # the model.
+        torch.manual_seed(_mix(spec.seed, rank, 1))
+        random.seed(_mix(spec.seed, rank, 2))
+        np.random.seed(_mix(spec.seed, rank, 3) % 2**32)
+
+        self.net: nn.Module = self.model
+        if world_size > 1:
+            self.net = nn.parallel.DistributedDataParallel(self.model)
+        self.optimizer = _optimizer(self.model, spec.params)
+        self.criterion = nn.CrossEntropyLoss()
+        self.batch = max(1, math.ceil(int(spec.params["batch_size"]) / world_size))
+        self.steps_per_epoch = len(self._batches(0))
+        self.total_steps = max(1, self.epochs * self.steps_per_epoch)
+
+        self.epoch = 0
+        self.position = 0  # batches done in the current epoch
+        self.step = 0
+        self.epoch_sums = {"loss": 0.0, "correct": 0.0, "seen": 0.0, "seconds": 0.0}
+        self.elapsed = 0.0  # training seconds over all attempts (the time budget's clock)
+        self.best_accuracy = -1.0
+        self.epochs_since_best = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.samples = 0
+        if checkpoint is not None:
+            self._restore(checkpoint)
+
+    # -- the loop --
+
+    def run(self) -> RunOutcome:
+        started = time.monotonic() - self.elapsed
+        self.net.train()
+        stop = False
+        while self.epoch < self.epochs and not stop:
+            batches = self._batches(self.epoch)
+            epoch_clock = time.monotonic() - self.epoch_sums["seconds"]
+            while self.position < len(batches):
+                flag = self._signal(started)
+                if flag == CANCEL:
+                    return RunOutcome("cancelled", self.step, self.epoch)
+                if flag == PAUSE:
+                    self.elapsed = time.monotonic() - started
+                    self.epoch_sums["seconds"] = time.monotonic() - epoch_clock
+                    self._checkpoint()
+                    return RunOutcome("paused", self.step, self.epoch)
+                if flag == STOP:
+                    stop = True
+                    break
+                self._train_step(batches[self.position], epoch_clock)
+                if self.step % self.spec.checkpoint_every_steps == 0:
+                    self.elapsed = time.monotonic() - started
+                    self.epoch_sums["seconds"] = time.monotonic() - epoch_clock
+                    self._checkpoint()
+            if stop:
+                break
+            stop = self._end_epoch(time.monotonic() - epoch_clock)
+            self.elapsed = time.monotonic() - started
+            self._checkpoint()
+        self.elapsed = time.monotonic() - started
+        return self._finish()
+
+    def _train_step(self, indices: torch.Tensor, epoch_clock: float) -> None:
+        inputs = self.data.train.inputs[indices]
+        targets = self.data.train.targets[indices]
+        lr = self._lr(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        logits = self.net(inputs)
+        loss = self.criterion(logits, targets)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        self.position += 1
+        n = len(indices)
+        loss_value = float(loss.item())
+        correct = int((logits.argmax(dim=1) == targets).sum())
+        sums = self.epoch_sums
+        sums["loss"] += loss_value * n
+        sums["correct"] += correct
+        sums["seen"] += n
+        self.samples += n * self.world
+        if self.control is not None:
+            seconds = time.monotonic() - epoch_clock
+            self.control.on_step(
+                StepProgress(
+                    epoch=self.epoch,
+                    step=self.step,
+                    loss=loss_value,
+                    lr=lr,
+                    samples_per_s=sums["seen"] * self.world / seconds if seconds > 0 else 0.0,
+                    accuracy=sums["correct"] / sums["seen"],
+                )
+            )
+
+    def _end_epoch(self, seconds: float) -> bool:
+        """Progress, early stopping; True when training should stop."""
+        sums = self.epoch_sums
+        eval_loss = eval_accuracy = None
+        stop = False
+        if self.spec.early_stopping_patience is not None and self.rank == 0:
+            logits = self._predict(self.data.eval)
+            if len(self.data.eval):
+                eval_loss = float(self.criterion(logits, self.data.eval.targets))
+                eval_accuracy = float(
+                    (logits.argmax(dim=1) == self.data.eval.targets).float().mean()
+                )
+                if eval_accuracy > self.best_accuracy:
+                    self.best_accuracy = eval_accuracy
+                    self.epochs_since_best = 0
+                    self.best_state = _clone(self.model.state_dict())
+                else:
+                    self.epochs_since_best += 1
+                stop = self.epochs_since_best >= self.spec.early_stopping_patience
+        if self.control is not None:
+            seen = max(sums["seen"], 1.0)
+            self.control.on_epoch(
+                EpochProgress(
+                    epoch=self.epoch,
+                    step=self.step,
+                    train_loss=sums["loss"] / seen,
+                    train_accuracy=sums["correct"] / seen,
+                    eval_loss=eval_loss,
+                    eval_accuracy=eval_accuracy,
+                    lr=self._lr(max(self.step - 1, 0)),
+                    samples_per_s=sums["seen"] * self.world / seconds if seconds > 0 else 0.0,
+                    seconds=seconds,
+                )
+            )
+        self.epoch += 1
+        self.position = 0
+        self.epoch_sums = {"loss": 0.0, "correct": 0.0, "seen": 0.0, "seconds": 0.0}
+        return self._share(STOP if stop else GO) == STOP
+
+    def _finish(self) -> RunOutcome:
+        if self.rank != 0:
+            return RunOutcome("succeeded", self.step, self.epoch)
+        if self.best_state is not None:
+            # Early stopping keeps the weights of the best evaluated epoch.
+            self.model.load_state_dict(self.best_state)
+        logits = self._predict(self.data.eval)
+        report = evaluate(
+            logits, self.data.eval.targets, self.data.label_map, self.data.eval.item_ids
+        )
+        eval_loss = (
+            float(self.criterion(logits, self.data.eval.targets)) if len(self.data.eval) else 0.0
+        )
+        metrics = {
+            "accuracy": report.accuracy,
+            "precision_macro": report.precision_macro,
+            "recall_macro": report.recall_macro,
+            "f1_macro": report.f1_macro,
+            "loss": eval_loss,
+            "epochs": float(self.epoch),
+            "steps": float(self.step),
+            "train_seconds": self.elapsed,
+            "samples_per_s": self.samples / self.elapsed if self.elapsed > 0 else 0.0,
+        }
+        model = export_model(self.model, self.data.label_map, self.data.preprocessing)
+        return RunOutcome("succeeded", self.step, self.epoch, metrics, report, model)
+
+    # -- pieces --
+
+    def _batches(self, epoch: int) -> list[torch.Tensor]:
+        sampler: DistributedSampler[int] = DistributedSampler(
+            range(len(self.data.train)),  # type: ignore[arg-type]
+            num_replicas=self.world,
+            rank=self.rank,
+            shuffle=True,
+            seed=self.spec.seed,
+        )
+        sampler.set_epoch(epoch)
+        order = torch.tensor(list(sampler), dtype=torch.int64)
+        batches = list(torch.split(order, self.batch))
+        # Batch norm cannot train on one example; a lone trailing one waits for next epoch.
+        if len(batches) > 1 and len(batches[-1]) == 1:
+            batches.pop()
+        return batches
+
+    def _lr(self, step: int) -> float:
+        base = float(self.params["lr"])
+        if self.params["lr_schedule"] == "cosine":
+            return (
+                base
+                * 0.5
+                * (1.0 + math.cos(math.pi * min(step, self.total_steps) / self.total_steps))
+            )
+        return base
+
+    def _predict(self, examples: Examples) -> torch.Tensor:
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                parts = [
+                    self.model(examples.inputs[i : i + EVAL_BATCH])
+                    for i in range(0, len(examples), EVAL_BATCH)
+                ]
+        finally:
+            self.model.train()
+        if not parts:
+            return torch.zeros((0, len(self.data.label_map)))
+        return torch.cat(parts)
+
+    def _signal(self, started: float) -> int:
+        flag = GO
+        if self.rank == 0:
+            request = self.control.requested() if self.control is not None else None
+            if request == "cancel":
+                flag = CANCEL
+            elif request == "pause":
+                flag = PAUSE
+            elif (
+                self.spec.time_budget_s is not None
+                and time.monotonic() - started >= self.spec.time_budget_s
+            ):
+                flag = STOP
+        return self._share(flag)
+
+    def _share(self, flag: int) -> int:
+        """Rank 0's flag, on every rank."""
+        if self.world == 1:
+            return flag
+        tensor = torch.tensor([flag], dtype=torch.int64)
+        dist.broadcast(tensor, src=0)
+        return int(tensor.item())
+
+    # -- checkpoints --
+
+    def _checkpoint(self) -> None:
+        rng = _rng_state()
+        if self.world > 1:
+            states: list[Any] = [None] * self.world
+            dist.all_gather_object(states, rng)
+        else:
+            states = [rng]
+        if self.rank != 0 or self.control is None:
+            return
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "template": self.template.name,
+            "seed": self.spec.seed,
+            "world_size": self.world,
+            "epoch": self.epoch,
+            "position": self.position,
+            "step": self.step,
+            "samples": self.samples,
+            "epoch_sums": dict(self.epoch_sums),
+            "elapsed": self.elapsed,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": states,
+            "best_accuracy": self.best_accuracy,
+            "epochs_since_best": self.epochs_since_best,
+            "best_state": self.best_state,
+        }
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        self.control.save_checkpoint(buffer.getvalue(), self.step)
+
+    def _restore(self, data: bytes) -> None:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        mine = (CHECKPOINT_FORMAT, self.template.name, self.spec.seed, self.world)
+        theirs = tuple(state.get(k) for k in ("format", "template", "seed", "world_size"))
+        if theirs != mine:
+            raise IncompatibleCheckpoint(
+                f"checkpoint is for (format, template, seed, world size) {theirs}, run is {mine}"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.position, self.step = state["epoch"], state["position"], state["step"]
+        self.samples = state["samples"]
+        self.epoch_sums = {k: float(v) for k, v in state["epoch_sums"].items()}
+        self.elapsed = float(state["elapsed"])
+        self.best_accuracy = float(state["best_accuracy"])
+        self.epochs_since_best = int(state["epochs_since_best"])
+        self.best_state = state["best_state"]
+        _set_rng_state(state["rng"][self.rank])
+
+
+def _rng_state() -> dict[str, Any]:
+    version, internal, gauss = random.getstate()
+    _kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+    assert isinstance(keys, np.ndarray)
+    return {
+        "torch": torch.get_rng_state(),
+        "python": [version, list(internal), gauss],
+        "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+def _mix(*parts: int) -> int:
+    value = 0
+    for part in parts:
+        value = (value * 1_000_003 + part) % 2**63
+    return value
+
+
+def _clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def _warm_start(model: nn.Module, data: bytes) -> None:
+    """Copy every tensor of ``data`` whose name and shape match; the rest keep their init."""
+    incoming = load_state_dict(data)
+    own = model.state_dict()
+    matched = {k: v for k, v in incoming.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict({**own, **matched})
+
+
+def _optimizer(model: nn.Module, params: dict[str, Any]) -> torch.optim.Optimizer:
+    lr, decay = float(params["lr"]), float(params["weight_decay"])
+    name = params["optimizer"]
+    if name == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=lr, momentum=float(params["momentum"]), weight_decay=decay
+        )
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=decay)
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=decay)
+
+
+# --- data-parallel -----------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run_distributed(
+    spec: RunSpec, template: Template, control: RunControl, checkpoint: bytes | None
+) -> RunOutcome:
+    port = _free_port()
+    threads = max(1, (os.cpu_count() or 1) // spec.world_size)
+    children = []
+    for rank in range(1, spec.world_size):
+        child = subprocess.Popen(
+            [sys.executable, "-c", "from kiln_training.trainer import _rank_main; _rank_main()"],
+            stdin=subprocess.PIPE,
+        )
+        assert child.stdin is not None
+        # Our own spec and checkpoint to our own child process; nothing user-supplied.
+        child.stdin.write(pickle.dumps((spec, checkpoint, port, rank, threads)))
+        child.stdin.close()
+        children.append(child)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    ok = False
+    try:
+        dist.init_process_group(
+            "gloo",
+            init_method=f"tcp://127.0.0.1:{port}",
+            rank=0,
+            world_size=spec.world_size,
+            timeout=DIST_TIMEOUT,
+        )
+        try:
+            outcome = _Run(spec, template, control, checkpoint, 0, spec.world_size).run()
+        finally:
+            dist.destroy_process_group()
+        ok = True
+    finally:
+        torch.set_num_threads(previous_threads)
+        for child in children:
+            try:
+                child.wait(timeout=60 if ok else 5)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+    failed = [c.returncode for c in children if c.returncode != 0]
+    if failed:
+        raise RuntimeError(f"data-parallel rank(s) exited with codes {failed}")
+    return outcome
+
+
+def _rank_main() -> None:
+    """Entry point of ranks 1…N-1: spec and checkpoint arrive pickled on stdin."""
+    spec, checkpoint, port, rank, threads = pickle.loads(sys.stdin.buffer.read())
+    torch.set_num_threads(threads)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=spec.world_size,
+        timeout=DIST_TIMEOUT,
+    )
+    try:
+        _Run(spec, get_template(spec.template), None, checkpoint, rank, spec.world_size).run()
+    finally:
+        dist.destroy_process_group()
+
+
+# --- the baseline ------------------------------------------------------------------------------
+
+
+def plain_training_loop(spec: RunSpec) -> float:
+    """Wall seconds of the same training as a plain PyTorch script would do it.
+
+    Same data reading and decoding, model, optimizer, learning-rate schedule, batches and
+    epochs as :func:`run_training` with one process, then one evaluation pass; no control
+    polls, progress, checkpoints or export. ``overhead = run_training time / this``.
+    """
+    started = time.monotonic()
+    template = get_template(spec.template)
+    data = prepare_data(spec.data, template.kind, spec.params, spec.seed)
+    torch.manual_seed(spec.seed)
+    model = build_network(template.name, spec.params, data.input_shape, len(data.label_map))
+    optimizer = _optimizer(model, spec.params)
+    criterion = nn.CrossEntropyLoss()
+    epochs = spec.max_epochs if spec.max_epochs is not None else int(spec.params["epochs"])
+    batch = int(spec.params["batch_size"])
+    n = len(data.train)
+    steps_per_epoch = math.ceil(n / batch)
+    if n % batch == 1 and steps_per_epoch > 1:
+        steps_per_epoch -= 1
+    total = max(1, epochs * steps_per_epoch)
+    base_lr = float(spec.params["lr"])
+    cosine = spec.params["lr_schedule"] == "cosine"
+    step = 0
+    model.train()
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(spec.seed + epoch))
+        for i in range(steps_per_epoch):
+            idx = order[i * batch : (i + 1) * batch]
+            lr = base_lr * 0.5 * (1 + math.cos(math.pi * step / total)) if cosine else base_lr
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            loss = criterion(model(data.train.inputs[idx]), data.train.targets[idx])
+            loss.backward()
+            optimizer.step()
+            loss.item()  # a plain script logs its loss too
+            step += 1
+    model.eval()
+    with torch.no_grad():
+        (model(data.eval.inputs).argmax(dim=1) == data.eval.targets).float().mean().item()
+    return time.monotonic() - started
