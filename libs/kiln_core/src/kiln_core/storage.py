@@ -99,6 +99,19 @@ class ObjectStore(ABC):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(spooled.path)
 
+    async def put_spooled_many(
+        self, blobs: Iterable[SpooledBlob], *, concurrency: int = 16
+    ) -> None:
+        """Write many spooled blobs without asking first whether they exist (the caller knows
+        they are most likely new); removes their temporary files. Stores may batch them."""
+        limit = asyncio.Semaphore(concurrency)
+
+        async def put(spooled: SpooledBlob) -> None:
+            async with limit:
+                await self.put_spooled(spooled, skip_exists_check=True)
+
+        await asyncio.gather(*(put(spooled) for spooled in blobs))
+
     async def _put_bytes(self, key: str, data: bytes) -> None:
         """Small objects already in memory; stores may override to skip the temp file."""
         fd, path = tempfile.mkstemp(prefix="kiln-small-")
@@ -261,6 +274,24 @@ class LocalStore(ObjectStore):
 _S3_POOL: ThreadPoolExecutor | None = None
 
 
+SNOWBALL_OBJECTS = 100  # objects per batch request
+SNOWBALL_BYTES = 16 * 1024 * 1024  # bytes per batch request (the tar is built in memory)
+SNOWBALL_MAX_OBJECT = 1024 * 1024  # larger objects are put on their own
+
+
+def _snowball_refused(exc: Exception) -> bool:
+    """A store without MinIO's batch extract answers the tar upload with one of these."""
+    from minio.error import S3Error
+
+    return isinstance(exc, S3Error) and exc.code in (
+        "NotImplemented",
+        "InvalidRequest",
+        "InvalidArgument",
+        "MethodNotAllowed",
+        "BadRequest",
+    )
+
+
 def _s3_pool() -> ThreadPoolExecutor:
     global _S3_POOL
     if _S3_POOL is None:
@@ -312,6 +343,7 @@ class S3Store(ObjectStore):
             ),
         )
         self._bucket_ready = False
+        self._snowball = query.get("batch", ["true"])[0].lower() in ("1", "true", "yes")
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -338,6 +370,52 @@ class S3Store(ObjectStore):
     async def _put_bytes(self, key: str, data: bytes) -> None:
         await self._ensure_bucket()
         await self._io(self.client.put_object, self.bucket, key, io.BytesIO(data), len(data))
+
+    async def put_spooled_many(
+        self, blobs: Iterable[SpooledBlob], *, concurrency: int = 16
+    ) -> None:
+        """Small in-memory blobs go as tar batches that MinIO unpacks into one object each
+        (its snowball auto-extract): one request per batch instead of one per object, about
+        twice the objects per second. A store that refuses batches gets single puts from then
+        on."""
+        blobs = list(blobs)
+        small = [b for b in blobs if b.data is not None and b.size <= SNOWBALL_MAX_OBJECT]
+        if not self._snowball or len(small) < 2:
+            await super().put_spooled_many(blobs, concurrency=concurrency)
+            return
+        batches: list[list[SpooledBlob]] = [[]]
+        batch_bytes = 0
+        for blob in {b.sha256: b for b in small}.values():
+            if len(batches[-1]) >= SNOWBALL_OBJECTS or batch_bytes + blob.size > SNOWBALL_BYTES:
+                batches.append([])
+                batch_bytes = 0
+            batches[-1].append(blob)
+            batch_bytes += blob.size
+        await self._ensure_bucket()
+        rest = [b for b in blobs if not (b.data is not None and b.size <= SNOWBALL_MAX_OBJECT)]
+        limit = asyncio.Semaphore(max(1, concurrency // 4))
+
+        async def send(batch: list[SpooledBlob]) -> None:
+            async with limit:
+                await self._put_snowball(batch)
+
+        try:
+            await asyncio.gather(*(send(batch) for batch in batches))
+        except Exception as exc:  # noqa: BLE001 - decide below whether batches are unsupported
+            if not _snowball_refused(exc):
+                raise
+            self._snowball = False
+            rest = blobs
+        await super().put_spooled_many(rest, concurrency=concurrency)
+
+    async def _put_snowball(self, batch: list[SpooledBlob]) -> None:
+        from minio.commonconfig import SnowballObject
+
+        objects = [
+            SnowballObject(blob_key(b.sha256), data=io.BytesIO(b.data or b""), length=b.size)
+            for b in batch
+        ]
+        await self._io(self.client.upload_snowball_objects, self.bucket, objects)
 
     async def stream(self, key: str, chunk_size: int = CHUNK) -> AsyncIterator[bytes]:
         from minio.error import S3Error

@@ -3,7 +3,6 @@ no live version and no open draft references (checked again under a row lock per
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -56,13 +55,7 @@ async def store_blobs(
         async with runtime.db.transaction() as session:
             already = await record_blobs(session, blobs)
         fresh = {spooled.sha256: spooled for spooled, _ in blobs if spooled.sha256 not in already}
-        limit = asyncio.Semaphore(concurrency)
-
-        async def put(spooled: SpooledBlob) -> None:
-            async with limit:
-                await runtime.store.put_spooled(spooled, skip_exists_check=True)
-
-        await asyncio.gather(*(put(spooled) for spooled in fresh.values()))
+        await runtime.store.put_spooled_many(fresh.values(), concurrency=concurrency)
         async with runtime.db.transaction() as session:
             await mark_stored(session, list(fresh))
     finally:
