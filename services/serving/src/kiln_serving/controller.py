@@ -1,0 +1,339 @@
+"""The serving controller: one background task per API process that loads promoted versions
+into Triton, runs rollouts (canary analysis), drains and unloads old versions, keeps the
+in-memory routing table fresh and re-reconciles when Triton comes back from a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from datetime import timedelta
+
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from kiln_core.catalog import DeploymentFailed, DeploymentReady, ModelArtifact
+from kiln_core.db import aware, utcnow
+from kiln_core.service import ServiceRuntime
+from kiln_core.storage import ObjectNotFound
+from kiln_serving import canary
+from kiln_serving.model_repository import build_model, request_input, warmup_input
+from kiln_serving.models import Deployment, DeploymentState, Endpoint, EndpointConfig
+from kiln_serving.predictions import PredictionLog
+from kiln_serving.traffic import RoutingTable
+from kiln_serving.triton import TritonGateway
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.1
+HEALTH_EVERY_S = 1.0
+ANALYSIS_EVERY_S = 0.5
+RECONCILE_EVERY_S = 5.0
+# An old version stays loaded this long after leaving the routes (other processes refresh
+# their table within a tick) and until its in-flight requests are done.
+DRAIN_GRACE_S = 1.0
+
+
+class DeploymentError(Exception):
+    """A version could not be made ready; the reason goes into DeploymentFailed."""
+
+
+class Controller:
+    def __init__(self, runtime: ServiceRuntime, triton: TritonGateway) -> None:
+        self.runtime = runtime
+        self.triton = triton
+        self.table = RoutingTable()
+        self.predictions = PredictionLog(runtime)
+        self.triton_up = True
+        self._working: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reconcile_now = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Reconcile, then tick until ``stop``."""
+        from kiln_serving.reconcile import reconcile
+
+        logger = asyncio.ensure_future(self.predictions.run(stop))
+        try:
+            await self._retry(lambda: reconcile(self, startup=True), stop)
+            last = {"health": 0.0, "analysis": 0.0, "reconcile": time.monotonic()}
+            while not stop.is_set():
+                now = time.monotonic()
+                try:
+                    await self.tick(now, last)
+                except Exception:  # noqa: BLE001 - keep controlling; the next tick retries
+                    log.exception("serving controller tick failed")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), TICK_S)
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await logger
+
+    async def _retry(self, job, stop: asyncio.Event) -> None:  # type: ignore[no-untyped-def]
+        while not stop.is_set():
+            try:
+                await job()
+                return
+            except Exception:  # noqa: BLE001 - Triton or the database may still be starting
+                log.warning("serving start-up reconcile failed; retrying", exc_info=True)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+
+    async def tick(self, now: float, last: dict[str, float]) -> None:
+        from kiln_serving.reconcile import reconcile
+
+        async with self.runtime.db.session() as session:
+            await self.table.refresh(session)
+            pending = (
+                await session.exec(
+                    select(Deployment.id).where(Deployment.state == DeploymentState.pending)
+                )
+            ).all()
+        if self.triton_up:
+            for deployment_id in pending:
+                self.spawn(deployment_id)
+        if now - last["health"] >= HEALTH_EVERY_S or self._reconcile_now.is_set():
+            last["health"] = now
+            await self.check_health()
+        if self.triton_up and (
+            self._reconcile_now.is_set() or now - last["reconcile"] >= RECONCILE_EVERY_S
+        ):
+            self._reconcile_now.clear()
+            last["reconcile"] = now
+            await reconcile(self)
+        if now - last["analysis"] >= ANALYSIS_EVERY_S:
+            last["analysis"] = now
+            await self.analyse()
+            await self.drain()
+
+    async def check_health(self) -> None:
+        """Notice Triton going away and coming back; a managed one we restart ourselves."""
+        if self.triton.managed is not None and not self.triton.managed.alive():
+            log.warning("managed Triton is gone; restarting it")
+            self.triton_up = False
+            await self.triton.ensure_managed()
+        up = await self.triton.ready()
+        if up and not self.triton_up:
+            log.info("Triton is back; reconciling loaded models")
+            self._reconcile_now.set()
+        if not up and self.triton_up:
+            log.warning("Triton is unavailable")
+        self.triton_up = up
+
+    def triton_failed(self) -> None:
+        """The request path saw Triton unavailable: check health at the next tick."""
+        self._reconcile_now.set()
+
+    def spawn(self, deployment_id: str) -> None:
+        if deployment_id in self._working:
+            return
+        self._working.add(deployment_id)
+        task = asyncio.ensure_future(self._deploy(deployment_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- deploying -----------------------------------------------------------------------------
+
+    async def load_version(self, d: Deployment, config: EndpointConfig) -> float:
+        """Fetch and verify the artifact, load it into Triton and warm it up; seconds taken."""
+        started = time.perf_counter()
+        artifact = ModelArtifact.model_validate(d.artifact)
+        if artifact.format != "torchscript":
+            raise DeploymentError(f"unsupported artifact format {artifact.format!r}")
+        try:
+            data = await self.runtime.store.read_bytes(artifact.key)
+        except ObjectNotFound:
+            raise DeploymentError(f"artifact {artifact.key!r} is not in the object store") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != artifact.sha256:
+            raise DeploymentError(
+                f"checksum mismatch: artifact {artifact.key!r} has sha256 {digest}, "
+                f"the promotion says {artifact.sha256}"
+            )
+        cfg, files = build_model(
+            artifact,
+            data,
+            instance_count=config.instance_count,
+            max_batch_size=config.max_batch_size,
+        )
+        try:
+            await self.triton.load(d.triton_model, cfg, files)
+        except Exception as exc:
+            raise DeploymentError(str(exc)) from exc
+        shape = request_input(artifact)
+        try:
+            probs = await self.triton.infer(
+                d.triton_model, shape.name, shape.datatype, warmup_input(artifact), timeout_s=60
+            )
+        except Exception as exc:
+            await self.triton.unload(d.triton_model)
+            raise DeploymentError(f"warm-up inference failed: {exc}") from exc
+        if probs.shape[-1] != len(artifact.label_map):
+            await self.triton.unload(d.triton_model)
+            raise DeploymentError(
+                f"model answers {probs.shape[-1]} classes, the label map has "
+                f"{len(artifact.label_map)}"
+            )
+        return time.perf_counter() - started
+
+    async def _deploy(self, deployment_id: str) -> None:
+        try:
+            async with self.runtime.db.transaction() as session:
+                d = await session.get(Deployment, deployment_id)
+                if d is None or d.state != DeploymentState.pending:
+                    return
+                endpoint = await session.get(Endpoint, d.endpoint)
+                if endpoint is None:
+                    d.state, d.reason = DeploymentState.failed, "endpoint deleted"
+                    return
+                d.state, d.updated_at = DeploymentState.loading, utcnow()
+                config = EndpointConfig.model_validate(endpoint.config)
+            try:
+                seconds = await self.load_version(d, config)
+            except Exception as exc:  # noqa: BLE001 - every failure is reported, never raised
+                reason = str(exc) if isinstance(exc, DeploymentError) else repr(exc)
+                await self._fail(deployment_id, reason[:2000])
+                return
+            await self._go_live(deployment_id, seconds)
+        finally:
+            self._working.discard(deployment_id)
+
+    async def _fail(self, deployment_id: str, reason: str) -> None:
+        log.warning("deployment failed", extra={"deployment": deployment_id, "reason": reason})
+        async with self.runtime.db.transaction() as session:
+            d = await session.get(Deployment, deployment_id)
+            if d is None:
+                return
+            d.state, d.reason, d.updated_at = DeploymentState.failed, reason, utcnow()
+            session.add(d)
+            await self.runtime.emit(
+                session,
+                DeploymentFailed(
+                    endpoint=d.endpoint,
+                    model_name=d.model_name,
+                    version=d.version,
+                    version_id=d.version_id,
+                    triton_model=d.triton_model,
+                    reason=reason,
+                ),
+                subject=d.endpoint,
+            )
+
+    async def _go_live(self, deployment_id: str, seconds: float) -> None:
+        async with self._lock, self.runtime.db.transaction() as session:
+            d = await session.get(Deployment, deployment_id)
+            endpoint = await _endpoint_for_update(session, d.endpoint if d else "")
+            if d is None or endpoint is None:
+                if d is not None:
+                    d.state = DeploymentState.draining
+                return
+            stable, cand = await _pair(session, endpoint)
+            d.load_seconds = seconds
+            d.updated_at = utcnow()
+            await canary.place(self.runtime, session, endpoint, d, stable, cand)
+            for row in (d, endpoint, stable, cand):
+                if row is not None:
+                    session.add(row)
+            await self.runtime.emit(
+                session,
+                DeploymentReady(
+                    endpoint=d.endpoint,
+                    model_name=d.model_name,
+                    version=d.version,
+                    version_id=d.version_id,
+                    triton_model=d.triton_model,
+                    load_seconds=round(seconds, 3),
+                ),
+                subject=d.endpoint,
+            )
+        async with self.runtime.db.session() as session:
+            await self.table.refresh(session)
+
+    # --- rollouts and draining -----------------------------------------------------------------
+
+    async def analyse(self) -> None:
+        """Fold this process's request outcomes into each rollout's analysis and judge it."""
+        rollouts = [r for r in self.table.routes.values() if r.candidate is not None and r.stable]
+        for route in rollouts:
+            assert route.candidate is not None and route.stable is not None
+            cand_out = self.table.take_outcomes(route.candidate.deployment_id)
+            stable_out = self.table.take_outcomes(route.stable.deployment_id)
+            async with self._lock, self.runtime.db.transaction() as session:
+                endpoint = await _endpoint_for_update(session, route.endpoint)
+                if endpoint is None or endpoint.candidate_id != route.candidate.deployment_id:
+                    continue
+                stable, cand = await _pair(session, endpoint)
+                if cand is None or stable is None:
+                    continue
+                analysis = dict(cand.analysis or canary.fresh_analysis())
+                canary.merge(analysis, "candidate", cand_out)
+                canary.merge(analysis, "stable", stable_out)
+                canary.merge(analysis, "shadow", cand_out)
+                cand.analysis = analysis
+                session.add(cand)
+                if endpoint.strategy != "canary":
+                    continue  # shadow and A/B wait for an explicit promote or rollback
+                verdict = canary.judge(
+                    EndpointConfig.model_validate(endpoint.config), analysis, utcnow()
+                )
+                if verdict.action == "rollback":
+                    await canary.rollback(
+                        self.runtime, session, endpoint, stable, cand, verdict.reason
+                    )
+                elif verdict.action == "promote":
+                    await canary.promote(
+                        self.runtime, session, endpoint, stable, cand, verdict.reason
+                    )
+                elif verdict.action == "step":
+                    await canary.advance(self.runtime, session, endpoint, stable, cand)
+                else:
+                    continue
+                session.add(endpoint)
+                session.add(stable)
+            async with self.runtime.db.session() as session:
+                await self.table.refresh(session)
+
+    async def drain(self) -> None:
+        """Unload versions that left the routes once nothing is in flight on them."""
+        cutoff = utcnow() - timedelta(seconds=DRAIN_GRACE_S)
+        async with self.runtime.db.session() as session:
+            draining = (
+                await session.exec(
+                    select(Deployment).where(Deployment.state == DeploymentState.draining)
+                )
+            ).all()
+        for d in draining:
+            if aware(d.updated_at) > cutoff or self.table.busy(d.triton_model):
+                continue
+            if not self.triton_up:
+                return
+            await self.triton.unload(d.triton_model)
+            async with self.runtime.db.transaction() as session:
+                row = await session.get(Deployment, d.id)
+                if row is not None and row.state == DeploymentState.draining:
+                    row.state, row.updated_at = DeploymentState.retired, utcnow()
+                    session.add(row)
+
+
+async def _endpoint_for_update(session: AsyncSession, name: str) -> Endpoint | None:
+    # Row lock on PostgreSQL, so API actions and the controller never interleave a transition.
+    return (
+        await session.exec(select(Endpoint).where(Endpoint.name == name).with_for_update())
+    ).first()
+
+
+async def _pair(
+    session: AsyncSession, endpoint: Endpoint
+) -> tuple[Deployment | None, Deployment | None]:
+    ids = [i for i in (endpoint.stable_id, endpoint.candidate_id) if i]
+    rows = {
+        d.id: d for d in (await session.exec(select(Deployment).where(col(Deployment.id).in_(ids))))
+    }
+    return rows.get(endpoint.stable_id or ""), rows.get(endpoint.candidate_id or "")

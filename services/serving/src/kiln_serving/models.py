@@ -1,0 +1,195 @@
+"""The serving service's tables and API schemas."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, field_validator, model_validator
+from pydantic import Field as PydField
+from sqlalchemy import JSON, Column, DateTime, Float, Integer, String, Text
+from sqlmodel import Field, SQLModel
+
+from kiln_core.db import new_id, utcnow
+
+Strategy = Literal["direct", "canary", "shadow", "ab"]
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+class DeploymentState(StrEnum):
+    """Life of one model version on one endpoint."""
+
+    pending = "pending"  # promotion recorded; the controller has not loaded it yet
+    loading = "loading"
+    candidate = "candidate"  # loaded and warm, taking part of the traffic (or a shadow copy)
+    stable = "stable"  # answers the endpoint's traffic
+    draining = "draining"  # out of the routes; unloaded once in-flight requests finish
+    retired = "retired"
+    failed = "failed"
+
+
+# Deployments whose Triton model must be loaded.
+LOADED_STATES = (DeploymentState.candidate, DeploymentState.stable, DeploymentState.draining)
+
+
+def _ts(nullable: bool = False) -> Any:
+    return Column(DateTime(timezone=True), nullable=nullable)
+
+
+# --- tables -------------------------------------------------------------------------------------
+
+
+class Endpoint(SQLModel, table=True):
+    __tablename__ = "endpoints"
+
+    name: str = Field(sa_column=Column(String(63), primary_key=True))
+    model_name: str = Field(sa_column=Column(String(200), nullable=False, index=True))
+    alias: str = Field(sa_column=Column(String(100), nullable=False))
+    candidate_alias: str = Field(sa_column=Column(String(100), nullable=False))
+    strategy: str = Field(sa_column=Column(String(20), nullable=False))
+    config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    stable_id: str | None = Field(default=None, sa_column=Column(String(32)))
+    candidate_id: str | None = Field(default=None, sa_column=Column(String(32)))
+    # Percent of traffic the candidate answers (canary step, A/B share; 0 for shadow).
+    candidate_weight: float = Field(default=0.0, sa_column=Column(Float, nullable=False))
+    # Bumped on every change of routes, so processes refresh their in-memory table cheaply.
+    generation: int = Field(default=1, sa_column=Column(Integer, nullable=False))
+    created_by: str = Field(default="", sa_column=Column(String(200), nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+class Deployment(SQLModel, table=True):
+    """One model version on one endpoint, with the artifact to (re)load it from."""
+
+    __tablename__ = "deployments"
+
+    id: str = Field(default_factory=new_id, sa_column=Column(String(32), primary_key=True))
+    endpoint: str = Field(sa_column=Column(String(63), nullable=False, index=True))
+    model_name: str = Field(sa_column=Column(String(200), nullable=False))
+    version: int = Field(sa_column=Column(Integer, nullable=False))
+    version_id: str = Field(sa_column=Column(String(64), nullable=False))
+    alias: str = Field(sa_column=Column(String(100), nullable=False))
+    triton_model: str = Field(sa_column=Column(String(200), nullable=False, unique=True))
+    artifact: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    dataset_id: str | None = Field(default=None, sa_column=Column(String(64)))
+    state: str = Field(default=DeploymentState.pending, sa_column=Column(String(20), index=True))
+    reason: str = Field(default="", sa_column=Column(Text, nullable=False))
+    load_seconds: float | None = Field(default=None, sa_column=Column(Float))
+    # Canary/shadow analysis that survives a restart: step, counters, latency samples.
+    analysis: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    event_id: str = Field(default="", sa_column=Column(String(64), nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+# --- API schemas --------------------------------------------------------------------------------
+
+
+class EndpointConfig(BaseModel):
+    """How an endpoint rolls out new versions and logs predictions."""
+
+    canary_steps: list[float] = PydField(default_factory=lambda: [10.0, 50.0, 100.0])
+    step_interval_s: float = PydField(default=30.0, ge=0.0, le=86400.0)
+    min_requests_per_step: int = PydField(default=20, ge=1, le=1_000_000)
+    max_error_rate: float = PydField(default=0.05, ge=0.0, le=1.0)
+    max_latency_ratio: float = PydField(default=2.0, gt=0.0, description="candidate p99 / stable")
+    ab_weight: float = PydField(default=50.0, ge=0.0, le=100.0, description="% to candidate")
+    confidence_threshold: float = PydField(default=0.0, ge=0.0, le=1.0)
+    sample_rate: float = PydField(default=0.0, ge=0.0, le=1.0)
+    instance_count: int = PydField(default=1, ge=1, le=16)
+    max_batch_size: int = PydField(default=32, ge=1, le=1024)
+
+    @field_validator("canary_steps")
+    @classmethod
+    def _steps(cls, steps: list[float]) -> list[float]:
+        if not steps or any(not 0 < s <= 100 for s in steps) or steps != sorted(set(steps)):
+            raise ValueError("canary steps must increase strictly within (0, 100]")
+        if steps[-1] != 100:
+            steps = [*steps, 100.0]
+        return steps
+
+
+class EndpointCreate(EndpointConfig):
+    name: str = PydField(description="lower-case letters, digits and dashes")
+    model_name: str = PydField(min_length=1, max_length=200)
+    alias: str = PydField(default="production", min_length=1, max_length=100)
+    candidate_alias: str = PydField(default="canary", min_length=1, max_length=100)
+    strategy: Strategy = "direct"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not NAME_RE.match(name) or "--" in name:
+            raise ValueError("use 1-63 lower-case letters, digits and single dashes")
+        return name
+
+    def config(self) -> EndpointConfig:
+        return EndpointConfig.model_validate(
+            self.model_dump(include=set(EndpointConfig.model_fields))
+        )
+
+
+class EndpointUpdate(BaseModel):
+    """Fields to change; the rest stay."""
+
+    alias: str | None = None
+    candidate_alias: str | None = None
+    strategy: Strategy | None = None
+    canary_steps: list[float] | None = None
+    step_interval_s: float | None = None
+    min_requests_per_step: int | None = None
+    max_error_rate: float | None = None
+    max_latency_ratio: float | None = None
+    ab_weight: float | None = None
+    confidence_threshold: float | None = None
+    sample_rate: float | None = None
+    instance_count: int | None = None
+    max_batch_size: int | None = None
+
+    @model_validator(mode="after")
+    def _some(self) -> EndpointUpdate:
+        if not self.model_fields_set:
+            raise ValueError("nothing to update")
+        return self
+
+
+class DeploymentPublic(BaseModel):
+    id: str
+    model_name: str
+    version: int
+    version_id: str
+    alias: str
+    triton_model: str
+    state: str
+    reason: str
+    load_seconds: float | None
+    analysis: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, d: Deployment) -> DeploymentPublic:
+        analysis = {k: v for k, v in d.analysis.items() if k != "latencies"}
+        for side in ("candidate", "stable"):
+            if isinstance(analysis.get(side), dict):
+                analysis[side] = {k: v for k, v in analysis[side].items() if k != "latencies"}
+        return cls(**d.model_dump(exclude={"analysis"}), analysis=analysis)
+
+
+class EndpointPublic(BaseModel):
+    name: str
+    model_name: str
+    alias: str
+    candidate_alias: str
+    strategy: str
+    config: EndpointConfig
+    state: str = PydField(description="empty | deploying | serving | rolling_out")
+    traffic: dict[str, float] = PydField(description="share of answers by model version")
+    stable: DeploymentPublic | None
+    candidate: DeploymentPublic | None
+    deployments: list[DeploymentPublic]
+    created_at: datetime
+    updated_at: datetime

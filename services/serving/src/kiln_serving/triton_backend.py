@@ -1,0 +1,136 @@
+"""The Python-backend ``model.py`` every Kiln model runs as inside Triton (shipped as a file).
+
+It loads the TorchScript model, turns raw request inputs into the model's tensor exactly as
+training did (``kiln.json`` holds the preprocessing and signature) and answers class
+probabilities. It imports only numpy, Pillow and torch: it runs in Triton's stub process.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zlib
+from typing import Any
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
+
+torch.set_num_threads(1)  # one core per instance; Triton runs instances side by side
+
+
+def preprocess_image(data: bytes, spec: dict[str, Any]) -> np.ndarray:
+    """Decode, convert to ``mode``, resize to [h, w], scale to 0..1, normalise, CHW."""
+    from PIL import Image
+
+    h, w = spec["size"]
+    image = Image.open(io.BytesIO(data)).convert(spec.get("mode") or "RGB").resize((w, h))
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    if array.ndim == 2:
+        array = array[:, :, None]
+    array = array.transpose(2, 0, 1)
+    return _normalise(array, spec, axis=0)
+
+
+def preprocess_tabular(row: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
+    """Float features normalised by the training mean/std."""
+    return _normalise(row.astype(np.float32), spec, axis=-1)
+
+
+def text_ids(text: str, spec: dict[str, Any]) -> np.ndarray:
+    """Lower-case, split on whitespace, crc32 of each token modulo ``buckets``."""
+    buckets = int(spec.get("buckets") or 1)
+    tokens = text.lower().split() or [""]
+    return np.array([zlib.crc32(t.encode()) % buckets for t in tokens], dtype=np.int64)
+
+
+def _normalise(array: np.ndarray, spec: dict[str, Any], axis: int) -> np.ndarray:
+    mean, std = spec.get("mean"), spec.get("std")
+    if mean is None or std is None:
+        return array
+    shape = [1] * array.ndim
+    shape[axis] = -1
+    m = np.asarray(mean, dtype=np.float32).reshape(shape)
+    s = np.asarray(std, dtype=np.float32).reshape(shape)
+    return ((array - m) / s).astype(np.float32)
+
+
+class TritonPythonModel:
+    """Preprocess, run the TorchScript model on the whole dynamic batch, softmax."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        folder = os.path.join(args["model_repository"], args["model_version"])
+        with open(os.path.join(folder, "kiln.json")) as f:
+            meta = json.load(f)
+        self.pre: dict[str, Any] = meta["preprocessing"]
+        self.kind: str = self.pre["kind"]
+        self.input_name: str = meta["input_name"]
+        self.model_inputs: list[dict[str, Any]] = meta["signature"]["inputs"]
+        self.model = torch.jit.load(os.path.join(folder, "model.pt"), map_location="cpu")
+        self.model.eval()
+
+    def _features(self, request: Any) -> list[np.ndarray]:
+        raw = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
+        if self.kind == "image":
+            return [preprocess_image(bytes(item.reshape(-1)[0]), self.pre) for item in raw]
+        if self.kind == "text":
+            return [text_ids(_text(item.reshape(-1)[0]), self.pre) for item in raw]
+        return [preprocess_tabular(row, self.pre) for row in raw]
+
+    def _run(self, items: list[np.ndarray]) -> np.ndarray:
+        with torch.inference_mode():
+            if self.kind == "text":
+                out = self.model(*self._text_batch(items))
+            else:
+                out = self.model(torch.from_numpy(np.stack(items)))
+            return torch.softmax(out.float(), dim=-1).numpy()
+
+    def _text_batch(self, items: list[np.ndarray]) -> list[torch.Tensor]:
+        if len(self.model_inputs) >= 2:  # EmbeddingBag style: flat ids and per-row offsets
+            offsets = np.cumsum([0] + [len(i) for i in items[:-1]]).astype(np.int64)
+            return [torch.from_numpy(np.concatenate(items)), torch.from_numpy(offsets)]
+        longest = max(len(i) for i in items)
+        padded = np.zeros((len(items), longest), dtype=np.int64)
+        for row, ids in enumerate(items):
+            padded[row, : len(ids)] = ids
+        return [torch.from_numpy(padded)]
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        features: list[list[np.ndarray] | Exception] = []
+        for request in requests:
+            try:
+                features.append(self._features(request))
+            except Exception as exc:  # noqa: BLE001 - a bad input fails its own request only
+                features.append(exc)
+        good = [f for f in features if not isinstance(f, Exception)]
+        try:
+            probs = self._run([x for f in good for x in f]) if good else None
+        except Exception:  # noqa: BLE001 - retry one by one so only the failing request errors
+            probs = None
+        responses = []
+        offset = 0
+        for f in features:
+            if isinstance(f, Exception):
+                responses.append(_error(f"bad input: {f}"))
+                continue
+            if probs is not None:
+                part = probs[offset : offset + len(f)]
+                offset += len(f)
+            else:
+                try:
+                    part = self._run(f)
+                except Exception as exc:  # noqa: BLE001
+                    responses.append(_error(f"model failed: {exc}"))
+                    continue
+            tensor = pb_utils.Tensor("probabilities", part.astype(np.float32))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
+        return responses
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _error(message: str) -> Any:
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
