@@ -532,7 +532,7 @@ async def _operations(
         query = query.where(Operation.version_id == version.id)
     if actions:
         query = query.where(col(Operation.action).in_(actions))
-    query = query.order_by(col(Operation.at).desc(), col(Operation.id).desc())
+    query = query.order_by(col(Operation.seq).desc())
     rows = (await session.exec(query.offset(offset).limit(limit))).all()
     numbers = dict(
         (

@@ -108,7 +108,16 @@ class Operation(SQLModel, table=True):
 
     __tablename__ = "operations"
 
-    id: str = Field(default_factory=new_id, sa_column=Column(String(32), primary_key=True))
+    # Insertion order: entries written in one transaction share a timestamp.
+    seq: int | None = Field(
+        default=None,
+        sa_column=Column(
+            BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+        ),
+    )
+    id: str = Field(
+        default_factory=new_id, sa_column=Column(String(32), nullable=False, unique=True)
+    )
     model_id: str = Field(sa_column=Column(String(32), nullable=False, index=True))
     version_id: str | None = Field(default=None, sa_column=Column(String(32), index=True))
     action: str = Field(sa_column=Column(String(50), nullable=False))

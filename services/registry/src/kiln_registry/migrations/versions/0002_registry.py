@@ -68,7 +68,13 @@ def upgrade() -> None:
     )
     op.create_table(
         "operations",
-        sa.Column("id", sa.String(32), primary_key=True),
+        sa.Column(
+            "seq",
+            sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
+        sa.Column("id", sa.String(32), nullable=False, unique=True),
         sa.Column("model_id", sa.String(32), nullable=False, index=True),
         sa.Column("version_id", sa.String(32), index=True),
         sa.Column("action", sa.String(50), nullable=False),
