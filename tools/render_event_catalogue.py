@@ -1,0 +1,198 @@
+"""Render docs/events.md, the human-readable event catalogue, from docs/asyncapi.json.
+
+The AsyncAPI document is written from the typed event models (``kiln events schemas``); this
+turns it into one page per topic, message and field for people subscribing to Kiln's events::
+
+    python tools/render_event_catalogue.py           # rewrite docs/events.md
+    python tools/render_event_catalogue.py --check   # exit 1 if docs/events.md is stale
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+ASYNCAPI = REPO / "docs" / "asyncapi.json"
+CATALOGUE = REPO / "docs" / "events.md"
+
+Schema = dict[str, Any]
+
+
+def _resolve(schema: Schema, defs: dict[str, Schema]) -> tuple[Schema, str | None]:
+    """Follow a local ``#/$defs/Name`` reference; returns the target and its name."""
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        name = ref.rsplit("/", 1)[1]
+        return defs[name], name
+    return schema, None
+
+
+def _non_null(schema: Schema) -> tuple[list[Schema], bool]:
+    """The alternatives of a schema without ``null``, and whether ``null`` is allowed."""
+    options = schema.get("anyOf") or schema.get("oneOf")
+    if options is None:
+        return [schema], False
+    kept = [o for o in options if o.get("type") != "null"]
+    return kept, len(kept) != len(options)
+
+
+def type_of(schema: Schema, defs: dict[str, Schema]) -> str:
+    """A short type name: ``string``, ``array of TensorSpec``, ``integer or null``, …"""
+    options, nullable = _non_null(schema)
+    names = []
+    for option in options:
+        target, ref_name = _resolve(option, defs)
+        if ref_name:
+            names.append(ref_name)
+        elif "const" in target:
+            names.append(f"`{json.dumps(target['const'])}`")
+        elif "enum" in target:
+            names.append(" \\| ".join(f"`{json.dumps(v)}`" for v in target["enum"]))
+        elif target.get("type") == "array":
+            names.append(f"array of {type_of(target.get('items', {}), defs)}")
+        elif target.get("type") == "object" and isinstance(
+            target.get("additionalProperties"), dict
+        ):
+            names.append(f"map of {type_of(target['additionalProperties'], defs)}")
+        else:
+            kind = target.get("type", "any")
+            kind = " or ".join(kind) if isinstance(kind, list) else kind
+            names.append(f"{kind} ({target['format']})" if "format" in target else kind)
+    text = " or ".join(names) or "any"
+    return f"{text} or null" if nullable else text
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _object_of(schema: Schema, defs: dict[str, Schema]) -> tuple[Schema, str] | None:
+    """The object schema (and its name) a field holds directly or as array items, if any."""
+    options, _ = _non_null(schema)
+    if len(options) != 1:
+        return None
+    target, name = _resolve(options[0], defs)
+    if target.get("type") == "array":
+        target, name = _resolve(target.get("items", {}), defs)
+    if "properties" in target:
+        return target, name or "object"
+    return None
+
+
+def field_rows(
+    schema: Schema, defs: dict[str, Schema], prefix: str = "", seen: tuple[str, ...] = ()
+) -> list[str]:
+    """One table row per field; nested object fields follow as ``parent.child`` rows."""
+    rows = []
+    required = set(schema.get("required", []))
+    for name, prop in sorted(schema.get("properties", {}).items()):
+        path = f"{prefix}{name}"
+        notes = []
+        description = prop.get("description", "")
+        nested = _object_of(prop, defs)
+        if not description and nested:
+            description = nested[0].get("description", "")
+        if "default" in prop and prop["default"] is not None:
+            notes.append(f"default `{json.dumps(prop['default'])}`")
+        text = _cell("; ".join(filter(None, [description, *notes])))
+        req = "yes" if name in required else "no"
+        rows.append(f"| `{path}` | {_cell(type_of(prop, defs))} | {req} | {text} |")
+        if nested and (nested[1] == "object" or nested[1] not in seen):
+            is_array = "array of" in type_of(prop, defs)
+            child = f"{path}[]." if is_array else f"{path}."
+            rows += field_rows(nested[0], defs, child, (*seen, nested[1]))
+    return rows
+
+
+def _table(rows: list[str]) -> list[str]:
+    if not rows:
+        return ["No fields.", ""]
+    return ["| field | type | required | description |", "|---|---|---|---|", *rows, ""]
+
+
+def render(document: dict[str, Any]) -> str:
+    """The whole catalogue as Markdown."""
+    info = document.get("info", {})
+    components = document.get("components", {})
+    messages = components.get("messages", {})
+    schemas = components.get("schemas", {})
+    out = [
+        "# Event catalogue",
+        "",
+        "<!-- Generated by tools/render_event_catalogue.py from docs/asyncapi.json; do not edit."
+        " Regenerate with `python tools/render_event_catalogue.py`. -->",
+        "",
+        _cell(info.get("description", "")),
+        "",
+        f"AsyncAPI {document.get('asyncapi', '?')} document `docs/asyncapi.json`, "
+        f"version {info.get('version', '?')}; one JSON Schema per event type in `docs/events/`.",
+        "",
+    ]
+    envelope = schemas.get("CloudEvent")
+    if envelope:
+        out += ["## Envelope", "", _cell(envelope.get("description", "")), ""]
+        out += _table(field_rows(envelope, envelope.get("$defs", {})))
+    out += [
+        "Every record carries the W3C `traceparent` header and is keyed by the event's "
+        "`subject`, so events of one aggregate stay in order. Events a consumer cannot apply "
+        "go to `<topic>.dlq`; `kiln events replay --topic <topic>` feeds them back.",
+        "",
+        "## Topics",
+        "",
+        "| topic | events |",
+        "|---|---|",
+    ]
+    channels = document.get("channels", {})
+    for key in sorted(channels):
+        channel = channels[key]
+        names = [messages[m.rsplit("/", 1)[1]]["name"] for m in _message_refs(channel)]
+        out.append(f"| `{channel.get('address', key)}` | {len(names)} |")
+    out.append("")
+    for key in sorted(channels):
+        channel = channels[key]
+        address = channel.get("address", key)
+        out += [f"## `{address}`", "", _cell(channel.get("description", "")), ""]
+        for ref in _message_refs(channel):
+            message_id = ref.rsplit("/", 1)[1]
+            message = messages[message_id]
+            data = schemas.get(message_id, {})
+            out += [
+                f"### `{message['name']}`",
+                "",
+                _cell(message.get("summary") or data.get("description", "")),
+                "",
+                f"Topic `{address}`, content type `{message.get('contentType', '?')}`, "
+                f"`data` schema `{data.get('$id', message_id)}`.",
+                "",
+            ]
+            out += _table(field_rows(data, data.get("$defs", {})))
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _message_refs(channel: dict[str, Any]) -> list[str]:
+    return sorted(m["$ref"] for m in channel.get("messages", {}).values())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Render docs/events.md from docs/asyncapi.json")
+    parser.add_argument("--check", action="store_true", help="only report whether it is stale")
+    args = parser.parse_args()
+    text = render(json.loads(ASYNCAPI.read_text()))
+    current = CATALOGUE.read_text() if CATALOGUE.is_file() else ""
+    if args.check:
+        if current != text:
+            print(f"{CATALOGUE.relative_to(REPO)} is stale: run {Path(__file__).name}")
+            return 1
+        return 0
+    if current != text:
+        CATALOGUE.write_text(text)
+        print(f"wrote {CATALOGUE.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
