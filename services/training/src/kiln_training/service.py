@@ -1,15 +1,22 @@
 """The training service: training jobs, trials, quotas, the fair-share queue, checkpoints and
 metrics history."""
 
+from __future__ import annotations
+
 from pathlib import Path
 
-from kiln_core.ping import ping_handlers, ping_router
+from kiln_core.ping import ping_router
 from kiln_core.service import ServiceSpec
+from kiln_training import api, tasks
+from kiln_training.executor import scheduler_loop
+from kiln_training.handlers import HANDLERS
 
 SERVICE = ServiceSpec(
     name="training",
     description=" ".join((__doc__ or "").split()),
     migrations=Path(__file__).parent / "migrations",
-    routers=[ping_router("training")],
-    handlers={**ping_handlers("training")},
+    routers=[ping_router("training"), api.router],
+    handlers=HANDLERS,
+    workers=[scheduler_loop],
+    celery=tasks.celery_app,
 )

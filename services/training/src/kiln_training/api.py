@@ -1,0 +1,508 @@
+"""REST API of the training service, under ``/v1``."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request, status
+from fastapi.responses import Response, StreamingResponse
+from sqlalchemy import func
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from kiln_core.auth import Principal, require_roles
+from kiln_core.db import utcnow
+from kiln_core.errors import Conflict, NotFound
+from kiln_core.http import SessionDep, get_runtime
+from kiln_training import lifecycle
+from kiln_training.executor import queue_view
+from kiln_training.models import (
+    TERMINAL,
+    BadCase,
+    BadCasePublic,
+    JobCreate,
+    JobKind,
+    JobPublic,
+    MetricPoint,
+    MetricPointPublic,
+    Page,
+    SearchCreate,
+    Team,
+    TeamCreate,
+    TeamIn,
+    TeamPublic,
+    TrainingJob,
+    Trigger,
+    TriggerCreate,
+    TriggerPublic,
+    TriggerUpdate,
+)
+
+router = APIRouter(prefix="/v1", tags=["training"])
+
+SUBMITTERS = ("ml-engineer", "admin")
+READERS = ("viewer", "data-engineer", "ml-engineer", "annotator", "reviewer", "admin")
+Submitter = Annotated[Principal, require_roles(*SUBMITTERS)]
+Reader = Annotated[Principal, require_roles(*READERS)]
+Admin = Annotated[Principal, require_roles("admin")]
+Limit = Annotated[int, Query(ge=1, le=500, description="page size")]
+Offset = Annotated[int, Query(ge=0, description="items to skip")]
+StatusFilter = Literal["queued", "running", "paused", "succeeded", "failed", "cancelled"]
+# How often the event stream looks for new progress.
+STREAM_POLL_S = 0.5
+
+
+def job_public(job: TrainingJob) -> JobPublic:
+    artifact = None
+    if job.artifact is not None:
+        artifact = {k: v for k, v in job.artifact.items() if k != "state_dict_key"}
+    return JobPublic(**job.model_dump(exclude={"artifact"}), artifact=artifact)
+
+
+def _plain(value: Any) -> Any:
+    """A template catalogue entry as JSON-ready data, whatever it is made of."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+# --- templates ----------------------------------------------------------------------------------
+
+
+@router.get("/templates", tags=["templates"])
+async def list_templates(_who: Reader) -> dict[str, Any]:
+    """The template catalogue: each template's task and its hyperparameters (types, ranges,
+    defaults), which every submitted job is validated against."""
+    from kiln_training.templates import TEMPLATES
+
+    entries = TEMPLATES.values() if isinstance(TEMPLATES, dict) else TEMPLATES
+    return {"items": [_plain(t) for t in entries]}
+
+
+@router.get("/templates/{name}", tags=["templates"])
+async def get_template_entry(name: str, _who: Reader) -> dict[str, Any]:
+    """One template of the catalogue."""
+    from kiln_training.templates import get_template
+
+    return _plain(get_template(name))  # type: ignore[no-any-return]
+
+
+# --- teams --------------------------------------------------------------------------------------
+
+
+def _team_public(team: Team) -> TeamPublic:
+    return TeamPublic(**team.model_dump())
+
+
+@router.post(
+    "/teams", status_code=status.HTTP_201_CREATED, response_model=TeamPublic, tags=["teams"]
+)
+async def create_team(body: TeamCreate, request: Request, _who: Admin) -> TeamPublic:
+    """Create a team with its scheduling weight and per-resource quota."""
+    async with get_runtime(request).db.transaction() as session:
+        if await session.get(Team, body.name) is not None:
+            raise Conflict(f"team {body.name} already exists")
+        team = Team(
+            name=body.name, weight=body.weight, quota={str(k): v for k, v in body.quota.items()}
+        )
+        session.add(team)
+    return _team_public(team)
+
+
+@router.get("/teams", response_model=list[TeamPublic], tags=["teams"])
+async def list_teams(session: SessionDep, _who: Reader) -> list[TeamPublic]:
+    """Every team, by name."""
+    teams = (await session.exec(select(Team).order_by(col(Team.name)))).all()
+    return [_team_public(t) for t in teams]
+
+
+@router.get("/teams/{name}", response_model=TeamPublic, tags=["teams"])
+async def get_team(name: str, session: SessionDep, _who: Reader) -> TeamPublic:
+    team = await session.get(Team, name)
+    if team is None:
+        raise NotFound(f"team {name} does not exist")
+    return _team_public(team)
+
+
+@router.put("/teams/{name}", response_model=TeamPublic, tags=["teams"])
+async def update_team(name: str, body: TeamIn, request: Request, _who: Admin) -> TeamPublic:
+    """Replace a team's weight and quota; the next scheduling round uses them."""
+    async with get_runtime(request).db.transaction() as session:
+        team = await session.get(Team, name)
+        if team is None:
+            raise NotFound(f"team {name} does not exist")
+        team.weight, team.quota, team.updated_at = (
+            body.weight,
+            {str(k): v for k, v in body.quota.items()},
+            utcnow(),
+        )
+        session.add(team)
+    return _team_public(team)
+
+
+@router.delete("/teams/{name}", status_code=204, tags=["teams"])
+async def delete_team(name: str, request: Request, _who: Admin) -> Response:
+    """Delete a team that has no queued, running or paused job."""
+    async with get_runtime(request).db.transaction() as session:
+        team = await session.get(Team, name)
+        if team is None:
+            raise NotFound(f"team {name} does not exist")
+        active = (
+            await session.exec(
+                select(func.count())
+                .select_from(TrainingJob)
+                .where(
+                    TrainingJob.team == name,
+                    col(TrainingJob.status).not_in(list(TERMINAL)),
+                )
+            )
+        ).one()
+        if active:
+            raise Conflict(f"team {name} has {active} unfinished jobs")
+        await session.delete(team)
+    return Response(status_code=204)
+
+
+# --- jobs ---------------------------------------------------------------------------------------
+
+
+async def _require_team(session: AsyncSession, name: str) -> None:
+    if await session.get(Team, name) is None:
+        from kiln_core.errors import ValidationFailed
+
+        raise ValidationFailed(f"team {name} does not exist; an admin creates it first")
+
+
+@router.post("/jobs", status_code=status.HTTP_201_CREATED, response_model=JobPublic, tags=["jobs"])
+async def submit_job(body: JobCreate, request: Request, who: Submitter) -> JobPublic:
+    """Submit a training job: validated against its template, then queued for the scheduler."""
+    async with get_runtime(request).db.transaction() as session:
+        await _require_team(session, body.team)
+        job = await lifecycle.new_job(session, body, created_by=who.subject)
+    return job_public(job)
+
+
+@router.get("/jobs", response_model=Page[JobPublic], tags=["jobs"])
+async def list_jobs(
+    session: SessionDep,
+    _who: Reader,
+    limit: Limit = 50,
+    offset: Offset = 0,
+    status_: Annotated[StatusFilter | None, Query(alias="status")] = None,
+    team: str | None = None,
+    kind: Literal["train", "search"] | None = None,
+    parent_id: str | None = None,
+) -> Page[JobPublic]:
+    """Jobs, newest first, filtered by status, team, kind or search parent."""
+    query = select(TrainingJob)
+    for column, value in (
+        (TrainingJob.status, status_),
+        (TrainingJob.team, team),
+        (TrainingJob.kind, kind),
+        (TrainingJob.parent_id, parent_id),
+    ):
+        if value is not None:
+            query = query.where(column == value)
+    total = (await session.exec(select(func.count()).select_from(query.subquery()))).one()
+    rows = (
+        await session.exec(
+            query.order_by(col(TrainingJob.submitted_at).desc(), col(TrainingJob.id))
+            .offset(offset)
+            .limit(limit)
+        )
+    ).all()
+    return Page(items=[job_public(j) for j in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get("/jobs/{job_id}", response_model=JobPublic, tags=["jobs"])
+async def get_job(job_id: str, session: SessionDep, _who: Reader) -> JobPublic:
+    return job_public(await lifecycle.get_job(session, job_id))
+
+
+async def _transition(request: Request, job_id: str, action: str, who: Principal) -> JobPublic:
+    runtime = get_runtime(request)
+    async with runtime.db.transaction() as session:
+        job = await lifecycle.get_job(session, job_id, for_update=True)
+        if action == "pause":
+            await lifecycle.pause(session, job)
+        elif action == "resume":
+            await lifecycle.resume(session, job)
+        else:
+            await lifecycle.cancel(session, runtime, job, who.subject)
+    return job_public(job)
+
+
+@router.post("/jobs/{job_id}/pause", response_model=JobPublic, tags=["jobs"])
+async def pause_job(job_id: str, request: Request, who: Submitter) -> JobPublic:
+    """Pause: a queued job at once; a running one writes a checkpoint, frees its resources
+    and then shows ``paused`` (``requested: pause`` until then)."""
+    return await _transition(request, job_id, "pause", who)
+
+
+@router.post("/jobs/{job_id}/resume", response_model=JobPublic, tags=["jobs"])
+async def resume_job(job_id: str, request: Request, who: Submitter) -> JobPublic:
+    """Resume a paused job: it queues again and continues from its checkpoint."""
+    return await _transition(request, job_id, "resume", who)
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobPublic, tags=["jobs"])
+async def cancel_job(job_id: str, request: Request, who: Submitter) -> JobPublic:
+    """Cancel: at once unless running; a running job stops within seconds and frees its
+    resources. Cancelling a search cancels its trials."""
+    return await _transition(request, job_id, "cancel", who)
+
+
+@router.get("/jobs/{job_id}/metrics", response_model=list[MetricPointPublic], tags=["jobs"])
+async def job_metrics(
+    job_id: str,
+    session: SessionDep,
+    _who: Reader,
+    kind: Literal["step", "epoch"] | None = None,
+) -> list[MetricPointPublic]:
+    """The job's metrics history: sampled steps and every epoch, in order."""
+    await lifecycle.get_job(session, job_id)
+    query = select(MetricPoint).where(MetricPoint.job_id == job_id)
+    if kind is not None:
+        query = query.where(MetricPoint.kind == kind)
+    rows = (await session.exec(query.order_by(col(MetricPoint.id)))).all()
+    return [MetricPointPublic(**r.model_dump()) for r in rows]
+
+
+@router.get("/jobs/{job_id}/evaluation", tags=["jobs"])
+async def job_evaluation(job_id: str, session: SessionDep, _who: Reader) -> dict[str, Any]:
+    """Accuracy, macro precision/recall/F1, per-class metrics and the confusion matrix."""
+    job = await lifecycle.get_job(session, job_id)
+    if job.evaluation is None:
+        raise NotFound(f"job {job_id} has no evaluation ({job.status})")
+    return job.evaluation
+
+
+@router.get("/jobs/{job_id}/bad-cases", response_model=Page[BadCasePublic], tags=["jobs"])
+async def job_bad_cases(
+    job_id: str, session: SessionDep, _who: Reader, limit: Limit = 100, offset: Offset = 0
+) -> Page[BadCasePublic]:
+    """Misclassified evaluation items by dataset item id, least confident first."""
+    await lifecycle.get_job(session, job_id)
+    query = select(BadCase).where(BadCase.job_id == job_id)
+    total = (await session.exec(select(func.count()).select_from(query.subquery()))).one()
+    rows = (
+        await session.exec(
+            query.order_by(col(BadCase.confidence).desc(), col(BadCase.item_id))
+            .offset(offset)
+            .limit(limit)
+        )
+    ).all()
+    return Page(
+        items=[BadCasePublic(**r.model_dump(exclude={"job_id"})) for r in rows],
+        total=total,
+        limit=limit,
+        offset=offset,
+    )
+
+
+@router.get("/jobs/{job_id}/artifact", tags=["jobs"])
+async def job_artifact(job_id: str, session: SessionDep, _who: Reader) -> dict[str, Any]:
+    """The trained model: TorchScript in the object store with its signature and metadata."""
+    job = await lifecycle.get_job(session, job_id)
+    if job.artifact is None:
+        raise NotFound(f"job {job_id} has no artifact ({job.status})")
+    return job_public(job).artifact or {}
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    tags=["jobs"],
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def job_events(job_id: str, request: Request, _who: Reader) -> StreamingResponse:
+    """Server-sent events: ``progress`` for every stored metric point, ``status`` on every
+    change of state, until the job ends (then one final ``status``)."""
+    runtime = get_runtime(request)
+    async with runtime.db.session() as session:
+        await lifecycle.get_job(session, job_id)
+
+    async def stream() -> AsyncIterator[bytes]:
+        last_point = 0
+        last_status = None
+        while True:
+            async with runtime.db.session() as session:
+                job = await lifecycle.get_job(session, job_id)
+                points = (
+                    await session.exec(
+                        select(MetricPoint)
+                        .where(MetricPoint.job_id == job_id, col(MetricPoint.id) > last_point)
+                        .order_by(col(MetricPoint.id))
+                    )
+                ).all()
+            for point in points:
+                last_point = point.id or last_point
+                body = MetricPointPublic(**point.model_dump()).model_dump_json()
+                yield f"event: progress\nid: {last_point}\ndata: {body}\n\n".encode()
+            if job.status != last_status:
+                last_status = job.status
+                body = json.dumps(
+                    {
+                        "status": job.status,
+                        "step": job.step,
+                        "epoch": job.epoch,
+                        "metrics": job.metrics,
+                    }
+                )
+                yield f"event: status\ndata: {body}\n\n".encode()
+            if job.status in TERMINAL:
+                return
+            if await request.is_disconnected():
+                return
+            await asyncio.sleep(STREAM_POLL_S)
+
+    return StreamingResponse(
+        stream(), media_type="text/event-stream", headers={"cache-control": "no-cache"}
+    )
+
+
+# --- searches -----------------------------------------------------------------------------------
+
+
+@router.post(
+    "/searches", status_code=status.HTTP_201_CREATED, response_model=JobPublic, tags=["search"]
+)
+async def create_search(body: SearchCreate, request: Request, who: Submitter) -> JobPublic:
+    """Start a grid or random hyperparameter search: a parent job whose trials queue like any
+    job; the parent ranks them by the target metric and names the best."""
+    from kiln_training.search import create_search as make
+
+    async with get_runtime(request).db.transaction() as session:
+        await _require_team(session, body.base.team)
+        parent, _trials = await make(session, body, who.subject)
+    return job_public(parent)
+
+
+@router.get("/searches/{job_id}", tags=["search"])
+async def get_search(job_id: str, session: SessionDep, _who: Reader) -> dict[str, Any]:
+    """A search with its trials and ranking."""
+    job = await lifecycle.get_job(session, job_id)
+    if job.kind != JobKind.search:
+        raise NotFound(f"job {job_id} is not a search")
+    trials = (
+        await session.exec(
+            select(TrainingJob)
+            .where(TrainingJob.parent_id == job_id)
+            .order_by(col(TrainingJob.submitted_at), col(TrainingJob.id))
+        )
+    ).all()
+    return {
+        "job": job_public(job).model_dump(mode="json"),
+        "trials": [job_public(t).model_dump(mode="json") for t in trials],
+    }
+
+
+# --- triggers -----------------------------------------------------------------------------------
+
+
+def _trigger_public(trigger: Trigger) -> TriggerPublic:
+    return TriggerPublic(**trigger.model_dump())
+
+
+@router.post(
+    "/triggers",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TriggerPublic,
+    tags=["triggers"],
+)
+async def create_trigger(body: TriggerCreate, request: Request, who: Submitter) -> TriggerPublic:
+    """A rule: when a labelled version of ``dataset_id`` is created, submit ``job`` on it."""
+    from kiln_training.templates import get_template, validate_params
+
+    validate_params(get_template(body.job.template), body.job.params)
+    async with get_runtime(request).db.transaction() as session:
+        await _require_team(session, body.job.team)
+        trigger = Trigger(
+            name=body.name,
+            dataset_id=body.dataset_id,
+            enabled=body.enabled,
+            job={
+                "spec": body.job.model_dump(mode="json"),
+                "train_split": body.train_split,
+                "eval_split": body.eval_split,
+            },
+            created_by=who.subject,
+        )
+        session.add(trigger)
+    return _trigger_public(trigger)
+
+
+@router.get("/triggers", response_model=list[TriggerPublic], tags=["triggers"])
+async def list_triggers(
+    session: SessionDep, _who: Reader, dataset_id: str | None = None
+) -> list[TriggerPublic]:
+    query = select(Trigger)
+    if dataset_id is not None:
+        query = query.where(Trigger.dataset_id == dataset_id)
+    rows = (await session.exec(query.order_by(col(Trigger.created_at), col(Trigger.id)))).all()
+    return [_trigger_public(t) for t in rows]
+
+
+async def _get_trigger(session: AsyncSession, trigger_id: str) -> Trigger:
+    trigger = await session.get(Trigger, trigger_id)
+    if trigger is None:
+        raise NotFound(f"trigger {trigger_id} does not exist")
+    return trigger
+
+
+@router.get("/triggers/{trigger_id}", response_model=TriggerPublic, tags=["triggers"])
+async def get_trigger(trigger_id: str, session: SessionDep, _who: Reader) -> TriggerPublic:
+    return _trigger_public(await _get_trigger(session, trigger_id))
+
+
+@router.patch("/triggers/{trigger_id}", response_model=TriggerPublic, tags=["triggers"])
+async def update_trigger(
+    trigger_id: str, body: TriggerUpdate, request: Request, _who: Submitter
+) -> TriggerPublic:
+    """Rename, enable or disable a rule, or replace the job it submits."""
+    if body.job is not None:
+        from kiln_training.templates import get_template, validate_params
+
+        validate_params(get_template(body.job.template), body.job.params)
+    async with get_runtime(request).db.transaction() as session:
+        trigger = await _get_trigger(session, trigger_id)
+        if body.name is not None:
+            trigger.name = body.name
+        if body.enabled is not None:
+            trigger.enabled = body.enabled
+        if body.job is not None:
+            await _require_team(session, body.job.team)
+            trigger.job = {**trigger.job, "spec": body.job.model_dump(mode="json")}
+        trigger.updated_at = utcnow()
+        session.add(trigger)
+    return _trigger_public(trigger)
+
+
+@router.delete("/triggers/{trigger_id}", status_code=204, tags=["triggers"])
+async def delete_trigger(trigger_id: str, request: Request, _who: Submitter) -> Response:
+    async with get_runtime(request).db.transaction() as session:
+        await session.delete(await _get_trigger(session, trigger_id))
+    return Response(status_code=204)
+
+
+# --- queue --------------------------------------------------------------------------------------
+
+
+@router.get("/queue", tags=["queue"])
+async def get_queue(session: SessionDep, _who: Reader) -> dict[str, Any]:
+    """Per pool: capacity advertised by live workers, running jobs, waiting jobs in line with
+    the reason each waits (quota, fair share, capacity, priority, reservation) and every
+    team's dominant share."""
+    return await queue_view(session, lifecycle.training_settings())

@@ -1,0 +1,57 @@
+"""What the training service does when other services' events arrive."""
+
+from __future__ import annotations
+
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from kiln_core.catalog import DatasetVersionCreated, ModelVersionCreated
+from kiln_core.events import CloudEvent
+from kiln_core.inbox import EventHandler
+from kiln_core.ping import ping_handlers
+from kiln_training.models import KnownModelVersion, KnownVersion
+from kiln_training.triggers import fire_triggers
+
+
+async def on_version_created(
+    session: AsyncSession, event: CloudEvent, data: DatasetVersionCreated
+) -> None:
+    """Remember the version (jobs name it; its manifest key comes from here), and for a
+    labelled one fire the retraining rules of its dataset."""
+    known = await session.get(KnownVersion, data.version_id)
+    if known is None:
+        known = KnownVersion(
+            version_id=data.version_id,
+            dataset_id=data.dataset_id,
+            dataset_name=data.dataset_name,
+            version=data.version,
+            manifest_key=data.manifest_key,
+            labelled=data.labelled,
+            labels=list(data.labels),
+        )
+        session.add(known)
+        await session.flush()
+    if data.labelled:
+        await fire_triggers(session, known)
+
+
+async def on_model_version_created(
+    session: AsyncSession, event: CloudEvent, data: ModelVersionCreated
+) -> None:
+    """Remember registered versions trained here, so incremental jobs can start from them."""
+    if await session.get(KnownModelVersion, data.version_id) is not None:
+        return
+    session.add(
+        KnownModelVersion(
+            version_id=data.version_id,
+            model_name=data.model_name,
+            training_job_id=data.lineage.training_job_id,
+            artifact_key=data.artifact.key,
+        )
+    )
+
+
+HANDLERS: dict[str, EventHandler] = {
+    **ping_handlers("training"),
+    DatasetVersionCreated.event_type: on_version_created,
+    ModelVersionCreated.event_type: on_model_version_created,
+}
