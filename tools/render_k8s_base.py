@@ -21,6 +21,7 @@ OUT_DIR = REPO / "k8s" / "base" / "services"
 
 # Partitions of each kiln.* topic (KILN_BUS_URL ?partitions=); more consumers than partitions idle.
 TOPIC_PARTITIONS = 6
+POOL_LABEL = "kiln.dev/pool"
 KAFKA_BOOTSTRAP = "kafka.kiln-infra.svc.cluster.local:9092"
 
 
@@ -39,6 +40,7 @@ class ServiceShape:
     worker: Sizes | None
     worker_concurrency: int = 2
     worker_grace_s: int = 120
+    worker_env: tuple[tuple[str, str], ...] = ()
     api: Sizes = Sizes(("250m", "512Mi"), ("1", "1536Mi"))
     consumer: Sizes = Sizes(("100m", "384Mi"), ("500m", "1Gi"))
 
@@ -53,6 +55,8 @@ SERVICES = (
         Sizes(("1", "2Gi"), ("4", "8Gi")),
         worker_concurrency=1,
         worker_grace_s=600,
+        # A container sees the node's cores; advertise the pod's limits to the scheduler instead.
+        worker_env=(("KILN_TRAINING_POOL", "cpu"), ("KILN_TRAINING_CAPACITY", "cpu=4,memory=8")),
     ),
     ServiceShape("registry", 8104, Sizes(("500m", "1Gi"), ("2", "4Gi")), worker_concurrency=1),
     ServiceShape("serving", 8105, None, api=Sizes(("500m", "1Gi"), ("2", "2Gi"))),
@@ -268,6 +272,7 @@ def worker_objects(s: ServiceShape) -> list[dict[str, Any]]:
     worker = kiln_container(
         s.name, "worker", ["worker", s.name, "--concurrency", str(s.worker_concurrency)], s.worker
     )
+    worker["env"] += [{"name": k, "value": v} for k, v in s.worker_env]
     worker["livenessProbe"] = {
         "exec": {"command": ["python", "-c", WORKER_PING]},
         "initialDelaySeconds": 60,
@@ -276,11 +281,15 @@ def worker_objects(s: ServiceShape) -> list[dict[str, Any]]:
         "failureThreshold": 3,
     }
     spec = pod_spec(s.name, [worker], grace_s=s.worker_grace_s)
-    return [
-        deployment(s.name, "worker", spec, 1),
-        hpa(s.name, "worker", 1, 8, 75),
-        pdb(s.name, "worker", {"maxUnavailable": 1}),
-    ]
+    workload = deployment(s.name, "worker", spec, 1)
+    budget = pdb(s.name, "worker", {"maxUnavailable": 1})
+    pool = dict(s.worker_env).get("KILN_TRAINING_POOL")
+    if pool:
+        # Each resource pool runs its own worker Deployment; the pool label keeps them apart.
+        workload["spec"]["template"]["metadata"]["labels"][POOL_LABEL] = pool
+        workload["spec"]["selector"]["matchLabels"][POOL_LABEL] = pool
+        budget["spec"]["selector"]["matchLabels"][POOL_LABEL] = pool
+    return [workload, hpa(s.name, "worker", 1, 8, 75), budget]
 
 
 def hpa(svc: str, component: str, low: int, high: int, cpu_percent: int) -> dict[str, Any]:

@@ -144,6 +144,7 @@ def kiln_problems(objects: list[Obj], *, overlay: bool) -> list[str]:
             for part in ("requests", "limits"):
                 if not {"cpu", "memory"} <= set(res.get(part) or {}):
                     p.append(f"{name}/{c['name']}: no cpu and memory {part}")
+        p += _capacity_problems(name, pod["containers"])
         if not any(matches(b["spec"]["selector"]["matchLabels"], labels) for b in pdbs.values()):
             p.append(f"{name}: no PodDisruptionBudget covers it")
         if name == "triton":
@@ -239,6 +240,35 @@ def kiln_problems(objects: list[Obj], *, overlay: bool) -> list[str]:
         if backend != f"{svc}-api" or backend not in services:
             p.append(f"Ingress: /api/{svc}/ does not route to the {svc}-api Service")
     return p
+
+
+def quantity(text: str) -> float:
+    """A Kubernetes CPU or memory quantity in cores or GiB."""
+    units = {"m": 1e-3, "Ki": 2**-20, "Mi": 2**-10, "Gi": 1.0, "Ti": 2**10}
+    for suffix, factor in units.items():
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * factor
+    return float(text)
+
+
+def _capacity_problems(name: str, pod_containers: list[Obj]) -> list[str]:
+    """A training worker must not advertise more to the scheduler than its limits give it."""
+    problems = []
+    for c in pod_containers:
+        env = {e["name"]: e.get("value", "") for e in c.get("env", [])}
+        if "KILN_TRAINING_CAPACITY" not in env:
+            continue
+        limits = (c.get("resources") or {}).get("limits") or {}
+        have = {
+            "cpu": quantity(str(limits.get("cpu", "0"))),
+            "memory": quantity(str(limits.get("memory", "0"))),
+            "gpu": float(limits.get("nvidia.com/gpu", 0)),
+        }
+        for part in env["KILN_TRAINING_CAPACITY"].split(","):
+            key, _, amount = part.partition("=")
+            if float(amount) > have.get(key.strip(), 0.0):
+                problems.append(f"{name}: advertises {part} but its limits give {have}")
+    return problems
 
 
 def _topic_partitions(configmaps: dict[str, Obj]) -> int | None:

@@ -142,6 +142,16 @@ def test_a_deployment_without_readiness_or_budget_is_reported(
     assert any("annotation-consumer: no PodDisruptionBudget" in p for p in problems)
 
 
+def test_a_worker_advertising_more_than_its_limits_is_reported(
+    rendered: dict[str, list[Obj]],
+) -> None:
+    objects = copy.deepcopy(rendered["overlays/prod"])
+    worker = find(objects, "Deployment", "training-worker")["spec"]["template"]["spec"]
+    worker["containers"][0]["resources"]["limits"]["cpu"] = "2"
+    problems = kiln_problems(objects, overlay=True)
+    assert any("training-worker: advertises cpu=8" in p for p in problems)
+
+
 def test_a_broken_kustomization_fails_to_build(kustomize: str, tmp_path: Path) -> None:
     overlay = tmp_path / "broken"
     shutil.copytree(K8S / "overlays" / "dev", overlay)
