@@ -173,6 +173,17 @@ async def update_endpoint(
         endpoint.config = EndpointConfig.model_validate({**endpoint.config, **changes}).model_dump()
     except ValueError as exc:
         raise ValidationFailed(str(exc)) from None
+    if endpoint.candidate_id and {"strategy", "ab_weight", "canary_steps"} & body.model_fields_set:
+        # A rollout in progress continues under the new strategy from its first step.
+        config = EndpointConfig.model_validate(endpoint.config)
+        endpoint.candidate_weight = canary.initial_weight(endpoint.strategy, config)
+        candidate = await session.get(Deployment, endpoint.candidate_id)
+        if candidate is not None:
+            candidate.analysis = {
+                **canary.fresh_analysis(),
+                "shadow": candidate.analysis.get("shadow") or {},
+            }
+            session.add(candidate)
     endpoint.generation += 1
     endpoint.updated_at = utcnow()
     session.add(endpoint)

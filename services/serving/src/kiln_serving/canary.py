@@ -41,7 +41,9 @@ def fresh_analysis(step: int = 0) -> dict[str, Any]:
 def merge(analysis: dict[str, Any], side: str, outcomes: Outcomes) -> None:
     """Add a batch of request outcomes to the persisted counters of one side."""
     if side == "shadow":
-        s = analysis.setdefault("shadow", {"compared": 0, "agreed": 0})
+        s = analysis.setdefault("shadow", {})
+        s.setdefault("compared", 0)
+        s.setdefault("agreed", 0)
         s["compared"] += outcomes.shadow_compared
         s["agreed"] += outcomes.shadow_agreed
         s["agreement"] = s["agreed"] / s["compared"] if s["compared"] else None
@@ -103,6 +105,11 @@ def _retire(d: Deployment | None) -> None:
         d.updated_at = utcnow()
 
 
+def initial_weight(strategy: str, config: EndpointConfig) -> float:
+    """Percent of traffic a new candidate answers under ``strategy``."""
+    return {"canary": config.canary_steps[0], "ab": config.ab_weight}.get(strategy, 0.0)
+
+
 async def _shifted(
     runtime: ServiceRuntime,
     session: AsyncSession,
@@ -146,9 +153,7 @@ async def place(
         return
     new.state = DeploymentState.candidate
     new.analysis = fresh_analysis()
-    weight = {"canary": config.canary_steps[0], "ab": config.ab_weight, "shadow": 0.0}[
-        endpoint.strategy
-    ]
+    weight = initial_weight(endpoint.strategy, config)
     endpoint.candidate_id, endpoint.candidate_weight = new.id, weight
     _touch(endpoint)
     weights = {stable.version_id: 1 - weight / 100, new.version_id: weight / 100}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import hashlib
 import logging
 import time
@@ -119,7 +120,9 @@ class Controller:
             log.warning("managed Triton is gone; restarting it")
             self.triton_up = False
             await self.triton.ensure_managed()
-        up = await self.triton.ready()
+        up = await self.triton.ready(timeout_s=5.0)
+        if not up and self.triton_up:
+            up = await self.triton.ready(timeout_s=5.0)  # a busy box answers late; ask twice
         if up and not self.triton_up:
             log.info("Triton is back; reconciling loaded models")
             self._reconcile_now.set()
@@ -272,7 +275,8 @@ class Controller:
                 stable, cand = await _pair(session, endpoint)
                 if cand is None or stable is None:
                     continue
-                analysis = dict(cand.analysis or canary.fresh_analysis())
+                # A deep copy: JSON columns notice only a changed value, not nested edits in place.
+                analysis = copy.deepcopy(cand.analysis or canary.fresh_analysis())
                 canary.merge(analysis, "candidate", cand_out)
                 canary.merge(analysis, "stable", stable_out)
                 canary.merge(analysis, "shadow", cand_out)
