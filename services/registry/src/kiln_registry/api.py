@@ -136,7 +136,7 @@ async def update_model(
 ) -> ModelPublic:
     """Change the description or tags; the change is logged with its author."""
     async with get_runtime(request).db.transaction() as session:
-        model = await get_model(session, name)
+        model = await get_model(session, name, lock=True)
         changes = _apply_metadata(model, body)
         if changes:
             model.updated_at = utcnow()
@@ -211,7 +211,7 @@ async def update_version(
 ) -> VersionPublic:
     """Change a version's description or tags (everything else is immutable); logged."""
     async with get_runtime(request).db.transaction() as session:
-        model = await get_model(session, name)
+        model = await get_model(session, name, lock=True)
         row = await get_version(session, model, version)
         changes = _apply_metadata(row, body)
         if changes:
@@ -270,7 +270,7 @@ async def import_version(
         preprocessing=meta.preprocessing,
     )
     async with runtime.db.transaction() as session:
-        model = await get_model(session, name)
+        model = await get_model(session, name, lock=True)
         version = await register_version(
             session,
             runtime,
@@ -296,7 +296,7 @@ async def archive_version(
 ) -> VersionPublic:
     """Retire a version; one an alias still points at must be moved off first."""
     async with get_runtime(request).db.transaction() as session:
-        model = await get_model(session, name)
+        model = await get_model(session, name, lock=True)
         row = await get_version(session, model, version)
         aliases = await aliases_of_version(session, row)
         if aliases:
@@ -372,7 +372,7 @@ async def promote_version(
     in the same transaction, carrying what serving needs."""
     runtime = get_runtime(request)
     async with runtime.db.transaction() as session:
-        model = await get_model(session, name)
+        model = await get_model(session, name, lock=True)
         candidate = await get_version(session, model, body.version)
         await promote(session, runtime, model, alias, candidate, who, body.reason)
         return await _version_out(session, model, candidate)
@@ -382,7 +382,7 @@ async def promote_version(
 async def delete_alias(name: ModelName, alias: AliasName, request: Request, who: Reader) -> None:
     """Remove an alias (the same roles as moving it)."""
     async with get_runtime(request).db.transaction() as session:
-        model = await get_model(session, name)
+        model = await get_model(session, name, lock=True)
         await check_role(session, model, alias, who)
         await remove_alias(session, model, alias, who)
 
@@ -495,7 +495,7 @@ async def set_policy(
         if not re.fullmatch(ALIAS_PATTERN, alias):
             raise ValidationFailed(f"gated_aliases: {alias!r} is not an alias name")
     async with get_runtime(request).db.transaction() as session:
-        model = await get_model(session, name)
+        model = await get_model(session, name, lock=True)
         row = await session.get(PromotionPolicy, model.id)
         before = row.rules if row else None
         if row is None:
@@ -616,7 +616,7 @@ async def compress_version(
     a derived version and reports the size change and top-1 agreement with this one."""
     runtime = get_runtime(request)
     async with runtime.db.transaction() as session:
-        model = await get_model(session, name)
+        model = await get_model(session, name, lock=True)
         row = await get_version(session, model, version)
         if row.status == VersionStatus.archived:
             raise Conflict(f"version {version} is archived")
