@@ -47,7 +47,8 @@ class ServiceShape:
 
 SERVICES = (
     ServiceShape("dataset", 8101, Sizes(("500m", "1Gi"), ("2", "4Gi"))),
-    ServiceShape("annotation", 8102, None),
+    # Pre-labelling asks the serving API for suggestions (KILN_SERVING_URL in kiln-config).
+    ServiceShape("annotation", 8102, Sizes(("250m", "512Mi"), ("1", "2Gi"))),
     # A training run checkpoints; give it time to finish its step and checkpoint on SIGTERM.
     ServiceShape(
         "training",

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 SERVICES = ("dataset", "annotation", "training", "registry", "serving")
 # Services with long work, hence a Celery worker process.
-WORKER_SERVICES = ("dataset", "training", "registry")
+WORKER_SERVICES = ("dataset", "annotation", "training", "registry")
 PORTS = {"dataset": 8101, "annotation": 8102, "training": 8103, "registry": 8104, "serving": 8105}
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
