@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     celery_broker_url: str = "memory://"
     triton_url: str = "managed://"
     redis_url: str = "redis://127.0.0.1:56379/0"
+    # Where services that call the serving API (pre-labelling) find it.
+    serving_url: str = "http://127.0.0.1:8105"
     # Prefix of every service's PostgreSQL schema (``{prefix}dataset``): lets several
     # environments or test runs share one database.
     db_schema_prefix: str = Field(default="", pattern=r"^[a-z0-9_]*$", max_length=30)

@@ -49,6 +49,12 @@ class ProjectCreate(BaseModel):
     overlap: int = PydField(default=1, ge=1, le=10)
     review_levels: int = PydField(default=1, ge=0, le=2)
     lease_seconds: int = PydField(default=900, ge=10, le=86400)
+    prelabel_endpoint: str | None = PydField(
+        default=None,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="serving endpoint that suggests labels (pre-labelling)",
+    )
 
 
 class TaskPublic(BaseModel):
@@ -265,6 +271,61 @@ async def list_commits(project_id: str, session: SessionDep, _who: Anyone) -> li
         )
     ).all()
     return [r.model_dump(mode="json") for r in rows]
+
+
+class PrelabelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: str | None = PydField(
+        default=None,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="serving endpoint to ask; defaults to the project's prelabel_endpoint",
+    )
+
+
+@router.post("/projects/{project_id}/prelabel-jobs", status_code=202)
+async def start_prelabelling(
+    project_id: str, body: PrelabelRequest, request: Request, who: Manager
+) -> dict[str, Any]:
+    """Ask a served model for suggestions on every waiting task without any (Celery job;
+    follow it at ``/v1/prelabel-jobs/{id}``)."""
+    from kiln_annotation.models import PrelabelJob
+    from kiln_annotation.prelabel import enqueue
+
+    runtime = get_runtime(request)
+    async with runtime.db.transaction() as session:
+        project = await get_project(session, project_id)
+        endpoint = body.endpoint or project.prelabel_endpoint
+        if not endpoint:
+            raise ValidationFailed(
+                "name an endpoint: the project has no prelabel_endpoint", field="endpoint"
+            )
+        job = PrelabelJob(project_id=project_id, endpoint=endpoint, created_by=who.subject)
+        session.add(job)
+    enqueue(runtime, job)
+    return job.model_dump(mode="json")
+
+
+@router.get("/prelabel-jobs/{job_id}")
+async def get_prelabel_job(job_id: str, session: SessionDep, _who: Anyone) -> dict[str, Any]:
+    from kiln_annotation.models import PrelabelJob
+
+    job = await session.get(PrelabelJob, job_id)
+    if job is None:
+        raise NotFound(f"no pre-labelling job {job_id!r}")
+    return job.model_dump(mode="json")
+
+
+@router.get("/projects/{project_id}/prelabels")
+async def prelabel_acceptance(
+    project_id: str, request: Request, session: SessionDep, _who: Anyone
+) -> dict[str, Any]:
+    """How often annotators kept the model's suggestions (latest submission per task)."""
+    from kiln_annotation.prelabel import acceptance
+
+    await get_project(session, project_id)
+    return await acceptance(get_runtime(request), project_id)
 
 
 __all__ = ["router", "TaskStatus"]

@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
-from sqlmodel import select
+from typing import Any
+
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from kiln_annotation.models import Project
+from kiln_annotation.models import Project, ProjectItem
 from kiln_annotation.workflow import create_tasks
 from kiln_core.catalog import DatasetVersionCreated
 from kiln_core.events import CloudEvent
 from kiln_core.inbox import EventHandler
-from kiln_core.manifest import read_manifest
+from kiln_core.manifest import ManifestItem, read_manifest
 from kiln_core.ping import ping_handlers
 from kiln_core.service import runtime_of
+
+ACTIVE_LEARNING_PRIORITY = 100  # flagged inputs are labelled before anything else
 
 
 async def on_version_created(
     session: AsyncSession, event: CloudEvent, data: DatasetVersionCreated
 ) -> None:
     """A new dataset version: auto-annotation projects on that dataset get tasks for its
-    unlabelled items. Versions made from our own label commits are skipped (no loop)."""
+    unlabelled items they have not tasked yet. Versions made from our own label commits are
+    skipped (no loop). Inputs added by active learning come first, with the model's
+    prediction attached as a suggestion."""
     if data.lineage.source == "labels":
         return
     projects = (
@@ -32,8 +38,60 @@ async def on_version_created(
     items = [
         i for i in await read_manifest(runtime_of(session).store, data.manifest_key) if not i.labels
     ]
+    active = data.lineage.source == "active-learning"
     for project in projects:
-        create_tasks(session, project, data.version, items)
+        fresh = await untasked_items(session, project.id, items)
+        tasks = create_tasks(
+            session,
+            project,
+            data.version,
+            fresh,
+            priority=ACTIVE_LEARNING_PRIORITY if active else 0,
+            source="active-learning" if active else "dataset",
+        )
+        suggested = {i.item_id: s for i in fresh if (s := _prediction_suggestion(i))}
+        for task in tasks:
+            suggestions = {
+                e["item_id"]: suggested[e["item_id"]]
+                for e in task.items
+                if e["item_id"] in suggested
+            }
+            if suggestions:
+                task.prelabels = suggestions
+
+
+def _prediction_suggestion(item: ManifestItem) -> dict[str, Any] | None:
+    """The serving model's guess that flagged the item, as a pre-label."""
+    prediction = item.metadata.get("prediction")
+    if not isinstance(prediction, dict) or not prediction.get("predicted_label"):
+        return None
+    return {
+        "labels": [{"type": "class", "label": str(prediction["predicted_label"])}],
+        "confidence": prediction.get("confidence"),
+        "source": f"model:{prediction.get('model_name')}@v{prediction.get('version')}",
+    }
+
+
+async def untasked_items(
+    session: AsyncSession, project_id: str, items: list[ManifestItem]
+) -> list[ManifestItem]:
+    """The items the project has no task for yet; records them as tasked."""
+    tasked: set[str] = set()
+    ids = [i.item_id for i in items]
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        tasked.update(
+            (
+                await session.exec(
+                    select(ProjectItem.item_id).where(
+                        ProjectItem.project_id == project_id, col(ProjectItem.item_id).in_(chunk)
+                    )
+                )
+            ).all()
+        )
+    fresh = [i for i in items if i.item_id not in tasked]
+    session.add_all(ProjectItem(project_id=project_id, item_id=i.item_id) for i in fresh)
+    return fresh
 
 
 HANDLERS: dict[str, EventHandler] = {

@@ -68,6 +68,34 @@ class Task(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
 
 
+class ProjectItem(SQLModel, table=True):
+    """Items a project already made tasks for, so a derived version (augmented, or with
+    active-learning inputs added) only brings its new items."""
+
+    __tablename__ = "project_items"
+
+    project_id: str = Field(sa_column=Column(String(32), primary_key=True))
+    item_id: str = Field(sa_column=Column(String(500), primary_key=True))
+
+
+class PrelabelJob(SQLModel, table=True):
+    """Asking a served model for suggestions on a project's waiting tasks."""
+
+    __tablename__ = "prelabel_jobs"
+
+    id: str = Field(default_factory=new_id, sa_column=Column(String(32), primary_key=True))
+    project_id: str = Field(sa_column=Column(String(32), nullable=False, index=True))
+    endpoint: str = Field(sa_column=Column(String(200), nullable=False))
+    status: str = Field(default="queued", sa_column=Column(String(20), nullable=False))
+    done: int = Field(default=0, sa_column=Column(Integer, nullable=False))
+    total: int = Field(default=0, sa_column=Column(Integer, nullable=False))
+    failed_items: int = Field(default=0, sa_column=Column(Integer, nullable=False))
+    error: str = Field(default="", sa_column=Column(Text, nullable=False))
+    created_by: str = Field(default="", sa_column=Column(String(200), nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
 class AuditEntry(SQLModel, table=True):
     """Every step of every task: who did what, when."""
 

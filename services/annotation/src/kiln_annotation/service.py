@@ -3,7 +3,7 @@ statistics and pre-labels."""
 
 from pathlib import Path
 
-from kiln_annotation import api
+from kiln_annotation import api, prelabel
 from kiln_annotation.handlers import HANDLERS
 from kiln_core.ping import ping_router
 from kiln_core.service import ServiceSpec
@@ -14,4 +14,5 @@ SERVICE = ServiceSpec(
     migrations=Path(__file__).parent / "migrations",
     routers=[ping_router("annotation"), api.router],
     handlers=HANDLERS,
+    celery=prelabel.celery_app,
 )

@@ -30,6 +30,23 @@ def audit(
     )
 
 
+def prelabel_acceptance(
+    prelabels: dict[str, Any] | None, labels: dict[str, Any]
+) -> tuple[int, int]:
+    """How many suggested items the annotator kept as suggested (same classes, or shapes
+    matching at IoU 0.5 or better): ``(offered, accepted)``."""
+    from kiln_annotation.performance import label_agreement
+
+    offered = accepted = 0
+    for item_id, suggestion in (prelabels or {}).items():
+        if item_id not in labels:
+            continue
+        offered += 1
+        if label_agreement(suggestion.get("labels", []), labels[item_id]) >= 0.5:
+            accepted += 1
+    return offered, accepted
+
+
 def create_tasks(
     session: AsyncSession,
     project: Project,
@@ -207,7 +224,16 @@ async def submit(
         task.lease_expires_at = None
         task.updated_at = now
         session.add(task)
-        audit(session, task, annotator, "submitted", items=len(task.labels))
+        offered, accepted = prelabel_acceptance(task.prelabels, task.labels)
+        audit(
+            session,
+            task,
+            annotator,
+            "submitted",
+            items=len(task.labels),
+            prelabels_offered=offered,
+            prelabels_accepted=accepted,
+        )
     if task.status == TaskStatus.accepted:
         await commit_if_complete(runtime, task.project_id, task.dataset_version)
     return task

@@ -6,7 +6,7 @@ import logging
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from kiln_core.catalog import LabelsCommitted, VersionLineage
+from kiln_core.catalog import LabelsCommitted, PredictionFlagged, VersionLineage
 from kiln_core.errors import EventRejected, NotFound
 from kiln_core.events import CloudEvent
 from kiln_core.inbox import EventHandler
@@ -14,6 +14,7 @@ from kiln_core.manifest import Category, Label
 from kiln_core.ping import ping_handlers
 from kiln_core.service import ServiceRuntime, runtime_of
 from kiln_core.storage import ObjectNotFound
+from kiln_dataset.active_learning import on_prediction_flagged
 from kiln_dataset.versions import create_version, get_version, version_items
 
 log = logging.getLogger(__name__)
@@ -92,4 +93,5 @@ async def read_manifest_labels(runtime: ServiceRuntime, key: str) -> dict[str, l
 HANDLERS: dict[str, EventHandler] = {
     **ping_handlers("dataset"),
     LabelsCommitted.event_type: on_labels_committed,
+    PredictionFlagged.event_type: on_prediction_flagged,
 }

@@ -165,6 +165,24 @@ class Job(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
 
 
+class FlaggedInput(SQLModel, table=True):
+    """A low-confidence prediction's input waiting to join its dataset (active learning)."""
+
+    __tablename__ = "flagged_inputs"
+
+    prediction_id: str = Field(sa_column=Column(String(64), primary_key=True))
+    dataset_id: str = Field(sa_column=Column(String(32), nullable=False, index=True))
+    blob: str = Field(sa_column=Column(String(64), nullable=False))
+    content_type: str = Field(sa_column=Column(String(100), nullable=False))
+    # {endpoint, model_name, version, predicted_label, confidence, threshold}
+    prediction: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    # pending → added (in ``version``) | duplicate | rejected (``reason``)
+    status: str = Field(default="pending", sa_column=Column(String(20), nullable=False, index=True))
+    version: int | None = Field(default=None, sa_column=Column(Integer))
+    reason: str = Field(default="", sa_column=Column(Text, nullable=False))
+    received_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
 # --- API schemas --------------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from kiln_core.ping import ping_router
 from kiln_core.service import ServiceSpec
 from kiln_dataset import api, jobs, runners  # noqa: F401 - runners register job kinds
+from kiln_dataset.active_learning import flush_flagged_inputs
 from kiln_dataset.handlers import HANDLERS
 
 SERVICE = ServiceSpec(
@@ -16,5 +17,6 @@ SERVICE = ServiceSpec(
     migrations=Path(__file__).parent / "migrations",
     routers=[ping_router("dataset"), api.router],
     handlers=HANDLERS,
+    workers=[flush_flagged_inputs],
     celery=jobs.celery_app,
 )

@@ -1,0 +1,187 @@
+"""Pre-labelling: a served model suggests labels for a project's waiting tasks.
+
+A Celery job reads each waiting task's images from the object store, asks the serving
+service's ``:predict`` for a batch at a time, and stores the answers on the tasks as
+suggestions with their confidence. Annotators accept or correct them; how often they accept
+is counted at submission (:func:`kiln_annotation.workflow.prelabel_acceptance`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from typing import Any
+
+import httpx
+from sqlmodel import col, select
+
+from kiln_annotation.models import AuditEntry, PrelabelJob, Project, Task, TaskStatus
+from kiln_core.auth import issue_token
+from kiln_core.db import utcnow
+from kiln_core.errors import DependencyUnavailable, KilnError
+from kiln_core.service import ServiceRuntime
+from kiln_core.settings import Settings
+from kiln_core.storage import blob_key
+from kiln_core.tasks import make_celery
+
+log = logging.getLogger(__name__)
+
+celery_app = make_celery("annotation")
+_process_settings: Settings | None = None
+BATCH = 16  # images per :predict call
+
+
+def enqueue(runtime: ServiceRuntime, job: PrelabelJob) -> None:
+    global _process_settings
+    _process_settings = runtime.settings
+    runtime.ensure_embedded_worker()
+    run_prelabel_task.apply_async(args=[job.id], queue="annotation")
+
+
+@celery_app.task(name="kiln.annotation.prelabel")
+def run_prelabel_task(job_id: str) -> None:
+    asyncio.run(run_prelabel(job_id))
+
+
+async def run_prelabel(job_id: str, settings: Settings | None = None) -> None:
+    """Run a pre-labelling job; a redelivered job only fills tasks still without
+    suggestions."""
+    from kiln_annotation.service import SERVICE
+
+    runtime = ServiceRuntime(SERVICE, settings or _process_settings)
+    try:
+        async with runtime.db.transaction() as session:
+            job = await session.get(PrelabelJob, job_id)
+            if job is None or job.status in ("succeeded", "failed"):
+                return
+            job.status, job.updated_at = "running", utcnow()
+            session.add(job)
+            tasks = (
+                await session.exec(
+                    select(Task)
+                    .where(
+                        Task.project_id == job.project_id,
+                        col(Task.status).in_([TaskStatus.queued, TaskStatus.leased]),
+                        col(Task.prelabels).is_(None),
+                    )
+                    .order_by(col(Task.priority).desc(), col(Task.created_at))
+                )
+            ).all()
+            job.total = sum(len(t.items) for t in tasks)
+            endpoint = job.endpoint
+        token = issue_token("svc:annotation", ["ml-engineer"], runtime.settings)
+        async with httpx.AsyncClient(
+            base_url=runtime.settings.serving_url,
+            headers={"authorization": f"Bearer {token}"},
+            timeout=60,
+        ) as client:
+            done = failed = 0
+            last = 0.0
+            for task in tasks:
+                suggestions, misses = await _suggest(runtime, client, endpoint, task.items)
+                failed += misses
+                done += len(task.items)
+                async with runtime.db.transaction() as session:
+                    row = await session.get(Task, task.id)
+                    # Only tasks nobody has labelled yet take suggestions.
+                    if row is not None and row.prelabels is None and row.labels is None:
+                        row.prelabels = suggestions or None
+                        row.updated_at = utcnow()
+                        session.add(row)
+                        if suggestions:
+                            session.add(
+                                AuditEntry(
+                                    task_id=row.id,
+                                    actor=f"model:{endpoint}",
+                                    action="prelabelled",
+                                    detail={"items": len(suggestions), "job_id": job_id},
+                                )
+                            )
+                    if time.monotonic() - last > 0.25 or task is tasks[-1]:
+                        last = time.monotonic()
+                        progress = await session.get(PrelabelJob, job_id)
+                        if progress is not None:
+                            progress.done, progress.failed_items = done, failed
+                            progress.updated_at = utcnow()
+                            session.add(progress)
+        async with runtime.db.transaction() as session:
+            final = await session.get(PrelabelJob, job_id)
+            if final is not None:
+                final.status, final.done, final.failed_items = "succeeded", done, failed
+                final.updated_at = utcnow()
+                session.add(final)
+    except Exception as exc:  # noqa: BLE001 - recorded on the job, never lost
+        if not isinstance(exc, KilnError):
+            log.exception("pre-labelling failed", extra={"job_id": job_id})
+        async with runtime.db.transaction() as session:
+            failed_job = await session.get(PrelabelJob, job_id)
+            if failed_job is not None:
+                failed_job.status = "failed"
+                failed_job.error = (
+                    exc.detail if isinstance(exc, KilnError) else f"{type(exc).__name__}: {exc}"
+                )[:2000]
+                failed_job.updated_at = utcnow()
+                session.add(failed_job)
+    finally:
+        await runtime.db.dispose()
+
+
+async def _suggest(
+    runtime: ServiceRuntime, client: httpx.AsyncClient, endpoint: str, items: list[dict[str, Any]]
+) -> tuple[dict[str, Any], int]:
+    """Suggestions for a task's items (by item id) and how many items got none."""
+    suggestions: dict[str, Any] = {}
+    misses = 0
+    for start in range(0, len(items), BATCH):
+        batch = items[start : start + BATCH]
+        images = [await runtime.store.read_bytes(blob_key(i["blob"])) for i in batch]
+        try:
+            response = await client.post(
+                f"/v1/endpoints/{endpoint}:predict",
+                json={"inputs": [base64.b64encode(b).decode() for b in images]},
+            )
+        except httpx.HTTPError as exc:
+            raise DependencyUnavailable(f"the serving service is unreachable: {exc}") from None
+        if response.status_code in (404, 503):
+            raise DependencyUnavailable(
+                f"endpoint {endpoint!r} cannot predict ({response.status_code}): "
+                f"{response.text[:300]}"
+            )
+        if response.status_code != 200:
+            misses += len(batch)  # e.g. an image the model cannot take; the rest goes on
+            continue
+        answer = response.json()
+        source = f"model:{answer.get('model_name')}@v{answer.get('version')}"
+        for item, prediction in zip(batch, answer.get("predictions", []), strict=False):
+            suggestions[item["item_id"]] = {
+                "labels": [{"type": "class", "label": str(prediction["label"])}],
+                "confidence": prediction.get("confidence"),
+                "source": source,
+            }
+    return suggestions, misses
+
+
+async def acceptance(runtime: ServiceRuntime, project_id: str) -> dict[str, Any]:
+    """Pre-label acceptance of a project, from each task's latest submission."""
+    async with runtime.db.session() as session:
+        project = await session.get(Project, project_id)
+        entries = (
+            await session.exec(
+                select(AuditEntry)
+                .join(Task, col(Task.id) == col(AuditEntry.task_id))
+                .where(Task.project_id == project_id, AuditEntry.action == "submitted")
+                .order_by(col(AuditEntry.at))
+            )
+        ).all()
+    latest = {e.task_id: e.detail for e in entries}
+    offered = sum(int(d.get("prelabels_offered", 0)) for d in latest.values())
+    accepted = sum(int(d.get("prelabels_accepted", 0)) for d in latest.values())
+    return {
+        "project_id": project_id,
+        "endpoint": project.prelabel_endpoint if project else None,
+        "offered": offered,
+        "accepted": accepted,
+        "acceptance_rate": round(accepted / offered, 4) if offered else None,
+    }
