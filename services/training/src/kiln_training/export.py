@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -175,9 +176,12 @@ def export_model(
     was_training = model.training
     model.eval()
     try:
-        scripted = torch.jit.script(model)
-        buffer = io.BytesIO()
-        torch.jit.save(scripted, buffer)
+        with warnings.catch_warnings():
+            # TorchScript is deprecated upstream but is what Triton's PyTorch path loads.
+            warnings.simplefilter("ignore", FutureWarning)
+            scripted = torch.jit.script(model)
+            buffer = io.BytesIO()
+            torch.jit.save(scripted, buffer)
         weights = io.BytesIO()
         torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, weights)
     finally:
