@@ -22,6 +22,7 @@ OUT_DIR = REPO / "k8s" / "base" / "services"
 # Partitions of each kiln.* topic (KILN_BUS_URL ?partitions=); more consumers than partitions idle.
 TOPIC_PARTITIONS = 6
 POOL_LABEL = "kiln.dev/pool"
+TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
 KAFKA_BOOTSTRAP = "kafka.kiln-infra.svc.cluster.local:9092"
 
 
@@ -43,6 +44,7 @@ class ServiceShape:
     worker_env: tuple[tuple[str, str], ...] = ()
     api: Sizes = Sizes(("250m", "512Mi"), ("1", "1536Mi"))
     consumer: Sizes = Sizes(("100m", "384Mi"), ("500m", "1Gi"))
+    triton: Sizes | None = None  # a Triton sidecar next to each API process
 
 
 SERVICES = (
@@ -60,7 +62,15 @@ SERVICES = (
         worker_env=(("KILN_TRAINING_POOL", "cpu"), ("KILN_TRAINING_CAPACITY", "cpu=4,memory=8")),
     ),
     ServiceShape("registry", 8104, Sizes(("500m", "1Gi"), ("2", "4Gi")), worker_concurrency=1),
-    ServiceShape("serving", 8105, None, api=Sizes(("500m", "1Gi"), ("2", "2Gi"))),
+    # Each serving API process loads its models into its own Triton (explicit model control
+    # over localhost): Triton replicas behind one Service would each hold different models.
+    ServiceShape(
+        "serving",
+        8105,
+        None,
+        api=Sizes(("500m", "1Gi"), ("2", "2Gi")),
+        triton=Sizes(("1", "2Gi"), ("4", "8Gi")),
+    ),
 )
 
 # Celery answers a ping from its own node only while the worker loop is alive.
@@ -198,8 +208,14 @@ def api_objects(s: ServiceShape) -> list[dict[str, Any]]:
     api["readinessProbe"] = http_probe("/readyz", 5, 3)
     # The schema migration runs before the API starts (advisory-locked, so replicas may race).
     migrate = kiln_container(s.name, "migrate", ["migrate", s.name], s.consumer)
-    spec = pod_spec(s.name, [api])
+    spec = pod_spec(s.name, [api] + ([triton_sidecar(s.triton)] if s.triton else []))
     spec["initContainers"] = [migrate]
+    if s.triton:
+        spec["volumes"].append(
+            # Triton's Python backend passes tensors through shared memory.
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}
+        )
+        spec["volumes"].append({"name": "triton-models", "emptyDir": {}})
     metrics = {
         "prometheus.io/scrape": "true",
         "prometheus.io/port": str(s.port),
@@ -220,6 +236,41 @@ def api_objects(s: ServiceShape) -> list[dict[str, Any]]:
         hpa(s.name, "api", 2, 10, 70),
         pdb(s.name, "api", {"minAvailable": 1}),
     ]
+
+
+def triton_sidecar(sizes: Sizes) -> dict[str, Any]:
+    """Triton in explicit model-control mode; the API loads models through its gRPC port."""
+    probe = {"httpGet": {"path": "/v2/health/live", "port": "triton-http"}}
+    return {
+        "name": "triton",
+        "image": TRITON_IMAGE,
+        "imagePullPolicy": "IfNotPresent",
+        "args": [
+            "tritonserver",
+            "--model-repository=/models",
+            "--model-control-mode=explicit",
+            "--strict-readiness=false",
+            "--log-info=false",
+        ],
+        "ports": [
+            {"name": "triton-http", "containerPort": 8000, "protocol": "TCP"},
+            {"name": "triton-grpc", "containerPort": 8001, "protocol": "TCP"},
+            {"name": "triton-metrics", "containerPort": 8002, "protocol": "TCP"},
+        ],
+        "startupProbe": {**probe, "periodSeconds": 5, "failureThreshold": 60},
+        "livenessProbe": {**probe, "periodSeconds": 10, "failureThreshold": 3},
+        "resources": resources(sizes),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": "triton-models", "mountPath": "/models"},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+        ],
+    }
 
 
 def consumer_objects(s: ServiceShape) -> list[dict[str, Any]]:

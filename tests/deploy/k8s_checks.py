@@ -147,8 +147,6 @@ def kiln_problems(objects: list[Obj], *, overlay: bool) -> list[str]:
         p += _capacity_problems(name, pod["containers"])
         if not any(matches(b["spec"]["selector"]["matchLabels"], labels) for b in pdbs.values()):
             p.append(f"{name}: no PodDisruptionBudget covers it")
-        if name == "triton":
-            continue
         account = pod.get("serviceAccountName")
         if account not in accounts:
             p.append(f"{name}: service account {account!r} is not defined")

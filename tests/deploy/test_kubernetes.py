@@ -89,6 +89,18 @@ def test_overlays_change_replicas_resources_and_images(rendered: dict[str, list[
     assert all("REPLACE_ME" in v for v in prod_secret["stringData"].values())
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_serving_api_pods_carry_their_own_triton_in_explicit_mode(
+    rendered: dict[str, list[Obj]], target: str
+) -> None:
+    pod = find(rendered[target], "Deployment", "serving-api")["spec"]["template"]["spec"]
+    names = [c["name"] for c in pod["containers"]]
+    assert names == ["api", "triton"]
+    assert "--model-control-mode=explicit" in pod["containers"][1]["args"]
+    config = next(o for o in rendered[target] if o["kind"] == "ConfigMap")
+    assert config["data"]["KILN_TRITON_URL"] == "grpc://127.0.0.1:8001"
+
+
 BREAKAGES: list[tuple[str, Any]] = [
     (
         "misspelt-field",
