@@ -43,7 +43,7 @@ def _ts(nullable: bool = False) -> Any:
 
 
 class RegisteredModel(SQLModel, table=True):
-    __tablename__ = "models"
+    __tablename__ = "registered_models"
 
     id: str = Field(default_factory=new_id, sa_column=Column(String(32), primary_key=True))
     name: str = Field(sa_column=Column(String(200), nullable=False, unique=True))
@@ -57,8 +57,8 @@ class RegisteredModel(SQLModel, table=True):
 
 
 class ModelVersion(SQLModel, table=True):
-    __tablename__ = "versions"
-    __table_args__ = (UniqueConstraint("model_id", "number", name="uq_versions_number"),)
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("model_id", "number", name="uq_model_versions_number"),)
 
     id: str = Field(default_factory=new_id, sa_column=Column(String(32), primary_key=True))
     model_id: str = Field(sa_column=Column(String(32), nullable=False, index=True))
@@ -85,7 +85,7 @@ class ModelVersion(SQLModel, table=True):
 
 
 class Alias(SQLModel, table=True):
-    __tablename__ = "aliases"
+    __tablename__ = "model_aliases"
 
     model_id: str = Field(sa_column=Column(String(32), primary_key=True))
     name: str = Field(sa_column=Column(String(63), primary_key=True))
@@ -95,7 +95,7 @@ class Alias(SQLModel, table=True):
 
 
 class PromotionPolicy(SQLModel, table=True):
-    __tablename__ = "policies"
+    __tablename__ = "promotion_policies"
 
     model_id: str = Field(sa_column=Column(String(32), primary_key=True))
     rules: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
@@ -106,7 +106,7 @@ class PromotionPolicy(SQLModel, table=True):
 class Operation(SQLModel, table=True):
     """The operation log: every change to a model or version, with who and when."""
 
-    __tablename__ = "operations"
+    __tablename__ = "model_operations"
 
     # Insertion order: entries written in one transaction share a timestamp.
     seq: int | None = Field(
@@ -129,7 +129,7 @@ class Operation(SQLModel, table=True):
 class Job(SQLModel, table=True):
     """Long work (compression) and its outcome; the row is the truth, not Celery."""
 
-    __tablename__ = "jobs"
+    __tablename__ = "registry_jobs"
 
     id: str = Field(default_factory=new_id, sa_column=Column(String(32), primary_key=True))
     kind: str = Field(sa_column=Column(String(30), nullable=False))

@@ -18,7 +18,7 @@ def _ts(name: str, nullable: bool = False) -> sa.Column:
 
 def upgrade() -> None:
     op.create_table(
-        "models",
+        "registered_models",
         sa.Column("id", sa.String(32), primary_key=True),
         sa.Column("name", sa.String(200), nullable=False, unique=True),
         sa.Column("description", sa.Text, nullable=False),
@@ -30,7 +30,7 @@ def upgrade() -> None:
         _ts("updated_at"),
     )
     op.create_table(
-        "versions",
+        "model_versions",
         sa.Column("id", sa.String(32), primary_key=True),
         sa.Column("model_id", sa.String(32), nullable=False, index=True),
         sa.Column("number", sa.Integer, nullable=False),
@@ -49,10 +49,10 @@ def upgrade() -> None:
         sa.Column("created_by", sa.String(200), nullable=False),
         _ts("created_at"),
         _ts("updated_at"),
-        sa.UniqueConstraint("model_id", "number", name="uq_versions_number"),
+        sa.UniqueConstraint("model_id", "number", name="uq_model_versions_number"),
     )
     op.create_table(
-        "aliases",
+        "model_aliases",
         sa.Column("model_id", sa.String(32), primary_key=True),
         sa.Column("name", sa.String(63), primary_key=True),
         sa.Column("version_id", sa.String(32), nullable=False, index=True),
@@ -60,14 +60,14 @@ def upgrade() -> None:
         _ts("updated_at"),
     )
     op.create_table(
-        "policies",
+        "promotion_policies",
         sa.Column("model_id", sa.String(32), primary_key=True),
         sa.Column("rules", sa.JSON, nullable=False),
         sa.Column("updated_by", sa.String(200), nullable=False),
         _ts("updated_at"),
     )
     op.create_table(
-        "operations",
+        "model_operations",
         sa.Column(
             "seq",
             sa.BigInteger().with_variant(sa.Integer, "sqlite"),
@@ -83,7 +83,7 @@ def upgrade() -> None:
         _ts("at"),
     )
     op.create_table(
-        "jobs",
+        "registry_jobs",
         sa.Column("id", sa.String(32), primary_key=True),
         sa.Column("kind", sa.String(30), nullable=False),
         sa.Column("model_id", sa.String(32), nullable=False, index=True),
@@ -101,5 +101,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("jobs", "operations", "policies", "aliases", "versions", "models"):
+    for table in (
+        "registry_jobs",
+        "model_operations",
+        "promotion_policies",
+        "model_aliases",
+        "model_versions",
+        "registered_models",
+    ):
         op.drop_table(table)
