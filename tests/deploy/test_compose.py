@@ -164,6 +164,8 @@ def test_gateway_routes_every_api_and_passes_authorization(compose: dict[str, An
     assert "client_max_body_size" in conf
     assert "limit_req_zone" in conf and "limit_req " in conf
     assert "proxy_set_header Authorization $http_authorization" in conf
+    # nginx takes the first matching regex location: the metrics block must come first.
+    assert conf.index("location ~ ^/api/[^/]+/metrics$") < conf.index("location ~ ^/api/(?<svc>")
     for svc in SERVICES:
         assert f"set $kiln_upstream {svc}-api:{PORTS[svc]};" in conf
         assert svc in re.search(r"location ~ \^/api/\(\?<svc>([^)]*)\)", conf).group(1)  # type: ignore[union-attr]
