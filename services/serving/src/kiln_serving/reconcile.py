@@ -75,6 +75,8 @@ async def reconcile(controller: Controller, *, startup: bool = False) -> None:
         for (d, _), result in zip(missing, results, strict=True):
             if isinstance(result, BaseException):
                 log.error(
-                    "reloading a model failed; will retry",
-                    extra={"triton_model": d.triton_model, "error": repr(result)},
+                    "reloading %s failed; will retry: %r",
+                    d.triton_model,
+                    result,
+                    extra={"triton_model": d.triton_model},
                 )
