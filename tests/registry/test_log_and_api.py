@@ -125,3 +125,6 @@ async def test_openapi_documents_the_registry(registry_service: Service) -> None
         assert methods <= set(paths[path]), (path, set(paths[path]))
     promote = paths["/v1/models/{name}/aliases/{alias}"]["post"]["responses"]
     assert {"403", "409", "422"} <= set(promote)
+    pull = paths["/v1/models/{name}/aliases/{alias}/artifact"]["get"]["responses"]
+    assert {"200", "304"} <= set(pull)
+    assert "application/octet-stream" in pull["200"]["content"]

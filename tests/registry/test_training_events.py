@@ -92,3 +92,23 @@ async def test_artifact_with_wrong_checksum_is_dead_lettered(
     await reader.stop()
     assert len(dlq) == 1 and b"sha256" in (dlq[0].header("kiln-dlq-reason") or b"")
     assert (await client.get(f"/v1/models/m{unique}")).status_code == 404
+
+
+async def test_concurrent_events_for_one_job_register_one_version(
+    registry_service: Service, unique: str
+) -> None:
+    import asyncio
+
+    client, runtime = registry_service
+    name = f"race{unique}"
+    first = await training_event(runtime, f"job-{unique}", name)
+    second = await training_event(runtime, f"job-{unique}", name)
+    assert first.id != second.id
+    await asyncio.gather(
+        runtime.inbox.handle_record(as_record(first)),
+        runtime.inbox.handle_record(as_record(second)),
+    )
+    versions = await _versions(registry_service, name)
+    assert [v["version"] for v in versions] == [1]
+    log = (await client.get(f"/v1/models/{name}/log")).json()["items"]
+    assert sorted(e["action"] for e in log) == ["model.created", "version.created"]

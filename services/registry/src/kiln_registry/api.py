@@ -314,7 +314,20 @@ async def archive_version(
         return await _version_out(session, model, row)
 
 
-@router.get("/models/{name}/versions/{version}/artifact", response_class=StreamingResponse)
+ARTIFACT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the TorchScript file; ETag and X-Kiln-Checksum carry its sha256",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    304: {"description": "If-None-Match matched the current ETag: nothing to download"},
+}
+
+
+@router.get(
+    "/models/{name}/versions/{version}/artifact",
+    response_class=StreamingResponse,
+    responses=ARTIFACT_RESPONSES,
+)
 async def download_version_artifact(
     name: ModelName,
     version: VersionNumber,
@@ -387,7 +400,11 @@ async def delete_alias(name: ModelName, alias: AliasName, request: Request, who:
         await remove_alias(session, model, alias, who)
 
 
-@router.get("/models/{name}/aliases/{alias}/artifact", response_class=StreamingResponse)
+@router.get(
+    "/models/{name}/aliases/{alias}/artifact",
+    response_class=StreamingResponse,
+    responses=ARTIFACT_RESPONSES,
+)
 async def pull_alias_artifact(
     name: ModelName,
     alias: AliasName,

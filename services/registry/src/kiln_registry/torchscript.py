@@ -166,7 +166,7 @@ def agreement(
         "top1_agreement": round(top1, 6),
         "mean_abs_output_difference": round((out_a - out_b).abs().mean().item(), 6),
         "samples": samples,
-        "inputs": f"standard normal from the signature, seed {seed}",
+        "inputs": f"float tensors standard normal (seed {seed}), integer tensors zero",
     }
 
 
