@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
+import pytest
 import torch
 from sqlmodel import select
 
@@ -70,13 +72,21 @@ async def _has_versions(service: Service, name: str, count: int) -> bool:
     return len(await _versions(service, name)) >= count
 
 
-async def test_artifact_with_wrong_checksum_is_dead_lettered(
-    registry_service: Service, unique: str
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"sha256": "0" * 64}, b"sha256"),
+        ({"label_map": ["only", "two"]}, b"label map"),
+    ],
+    ids=["wrong-checksum", "signature-mismatch"],
+)
+async def test_unusable_artifact_is_dead_lettered(
+    registry_service: Service, unique: str, change: dict[str, Any], reason: bytes
 ) -> None:
     client, runtime = registry_service
     good = await training_event(runtime, f"job-{unique}", f"m{unique}")
     data = dict(good.data)
-    data["artifact"] = {**data["artifact"], "sha256": "0" * 64}
+    data["artifact"] = {**data["artifact"], **change}
     from kiln_core.catalog import TrainingJobSucceeded
 
     bad = new_event(TrainingJobSucceeded.model_validate(data), subject=good.subject)
@@ -90,7 +100,7 @@ async def test_artifact_with_wrong_checksum_is_dead_lettered(
         if dlq:
             break
     await reader.stop()
-    assert len(dlq) == 1 and b"sha256" in (dlq[0].header("kiln-dlq-reason") or b"")
+    assert len(dlq) == 1 and reason in (dlq[0].header("kiln-dlq-reason") or b"")
     assert (await client.get(f"/v1/models/m{unique}")).status_code == 404
 
 

@@ -30,7 +30,8 @@ async def on_training_job_succeeded(
 
     The inbox already drops a redelivered event; the training job id guards against the same
     job announced by two different events. The artifact is verified against its checksum and
-    loaded as TorchScript, then copied into the registry's content-addressed store.
+    checked like an import (loaded as TorchScript and run once against its signature), then
+    copied into the registry's content-addressed store.
     """
     runtime = runtime_of(session)
     known = (
@@ -50,7 +51,9 @@ async def on_training_job_succeeded(
             f"{data.artifact.sha256}"
         )
     try:
-        await asyncio.to_thread(torchscript.load, raw)
+        await asyncio.to_thread(
+            torchscript.check, raw, data.artifact.signature, data.artifact.label_map
+        )
     except torchscript.InvalidModel as exc:
         raise EventRejected(f"artifact of job {data.job_id}: {exc.detail}") from None
     artifact = await store_artifact(
