@@ -1,0 +1,175 @@
+"""The compose gateway (compose/gateway/nginx.conf) run in a real nginx against stand-in APIs:
+routing, Authorization passed through, raw paths kept, metrics hidden, body size and rate
+limits. Needs nginx (tools/install_nginx.sh); in CI a missing binary fails the tests."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.deploy.support import PORTS, REPO, SERVICES, missing_tool
+
+CONF = REPO / "compose" / "gateway" / "nginx.conf"
+TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+
+
+def find_nginx() -> str | None:
+    return shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").is_file() else None
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def stand_in_api(service: str) -> ThreadingHTTPServer:
+    """An HTTP server that answers with what it received, as the named service."""
+
+    class Echo(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            size = int(self.headers.get("content-length") or 0)
+            self.rfile.read(size)
+            body = json.dumps(
+                {
+                    "service": service,
+                    "path": self.path,
+                    "authorization": self.headers.get("authorization"),
+                    "request_id": self.headers.get("x-request-id"),
+                    "bytes": size,
+                }
+            ).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    nginx = find_nginx()
+    if nginx is None:
+        subprocess.run([str(REPO / "tools" / "install_nginx.sh")], timeout=600, check=False)
+        nginx = find_nginx()
+        if nginx is None:
+            missing_tool("nginx is not installed; run tools/install_nginx.sh")
+    text = CONF.read_text()
+    assert "client_max_body_size 64m;" in text
+    apis = {svc: stand_in_api(svc) for svc in SERVICES}
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("nginx")
+    # Same configuration, pointed at the stand-ins: local ports instead of compose hostnames,
+    # no Docker DNS, and a 1 MiB body limit so the test need not send 64 MiB.
+    text = text.replace("listen 8080;", f"listen 127.0.0.1:{port};")
+    text = re.sub(r"resolver [^;]*;", "", text)
+    text = text.replace("pid /tmp/nginx.pid;", f"pid {workdir}/nginx.pid;")
+    text = text.replace("client_max_body_size 64m;", "client_max_body_size 1m;")
+    for svc, server in apis.items():
+        text = text.replace(f"{svc}-api:{PORTS[svc]}", f"127.0.0.1:{server.server_address[1]}")
+    for sub in TEMP_DIRS:
+        (workdir / sub).mkdir()
+    # Temporary files inside the work directory, not the distribution's /var/lib/nginx.
+    temp_paths = "".join(f"\n    {d}_temp_path {workdir}/{d};" for d in TEMP_DIRS)
+    text = text.replace("http {", "http {" + temp_paths, 1)
+    (workdir / "nginx.conf").write_text(text)
+    proc = subprocess.Popen(
+        [
+            nginx,
+            "-p",
+            str(workdir),
+            "-c",
+            str(workdir / "nginx.conf"),
+            "-g",
+            "daemon off;",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    err = proc.stderr.read().decode() if proc.stderr else ""
+                    pytest.fail(f"nginx did not start with the gateway configuration:\n{err}")
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        for server in apis.values():
+            server.shutdown()
+
+
+def test_each_service_prefix_reaches_its_api_with_the_token(gateway: str) -> None:
+    with httpx.Client(base_url=gateway) as client:
+        for svc in SERVICES:
+            answer = client.get(f"/api/{svc}/healthz", headers={"Authorization": "Bearer t0k"})
+            assert answer.status_code == 200
+            body = answer.json()
+            assert body["service"] == svc
+            assert body["path"] == "/healthz"
+            assert body["authorization"] == "Bearer t0k"
+            assert body["request_id"]
+
+
+def test_raw_path_and_query_reach_the_service_unchanged(gateway: str) -> None:
+    raw = "/api/dataset/datasets/d1/drafts/x/items/a%2Fb%20c.png?limit=5&q=%20y"
+    body = httpx.get(gateway + raw).json()
+    assert body["path"] == "/datasets/d1/drafts/x/items/a%2Fb%20c.png?limit=5&q=%20y"
+
+
+def test_metrics_and_unknown_paths_are_not_exposed(gateway: str) -> None:
+    assert httpx.get(f"{gateway}/api/serving/metrics").status_code == 404
+    other = httpx.get(f"{gateway}/api/nosuch/thing")
+    assert other.status_code == 404
+    assert other.headers["content-type"].startswith("application/problem+json")
+
+
+def test_bodies_over_the_limit_are_refused_and_smaller_ones_pass(gateway: str) -> None:
+    assert (
+        httpx.post(f"{gateway}/api/dataset/datasets", content=b"x" * 2_000_000).status_code == 413
+    )
+    small = httpx.post(f"{gateway}/api/dataset/datasets", content=b"x" * 500_000)
+    assert small.status_code == 200 and small.json()["bytes"] == 500_000
+
+
+def test_a_burst_above_the_rate_limit_gets_429(gateway: str) -> None:
+    def hammer(_: int) -> list[int]:
+        with httpx.Client(base_url=gateway) as client:
+            return [client.get("/api/registry/healthz").status_code for _ in range(60)]
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = Counter(code for part in pool.map(hammer, range(8)) for code in part)
+    assert codes[200] >= 100  # the burst allowance
+    assert codes[429] > 0
+    assert set(codes) <= {200, 429}
