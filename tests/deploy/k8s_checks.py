@@ -192,6 +192,7 @@ def kiln_problems(objects: list[Obj], *, overlay: bool) -> list[str]:
             p.append(f"HPA {name}: minReplicas > maxReplicas")
 
     partitions = _topic_partitions(configmaps) if overlay else None
+    brokers = _bootstrap(configmaps) if overlay else None
     for svc in SERVICES:
         so = scaled.get(f"{svc}-consumer")
         if so is None:
@@ -203,6 +204,8 @@ def kiln_problems(objects: list[Obj], *, overlay: bool) -> list[str]:
         kafka = [t for t in spec["triggers"] if t["type"] == "kafka"]
         if not kafka or kafka[0]["metadata"].get("consumerGroup") != f"kiln-{svc}":
             p.append(f"ScaledObject {svc}-consumer: no kafka lag trigger on group kiln-{svc}")
+        elif brokers is not None and kafka[0]["metadata"].get("bootstrapServers") != brokers:
+            p.append(f"ScaledObject {svc}-consumer: watches a different Kafka than KILN_BUS_URL")
         low, high = spec.get("minReplicaCount", 0), spec.get("maxReplicaCount", 100)
         if low > high:
             p.append(f"ScaledObject {svc}-consumer: minReplicaCount > maxReplicaCount")
@@ -267,6 +270,14 @@ def _capacity_problems(name: str, pod_containers: list[Obj]) -> list[str]:
             if float(amount) > have.get(key.strip(), 0.0):
                 problems.append(f"{name}: advertises {part} but its limits give {have}")
     return problems
+
+
+def _bootstrap(configmaps: dict[str, Obj]) -> str | None:
+    for cm in configmaps.values():
+        bus = (cm.get("data") or {}).get("KILN_BUS_URL")
+        if bus:
+            return urlsplit(bus).netloc
+    return None
 
 
 def _topic_partitions(configmaps: dict[str, Obj]) -> int | None:

@@ -164,6 +164,14 @@ def test_a_deployment_without_readiness_or_budget_is_reported(
     assert any("annotation-consumer: no PodDisruptionBudget" in p for p in problems)
 
 
+def test_a_scaler_watching_another_kafka_is_reported(rendered: dict[str, list[Obj]]) -> None:
+    objects = copy.deepcopy(rendered["overlays/dev"])
+    scaler = find(objects, "ScaledObject", "serving-consumer")
+    scaler["spec"]["triggers"][0]["metadata"]["bootstrapServers"] = "elsewhere:9092"
+    problems = kiln_problems(objects, overlay=True)
+    assert any("serving-consumer: watches a different Kafka" in p for p in problems)
+
+
 def test_a_worker_advertising_more_than_its_limits_is_reported(
     rendered: dict[str, list[Obj]],
 ) -> None:

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Everything the deployment tests (tests/deploy) need beyond the Python environment, installed
+# idempotently: the pinned kustomize (Go module proxy) and nginx (Debian). CI calls this once
+# before the tests; the tests also call the single installers when a tool is missing.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+"$HERE/install_kustomize.sh" >/dev/null
+"$HERE/install_nginx.sh" >/dev/null
+echo "deploy tools ready: kustomize $("$HERE/install_kustomize.sh"), nginx $("$HERE/install_nginx.sh")"
