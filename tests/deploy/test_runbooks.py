@@ -48,6 +48,18 @@ def test_each_service_has_a_runbook_with_the_required_sections(svc: str) -> None
     assert f"kiln-{svc}" in text  # its consumer group
 
 
+@pytest.mark.parametrize("svc", SERVICES)
+def test_runbook_lists_tables_the_service_has(svc: str) -> None:
+    text = (RUNBOOKS / f"{svc}.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| PostgreSQL schema"))
+    listed = set(re.findall(r"`([a-z_]+)`", row.split("|")[2]))
+    source = "".join(p.read_text() for p in (REPO / "services" / svc / "src").rglob("*.py"))
+    tables = set(re.findall(r'__tablename__ = "([a-z_]+)"', source))
+    tables |= {"outbox", "inbox", "ping_received"}
+    assert listed, f"{svc}: no tables listed"
+    assert listed <= tables, f"{svc} runbook names tables it does not have: {listed - tables}"
+
+
 def test_runbooks_name_only_metrics_that_exist() -> None:
     known = kiln_metric_names()
     assert "kiln_events_handled_total" in known
