@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.deploy import k8s_checks
 from tests.deploy.k8s_checks import K8S, TARGETS, Obj, build, kiln_problems, schema_errors
@@ -109,6 +110,18 @@ def test_serving_api_pods_carry_their_own_triton_in_explicit_mode(
     assert "--model-control-mode=explicit" in pod["containers"][1]["args"]
     config = next(o for o in rendered[target] if o["kind"] == "ConfigMap")
     assert config["data"]["KILN_TRITON_URL"] == "grpc://127.0.0.1:8001"
+
+
+def test_kubernetes_sets_every_setting_compose_sets(rendered: dict[str, list[Obj]]) -> None:
+    compose = yaml.safe_load((REPO / "compose" / "docker-compose.yml").read_text())
+    wanted = {k for k in compose["x-kiln-env"] if k.startswith(("KILN_", "OTEL_"))}
+    for target in ("overlays/dev", "overlays/prod"):
+        objects = rendered[target]
+        given: set[str] = set()
+        for obj in objects:
+            if obj["kind"] in ("ConfigMap", "Secret"):
+                given |= set(obj.get("data") or {}) | set(obj.get("stringData") or {})
+        assert wanted <= given, f"{target} lacks {sorted(wanted - given)}"
 
 
 BREAKAGES: list[tuple[str, Any]] = [
