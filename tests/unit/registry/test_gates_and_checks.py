@@ -135,3 +135,33 @@ def test_quantisation_keeps_torchscript_and_shrinks_linear_layers() -> None:
     assert len(quantized) < len(raw) * 0.6
     report = torchscript.agreement(raw, quantized, _signature(), samples=32, seed=0)
     assert report["samples"] == 32 and report["top1_agreement"] >= 0.9
+
+
+class _Forever(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        while bool(x.sum() > -1.0e30):
+            x = x + 1.0
+        return x[:, :2]
+
+
+def test_isolated_check_stops_a_model_that_never_returns() -> None:
+    raw = _scripted(_Forever())
+    with pytest.raises(torchscript.InvalidModel, match="did not finish within 3 s"):
+        torchscript.check_isolated(raw, _signature(), [], timeout_s=3)
+
+
+def test_isolated_check_reports_like_the_in_process_one() -> None:
+    raw = _scripted(torch.nn.Linear(4, 2))
+    assert torchscript.check_isolated(raw, _signature(), ["a", "b"]) == {"output_shapes": [[2]]}
+    with pytest.raises(torchscript.InvalidModel, match="label map") as refused:
+        torchscript.check_isolated(raw, _signature(), ["a", "b", "c"])
+    assert refused.value.extra["problems"]
+    with pytest.raises(torchscript.InvalidModel, match="not a TorchScript archive"):
+        torchscript.check_isolated(b"junk", _signature(), [])
+
+
+def test_isolated_compression_returns_the_int8_file_and_its_agreement() -> None:
+    raw = _scripted(torch.nn.Sequential(torch.nn.Linear(4, 512), torch.nn.Linear(512, 2)))
+    quantized, report = torchscript.compress_isolated(raw, _signature(), [], samples=16, seed=0)
+    assert len(quantized) < len(raw) * 0.6 and report["top1_agreement"] >= 0.9
+    assert "quantized::linear_dynamic" in str(torch.jit.load(io.BytesIO(quantized)).inlined_graph)

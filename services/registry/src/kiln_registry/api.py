@@ -261,7 +261,7 @@ async def import_version(
     raw = await file.read(MAX_MODEL_BYTES + 1)
     if len(raw) > MAX_MODEL_BYTES:
         raise PayloadTooLarge(f"a model file may be at most {MAX_MODEL_BYTES} bytes")
-    check = await asyncio.to_thread(torchscript.check, raw, meta.signature, meta.label_map)
+    check = await asyncio.to_thread(torchscript.check_isolated, raw, meta.signature, meta.label_map)
     artifact = await store_artifact(
         runtime,
         raw,

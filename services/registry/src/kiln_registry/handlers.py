@@ -52,7 +52,7 @@ async def on_training_job_succeeded(
         )
     try:
         await asyncio.to_thread(
-            torchscript.check, raw, data.artifact.signature, data.artifact.label_map
+            torchscript.check_isolated, raw, data.artifact.signature, data.artifact.label_map
         )
     except torchscript.InvalidModel as exc:
         raise EventRejected(f"artifact of job {data.job_id}: {exc.detail}") from None

@@ -97,12 +97,9 @@ async def compress(runtime: ServiceRuntime, job: Job) -> dict[str, Any]:
         raise KilnError("the version to compress no longer exists")
     source = ModelArtifact.model_validate(parent.artifact)
     raw = await runtime.store.read_bytes(source.key)
-    quantized = await asyncio.to_thread(torchscript.quantize_int8, raw)
-    # The derived file must pass the same check an import does before it is registered.
-    await asyncio.to_thread(torchscript.check, quantized, source.signature, source.label_map)
     samples, seed = int(job.params.get("samples", 64)), int(job.params.get("seed", 0))
-    agreement = await asyncio.to_thread(
-        torchscript.agreement, raw, quantized, source.signature, samples, seed
+    quantized, agreement = await asyncio.to_thread(
+        torchscript.compress_isolated, raw, source.signature, source.label_map, samples, seed
     )
     artifact = await store_artifact(
         runtime,

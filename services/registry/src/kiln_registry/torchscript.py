@@ -1,14 +1,22 @@
 """TorchScript artifacts: checking one against its declared signature, and int8 compression.
 
 Files are only ever opened with ``torch.jit.load`` (TorchScript's own restricted loader),
-never ``torch.load``: a user's file is not unpickled. Everything here is CPU-bound and
-synchronous; callers run it in a thread.
+never ``torch.load``: a user's file is not unpickled. A model is still foreign code, so the
+service runs it in a child process with a time limit (:func:`check_isolated`,
+:func:`compress_isolated`): a model that loops forever or crashes torch fails its check and
+leaves the service running. Everything here is CPU-bound and synchronous; callers run it in a
+thread.
 """
 
 from __future__ import annotations
 
 import io
+import multiprocessing
+import os
+import tempfile
 import zipfile
+from collections.abc import Callable
+from multiprocessing.connection import Connection
 from typing import Any
 
 import torch
@@ -27,6 +35,10 @@ DTYPES: dict[str, torch.dtype] = {
     "UINT8": torch.uint8,
     "BOOL": torch.bool,
 }
+
+
+CHECK_TIMEOUT_S = 60.0
+COMPRESS_TIMEOUT_S = 900.0
 
 
 class InvalidModel(ValidationFailed):
@@ -173,3 +185,128 @@ def agreement(
 def _short(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}"[:500]
+
+
+# --- isolation ----------------------------------------------------------------------------------
+
+
+def _check_file(path: str, signature: dict[str, Any], label_map: list[str]) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        raw = f.read()
+    return check(raw, ModelSignature.model_validate(signature), label_map)
+
+
+def _compress_file(
+    path: str, out: str, signature: dict[str, Any], label_map: list[str], samples: int, seed: int
+) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        raw = f.read()
+    quantized = quantize_int8(raw)
+    parsed = ModelSignature.model_validate(signature)
+    # The derived file must pass the same check an import does before it is registered.
+    check(quantized, parsed, label_map)
+    with open(out, "wb") as f:
+        f.write(quantized)
+    return agreement(raw, quantized, parsed, samples, seed)
+
+
+_CHILD_WORK: dict[str, Callable[..., dict[str, Any]]] = {
+    "check": _check_file,
+    "compress": _compress_file,
+    "ready": lambda: {},
+}
+_server_ready = False
+SERVER_START_TIMEOUT_S = 300.0
+
+
+def _child(send: Connection, work: str, args: tuple[Any, ...]) -> None:
+    try:
+        send.send(("ok", _CHILD_WORK[work](*args)))
+    except InvalidModel as exc:
+        send.send(("invalid", {"detail": exc.detail, "extra": exc.extra}))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which decides
+        send.send(("error", _short(exc)))
+    finally:
+        send.close()
+
+
+def _context() -> Any:
+    # A fork server that imported torch once: each check forks from it in milliseconds,
+    # without inheriting the service's threads or event loop.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["__main__", "kiln_registry.torchscript"])
+    return context
+
+
+def _isolated(work: str, args: tuple[Any, ...], timeout_s: float) -> dict[str, Any]:
+    global _server_ready
+    if not _server_ready:
+        # The first fork waits for the server to import torch: not the model's time.
+        _run_child(_context(), "ready", (), SERVER_START_TIMEOUT_S)
+        _server_ready = True
+    return _run_child(_context(), work, args, timeout_s)
+
+
+def _run_child(context: Any, work: str, args: tuple[Any, ...], timeout_s: float) -> dict[str, Any]:
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_child, args=(send, work, args), daemon=True)
+    process.start()
+    send.close()
+    try:
+        if not receive.poll(timeout_s):
+            raise InvalidModel(f"the model did not finish within {timeout_s:g} s")
+        try:
+            status, payload = receive.recv()
+        except EOFError:
+            process.join(5)
+            raise InvalidModel(
+                f"the model crashed the process running it (exit code {process.exitcode})"
+            ) from None
+    finally:
+        if process.is_alive():
+            process.kill()
+        process.join()
+        receive.close()
+    if status == "ok":
+        return payload  # type: ignore[no-any-return]
+    if status == "invalid":
+        raise InvalidModel(payload["detail"], **payload["extra"])
+    raise RuntimeError(f"checking the model failed: {payload}")
+
+
+def check_isolated(
+    raw: bytes, signature: ModelSignature, label_map: list[str], timeout_s: float | None = None
+) -> dict[str, Any]:
+    """:func:`check` in a child process that is killed after ``timeout_s``."""
+    with tempfile.TemporaryDirectory(prefix="kiln-model-") as tmp:
+        path = os.path.join(tmp, "model.pt")
+        with open(path, "wb") as f:
+            f.write(raw)
+        return _isolated(
+            "check",
+            (path, signature.model_dump(mode="json"), label_map),
+            CHECK_TIMEOUT_S if timeout_s is None else timeout_s,
+        )
+
+
+def compress_isolated(
+    raw: bytes,
+    signature: ModelSignature,
+    label_map: list[str],
+    samples: int,
+    seed: int,
+    timeout_s: float | None = None,
+) -> tuple[bytes, dict[str, Any]]:
+    """Quantise, check and compare (see :func:`quantize_int8`, :func:`agreement`) in a child
+    process; returns the int8 file and the agreement report."""
+    with tempfile.TemporaryDirectory(prefix="kiln-model-") as tmp:
+        path, out = os.path.join(tmp, "model.pt"), os.path.join(tmp, "int8.pt")
+        with open(path, "wb") as f:
+            f.write(raw)
+        report = _isolated(
+            "compress",
+            (path, out, signature.model_dump(mode="json"), label_map, samples, seed),
+            COMPRESS_TIMEOUT_S if timeout_s is None else timeout_s,
+        )
+        with open(out, "rb") as f:
+            return f.read(), report
