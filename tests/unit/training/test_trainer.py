@@ -12,7 +12,13 @@ import torch
 
 from kiln_training.examples import DataRef, UnusableData, prepare_data, split_items
 from kiln_training.templates import get_template, validate_params
-from kiln_training.trainer import IncompatibleCheckpoint, RunOutcome, RunSpec, run_training
+from kiln_training.trainer import (
+    IncompatibleCheckpoint,
+    RunOutcome,
+    RunSpec,
+    plain_training_loop,
+    run_training,
+)
 from tests.unit.training.synthetic import (
     Sample,
     ScriptedControl,
@@ -30,6 +36,7 @@ def _spec(template: str, data: DataRef, seed: int = 7, **params: Any) -> RunSpec
         params=validate_params(get_template(template), params),
         seed=seed,
         data=data,
+        num_threads=1,
     )
 
 
@@ -61,7 +68,9 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> DataRef:
 def test_digits_smoke_trains_an_accurate_cnn_with_full_metrics(digits: DataRef) -> None:
     control = ScriptedControl()
     spec = _spec("image-cnn", digits, epochs=8, batch_size=8, image_size=8, image_mode="L", lr=0.01)
+    threads = torch.get_num_threads()
     outcome = run_training(spec, control)
+    assert torch.get_num_threads() == threads  # the run's thread count is restored
     assert outcome.status == "succeeded"
     assert outcome.metrics["accuracy"] >= 0.9
     assert set(outcome.metrics) >= {
@@ -224,3 +233,8 @@ def test_a_version_with_one_class_is_unusable(tmp_path: Path) -> None:
     samples = [s for s in tabular_rows(12) if s.label == "blob0"]
     with pytest.raises(UnusableData):
         run_training(_spec("tabular-mlp", write_version(tmp_path, samples)), ScriptedControl())
+
+
+def test_plain_training_loop_runs_the_same_training_without_the_platform(digits: DataRef) -> None:
+    seconds = plain_training_loop(_spec("image-cnn", digits, epochs=2, image_size=8))
+    assert seconds > 0

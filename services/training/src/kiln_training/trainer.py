@@ -31,6 +31,7 @@ import random
 import socket
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -65,7 +66,7 @@ __all__ = [
 CHECKPOINT_FORMAT = 1
 EVAL_BATCH = 1024
 DIST_TIMEOUT = timedelta(minutes=5)
-# Flags rank 0 sends to every rank before each step; higher wins.
+# What rank 0 tells every rank before each step (and after each epoch).
 GO, STOP, PAUSE, CANCEL = 0, 1, 2, 3
 
 
@@ -81,6 +82,9 @@ class RunSpec:
     world_size: int = 1  # > 1: data-parallel over that many local processes
     init_weights: bytes | None = None  # a state_dict from ExportedModel.state_dict (warm start)
     checkpoint_every_steps: int = 50  # plus at every epoch end
+    # CPU threads for the whole run (split over ranks); None keeps torch's default. Set it to
+    # the job's cpu allocation: more threads than free cores makes torch spin, not compute.
+    num_threads: int | None = None
 
 
 @dataclass
@@ -146,9 +150,15 @@ def run_training(spec: RunSpec, control: RunControl) -> RunOutcome:
     """
     template = get_template(spec.template)
     checkpoint = control.load_checkpoint()
-    if spec.world_size <= 1:
-        return _Run(spec, template, control, checkpoint).run()
-    return _run_distributed(spec, template, control, checkpoint)
+    previous_threads = torch.get_num_threads()
+    try:
+        if spec.world_size <= 1:
+            if spec.num_threads is not None:
+                torch.set_num_threads(max(1, spec.num_threads))
+            return _Run(spec, template, control, checkpoint).run()
+        return _run_distributed(spec, template, control, checkpoint)
+    finally:
+        torch.set_num_threads(previous_threads)
 
 
 def warm_up() -> None:
@@ -237,7 +247,9 @@ class _Run:
                     stop = True
                     break
                 self._train_step(batches[self.position], epoch_clock)
-                if self.step % self.spec.checkpoint_every_steps == 0:
+                # The epoch's last step is checkpointed after the epoch ends, just below.
+                due = self.step % max(1, self.spec.checkpoint_every_steps) == 0
+                if due and self.position < len(batches):
                     self.elapsed = time.monotonic() - started
                     self.epoch_sums["seconds"] = time.monotonic() - epoch_clock
                     self._checkpoint()
@@ -530,7 +542,7 @@ def _run_distributed(
     spec: RunSpec, template: Template, control: RunControl, checkpoint: bytes | None
 ) -> RunOutcome:
     port = _free_port()
-    threads = max(1, (os.cpu_count() or 1) // spec.world_size)
+    threads = max(1, (spec.num_threads or os.cpu_count() or 1) // spec.world_size)
     children = []
     for rank in range(1, spec.world_size):
         child = subprocess.Popen(
@@ -539,10 +551,9 @@ def _run_distributed(
         )
         assert child.stdin is not None
         # Our own spec and checkpoint to our own child process; nothing user-supplied.
-        child.stdin.write(pickle.dumps((spec, checkpoint, port, rank, threads)))
+        child.stdin.write(pickle.dumps((spec, checkpoint, port, rank, threads, os.getpid())))
         child.stdin.close()
         children.append(child)
-    previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     ok = False
     try:
@@ -559,7 +570,6 @@ def _run_distributed(
             dist.destroy_process_group()
         ok = True
     finally:
-        torch.set_num_threads(previous_threads)
         for child in children:
             try:
                 child.wait(timeout=60 if ok else 5)
@@ -574,7 +584,8 @@ def _run_distributed(
 
 def _rank_main() -> None:
     """Entry point of ranks 1…N-1: spec and checkpoint arrive pickled on stdin."""
-    spec, checkpoint, port, rank, threads = pickle.loads(sys.stdin.buffer.read())
+    spec, checkpoint, port, rank, threads, parent = pickle.loads(sys.stdin.buffer.read())
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     torch.set_num_threads(threads)
     dist.init_process_group(
         "gloo",
@@ -589,6 +600,13 @@ def _rank_main() -> None:
         dist.destroy_process_group()
 
 
+def _exit_with_parent(parent: int) -> None:
+    # A rank whose rank 0 was killed (say, its worker got SIGKILL) must not linger.
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
 # --- the baseline ------------------------------------------------------------------------------
 
 
@@ -599,6 +617,16 @@ def plain_training_loop(spec: RunSpec) -> float:
     epochs as :func:`run_training` with one process, then one evaluation pass; no control
     polls, progress, checkpoints or export. ``overhead = run_training time / this``.
     """
+    previous_threads = torch.get_num_threads()
+    if spec.num_threads is not None:
+        torch.set_num_threads(max(1, spec.num_threads))
+    try:
+        return _plain_loop(spec)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _plain_loop(spec: RunSpec) -> float:
     started = time.monotonic()
     template = get_template(spec.template)
     data = prepare_data(spec.data, template.kind, spec.params, spec.seed)
