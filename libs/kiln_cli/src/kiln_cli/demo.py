@@ -1,75 +1,759 @@
-"""``kiln demo``: the main job on the embedded defaults, every service in one process.
+"""``kiln demo``: the whole loop on real data, through the public APIs only.
 
-For now it is the skeleton loop: the dataset service sends a ping through its public API and
-each other service records it from the bus, all in one trace. Later issues grow this into the
-full data → labels → model → serving loop.
+data → labels → model → serving → flagged predictions → labels → a better model, on
+scikit-learn's handwritten digits (1,797 8×8 images, read from the file that ships inside the
+scikit-learn wheel):
+
+1. the images are uploaded into a dataset version (held-out digits stay out);
+2. the version's event makes annotation tasks; scripted annotators label them through the same
+   API a person uses, from the ground truth with deliberate mistakes that a scripted reviewer
+   catches and sends back;
+3. the labelled version triggers a training job; the registry records the model and it is
+   promoted through a metric gate;
+4. serving loads it into Triton; held-out digits are predicted through ``:predict``;
+5. production traffic with low confidence is flagged; those inputs become urgent annotation
+   tasks, are labelled, retraining runs, and the new model rolls out as a canary that the
+   endpoint's analysis promotes.
+
+On the embedded defaults every service runs in this process (SQLite, a local directory store,
+the embedded bus, in-process Celery workers and a managed local Triton); with
+``--stack local`` the same script drives the services started by ``kiln stack up``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import gzip
+import importlib.util
+import io
+import json
+import os
+import random
 import time
-from typing import Any
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
+import numpy as np
 import typer
 
-from kiln_cli.services import load_spec
 from kiln_core.events import SERVICES
-from kiln_core.http import create_app
-from kiln_core.service import ServiceRuntime
+
+T = TypeVar("T")
+
+DIGITS = [str(d) for d in range(10)]
+STACK_PORTS = {"dataset": 8101, "annotation": 8102, "training": 8103, "registry": 8104}
+STACK_PORTS["serving"] = 8105
 
 
-async def run_demo(timeout_s: float) -> dict[str, Any]:
-    runtimes = {name: ServiceRuntime(load_spec(name)) for name in SERVICES}
-    stop = asyncio.Event()
-    for runtime in runtimes.values():
-        await runtime.start()
-    typer.echo(
-        f"started {len(runtimes)} services in-process "
-        f"(bus {runtimes['dataset'].bus.url}, db {runtimes['dataset'].db.url})"
+# --- the data ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Digit:
+    name: str
+    png: bytes
+    label: str
+
+
+def load_digits() -> list[Digit]:
+    """The 1,797 digits as 8×8 grey PNGs with their true labels (file order)."""
+    from PIL import Image
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise typer.BadParameter("scikit-learn is not installed (it ships the digits)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+    with gzip.open(path, "rt") as handle:
+        table = np.loadtxt(handle, delimiter=",")
+    digits = []
+    for index, row in enumerate(table):
+        pixels = np.clip(row[:64].reshape(8, 8) * 16, 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
+        digits.append(Digit(f"digit-{index:04}.png", buffer.getvalue(), str(int(row[64]))))
+    return digits
+
+
+@dataclass
+class Split:
+    train: list[Digit]
+    val: list[Digit]
+    traffic: list[Digit]  # production traffic after round one (some of it gets flagged)
+    test: list[Digit]  # held out from everything; served accuracy is measured on it
+
+
+def split_digits(digits: list[Digit], seed: int) -> Split:
+    shuffled = list(digits)
+    random.Random(seed).shuffle(shuffled)
+    return Split(
+        train=shuffled[:900],
+        val=shuffled[900:1150],
+        traffic=shuffled[1150:1500],
+        test=shuffled[1500:],
     )
-    tasks = [asyncio.create_task(r.run_events(stop)) for r in runtimes.values()]
-    clients = {
-        name: httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=create_app(r)), base_url=f"http://{name}"
-        )
-        for name, r in runtimes.items()
-    }
-    try:
-        started = time.perf_counter()
-        sent = await clients["dataset"].post("/v1/pings", json={"message": "hello from kiln demo"})
-        sent.raise_for_status()
-        ping = sent.json()
-        typer.echo(f"dataset sent ping {ping['ping_id']} (trace {ping['trace_id']})")
-        received: dict[str, dict[str, Any]] = {}
-        deadline = time.monotonic() + timeout_s
-        while len(received) < len(SERVICES) - 1 and time.monotonic() < deadline:
-            for name, client in clients.items():
-                if name == "dataset" or name in received:
-                    continue
-                rows = (
-                    await client.get("/v1/pings/received", params={"ping_id": ping["ping_id"]})
-                ).json()
-                if rows:
-                    received[name] = rows[0]
-                    ms = (time.perf_counter() - started) * 1000
-                    typer.echo(
-                        f"  {name:<10} received it after {ms:6.1f} ms (trace {rows[0]['trace_id']})"
-                    )
-            await asyncio.sleep(0.02)
-        traces = {r["trace_id"] for r in received.values()} | {ping["trace_id"]}
-        return {
-            "ok": len(received) == len(SERVICES) - 1 and len(traces) == 1,
-            "ping_id": ping["ping_id"],
-            "received_by": sorted(received),
-            "one_trace": len(traces) == 1,
-            "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
+
+
+# --- talking to the services ---------------------------------------------------------------------
+
+
+class Kiln:
+    """One HTTP client per service, with a bearer token per acting person."""
+
+    def __init__(self, clients: dict[str, httpx.AsyncClient], settings: Any) -> None:
+        self.clients = clients
+        self.settings = settings
+        self.requests = 0
+
+    def headers(self, who: str, *roles: str) -> dict[str, str]:
+        from kiln_core.auth import issue_token
+
+        return {"authorization": f"Bearer {issue_token(who, list(roles), self.settings)}"}
+
+    async def call(
+        self,
+        service: str,
+        method: str,
+        path: str,
+        *,
+        who: tuple[str, ...] = ("demo", "admin"),
+        expect: tuple[int, ...] = (200, 201, 202, 204),
+        content_type: str | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        self.requests += 1
+        headers = self.headers(*who)
+        if content_type:
+            headers["content-type"] = content_type
+        response = await self.clients[service].request(method, path, headers=headers, **kwargs)
+        if response.status_code not in expect:
+            raise DemoFailed(
+                f"{service} {method} {path} answered {response.status_code}: {response.text[:500]}"
+            )
+        return response
+
+    async def json(self, service: str, method: str, path: str, **kwargs: Any) -> Any:
+        return (await self.call(service, method, path, **kwargs)).json()
+
+
+class DemoFailed(RuntimeError):
+    pass
+
+
+async def wait_for(
+    what: str, probe: Callable[[], Awaitable[T | None]], timeout_s: float, every_s: float = 0.2
+) -> T:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise DemoFailed(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        await asyncio.sleep(every_s)
+
+
+@asynccontextmanager
+async def embedded_services(
+    out_dir: Path,
+) -> AsyncIterator[tuple[dict[str, httpx.AsyncClient], Any]]:
+    """Every service in this process, each with its API (lifespan included) and event loop."""
+    from kiln_cli.services import load_spec
+    from kiln_core.http import create_app
+    from kiln_core.service import ServiceRuntime
+    from kiln_core.settings import Settings
+
+    settings = Settings(
+        database_url=f"sqlite+aiosqlite:///{out_dir}/data/{{service}}.db",
+        storage_url=f"file://{out_dir}/store",
+        bus_url="embedded://demo",
+        celery_broker_url="memory://",
+        triton_url="managed://",
+    )
+    async with AsyncExitStack() as stack:
+        clients: dict[str, httpx.AsyncClient] = {}
+        for name in SERVICES:
+            runtime = ServiceRuntime(load_spec(name), settings)
+            app = create_app(runtime, background=[runtime.run_events])
+            await stack.enter_async_context(app.router.lifespan_context(app))
+            clients[name] = await stack.enter_async_context(
+                httpx.AsyncClient(
+                    transport=httpx.ASGITransport(app=app),
+                    base_url=f"http://{name}",
+                    timeout=120,
+                )
+            )
+        yield clients, settings
+
+
+@asynccontextmanager
+async def stack_services() -> AsyncIterator[tuple[dict[str, httpx.AsyncClient], Any]]:
+    """The services of the local stack (``kiln stack up``) over HTTP."""
+    from kiln_core.settings import get_settings
+
+    async with AsyncExitStack() as stack:
+        clients = {
+            name: await stack.enter_async_context(
+                httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120)
+            )
+            for name, port in STACK_PORTS.items()
         }
-    finally:
-        stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for client in clients.values():
-            await client.aclose()
-        for runtime in runtimes.values():
-            await runtime.stop()
+        yield clients, get_settings()
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Round:
+    name: str
+    model_version: int = 0
+    val_accuracy: float | None = None
+    served_accuracy: float | None = None
+    flagged: int = 0
+    labelled: int = 0
+    corrected: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class Loop:
+    kiln: Kiln
+    data: Split
+    seed: int
+    mistake_rate: float
+    threshold: float
+    say: Callable[[str], None]
+    rounds: list[Round] = field(default_factory=list)
+    dataset_id: str = ""
+    project_id: str = ""
+    truth: dict[str, str] = field(default_factory=dict)  # blob sha256 → true label
+
+    def __post_init__(self) -> None:
+        import hashlib
+
+        every = self.data.train + self.data.val + self.data.traffic + self.data.test
+        self.truth = {hashlib.sha256(d.png).hexdigest(): d.label for d in every}
+
+    async def setup(self) -> None:
+        k = self.kiln
+        dataset = await k.json(
+            "dataset",
+            "POST",
+            "/v1/datasets",
+            json={
+                "name": f"digits-{self.seed}-{int(time.time())}",
+                "task_type": "classification",
+                "description": "scikit-learn handwritten digits, 8×8 grey",
+            },
+        )
+        self.dataset_id = dataset["id"]
+        project = await k.json(
+            "annotation",
+            "POST",
+            "/v1/projects",
+            json={
+                "name": f"label-{self.dataset_id}",
+                "dataset_id": self.dataset_id,
+                "label_schema": {
+                    "kind": "classification",
+                    "labels": [{"name": d} for d in DIGITS],
+                },
+                "batch_size": 50,
+                "review_levels": 1,
+            },
+        )
+        self.project_id = project["id"]
+        await k.call(
+            "training",
+            "POST",
+            "/v1/teams",
+            json={"name": "vision", "weight": 1.0},
+            expect=(201, 409),
+        )
+        await k.call(
+            "training",
+            "POST",
+            "/v1/triggers",
+            json={
+                "name": "retrain-digits",
+                "dataset_id": self.dataset_id,
+                "job": {
+                    "template": "image-cnn",
+                    "team": "vision",
+                    "model_name": "digits",
+                    "seed": self.seed,
+                    "params": {
+                        "image_size": 8,
+                        "image_mode": "L",
+                        "width": 32,
+                        "epochs": 30,
+                        "batch_size": 64,
+                        "lr": 0.01,
+                    },
+                },
+            },
+        )
+        await k.call("registry", "POST", "/v1/models", json={"name": "digits"}, expect=(201, 409))
+        await k.call(
+            "registry",
+            "PUT",
+            "/v1/models/digits/policy",
+            json={
+                "gated_aliases": ["production", "canary"],
+                "metric_gates": [{"metric": "accuracy", "op": ">=", "value": 0.9}],
+                "regression_gates": [{"metric": "accuracy", "max_drop": 0.02}],
+                "promoter_roles": ["ml-engineer"],
+            },
+        )
+        await k.call(
+            "serving",
+            "POST",
+            "/v1/endpoints",
+            json={
+                "name": "digits",
+                "model_name": "digits",
+                "alias": "production",
+                "candidate_alias": "canary",
+                "strategy": "canary",
+                "canary_steps": [50, 100],
+                "step_interval_s": 1.0,
+                "min_requests_per_step": 20,
+                "confidence_threshold": self.threshold,
+                "sample_rate": 0.1,
+            },
+            expect=(201, 409),
+        )
+
+    async def ingest(self) -> int:
+        """Upload the train and val images into a draft and commit it: version 1."""
+        k = self.kiln
+        draft = await k.json("dataset", "POST", f"/v1/datasets/{self.dataset_id}/drafts", json={})
+        for split, digits in (("train", self.data.train), ("val", self.data.val)):
+            for start in range(0, len(digits), 200):
+                batch = digits[start : start + 200]
+                result = await k.json(
+                    "dataset",
+                    "POST",
+                    f"/v1/datasets/{self.dataset_id}/drafts/{draft['id']}/items",
+                    files=[("files", (d.name, d.png, "image/png")) for d in batch],
+                    data={"split": split},
+                )
+                if result.get("rejected"):
+                    raise DemoFailed(f"upload rejected files: {result['rejected'][:3]}")
+        version = await k.json(
+            "dataset",
+            "POST",
+            f"/v1/datasets/{self.dataset_id}/drafts/{draft['id']}/commit",
+            json={"message": "digits, first batch"},
+        )
+        return int(version["version"])
+
+    async def label(self, expected_tasks: int) -> tuple[int, int]:
+        """Scripted annotators work the queue; a reviewer checks against the truth and sends
+        wrong labels back. Returns (items labelled, items corrected after review)."""
+        k = self.kiln
+        pid = self.project_id
+
+        async def queued() -> int | None:
+            counts = (await k.json("annotation", "GET", f"/v1/projects/{pid}"))["task_counts"]
+            return counts.get("queued", 0) if counts.get("queued", 0) >= expected_tasks else None
+
+        await wait_for("annotation tasks", queued, timeout_s=60)
+        rng = random.Random(self.seed)
+        labelled = corrected = 0
+        done = asyncio.Event()
+
+        async def annotator(name: str) -> None:
+            nonlocal labelled
+            while not done.is_set():
+                response = await k.call(
+                    "annotation", "POST", f"/v1/projects/{pid}/lease", who=(name, "annotator")
+                )
+                if response.status_code == 204:
+                    await asyncio.sleep(0.05)
+                    continue
+                task = response.json()
+                labels = {}
+                rework = task["status"] == "rework"
+                for item in task["items"]:
+                    truth = self.truth[item["blob"]]
+                    # First passes contain mistakes; reworked tasks are fixed.
+                    if not rework and rng.random() < self.mistake_rate:
+                        truth = rng.choice([d for d in DIGITS if d != truth])
+                    labels[item["item_id"]] = [{"type": "class", "label": truth}]
+                await k.call(
+                    "annotation",
+                    "POST",
+                    f"/v1/tasks/{task['id']}/submission",
+                    who=(name, "annotator"),
+                    json={"labels": labels},
+                )
+                labelled += 0 if rework else len(labels)
+
+        async def reviewer() -> None:
+            nonlocal corrected
+            while not done.is_set():
+                page = await k.json(
+                    "annotation",
+                    "GET",
+                    f"/v1/projects/{pid}/tasks",
+                    params={"status": "in_review", "limit": 50},
+                    who=("rita", "reviewer"),
+                )
+                for task in page["items"]:
+                    blobs = {i["item_id"]: i["blob"] for i in task["items"]}
+                    wrong = [
+                        item
+                        for item, given in (task["labels"] or {}).items()
+                        if given[0]["label"] != self.truth[blobs[item]]
+                    ]
+                    await k.call(
+                        "annotation",
+                        "POST",
+                        f"/v1/tasks/{task['id']}/review",
+                        who=("rita", "reviewer"),
+                        json={
+                            "accept": not wrong,
+                            "comment": f"{len(wrong)} wrong: {', '.join(wrong[:3])}"
+                            if wrong
+                            else "",
+                        },
+                    )
+                    corrected += len(wrong)
+                if not page["items"]:
+                    counts = (await k.json("annotation", "GET", f"/v1/projects/{pid}"))[
+                        "task_counts"
+                    ]
+                    if set(counts) <= {"committed"}:
+                        done.set()
+                    await asyncio.sleep(0.05)
+
+        await asyncio.gather(annotator("ann-1"), annotator("ann-2"), annotator("ann-3"), reviewer())
+        return labelled, corrected
+
+    async def active_learning_version(self, after: int) -> int:
+        """The version the flagged inputs joined (the dataset gathers a burst into one)."""
+
+        async def find() -> int | None:
+            page = await self.kiln.json(
+                "dataset", "GET", f"/v1/datasets/{self.dataset_id}/versions"
+            )
+            found = [
+                v["version"]
+                for v in page["items"]
+                if v["version"] > after and v["lineage"]["source"] == "active-learning"
+            ]
+            return max(found) if found else None
+
+        return await wait_for("flagged inputs to join the dataset", find, timeout_s=60)
+
+    async def canary_traffic(self, version: int, digits: list[Digit]) -> dict[int, int]:
+        """Production traffic while the canary steps up, until the endpoint's analysis
+        promotes it (or rolls it back, which fails the demo)."""
+        answered: Counter[int] = Counter()
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            for p in await self.predict(digits[:64]):
+                answered[p["version"]] += 1
+            endpoint = await self.kiln.json("serving", "GET", "/v1/endpoints/digits")
+            stable = (endpoint.get("stable") or {}).get("version")
+            if stable == version and not endpoint.get("candidate"):
+                return dict(answered)
+            mine = [d for d in endpoint["deployments"] if d["version"] == version]
+            if mine and (
+                mine[0]["state"] == "failed" or mine[0]["reason"].startswith("rolled back")
+            ):
+                raise DemoFailed(
+                    f"the canary of v{version} ended {mine[0]['state']}: {mine[0]['reason']}"
+                )
+        raise DemoFailed(f"the canary of v{version} did not finish in 90s")
+
+    async def labelled_version(self, after: int) -> dict[str, Any]:
+        async def find() -> dict[str, Any] | None:
+            page = await self.kiln.json(
+                "dataset", "GET", f"/v1/datasets/{self.dataset_id}/versions"
+            )
+            found = [
+                v
+                for v in page["items"]
+                if v["version"] > after and v["lineage"]["source"] == "labels"
+            ]
+            return max(found, key=lambda v: v["version"]) if found else None
+
+        return await wait_for("the labelled version", find, timeout_s=60)
+
+    async def trained_model(self, after: int, timeout_s: float) -> dict[str, Any]:
+        """The registered model version the trigger's training job produced."""
+
+        async def find() -> dict[str, Any] | None:
+            page = await self.kiln.call(
+                "registry", "GET", "/v1/models/digits/versions", expect=(200, 404)
+            )
+            if page.status_code == 404:
+                return None
+            found = [v for v in page.json()["items"] if v["version"] > after]
+            return max(found, key=lambda v: v["version"]) if found else None
+
+        return await wait_for("the trained model version", find, timeout_s=timeout_s, every_s=0.5)
+
+    async def promote(self, version: int, alias: str) -> None:
+        await self.kiln.call(
+            "registry",
+            "POST",
+            f"/v1/models/digits/aliases/{alias}",
+            who=("mia", "ml-engineer"),
+            json={"version": version, "reason": f"demo: {alias}"},
+        )
+
+    async def serving_version(self, version: int, timeout_s: float) -> None:
+        async def stable() -> bool:
+            endpoint = await self.kiln.json("serving", "GET", "/v1/endpoints/digits")
+            stable = endpoint.get("stable") or {}
+            return bool(stable.get("version") == version and not endpoint.get("candidate"))
+
+        await wait_for(f"serving to run version {version}", stable, timeout_s=timeout_s)
+
+    async def predict(self, digits: list[Digit], route_key: str = "") -> list[dict[str, Any]]:
+        """Predictions one request per image (as clients send them), in small batches."""
+        out: list[dict[str, Any]] = []
+        for start in range(0, len(digits), 16):
+            batch = digits[start : start + 16]
+            answers = await asyncio.gather(
+                *(
+                    self.kiln.json(
+                        "serving",
+                        "POST",
+                        "/v1/endpoints/digits:predict",
+                        who=("app", "viewer"),
+                        content=d.png,
+                        content_type="image/png",
+                    )
+                    for d in batch
+                )
+            )
+            out += [
+                {"truth": d.label, **a["predictions"][0], "version": a["version"]}
+                for d, a in zip(batch, answers, strict=True)
+            ]
+        return out
+
+    async def predict_b64(self, digits: list[Digit]) -> list[dict[str, Any]]:
+        """The held-out set in JSON batches of base64 images."""
+        out: list[dict[str, Any]] = []
+        for start in range(0, len(digits), 32):
+            batch = digits[start : start + 32]
+            answer = await self.kiln.json(
+                "serving",
+                "POST",
+                "/v1/endpoints/digits:predict",
+                who=("app", "viewer"),
+                json={"inputs": [base64.b64encode(d.png).decode() for d in batch]},
+            )
+            out += [
+                {"truth": d.label, **p, "version": answer["version"]}
+                for d, p in zip(batch, answer["predictions"], strict=True)
+            ]
+        return out
+
+
+def accuracy(predictions: list[dict[str, Any]]) -> float:
+    return sum(p["label"] == p["truth"] for p in predictions) / max(1, len(predictions))
+
+
+async def run_loop(
+    kiln: Kiln, *, seed: int, mistake_rate: float, threshold: float, say: Callable[[str], None]
+) -> dict[str, Any]:
+    started = time.monotonic()
+    digits = load_digits()
+    data = split_digits(digits, seed)
+    loop = Loop(kiln, data, seed, mistake_rate, threshold, say)
+    say(
+        f"digits: {len(digits)} images — {len(data.train)} train, {len(data.val)} val, "
+        f"{len(data.traffic)} production traffic, {len(data.test)} held out"
+    )
+    await loop.setup()
+
+    # round one
+    one = Round("round 1")
+    t0 = time.monotonic()
+    v1 = await loop.ingest()
+    say(f"[1/5] ingested {len(data.train) + len(data.val)} images as dataset version {v1}")
+    tasks = (len(data.train) + len(data.val) + 49) // 50
+    one.labelled, one.corrected = await loop.label(tasks)
+    labelled = await loop.labelled_version(v1)
+    say(
+        f"[2/5] labelled {one.labelled} items in {tasks} tasks; review sent back "
+        f"{one.corrected} wrong labels; labelled version {labelled['version']}"
+    )
+    model = await loop.trained_model(0, timeout_s=120)
+    one.model_version = model["version"]
+    one.val_accuracy = model["metrics"].get("accuracy")
+    await loop.promote(model["version"], "production")
+    say(
+        f"[3/5] trained and registered digits v{model['version']} "
+        f"(val accuracy {one.val_accuracy:.3f}); promoted through the accuracy gate"
+    )
+    await loop.serving_version(model["version"], timeout_s=60)
+    served = await loop.predict_b64(data.test)
+    one.served_accuracy = accuracy(served)
+    say(
+        f"[4/5] serving v{model['version']} on Triton: {len(served)} held-out digits, "
+        f"accuracy {one.served_accuracy:.3f}"
+    )
+    one.seconds = time.monotonic() - t0
+    loop.rounds.append(one)
+
+    # round two: production traffic → flagged inputs → labels → retraining → canary
+    two = Round("round 2")
+    t0 = time.monotonic()
+    traffic = await loop.predict(data.traffic)
+    two.flagged = sum(p["confidence"] < threshold for p in traffic)
+    say(
+        f"[5/5] {len(traffic)} production predictions, {two.flagged} under confidence "
+        f"{threshold} flagged for labelling"
+    )
+    if two.flagged:
+        flagged_version = await loop.active_learning_version(labelled["version"])
+        two.labelled, two.corrected = await loop.label(expected_tasks=1)
+        labelled2 = await loop.labelled_version(flagged_version)
+        say(
+            f"      flagged inputs became version {flagged_version}, were labelled "
+            f"(review caught {two.corrected}) → labelled version {labelled2['version']}"
+        )
+        model2 = await loop.trained_model(model["version"], timeout_s=120)
+        two.model_version = model2["version"]
+        two.val_accuracy = model2["metrics"].get("accuracy")
+        await loop.promote(model2["version"], "canary")
+        say(f"      retrained digits v{model2['version']}; rolling out as a canary")
+        await loop.canary_traffic(model2["version"], data.traffic)
+        await loop.promote(model2["version"], "production")
+        await loop.serving_version(model2["version"], timeout_s=60)
+    served2 = await loop.predict_b64(data.test)
+    two.served_accuracy = accuracy(served2)
+    two.seconds = time.monotonic() - t0
+    loop.rounds.append(two)
+    return {
+        "rounds": loop.rounds,
+        "served_accuracy": one.served_accuracy,
+        "round2_accuracy": two.served_accuracy,
+        "seconds": time.monotonic() - started,
+        "dataset_id": loop.dataset_id,
+    }
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+async def count_events(kiln: Kiln) -> int:
+    """Events the services published, from each one's ``/metrics``."""
+    total = 0.0
+    seen: set[str] = set()
+    for service, client in kiln.clients.items():
+        text = (await client.get("/metrics")).text
+        for line in text.splitlines():
+            if line.startswith("kiln_events_published_total{") and line not in seen:
+                seen.add(line)  # in one process every service shares the registry
+                total += float(line.rsplit(" ", 1)[1])
+        del service
+    return int(total)
+
+
+def trace_coverage(path: Path) -> dict[str, Any]:
+    """The trace that reaches the most services, and which ones it reaches."""
+    by_trace: dict[str, set[str]] = {}
+    spans: Counter[str] = Counter()
+    if not path.exists():
+        return {"trace_id": None, "services": [], "spans": 0}
+    for line in path.read_text().splitlines():
+        span = json.loads(line)
+        attributes = span.get("attributes") or {}
+        service = attributes.get("kiln.service") or attributes.get("kiln.consumer")
+        spans[span["trace_id"]] += 1
+        if isinstance(service, str):
+            by_trace.setdefault(span["trace_id"], set()).add(service.split(".")[0])
+    if not by_trace:
+        return {"trace_id": None, "services": [], "spans": 0}
+    best = max(by_trace, key=lambda t: (len(by_trace[t]), spans[t]))
+    return {"trace_id": best, "services": sorted(by_trace[best]), "spans": spans[best]}
+
+
+def summary_table(rounds: list[Round]) -> str:
+    header = f"{'round':<8} {'model':>5} {'val acc':>8} {'served acc':>10} {'flagged':>7} "
+    header += f"{'labelled':>8} {'corrected':>9} {'seconds':>7}"
+    lines = [header, "-" * len(header)]
+    for r in rounds:
+        val = f"{r.val_accuracy:.3f}" if r.val_accuracy is not None else "-"
+        served = f"{r.served_accuracy:.3f}" if r.served_accuracy is not None else "-"
+        lines.append(
+            f"{r.name:<8} {('v' + str(r.model_version)) if r.model_version else '-':>5} "
+            f"{val:>8} {served:>10} {r.flagged:>7} {r.labelled:>8} {r.corrected:>9} "
+            f"{r.seconds:>7.1f}"
+        )
+    return "\n".join(lines)
+
+
+async def run_demo(
+    out_dir: Path,
+    *,
+    stack: str = "embedded",
+    seed: int = 7,
+    mistake_rate: float = 0.04,
+    threshold: float = 0.9,
+) -> dict[str, Any]:
+    """Run the loop; returns the figures of the last line."""
+    started = time.monotonic()
+    out_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before anything runs
+
+    def say(message: str) -> None:
+        typer.echo(f"{time.monotonic() - started:6.1f}s  {message}")
+
+    services = embedded_services(out_dir) if stack == "embedded" else stack_services()
+    say(f"starting Kiln ({stack}); output in {out_dir}")
+    async with services as (clients, settings):
+        kiln = Kiln(clients, settings)
+        say("five services up: " + ", ".join(clients))
+        result = await run_loop(
+            kiln, seed=seed, mistake_rate=mistake_rate, threshold=threshold, say=say
+        )
+        events = await count_events(kiln)
+    rounds: list[Round] = result["rounds"]
+    coverage = trace_coverage(out_dir / "traces.jsonl")
+    typer.echo("")
+    typer.echo(summary_table(rounds))
+    typer.echo("")
+    typer.echo(
+        f"events exchanged: {events}; API requests: {kiln.requests}; "
+        f"longest trace {coverage['trace_id']} spans {', '.join(coverage['services'])}"
+    )
+    figures = {
+        "served_accuracy": round(result["served_accuracy"], 4),
+        "round2_accuracy": round(result["round2_accuracy"], 4),
+        "rounds": len(rounds),
+        "events": events,
+        "seconds": round(time.monotonic() - started, 1),
+        "trace_services": coverage["services"],
+        "trace_file": str(out_dir / "traces.jsonl"),
+        "stack": stack,
+    }
+    (out_dir / "summary.json").write_text(json.dumps(figures, indent=2))
+    return figures
+
+
+def default_out_dir() -> Path:
+    from kiln_core.settings import state_dir
+
+    return state_dir() / "demo" / time.strftime("%Y%m%d-%H%M%S")
+
+
+def with_out_env(out_dir: Path) -> None:
+    """Traces of this process go to the demo's output directory."""
+    os.environ["KILN_TRACE_EXPORTER"] = f"file:{out_dir / 'traces.jsonl'}"
+
+
+__all__ = ["run_demo", "default_out_dir", "with_out_env", "DemoFailed"]

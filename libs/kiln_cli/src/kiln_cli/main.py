@@ -127,16 +127,29 @@ def migrate(service: Annotated[str, typer.Argument(help="a service, or 'all'")] 
 
 @app.command()
 def demo(
-    timeout: float = typer.Option(30.0, help="seconds to wait for every service to answer"),
+    stack: str = typer.Option(
+        "embedded",
+        help="embedded: every service in this process, nothing to install; "
+        "local: the services of `kiln stack up`",
+    ),
+    out: Path = typer.Option(None, help="output directory (default .kiln/demo/<time>)"),
+    seed: int = typer.Option(7, help="seed of the data split, mistakes and training"),
 ) -> None:
-    """The main job on the embedded defaults: every service in one process, zero setup."""
-    from kiln_cli.demo import run_demo
+    """The main job: the closed loop (data → labels → model → serving → flagged → retrained
+    canary) on scikit-learn's handwritten digits."""
+    from kiln_cli.demo import DemoFailed, default_out_dir, run_demo, with_out_env
 
+    if stack not in ("embedded", "local"):
+        raise typer.BadParameter("--stack is embedded or local")
+    out_dir = (out or default_out_dir()).resolve()
+    with_out_env(out_dir)
     _setup("demo")
-    result = asyncio.run(run_demo(timeout))
+    try:
+        result = asyncio.run(run_demo(out_dir, stack=stack, seed=seed))
+    except DemoFailed as exc:
+        typer.echo(json.dumps({"ok": False, "error": str(exc)}))
+        raise typer.Exit(1) from None
     typer.echo(json.dumps(result))
-    if not result.get("ok"):
-        raise typer.Exit(1)
 
 
 @app.command()
@@ -211,6 +224,10 @@ def test(ctx: typer.Context) -> None:
     except InfraError as exc:
         typer.echo(f"kiln test: the infrastructure the tests need is not up:\n{exc}", err=True)
         raise typer.Exit(2) from None
+    tools = Path(__file__).resolve().parents[4] / "tools" / "install_deploy_tools.sh"
+    if tools.exists() and subprocess.call(["bash", str(tools)]) != 0:
+        typer.echo("kiln test: the deployment tools (kustomize, nginx) did not install", err=True)
+        raise typer.Exit(2)
     env = dict(os.environ)
     for key, value in local_stack_env().items():
         env.setdefault(key.replace("KILN_", "KILN_TEST_", 1), value)

@@ -46,8 +46,43 @@ HTTP_REQUESTS = Counter(
 HTTP_SECONDS = Histogram("kiln_http_request_seconds", "HTTP latency", ["service", "route"])
 
 
+class JsonLinesSpanExporter(SpanExporter):
+    """Finished spans appended to a file, one JSON object per line (trace and span ids in hex,
+    times in ns), for runs without a collector such as the demo."""
+
+    def __init__(self, path: str) -> None:
+        from pathlib import Path
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed on shutdown
+
+    def export(self, spans: Any) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        for span in spans:
+            parent = span.parent
+            record = {
+                "trace_id": f"{span.context.trace_id:032x}",
+                "span_id": f"{span.context.span_id:016x}",
+                "parent_id": f"{parent.span_id:016x}" if parent else None,
+                "name": span.name,
+                "kind": span.kind.name,
+                "start_ns": span.start_time,
+                "end_ns": span.end_time,
+                "status": span.status.status_code.name,
+                "attributes": {k: v for k, v in (span.attributes or {}).items()},
+            }
+            self._file.write(json.dumps(record, default=str) + "\n")
+        self._file.flush()
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        self._file.close()
+
+
 def setup_tracing(service: str, exporter: str = "none") -> TracerProvider:
-    """Install one tracer provider per process (idempotent); ``exporter`` none|console|memory."""
+    """Install one tracer provider per process (idempotent); ``exporter`` is none, console,
+    memory or ``file:<path>`` (JSON lines)."""
     global _provider, memory_exporter
     if _provider is not None:
         return _provider
@@ -58,6 +93,8 @@ def setup_tracing(service: str, exporter: str = "none") -> TracerProvider:
     elif exporter == "memory":
         memory_exporter = InMemorySpanExporter()
         span_exporter = memory_exporter
+    elif exporter.startswith("file:"):
+        span_exporter = JsonLinesSpanExporter(exporter.removeprefix("file:"))
     if span_exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(span_exporter))
     trace.set_tracer_provider(provider)

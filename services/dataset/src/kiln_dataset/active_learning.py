@@ -3,7 +3,9 @@
 Serving stores a flagged input in the shared object store (content-addressed) and announces it
 with ``kiln.serving.prediction.flagged``. The handler only records it; a worker gathers what
 arrived into one new version per dataset every :data:`FLUSH_INTERVAL_S`, so a burst of flagged
-predictions makes one version (and one round of annotation tasks), not hundreds. The new
+predictions makes one version (and one round of annotation tasks), not hundreds: a dataset's
+inputs wait until none arrived for :data:`QUIET_S` (or the oldest waited :data:`MAX_WAIT_S`,
+or :data:`FLUSH_BATCH` are waiting). The new
 version's lineage source is ``active-learning``, which annotation turns into urgent tasks.
 """
 
@@ -20,6 +22,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.catalog import PredictionFlagged, VersionLineage
+from kiln_core.db import aware, utcnow
 from kiln_core.errors import EventRejected, NotFound
 from kiln_core.events import CloudEvent
 from kiln_core.manifest import Category, ManifestItem
@@ -34,6 +37,8 @@ log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL_S = 1.0
 FLUSH_BATCH = 500
+QUIET_S = 2.0
+MAX_WAIT_S = 30.0
 _BLOB_KEY = re.compile(r"^blobs/sha256/([0-9a-f]{2})/([0-9a-f]{62})$")
 
 
@@ -105,6 +110,17 @@ async def add_flagged_inputs(runtime: ServiceRuntime) -> int:
                 .limit(FLUSH_BATCH)
             )
         ).all()
+    now = utcnow()
+    ready = set()
+    for dataset_id in {row.dataset_id for row in pending}:
+        times = [aware(r.received_at) for r in pending if r.dataset_id == dataset_id]
+        if (
+            len(times) >= FLUSH_BATCH
+            or (now - max(times)).total_seconds() >= QUIET_S
+            or (now - min(times)).total_seconds() >= MAX_WAIT_S
+        ):
+            ready.add(dataset_id)
+    pending = [row for row in pending if row.dataset_id in ready]
     if not pending:
         return 0
     # Reading the inputs happens outside any transaction; they are immutable.
