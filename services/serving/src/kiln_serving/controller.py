@@ -28,7 +28,7 @@ from kiln_serving.triton import TritonGateway
 
 log = logging.getLogger(__name__)
 
-TICK_S = 0.1
+TICK_S = 0.2
 HEALTH_EVERY_S = 1.0
 ANALYSIS_EVERY_S = 0.5
 RECONCILE_EVERY_S = 5.0

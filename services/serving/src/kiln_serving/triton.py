@@ -169,7 +169,7 @@ class TritonGateway:
 
     async def ready(self, timeout_s: float = 2.0) -> bool:
         try:
-            return bool(await self._client.is_server_ready(client_timeout=timeout_s))
+            return bool(await self._client.is_server_live(client_timeout=timeout_s))
         except Exception:  # noqa: BLE001 - any failure means "not ready"
             return False
 

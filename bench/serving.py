@@ -1,0 +1,298 @@
+"""Serving: ``:predict`` through Kiln (real HTTP to ``kiln serve serving`` under uvicorn, with
+``kiln consume serving`` for promotions) against calling Triton directly with tritonclient on
+the same loaded model, in the same run; and seconds from a promotion event to the first
+prediction answered by the new version.
+
+Latency is measured one request at a time (the overhead Kiln adds to each call); throughput
+with concurrent callers. Uses the local stack (``kiln infra up``) and its shared Triton; the
+bench's schema, topics and models are removed afterwards. Last line: one JSON object.
+
+    .venv/bin/python bench/serving.py [--requests 1000] [--concurrency 16] [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from kiln_core.catalog import (  # noqa: E402
+    ModelArtifact,
+    ModelSignature,
+    ModelVersionPromoted,
+    Preprocessing,
+    TensorSpec,
+)
+from kiln_core.events import new_event  # noqa: E402
+from kiln_core.settings import Settings  # noqa: E402
+
+PG_URL = "postgresql+asyncpg://kiln:kiln@127.0.0.1:55432/kiln"
+KAFKA_URL = "kafka://127.0.0.1:59092"
+S3_URL = "s3://kiln:kilnkilnkiln@127.0.0.1:59000/kiln?secure=false"
+TRITON = "127.0.0.1:58001"
+LABELS = ["a", "b", "c"]
+ROW = [0.1, 0.2, 0.3, 0.4]
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tiny_model(favour: int) -> bytes:
+    import torch
+
+    class Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 3)
+            with torch.no_grad():
+                self.linear.bias[favour] += 3.0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.linear(x)
+
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(Tiny()), buf)
+    return buf.getvalue()
+
+
+async def promote(settings: Settings, model: str, version: int) -> None:
+    """Store an artifact and publish the registry's promotion event."""
+    from kiln_core.bus import open_bus
+    from kiln_core.storage import open_store
+
+    data = tiny_model(version % 3)
+    key = f"bench/{model}/{version}.pt"
+    store = open_store(settings.storage_url)
+    await store.put(key, data)
+    event = new_event(
+        ModelVersionPromoted(
+            model_name=model,
+            version=version,
+            version_id=f"{model}-{version}",
+            alias="production",
+            artifact=ModelArtifact(
+                uri=store.uri(key),
+                key=key,
+                sha256=hashlib.sha256(data).hexdigest(),
+                size_bytes=len(data),
+                signature=ModelSignature(
+                    inputs=[TensorSpec(name="features", dtype="FP32", shape=[4])],
+                    outputs=[TensorSpec(name="logits", dtype="FP32", shape=[3])],
+                ),
+                label_map=LABELS,
+                preprocessing=Preprocessing(kind="tabular"),
+            ),
+        ),
+        subject=model,
+    )
+    bus = open_bus(settings.bus_url)
+    await bus.start()
+    try:
+        await bus.publish(event.topic, event.to_bytes(), event.key.encode())
+    finally:
+        await bus.stop()
+
+
+async def until_version(
+    client: httpx.AsyncClient, path: str, version: int, limit_s: float
+) -> float:
+    started = time.perf_counter()
+    while time.perf_counter() - started < limit_s:
+        r = await client.post(path, json={"inputs": [ROW]})
+        if r.status_code == 200 and r.json()["version"] == version:
+            return time.perf_counter() - started
+        await asyncio.sleep(0.02)
+    raise TimeoutError(f"version {version} not served within {limit_s}s")
+
+
+async def kiln_call(client: httpx.AsyncClient, path: str) -> None:
+    r = await client.post(path, json={"inputs": [ROW]})
+    if r.status_code != 200:
+        raise RuntimeError(f"predict failed: {r.status_code} {r.text[:200]}")
+
+
+async def latencies(call: Any, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        started = time.perf_counter()
+        await call()
+        out.append((time.perf_counter() - started) * 1000)
+    return out
+
+
+async def throughput(call: Any, concurrency: int, seconds: float) -> float:
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            await call()
+            done += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done / (time.perf_counter() - started)
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    import tritonclient.grpc.aio as grpcclient
+    from tritonclient.grpc import InferInput, InferRequestedOutput
+
+    tag = f"b{uuid.uuid4().hex[:8]}"
+    settings = Settings(
+        database_url=PG_URL,
+        db_schema_prefix=f"{tag}_",
+        bus_url=f"{KAFKA_URL}?namespace={tag}",
+        storage_url=S3_URL,
+        triton_url=f"grpc://{TRITON}",
+    )
+    port = free_port()
+    env = {
+        **os.environ,
+        "KILN_DATABASE_URL": settings.database_url,
+        "KILN_DB_SCHEMA_PREFIX": settings.db_schema_prefix,
+        "KILN_BUS_URL": settings.bus_url,
+        "KILN_STORAGE_URL": settings.storage_url,
+        "KILN_TRITON_URL": settings.triton_url,
+        "KILN_LOG_LEVEL": "WARNING",
+    }
+    cli = [sys.executable, "-m", "kiln_cli.main"]
+    api = subprocess.Popen([*cli, "serve", "serving", "--port", str(port)], env=env)
+    consumer = subprocess.Popen([*cli, "consume", "serving"], env=env)
+    endpoint, model = f"bench-{tag}", f"bench-{tag}"
+    path = f"/v1/endpoints/{endpoint}:predict"
+    triton = grpcclient.InferenceServerClient(TRITON)
+    result: dict[str, Any] = {}
+    try:
+        limits = httpx.Limits(max_connections=args.concurrency * 2)
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=60, limits=limits
+        ) as client:
+            for _ in range(600):
+                try:
+                    if (await client.get("/healthz")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.1)
+            r = await client.post(
+                "/v1/endpoints", json={"name": endpoint, "model_name": model, "max_batch_size": 64}
+            )
+            r.raise_for_status()
+            await promote(settings, model, 1)
+            first = await until_version(client, path, 1, 180)
+            print(f"first version serving {first:.1f}s after its promotion", file=sys.stderr)
+            state = (await client.get(f"/v1/endpoints/{endpoint}")).json()
+            triton_model = state["stable"]["triton_model"]
+            outputs = [InferRequestedOutput("probabilities")]
+            row = np.asarray([ROW], dtype=np.float32)
+
+            async def direct() -> None:
+                tensor = InferInput("features", [1, 4], "FP32")
+                tensor.set_data_from_numpy(row)
+                await triton.infer(triton_model, [tensor], outputs=outputs)
+
+            async def kiln() -> None:
+                await kiln_call(client, path)
+
+            await latencies(direct, 100)  # warm both paths
+            await latencies(kiln, 100)
+            lat_direct: list[float] = []
+            lat_kiln: list[float] = []
+            for _ in range(10):  # interleaved chunks: both see the same background load
+                lat_direct += await latencies(direct, args.requests // 10)
+                lat_kiln += await latencies(kiln, args.requests // 10)
+            tput_direct = await throughput(direct, args.concurrency, args.seconds)
+            tput_kiln = await throughput(kiln, args.concurrency, args.seconds)
+            for name, values, tput in (
+                ("direct", lat_direct, tput_direct),
+                ("kiln", lat_kiln, tput_kiln),
+            ):
+                result[f"{name}_p50_ms"] = round(percentile(values, 50), 3)
+                result[f"{name}_p99_ms"] = round(percentile(values, 99), 3)
+                result[f"{name}_rps"] = round(tput, 1)
+                print(
+                    f"{name:7s} p50 {result[f'{name}_p50_ms']:.2f} ms  "
+                    f"p99 {result[f'{name}_p99_ms']:.2f} ms  {tput:.0f} req/s "
+                    f"(concurrency {args.concurrency})",
+                    file=sys.stderr,
+                )
+
+            started = time.perf_counter()
+            await promote(settings, model, 2)
+            await until_version(client, path, 2, 180)
+            promote_to_serve = time.perf_counter() - started
+            print(f"promotion → first v2 answer {promote_to_serve:.2f}s", file=sys.stderr)
+            state = (await client.get(f"/v1/endpoints/{endpoint}")).json()
+            result["load_seconds"] = state["stable"]["load_seconds"]
+            await client.delete(f"/v1/endpoints/{endpoint}")
+            await asyncio.sleep(2.5)  # the controller drains and unloads
+        result["p50_overhead_ms"] = round(result["kiln_p50_ms"] - result["direct_p50_ms"], 3)
+        result["throughput_ratio"] = round(result["kiln_rps"] / result["direct_rps"], 3)
+        result["promote_to_serve_s"] = round(promote_to_serve, 3)
+        return result
+    finally:
+        for proc in (api, consumer):
+            proc.send_signal(signal.SIGTERM)
+        for proc in (api, consumer):
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        await cleanup(settings, tag, triton)
+        await triton.close()
+
+
+async def cleanup(settings: Settings, tag: str, triton: Any) -> None:
+    from sqlalchemy import text
+
+    from kiln_core.db import Database
+    from tests.conftest import delete_namespace_topics
+
+    db = Database(settings.database_url, schema="public")
+    async with db.engine.begin() as conn:
+        rows = await conn.execute(
+            text(f'SELECT triton_model FROM "{tag}_serving".deployments')  # noqa: S608
+        )
+        for (name,) in rows:
+            try:
+                await triton.unload_model(name)
+            except Exception:  # noqa: BLE001, S110 - already unloaded
+                pass
+        await conn.execute(text(f'DROP SCHEMA IF EXISTS "{tag}_serving" CASCADE'))
+    await db.dispose()
+    await delete_namespace_topics(KAFKA_URL, tag)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    figures = asyncio.run(main(parser.parse_args()))
+    print(json.dumps(figures))
