@@ -131,6 +131,7 @@ class ScriptedControl:
     steps: list[StepProgress] = field(default_factory=list)
     epochs: list[EpochProgress] = field(default_factory=list)
     saved_steps: list[int] = field(default_factory=list)
+    saved: dict[int, bytes] = field(default_factory=dict)
 
     def requested(self) -> Literal["pause", "cancel"] | None:
         done = self.steps[-1].step if self.steps else 0
@@ -150,6 +151,7 @@ class ScriptedControl:
     def save_checkpoint(self, data: bytes, step: int) -> None:
         self.checkpoint = data
         self.saved_steps.append(step)
+        self.saved[step] = data
 
     def load_checkpoint(self) -> bytes | None:
         return self.checkpoint

@@ -238,3 +238,19 @@ def test_a_version_with_one_class_is_unusable(tmp_path: Path) -> None:
 def test_plain_training_loop_runs_the_same_training_without_the_platform(digits: DataRef) -> None:
     seconds = plain_training_loop(_spec("image-cnn", digits, epochs=2, image_size=8))
     assert seconds > 0
+
+
+def test_a_run_killed_mid_epoch_resumes_from_its_last_periodic_checkpoint_exactly(
+    tmp_path: Path,
+) -> None:
+    data = write_version(tmp_path, tabular_rows(60))
+    spec = _spec("tabular-mlp", data, epochs=3, batch_size=8, dropout=0.2)
+    spec.checkpoint_every_steps = 4
+    straight_control = ScriptedControl()
+    straight = run_training(spec, straight_control)
+    # 6 steps per epoch: step 8 is mid-epoch; pretend the worker died after step 9.
+    assert {4, 6, 8, 12} <= set(straight_control.saved_steps)
+    survivor = ScriptedControl(checkpoint=straight_control.saved[8])
+    resumed = run_training(spec, survivor)
+    assert survivor.steps[0].step == 9
+    _assert_identical(straight, resumed)
