@@ -4,11 +4,24 @@ of a corrupt artifact, flagged low-confidence predictions."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import io
 import json
 
 import httpx
 import pytest
+import torch
+from PIL import Image
 
+from kiln_core.catalog import (
+    ModelArtifact,
+    ModelSignature,
+    ModelVersionPromoted,
+    Preprocessing,
+    TensorSpec,
+)
+from kiln_core.events import new_event
 from kiln_core.service import ServiceRuntime
 from tests.conftest import eventually
 from tests.serving.conftest import (
@@ -125,3 +138,94 @@ async def test_checksum_mismatch_fails_the_deployment_and_keeps_the_current_vers
     r = await predict(client, name, [[0.0, 0.0, 0.0, 0.0]])
     assert r.status_code == 200 and r.json()["version"] == 1
     assert r.json()["predictions"][0]["label"] == "cat"
+
+
+class TinyImageNet(torch.nn.Module):
+    """3x8x8 images to two classes: "bright" when the mean pixel is above zero."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.mean(dim=(1, 2, 3))
+        return torch.stack([-4 * m, 4 * m], dim=1)
+
+
+async def test_image_bytes_and_base64_images_are_preprocessed_and_flagged(
+    service: Service, unique: str
+) -> None:
+    client, runtime = service
+    name, model = f"ep-{unique}", f"m-{unique}"
+    await create_endpoint(client, name, model, confidence_threshold=0.99)
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(TinyImageNet()), buf)
+    data = buf.getvalue()
+    key = f"models/{model}/1/model.pt"
+    await runtime.store.put(key, data)
+    artifact = ModelArtifact(
+        uri=runtime.store.uri(key),
+        key=key,
+        sha256=hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
+        signature=ModelSignature(
+            inputs=[TensorSpec(name="image", dtype="FP32", shape=[3, 8, 8])],
+            outputs=[TensorSpec(name="logits", dtype="FP32", shape=[2])],
+        ),
+        label_map=["dark", "bright"],
+        preprocessing=Preprocessing(
+            kind="image", size=[8, 8], mode="RGB", mean=[0.5] * 3, std=[0.25] * 3
+        ),
+    )
+    promoted = ModelVersionPromoted(
+        model_name=model,
+        version=1,
+        version_id=f"{model}-1",
+        alias="production",
+        artifact=artifact,
+        dataset_id="images-1",
+    )
+    event = new_event(promoted, subject=model)
+    await runtime.bus.publish(event.topic, event.to_bytes(), event.key.encode())
+    await wait_serving(client, name, 1)
+
+    white, black = _png((250, 250, 250), (40, 30)), _png((5, 5, 5), (16, 16))
+    r = await client.post(
+        f"/v1/endpoints/{name}:predict", content=white, headers={"content-type": "image/png"}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["predictions"][0]["label"] == "bright"
+    r = await client.post(
+        f"/v1/endpoints/{name}:predict",
+        json={
+            "inputs": [base64.b64encode(black).decode(), {"b64": base64.b64encode(white).decode()}]
+        },
+    )
+    assert [p["label"] for p in r.json()["predictions"]] == ["dark", "bright"]
+    broken = await client.post(
+        f"/v1/endpoints/{name}:predict",
+        content=b"not an image",
+        headers={"content-type": "image/png"},
+    )
+    assert broken.status_code == 502
+
+    # A grey image is a coin toss for this model: flagged, with the bytes stored as sent.
+    grey = _png((128, 128, 128), (8, 8))
+    r = await client.post(
+        f"/v1/endpoints/{name}:predict", content=grey, headers={"content-type": "image/png"}
+    )
+    assert r.json()["predictions"][0]["confidence"] < 0.99
+
+    async def grey_flagged() -> list[dict[str, object]]:
+        events = await events_of(runtime, "kiln.serving.prediction.flagged")
+        return [
+            e
+            for e in events
+            if e["content_type"] == "image/png"
+            and await runtime.store.read_bytes(str(e["input_key"])) == grey
+        ]
+
+    flagged = await eventually(grey_flagged)
+    assert flagged[0]["dataset_id"] == "images-1"
+
+
+def _png(colour: tuple[int, int, int], size: tuple[int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, format="PNG")
+    return buf.getvalue()

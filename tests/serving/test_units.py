@@ -1,0 +1,206 @@
+"""Serving logic without services: canary verdicts, routing picks, request parsing, endpoint
+validation and the Python-backend model run with a stand-in for Triton's utilities."""
+
+from __future__ import annotations
+
+import base64
+import io
+import sys
+import types
+import zlib
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydantic import ValidationError
+
+from kiln_core.db import utcnow
+from kiln_core.errors import BadRequest
+from kiln_serving import canary
+from kiln_serving.api import parse_inputs
+from kiln_serving.model_repository import InputShape
+from kiln_serving.models import EndpointConfig, EndpointCreate
+from kiln_serving.traffic import Outcomes, Route, ServingVersion
+from tests.serving.conftest import torchscript
+
+
+def version(n: int, kind: str = "tabular") -> ServingVersion:
+    shape = (
+        InputShape("features", "FP32", [4]) if kind == "tabular" else InputShape(kind, "BYTES", [1])
+    )
+    return ServingVersion(f"d{n}", f"m--v{n}", "m", n, f"v{n}", ["a", "b"], kind, shape, None)
+
+
+def analysis_with(cand: Outcomes, stable: Outcomes, age_s: float = 0.0) -> dict[str, Any]:
+    a = canary.fresh_analysis()
+    a["step_started_at"] = (utcnow() - timedelta(seconds=age_s)).isoformat()
+    canary.merge(a, "candidate", cand)
+    canary.merge(a, "stable", stable)
+    return a
+
+
+CONFIG = EndpointConfig(
+    canary_steps=[10, 50, 100],
+    min_requests_per_step=10,
+    max_error_rate=0.1,
+    max_latency_ratio=2.0,
+    step_interval_s=5,
+)
+
+
+def test_canary_waits_for_enough_requests() -> None:
+    a = analysis_with(Outcomes(requests=5, errors=5), Outcomes(requests=50), age_s=60)
+    assert canary.judge(CONFIG, a, utcnow()).action == "wait"
+
+
+def test_canary_rolls_back_on_error_rate() -> None:
+    a = analysis_with(Outcomes(requests=20, errors=3, latencies_ms=[1.0] * 17), Outcomes())
+    verdict = canary.judge(CONFIG, a, utcnow())
+    assert verdict.action == "rollback" and "error rate" in verdict.reason
+
+
+def test_canary_rolls_back_on_slow_p99_against_stable() -> None:
+    a = analysis_with(
+        Outcomes(requests=20, latencies_ms=[10.0] * 20),
+        Outcomes(requests=20, latencies_ms=[2.0] * 20),
+    )
+    verdict = canary.judge(CONFIG, a, utcnow())
+    assert verdict.action == "rollback" and "p99" in verdict.reason
+
+
+def test_canary_steps_after_the_interval_and_promotes_at_the_last_step() -> None:
+    healthy = Outcomes(requests=20, latencies_ms=[2.0] * 20)
+    young = analysis_with(healthy, Outcomes(requests=20, latencies_ms=[2.0] * 20), age_s=1)
+    assert canary.judge(CONFIG, young, utcnow()).action == "wait"
+    old = analysis_with(healthy, Outcomes(requests=20, latencies_ms=[2.0] * 20), age_s=10)
+    assert canary.judge(CONFIG, old, utcnow()).action == "step"
+    old["step"] = 2
+    assert canary.judge(CONFIG, old, utcnow()).action == "promote"
+
+
+def test_ab_routing_is_sticky_per_key_and_shadow_answers_with_stable() -> None:
+    ab = Route("e", "ab", CONFIG, version(1), version(2), 50.0, 1)
+    for key in ("alice", "bob", "carol", "dave"):
+        first = ab.pick(key)[0]
+        assert all(ab.pick(key)[0] == first for _ in range(20))
+    picked = {ab.pick(f"user-{i}")[0].version for i in range(200)}  # type: ignore[union-attr]
+    assert picked == {1, 2}
+    shadow = Route("e", "shadow", CONFIG, version(1), version(2), 0.0, 1)
+    assert shadow.pick(None) == (version(1), version(2))
+    alone = Route("e", "canary", CONFIG, version(1), None, 0.0, 1)
+    assert alone.pick(None) == (version(1), None)
+
+
+def test_tabular_inputs_are_checked_against_the_signature() -> None:
+    data, raws = parse_inputs(version(1), b'{"inputs": [1, 2, 3, 4]}', "application/json", 8)
+    assert data.shape == (1, 4) and data.dtype == np.float32 and raws == [[1, 2, 3, 4]]
+    with pytest.raises(BadRequest, match="shape"):
+        parse_inputs(version(1), b'{"inputs": [[1, 2]]}', "application/json", 8)
+    with pytest.raises(BadRequest, match="at most"):
+        parse_inputs(version(1), b'{"inputs": [[1, 2, 3, 4]]}', "application/json", 0)
+    with pytest.raises(BadRequest):
+        parse_inputs(version(1), b"\x89PNG", "image/png", 8)
+    with pytest.raises(BadRequest):
+        parse_inputs(version(1), b"not json", "application/json", 8)
+
+
+def test_image_inputs_arrive_as_bytes_or_base64() -> None:
+    data, raws = parse_inputs(version(1, "image"), b"\xff\xd8\xffjpeg", "image/jpeg", 8)
+    assert data.shape == (1, 1) and raws == [(b"\xff\xd8\xffjpeg", "image/jpeg")]
+    body = b'{"inputs": ["' + base64.b64encode(b"\x89PNG\r\n\x1a\nxx") + b'"]}'
+    data, raws = parse_inputs(version(1, "image"), body, "application/json", 8)
+    assert raws[0][1] == "image/png"
+    with pytest.raises(BadRequest, match="base64"):
+        parse_inputs(version(1, "image"), b'{"inputs": ["%%%"]}', "application/json", 8)
+
+
+def test_endpoint_names_and_steps_are_validated() -> None:
+    with pytest.raises(ValidationError):
+        EndpointCreate(name="Bad_Name", model_name="m")
+    with pytest.raises(ValidationError):
+        EndpointCreate(name="ok", model_name="m", canary_steps=[50, 10])
+    assert EndpointCreate(name="ok", model_name="m", canary_steps=[5, 20]).canary_steps == [
+        5,
+        20,
+        100,
+    ]
+
+
+# --- the Python-backend model, with a stand-in for triton_python_backend_utils ---------------
+
+
+class _Tensor:
+    def __init__(self, name: str, array: np.ndarray) -> None:
+        self.name, self.array = name, array
+
+    def as_numpy(self) -> np.ndarray:
+        return self.array
+
+
+class _Response:
+    def __init__(self, output_tensors: list[_Tensor], error: Exception | None = None) -> None:
+        self.output_tensors, self.error = output_tensors, error
+
+
+class _Request:
+    def __init__(self, **inputs: np.ndarray) -> None:
+        self.inputs = inputs
+
+
+@pytest.fixture
+def backend(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    fake = types.ModuleType("triton_python_backend_utils")
+    fake.Tensor = _Tensor  # type: ignore[attr-defined]
+    fake.InferenceResponse = _Response  # type: ignore[attr-defined]
+    fake.TritonError = RuntimeError  # type: ignore[attr-defined]
+    fake.get_input_tensor_by_name = lambda r, n: _Tensor(n, r.inputs[n])  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
+    monkeypatch.delitem(sys.modules, "kiln_serving.triton_backend", raising=False)
+    import kiln_serving.triton_backend as module
+
+    return module
+
+
+def test_image_preprocessing_resizes_normalises_and_is_chw(backend: types.ModuleType) -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (255, 0, 0)).save(buf, format="PNG")
+    spec = {"size": [8, 6], "mode": "RGB", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+    x = backend.preprocess_image(buf.getvalue(), spec)
+    assert x.shape == (3, 8, 6) and x.dtype == np.float32
+    assert np.allclose(x[0], 1.0) and np.allclose(x[1], -1.0)
+    grey = backend.preprocess_image(buf.getvalue(), {"size": [4, 4], "mode": "L"})
+    assert grey.shape == (1, 4, 4)
+
+
+def test_text_tokens_hash_with_crc32(backend: types.ModuleType) -> None:
+    ids = backend.text_ids("Hello  world", {"buckets": 1000})
+    assert ids.tolist() == [zlib.crc32(b"hello") % 1000, zlib.crc32(b"world") % 1000]
+
+
+def test_a_failing_input_fails_only_its_own_request(
+    backend: types.ModuleType, tmp_path: Path
+) -> None:
+    import json
+
+    folder = tmp_path / "1"
+    folder.mkdir()
+    (folder / "model.pt").write_bytes(torchscript(favour=1, fail_above=0.5))
+    meta = {
+        "input_name": "features",
+        "preprocessing": {"kind": "tabular", "mean": None, "std": None},
+        "signature": {"inputs": [{"name": "features", "dtype": "FP32", "shape": [4]}]},
+    }
+    (folder / "kiln.json").write_text(json.dumps(meta))
+    model = backend.TritonPythonModel()
+    model.initialize({"model_repository": str(tmp_path), "model_version": "1"})
+    good = _Request(features=np.zeros((2, 4), np.float32))
+    bad = _Request(features=np.ones((1, 4), np.float32))
+    responses = model.execute([good, bad, good])
+    assert responses[1].error is not None and "model failed" in str(responses[1].error)
+    for r in (responses[0], responses[2]):
+        probs = r.output_tensors[0].as_numpy()
+        assert r.error is None and probs.shape == (2, 3)
+        assert np.allclose(probs.sum(axis=1), 1.0) and (probs.argmax(axis=1) == 1).all()
