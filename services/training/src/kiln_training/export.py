@@ -7,11 +7,13 @@ zlib so Triton's Python backend can vendor it.
 Model inputs (the batch dimension first, as Triton batches them):
 
 - image: ``input`` FP32 ``[C, H, W]`` — decoded, converted to ``mode``, resized to ``size``
-  (bilinear) if it differs, scaled to 0..1, then ``(x - mean[c]) / std[c]`` per channel.
+  ``[h, w]`` (Pillow's bicubic, its default), scaled to 0..1, then ``(x - mean[c]) / std[c]``
+  per channel.
 - tabular: ``input`` FP32 ``[F]`` — the numbers, then ``(x - mean[f]) / std[f]``.
 - text: ``input`` INT64 ``[-1]`` — token ids: the text lower-cased and split on whitespace, each
-  token ``1 + crc32(utf-8 bytes) % buckets``. ``0`` is padding: a batch is right-padded with 0
-  to its longest row, and padding does not change the output.
+  token ``crc32(utf-8 bytes) % buckets``. Id ``0`` is also padding (the model ignores it, so
+  the rare token hashing to bucket 0 is ignored too): a batch is right-padded with 0 to its
+  longest row, and padding does not change the output.
 
 Output: ``logits`` FP32 ``[num_labels]``; column ``i`` is ``label_map[i]``.
 """
@@ -62,12 +64,12 @@ class ExportedModel:
 
 def decode_image(raw: bytes, mode: str, size: list[int] | tuple[int, int]) -> np.ndarray:
     """Image bytes as float32 ``C×H×W`` in 0..1: converted to ``mode``, resized to ``size``
-    ``[h, w]`` with bilinear filtering when it differs."""
+    ``[h, w]`` with bicubic filtering when it differs."""
     with Image.open(io.BytesIO(raw)) as opened:
         image = opened.convert(mode) if opened.mode != mode else opened.copy()
     height, width = int(size[0]), int(size[1])
     if image.size != (width, height):
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
+        image = image.resize((width, height), Image.Resampling.BICUBIC)
     array = np.asarray(image, dtype=np.uint8)
     if array.ndim == 2:
         array = array[:, :, None]
@@ -92,9 +94,9 @@ def parse_tabular(raw: bytes | str | list[Any]) -> np.ndarray:
 
 
 def tokenize(text: str, buckets: int) -> np.ndarray:
-    """Token ids (int64) of ``text``: lower-cased whitespace tokens, ``1 + crc32 % buckets``."""
+    """Token ids (int64) of ``text``: lower-cased whitespace tokens, ``crc32 % buckets``."""
     return np.asarray(
-        [1 + zlib.crc32(token.encode("utf-8")) % buckets for token in text.lower().split()],
+        [zlib.crc32(token.encode("utf-8")) % buckets for token in text.lower().split()],
         dtype=np.int64,
     )
 

@@ -101,7 +101,7 @@ class EmbeddingBagClassifier(nn.Module):
 
     def __init__(self, buckets: int, num_labels: int, embed_dim: int) -> None:
         super().__init__()
-        self.embedding = nn.EmbeddingBag(buckets + 1, embed_dim, mode="mean", padding_idx=PAD_ID)
+        self.embedding = nn.EmbeddingBag(buckets, embed_dim, mode="mean", padding_idx=PAD_ID)
         self.fc = nn.Linear(embed_dim, num_labels)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
