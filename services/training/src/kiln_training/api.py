@@ -424,9 +424,9 @@ def _trigger_public(trigger: Trigger) -> TriggerPublic:
 )
 async def create_trigger(body: TriggerCreate, request: Request, who: Submitter) -> TriggerPublic:
     """A rule: when a labelled version of ``dataset_id`` is created, submit ``job`` on it."""
-    from kiln_training.templates import get_template, validate_params
+    from kiln_training.lifecycle import checked_params
 
-    validate_params(get_template(body.job.template), body.job.params)
+    checked_params(body.job.template, body.job.params)
     async with get_runtime(request).db.transaction() as session:
         await _require_team(session, body.job.team)
         trigger = Trigger(
@@ -473,9 +473,9 @@ async def update_trigger(
 ) -> TriggerPublic:
     """Rename, enable or disable a rule, or replace the job it submits."""
     if body.job is not None:
-        from kiln_training.templates import get_template, validate_params
+        from kiln_training.lifecycle import checked_params
 
-        validate_params(get_template(body.job.template), body.job.params)
+        checked_params(body.job.template, body.job.params)
     async with get_runtime(request).db.transaction() as session:
         trigger = await _get_trigger(session, trigger_id)
         if body.name is not None:

@@ -187,11 +187,11 @@ async def unregister_worker(runtime: ServiceRuntime, worker_id: str) -> None:
 async def scheduler_loop(runtime: ServiceRuntime, stop: asyncio.Event) -> None:
     """The service's scheduling loop (a ``ServiceSpec`` worker of the event process). On the
     embedded broker it also advertises the in-process worker's capacity."""
-    from kiln_training.tasks import celery_app, is_embedded
+    from kiln_training.tasks import runs_embedded
 
     settings = training_settings()
     embedded_id = default_worker_id(settings.pool) + "/embedded"
-    embedded = is_embedded(celery_app)
+    embedded = runs_embedded(runtime.settings)
     while not stop.is_set():
         try:
             if embedded:

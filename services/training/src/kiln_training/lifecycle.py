@@ -7,6 +7,7 @@ job's resources are released exactly once (the scheduler derives usage from runn
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -31,6 +32,8 @@ from kiln_training.models import (
     KnownVersion,
     TrainingJob,
 )
+
+log = logging.getLogger(__name__)
 
 
 class TrainingSettings(BaseSettings):
@@ -89,6 +92,22 @@ def default_worker_id(pool: str) -> str:
 
 class UnknownDatasetVersion(KilnError):
     status, type, title = 422, "unknown-dataset-version", "Unknown dataset version"
+
+
+class UnknownTemplateInRequest(KilnError):
+    status, type, title = 422, "unknown-template", "Unknown template"
+
+
+def checked_params(template: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` validated against ``template`` (defaults filled in); a request naming an
+    unknown template is unprocessable (422), not a missing resource."""
+    from kiln_training.templates import UnknownTemplate, get_template, validate_params
+
+    try:
+        spec = get_template(template)
+    except UnknownTemplate as exc:
+        raise UnknownTemplateInRequest(exc.detail, **exc.extra) from None
+    return validate_params(spec, params)
 
 
 class InvalidTransition(Conflict):
@@ -162,9 +181,7 @@ async def new_job(
     trigger_id: str | None = None,
 ) -> TrainingJob:
     """Validate ``body`` and add a queued job to ``session`` (the caller commits)."""
-    from kiln_training.templates import get_template, validate_params
-
-    params = validate_params(get_template(body.template), body.params)
+    params = checked_params(body.template, body.params)
     known = await resolve_version(
         session, body.dataset.dataset_id, body.dataset.version, body.dataset.version_id
     )
@@ -338,6 +355,9 @@ async def reclaim_expired(
         )
     ).all()
     for job in rows:
+        log.warning(
+            "lease of job %s lapsed (worker %s, attempt %d)", job.id, job.worker_id, job.attempts
+        )
         if job.requested == "cancel":
             await mark_cancelled(session, runtime, job, None)
         elif job.requested == "pause":

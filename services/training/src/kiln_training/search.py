@@ -125,11 +125,11 @@ async def create_search(
     session: AsyncSession, body: SearchCreate, created_by: str
 ) -> tuple[TrainingJob, list[TrainingJob]]:
     """The parent job and its queued trials (validated like any job), in ``session``."""
-    from kiln_training.templates import get_template, validate_params
+    from kiln_training.lifecycle import checked_params
 
     points = trial_params(body)
     for point in points:
-        validate_params(get_template(body.base.template), point)
+        checked_params(body.base.template, point)
     first = await new_job(session, body.base, created_by=created_by)
     parent = TrainingJob(
         **{
@@ -158,7 +158,7 @@ async def create_search(
     for index, point in enumerate(points):
         job = first if index == 0 else await new_job(session, body.base, created_by=created_by)
         job.parent_id = parent.id
-        job.params = dict(validate_params(get_template(body.base.template), point))
+        job.params = dict(checked_params(body.base.template, point))
         session.add(job)
         trials.append(job)
     return parent, trials

@@ -59,6 +59,9 @@ celery_app = make_celery("training")
 celery_app.conf.task_queues = (Queue("training"), Queue("training.cpu"), Queue("training.gpu"))
 # Settings of the process that dispatches to an in-process worker (embedded mode).
 _process_settings: Settings | None = None
+# One run at a time per process: PyTorch's thread count and default RNG are process-global, so
+# two runs in one process would perturb each other and lose bit-exact resumes.
+_RUN_LOCK = threading.Lock()
 # Bad cases beyond this are counted, not stored.
 MAX_BAD_CASES = 5000
 
@@ -72,11 +75,34 @@ def use_settings(settings: Settings) -> None:
     _process_settings = settings
 
 
+_apps: dict[str, Celery] = {}
+
+
+def app_for(settings: Settings) -> Celery:
+    """The Celery app on ``settings``' broker (the module's own when the broker matches, so a
+    process whose runtime was configured apart from its environment still reaches its
+    workers)."""
+    broker = settings.celery_broker_url
+    if broker == str(celery_app.conf.broker_url or ""):
+        return celery_app
+    if broker not in _apps:
+        app = make_celery("training", settings)
+        app.conf.task_queues = celery_app.conf.task_queues
+        _apps[broker] = app
+    return _apps[broker]
+
+
+def runs_embedded(settings: Settings) -> bool:
+    return settings.celery_broker_url.startswith("memory://")
+
+
 def dispatch(runtime: ServiceRuntime, job_id: str, attempt: int, pool: str) -> None:
     """Send a started job to its pool's queue."""
     use_settings(runtime.settings)
-    runtime.ensure_embedded_worker()
-    run_job_task.apply_async(args=[job_id, attempt], queue=f"training.{pool}")
+    app = app_for(runtime.settings)
+    if app is celery_app:
+        runtime.ensure_embedded_worker()
+    app.send_task(run_job_task.name, args=[job_id, attempt], queue=f"training.{pool}")
 
 
 @celery_app.task(name="kiln.training.run_job")
@@ -227,7 +253,9 @@ class JobRun:
             beat = asyncio.run_coroutine_threadsafe(self._heartbeat(), self.loop)
             try:
                 spec = self._call(self._spec(self.job))
-                outcome = run_training(spec, self)
+                # The claim holds the lease (heartbeats go on) while another run finishes.
+                with _RUN_LOCK:
+                    outcome = run_training(spec, self)
             except Exception as exc:  # noqa: BLE001 - recorded on the job
                 log.exception("training run failed", extra={"job_id": self.job_id})
                 self._stop_beat(beat)
@@ -317,6 +345,8 @@ class JobRun:
             world_size=job.world_size,
             init_weights=init_weights,
             checkpoint_every_steps=job.checkpoint_every_steps,
+            # The job's cpu allocation, fixed per job so a resumed run computes identically.
+            num_threads=max(1, int(job.resources.get("cpu", 1))),
         )
 
     # --- RunControl ---------------------------------------------------------------------------
