@@ -23,6 +23,7 @@ from kiln_core.catalog import (
 )
 from kiln_core.events import new_event
 from kiln_core.service import ServiceRuntime
+from kiln_serving.models import Promotion
 from tests.conftest import eventually
 from tests.serving.conftest import (
     create_endpoint,
@@ -124,8 +125,15 @@ async def test_checksum_mismatch_fails_the_deployment_and_keeps_the_current_vers
 ) -> None:
     client, runtime = service
     name, model = f"ep-{unique}", f"m-{unique}"
-    await create_endpoint(client, name, model)
+    # Promoted before the endpoint exists: the endpoint starts with that version.
     await promote(runtime, model, 1, torchscript(favour=0))
+
+    async def recorded() -> bool:
+        async with runtime.db.session() as session:
+            return await session.get(Promotion, (model, "production")) is not None
+
+    await eventually(recorded)
+    await create_endpoint(client, name, model)
     await wait_serving(client, name, 1)
 
     await promote(runtime, model, 2, torchscript(favour=2), sha="0" * 64)

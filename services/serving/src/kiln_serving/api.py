@@ -29,6 +29,7 @@ from kiln_core.errors import (
 from kiln_core.http import SessionDep, get_runtime
 from kiln_serving import canary
 from kiln_serving.controller import Controller, _endpoint_for_update, _pair
+from kiln_serving.handlers import request_deployment
 from kiln_serving.models import (
     Deployment,
     DeploymentPublic,
@@ -38,6 +39,7 @@ from kiln_serving.models import (
     EndpointCreate,
     EndpointPublic,
     EndpointUpdate,
+    Promotion,
 )
 from kiln_serving.traffic import ROUTE_KEY_HEADER, Route, ServingVersion
 from kiln_serving.triton import InferenceFailed, TritonGateway, TritonUnavailable
@@ -139,6 +141,10 @@ async def create_endpoint(body: EndpointCreate, session: SessionDep, who: Writer
         created_by=who.subject,
     )
     session.add(endpoint)
+    # The alias may have been promoted before the endpoint existed: start with that version.
+    promotion = await session.get(Promotion, (endpoint.model_name, endpoint.alias))
+    if promotion is not None:
+        await request_deployment(session, endpoint, promotion)
     await session.commit()
     return await _public(session, endpoint)
 

@@ -8,12 +8,12 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.catalog import ModelVersionPromoted
-from kiln_core.db import new_id
+from kiln_core.db import aware, new_id
 from kiln_core.events import CloudEvent
 from kiln_core.inbox import EventHandler
 from kiln_core.ping import ping_handlers
 from kiln_serving.model_repository import triton_model_name
-from kiln_serving.models import Deployment, DeploymentState, Endpoint
+from kiln_serving.models import Deployment, DeploymentState, Endpoint, Promotion
 
 log = logging.getLogger(__name__)
 
@@ -26,53 +26,77 @@ def follows(endpoint: Endpoint, alias: str) -> bool:
     return endpoint.strategy != "direct" and alias == endpoint.candidate_alias
 
 
+async def request_deployment(session: AsyncSession, endpoint: Endpoint, p: Promotion) -> bool:
+    """Record a pending deployment of a promoted version on ``endpoint`` unless it is already
+    there or on its way; the controller loads it, warms it up and only then moves traffic."""
+    current = (
+        await session.exec(
+            select(Deployment).where(
+                Deployment.endpoint == endpoint.name,
+                col(Deployment.state).in_(
+                    [
+                        DeploymentState.pending,
+                        DeploymentState.loading,
+                        DeploymentState.candidate,
+                        DeploymentState.stable,
+                    ]
+                ),
+            )
+        )
+    ).all()
+    if any(d.version_id == p.version_id for d in current):
+        return False  # a redelivery, or a canary version now promoted to production
+    deployment_id = new_id()
+    session.add(
+        Deployment(
+            id=deployment_id,
+            endpoint=endpoint.name,
+            model_name=p.model_name,
+            version=p.version,
+            version_id=p.version_id,
+            alias=p.alias,
+            triton_model=triton_model_name(endpoint.name, p.version, deployment_id),
+            artifact=p.artifact,
+            dataset_id=p.dataset_id,
+            event_id=p.event_id,
+        )
+    )
+    log.info(
+        "deployment requested",
+        extra={"endpoint": endpoint.name, "model": p.model_name, "version": p.version},
+    )
+    return True
+
+
 async def on_model_version_promoted(
     session: AsyncSession, event: CloudEvent, data: ModelVersionPromoted
 ) -> None:
-    """Record a pending deployment on every endpoint that follows the promoted alias; the
-    controller loads it, warms it up and only then moves traffic."""
+    """Remember the alias's new version and deploy it on every endpoint following it."""
+    promotion = await session.get(Promotion, (data.model_name, data.alias))
+    if promotion is not None and aware(promotion.promoted_at) > event.time:
+        promotion = None  # an older event arriving late changes nothing about the alias
+    else:
+        promotion = promotion or Promotion(
+            model_name=data.model_name,
+            alias=data.alias,
+            version=0,
+            version_id="",
+            artifact={},
+            event_id="",
+        )
+        promotion.version, promotion.version_id = data.version, data.version_id
+        promotion.artifact = data.artifact.model_dump(mode="json")
+        promotion.dataset_id, promotion.event_id = data.dataset_id, event.id
+        promotion.promoted_at = event.time
+        session.add(promotion)
+    if promotion is None:
+        return
     endpoints = (
         await session.exec(select(Endpoint).where(Endpoint.model_name == data.model_name))
     ).all()
     for endpoint in endpoints:
-        if not follows(endpoint, data.alias):
-            continue
-        current = (
-            await session.exec(
-                select(Deployment).where(
-                    Deployment.endpoint == endpoint.name,
-                    col(Deployment.state).in_(
-                        [
-                            DeploymentState.pending,
-                            DeploymentState.loading,
-                            DeploymentState.candidate,
-                            DeploymentState.stable,
-                        ]
-                    ),
-                )
-            )
-        ).all()
-        if any(d.version_id == data.version_id for d in current):
-            continue  # already serving or on its way (a redelivery, or canary → production)
-        deployment_id = new_id()
-        session.add(
-            Deployment(
-                id=deployment_id,
-                endpoint=endpoint.name,
-                model_name=data.model_name,
-                version=data.version,
-                version_id=data.version_id,
-                alias=data.alias,
-                triton_model=triton_model_name(endpoint.name, data.version, deployment_id),
-                artifact=data.artifact.model_dump(mode="json"),
-                dataset_id=data.dataset_id,
-                event_id=event.id,
-            )
-        )
-        log.info(
-            "deployment requested",
-            extra={"endpoint": endpoint.name, "model": data.model_name, "version": data.version},
-        )
+        if follows(endpoint, data.alias):
+            await request_deployment(session, endpoint, promotion)
 
 
 HANDLERS: dict[str, EventHandler] = {

@@ -85,6 +85,21 @@ class Deployment(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
 
 
+class Promotion(SQLModel, table=True):
+    """The latest promotion of each model alias, so an endpoint created later starts with it."""
+
+    __tablename__ = "promotions"
+
+    model_name: str = Field(sa_column=Column(String(200), primary_key=True))
+    alias: str = Field(sa_column=Column(String(100), primary_key=True))
+    version: int = Field(sa_column=Column(Integer, nullable=False))
+    version_id: str = Field(sa_column=Column(String(64), nullable=False))
+    artifact: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    dataset_id: str | None = Field(default=None, sa_column=Column(String(64)))
+    event_id: str = Field(sa_column=Column(String(64), nullable=False))
+    promoted_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
 # --- API schemas --------------------------------------------------------------------------------
 
 
