@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import httpx
+import pytest
 import torch
 
 from kiln_core.service import ServiceRuntime
@@ -149,3 +150,47 @@ async def test_bad_submissions_are_refused_with_problems_and_create_nothing(
     )
     assert r.status_code == 403
     assert (await client.get("/v1/jobs")).json()["total"] == 0
+
+
+@pytest.mark.parametrize("service_settings", ["embedded"], indirect=True)
+async def test_a_job_whose_worker_keeps_dying_fails_after_max_attempts(
+    services: tuple[Service, Service],
+) -> None:
+    from datetime import timedelta
+
+    from kiln_core.db import utcnow
+    from kiln_training.lifecycle import reclaim_expired
+
+    training, _ = services
+    client, runtime = training
+    # A quota of nothing: the scheduler never restarts the job between the simulated losses.
+    await make_team(client, "doomed", quota={"cpu": 0})
+    job = TrainingJob(
+        team="doomed",
+        model_name="m",
+        dataset_id="d",
+        dataset_version=1,
+        dataset_version_id="v",
+        manifest_key="k",
+        template="image-cnn",
+        resources={"cpu": 1, "memory": 1},
+        max_attempts=2,
+    )
+
+    async def lose_worker() -> str:
+        async with runtime.db.transaction() as session:
+            row = await session.get(TrainingJob, job.id) or job
+            row.status, row.attempts = "running", row.attempts + 1
+            row.worker_id = "cpu@gone:1/1"
+            row.lease_expires_at = utcnow() - timedelta(seconds=1)
+            session.add(row)
+        async with runtime.db.transaction() as session:
+            await reclaim_expired(session, runtime, utcnow())
+        return str((await client.get(f"/v1/jobs/{job.id}")).json()["status"])
+
+    assert await lose_worker() == "queued"
+    assert await lose_worker() == "failed"
+    failed = (await client.get(f"/v1/jobs/{job.id}")).json()
+    assert failed["worker_losses"] == 2 and "lost 2 times" in failed["error"]
+    queue = (await client.get("/v1/queue")).json()["pools"]["cpu"]
+    assert queue["running"] == [] and queue["waiting"] == []

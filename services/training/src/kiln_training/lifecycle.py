@@ -363,14 +363,16 @@ async def reclaim_expired(
         elif job.requested == "pause":
             _release(job, JobStatus.paused)
             session.add(job)
-        elif job.attempts >= job.max_attempts:
+        elif job.worker_losses + 1 >= job.max_attempts:
+            job.worker_losses += 1
             await mark_failed(
                 session,
                 runtime,
                 job,
-                f"the worker was lost {job.attempts} times (last: {job.worker_id})",
+                f"the worker was lost {job.worker_losses} times (last: {job.worker_id})",
             )
         else:
+            job.worker_losses += 1
             _release(job, JobStatus.queued)
             job.queued_at = now
             session.add(job)

@@ -116,6 +116,8 @@ class TrainingJob(SQLModel, table=True):
     requested: str | None = Field(default=None, sa_column=Column(String(10)))
     attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False))
     max_attempts: int = Field(default=3, sa_column=Column(Integer, nullable=False))
+    # Runs lost to a dead worker; the job fails once this reaches max_attempts.
+    worker_losses: int = Field(default=0, sa_column=Column(Integer, nullable=False))
     worker_id: str | None = Field(default=None, sa_column=Column(String(200)))
     lease_expires_at: datetime | None = Field(default=None, sa_column=_ts(True))
     checkpoint_key: str | None = Field(default=None, sa_column=Column(String(500)))
@@ -270,7 +272,9 @@ class JobSpecIn(BaseModel):
     early_stopping_patience: int | None = PydField(default=None, ge=1, le=1000)
     world_size: int = PydField(default=1, ge=1, le=64)
     checkpoint_every_steps: int = PydField(default=50, ge=1, le=1_000_000)
-    max_attempts: int = PydField(default=3, ge=1, le=20)
+    max_attempts: int = PydField(
+        default=3, ge=1, le=20, description="runs a job may lose to dead workers before failing"
+    )
 
 
 class JobCreate(JobSpecIn):
@@ -305,6 +309,7 @@ class JobPublic(BaseModel):
     world_size: int
     attempts: int
     max_attempts: int
+    worker_losses: int
     step: int
     epoch: int
     checkpoint_step: int | None

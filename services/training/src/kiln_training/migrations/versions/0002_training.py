@@ -75,6 +75,7 @@ def upgrade() -> None:
         sa.Column("requested", sa.String(10)),
         sa.Column("attempts", sa.Integer, nullable=False),
         sa.Column("max_attempts", sa.Integer, nullable=False),
+        sa.Column("worker_losses", sa.Integer, nullable=False),
         sa.Column("worker_id", sa.String(200)),
         _ts("lease_expires_at", True),
         sa.Column("checkpoint_key", sa.String(500)),
