@@ -1,0 +1,235 @@
+"""Training service overhead: a platform job against the same training as a plain PyTorch loop.
+
+1. Writes a synthetic image version (blobs + manifest) into a ``file://`` store and tells the
+   training service about it through its ``kiln.dataset.version.created`` handler.
+2. Runs the training service in-process on the embedded defaults (SQLite, in-process Celery
+   worker, scheduler loop), submits a job through the API and records: submit → first training
+   step, and the job's run time (scheduler start → finished, which includes the claim, data
+   reading, training, evaluation, export, checkpoints and recording the outcome).
+3. Runs ``trainer.plain_training_loop`` on the same data, template, params, seed and epochs
+   (the same data reading, model and optimizer with no platform around it) in this process.
+4. Times ``scheduler.plan`` deciding over 10,000 queued jobs of 50 teams.
+
+Prints progress, then one JSON object on the last line with ``overhead_ratio``,
+``submit_to_first_step_s`` and ``schedule_decision_ms``.
+
+    .venv/bin/python bench/training.py [--images 2000] [--size 32] [--epochs 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from kiln_core.catalog import DatasetVersionCreated, VersionLineage
+from kiln_core.db import aware
+from kiln_core.events import new_event
+from kiln_core.manifest import ClassLabel, ManifestItem, dump_jsonl
+from kiln_core.settings import Settings
+from kiln_core.storage import open_store
+
+MANIFEST_KEY = "datasets/bench/versions/1/manifest.jsonl"
+CLASSES = ["red", "green", "blue"]
+
+
+async def write_version(store_url: str, images: int, size: int) -> None:
+    store = open_store(store_url)
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(images):
+        c = i % len(CLASSES)
+        pixels = (rng.random((size, size, 3)) * 90).astype(np.uint8)
+        pixels[:, :, c] += 140
+        out = io.BytesIO()
+        Image.fromarray(pixels).save(out, "PNG")
+        ref = await store.put_blob(out.getvalue())
+        items.append(
+            ManifestItem(
+                item_id=f"img-{i:05d}",
+                blob=ref.sha256,
+                media_type="image/png",
+                size_bytes=ref.size,
+                split="val" if i % 5 == 4 else "train",
+                labels=[ClassLabel(label=CLASSES[c])],
+            )
+        )
+    await store.put(MANIFEST_KEY, b"".join(dump_jsonl(items)))
+
+
+async def platform_job(
+    settings: Settings, params: dict[str, Any], seed: int, images: int
+) -> dict[str, float]:
+    import httpx
+
+    from kiln_core.http import create_app
+    from kiln_core.service import ServiceRuntime
+    from kiln_training import SERVICE
+    from kiln_training.handlers import on_version_created
+    from kiln_training.models import TrainingJob
+
+    runtime = ServiceRuntime(SERVICE, settings)
+    app = create_app(runtime, background=[runtime.run_events])
+    async with app.router.lifespan_context(app):
+        data = DatasetVersionCreated(
+            dataset_id="bench",
+            dataset_name="bench",
+            task_type="classification",
+            version=1,
+            version_id="benchv1",
+            manifest_key=MANIFEST_KEY,
+            manifest_uri=runtime.store.uri(MANIFEST_KEY),
+            manifest_sha256="0" * 64,
+            item_count=images,
+            labelled_count=images,
+            labelled=True,
+            labels=CLASSES,
+            lineage=VersionLineage(source="upload"),
+        )
+        async with runtime.db.transaction() as session:
+            await on_version_created(session, new_event(data, "bench"), data)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+            assert (await client.post("/v1/teams", json={"name": "bench"})).status_code == 201
+            body = {
+                "template": "image-cnn",
+                "params": params,
+                "team": "bench",
+                "dataset": {"dataset_id": "bench", "version": 1},
+                "resources": {"cpu": 1, "memory": 1},
+                "seed": seed,
+                # Checkpoints at epoch ends only, as a long job would be configured.
+                "checkpoint_every_steps": 1_000_000,
+            }
+            submitted = time.monotonic()
+            r = await client.post("/v1/jobs", json=body)
+            assert r.status_code == 201, r.text
+            job_id = r.json()["id"]
+            while True:
+                job = (await client.get(f"/v1/jobs/{job_id}")).json()
+                if job["status"] in ("succeeded", "failed", "cancelled"):
+                    break
+                await asyncio.sleep(0.5)  # a client polling, not a second workload
+            wall = time.monotonic() - submitted
+            assert job["status"] == "succeeded", job["error"]
+        async with runtime.db.session() as session:
+            row = await session.get(TrainingJob, job_id)
+            assert row is not None and row.started_at and row.first_step_at and row.finished_at
+            started = aware(row.started_at)
+            submitted_at = aware(row.submitted_at)
+            return {
+                "submit_to_first_step_s": (aware(row.first_step_at) - submitted_at).total_seconds(),
+                "run_s": (aware(row.finished_at) - started).total_seconds(),
+                "submit_to_done_s": wall,
+                "accuracy": float(row.metrics.get("accuracy", 0.0)),
+            }
+
+
+def schedule_decision_ms(queued: int, repeats: int = 3) -> float:
+    from kiln_training.scheduler import Job, Resources, Team, plan
+
+    rng = random.Random(1)
+    teams = [Team(f"team-{i}", weight=rng.choice([1.0, 2.0])) for i in range(50)]
+    jobs = [
+        Job(
+            id=f"job-{i}",
+            team=f"team-{rng.randrange(50)}",
+            demand=Resources(cpu=rng.choice([1, 2, 4]), memory=rng.choice([2, 4, 8])),
+            priority=rng.randrange(3),
+            submitted_at=float(i),
+        )
+        for i in range(queued)
+    ]
+    running = jobs[:100]
+    capacity = Resources(cpu=512, memory=2048, gpu=8)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        plan(capacity, running, jobs[100:], teams, now=float(queued))
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--queued", type=int, default=10_000)
+    args = parser.parse_args()
+    params = {
+        "epochs": args.epochs,
+        "batch_size": 16,
+        "image_size": args.size,
+        "width": 16,
+        "lr": 0.003,
+    }
+    seed = 5
+    with tempfile.TemporaryDirectory(prefix="kiln-bench-training-") as tmp:
+        store_url = f"file://{tmp}/store"
+        asyncio.run(write_version(store_url, args.images, args.size))
+        settings = Settings(
+            database_url=f"sqlite+aiosqlite:///{tmp}/{{service}}.db",
+            bus_url="embedded://bench-training",
+            storage_url=store_url,
+            celery_broker_url="memory://",
+            # One process hosts API, relay and worker here: the relay need not poll at 50 Hz.
+            relay_poll_interval_s=0.25,
+        )
+        print(f"version: {args.images} images {args.size}x{args.size}", file=sys.stderr)
+
+        from kiln_training.templates import get_template, validate_params
+        from kiln_training.trainer import DataRef, RunSpec, plain_training_loop
+
+        spec = RunSpec(
+            template="image-cnn",
+            params=validate_params(get_template("image-cnn"), params),
+            seed=seed,
+            data=DataRef(store_url, MANIFEST_KEY, cache_dir=f"{tmp}/cache-plain"),
+            num_threads=1,
+        )
+        # Warm the blob cache and torch for both sides alike, then measure alternately.
+        plain_training_loop(spec)
+        plain_times, platform_runs = [], []
+        for _ in range(2):
+            plain_times.append(plain_training_loop(spec))
+            print(f"plain loop: {plain_times[-1]:.2f}s", file=sys.stderr)
+            platform_runs.append(asyncio.run(platform_job(settings, params, seed, args.images)))
+            print(f"platform: {platform_runs[-1]}", file=sys.stderr)
+            # Each platform run gets a fresh database.
+            for db in Path(tmp).glob("*.db*"):
+                db.unlink()
+    plain = min(plain_times)
+    run = min(p["run_s"] for p in platform_runs)
+    decision = schedule_decision_ms(args.queued)
+    print(f"plan over {args.queued} queued jobs: {decision:.1f} ms", file=sys.stderr)
+    result = {
+        "overhead_ratio": round(run / plain, 3),
+        "submit_to_first_step_s": round(
+            statistics.median(p["submit_to_first_step_s"] for p in platform_runs), 3
+        ),
+        "schedule_decision_ms": round(decision, 1),
+        "plain_loop_s": round(plain, 3),
+        "platform_run_s": round(run, 3),
+        "submit_to_done_s": round(min(p["submit_to_done_s"] for p in platform_runs), 3),
+        "accuracy": platform_runs[-1]["accuracy"],
+        "images": args.images,
+        "epochs": args.epochs,
+        "queued_jobs": args.queued,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
