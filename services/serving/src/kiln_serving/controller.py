@@ -189,7 +189,14 @@ class Controller:
     async def _deploy(self, deployment_id: str) -> None:
         try:
             async with self.runtime.db.transaction() as session:
-                d = await session.get(Deployment, deployment_id)
+                # Claimed under a row lock: with several API processes only one loads it.
+                d = (
+                    await session.exec(
+                        select(Deployment)
+                        .where(Deployment.id == deployment_id)
+                        .with_for_update(skip_locked=True)
+                    )
+                ).first()
                 if d is None or d.state != DeploymentState.pending:
                     return
                 endpoint = await session.get(Endpoint, d.endpoint)
@@ -200,6 +207,10 @@ class Controller:
                 config = EndpointConfig.model_validate(endpoint.config)
             try:
                 seconds = await self.load_version(d, config)
+            except asyncio.CancelledError:
+                # Shutting down mid-load: hand it back so the next start loads it at once.
+                await asyncio.shield(self._unclaim(deployment_id))
+                raise
             except Exception as exc:  # noqa: BLE001 - every failure is reported, never raised
                 reason = str(exc) if isinstance(exc, DeploymentError) else repr(exc)
                 await self._fail(deployment_id, reason[:2000])
@@ -207,6 +218,16 @@ class Controller:
             await self._go_live(deployment_id, seconds)
         finally:
             self._working.discard(deployment_id)
+
+    async def _unclaim(self, deployment_id: str) -> None:
+        async with self.runtime.db.transaction() as session:
+            d = await session.get(Deployment, deployment_id)
+            if d is not None and d.state == DeploymentState.loading:
+                d.state, d.updated_at = DeploymentState.pending, utcnow()
+                session.add(d)
+        if d is not None:
+            with contextlib.suppress(Exception):
+                await self.triton.unload(d.triton_model)
 
     async def _fail(self, deployment_id: str, reason: str) -> None:
         log.warning("deployment failed", extra={"deployment": deployment_id, "reason": reason})

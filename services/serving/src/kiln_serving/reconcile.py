@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from sqlmodel import col, select
@@ -22,15 +23,18 @@ log = logging.getLogger(__name__)
 async def reconcile(controller: Controller, *, startup: bool = False) -> None:
     runtime, triton = controller.runtime, controller.triton
     async with runtime.db.transaction() as session:
-        if startup:
-            # A load cut short by a crash starts over.
-            for d in (
-                await session.exec(
-                    select(Deployment).where(Deployment.state == DeploymentState.loading)
+        # A load cut short by a crash starts over: at once in a single-process (SQLite) setup,
+        # else once it is stale, since another API process may still be loading it.
+        stale = utcnow() - timedelta(seconds=0 if startup and not runtime.db.is_postgres else 120)
+        for d in (
+            await session.exec(
+                select(Deployment).where(
+                    Deployment.state == DeploymentState.loading, Deployment.updated_at < stale
                 )
-            ).all():
-                d.state, d.updated_at = DeploymentState.pending, utcnow()
-                session.add(d)
+            )
+        ).all():
+            d.state, d.updated_at = DeploymentState.pending, utcnow()
+            session.add(d)
         rows = (
             await session.exec(
                 select(Deployment, Endpoint)
