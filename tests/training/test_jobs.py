@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from kiln_core.service import ServiceRuntime
 from tests.training.conftest import (
@@ -72,3 +73,33 @@ async def test_a_job_goes_from_queued_to_succeeded_with_metrics_and_an_artifact(
     # Resources are free again: nothing runs, nothing waits.
     queue = (await client.get("/v1/queue")).json()
     assert queue["pools"]["cpu"]["running"] == [] and queue["pools"]["cpu"]["waiting"] == []
+
+
+@pytest.mark.parametrize("service_settings", ["embedded"], indirect=True)
+async def test_an_incremental_job_warm_starts_from_a_finished_job_of_the_same_template(
+    services: tuple[Service, Service],
+) -> None:
+    training, dataset = services
+    client, _ = training
+    version = await make_image_version(dataset, "warm")
+    await known_to_training(training, version)
+    await make_team(client)
+    first = (await client.post("/v1/jobs", json=job_body(version))).json()
+    early = await client.post(
+        "/v1/jobs", json=job_body(version, mode="incremental", warm_start_job_id=first["id"])
+    )
+    assert early.status_code == 422  # no weights yet: nothing to start from
+    assert (await wait_status(client, first["id"], {"succeeded", "failed"}))["status"] == (
+        "succeeded"
+    )
+    other = job_body(version, template="image-resnet18", params={"epochs": 1, "image_size": 8})
+    r = await client.post(
+        "/v1/jobs", json={**other, "mode": "incremental", "warm_start_job_id": first["id"]}
+    )
+    assert r.status_code == 422 and "trained template image-cnn" in r.json()["detail"]
+    body = job_body(version, mode="incremental", warm_start_job_id=first["id"])
+    warm = (await client.post("/v1/jobs", json=body)).json()
+    assert warm["mode"] == "incremental"
+    done = await wait_status(client, warm["id"], {"succeeded", "failed"})
+    assert done["status"] == "succeeded", done["error"]
+    assert done["metrics"]["accuracy"] >= 0.0
