@@ -369,6 +369,10 @@ async def predict(name: str, request: Request) -> Response:
         raise Forbidden(f"requires one of the roles: {', '.join(CALLERS)}")
     controller = _controller(request)
     route: Route | None = controller.table.routes.get(name)
+    if route is None or route.stable is None:
+        # Created or first deployed a moment ago: this process may not have re-read it yet.
+        await controller.refresh_routes()
+        route = controller.table.routes.get(name)
     if route is None:
         raise NotFound(f"no endpoint {name!r}")
     version, shadow = route.pick(request.headers.get(ROUTE_KEY_HEADER))

@@ -24,7 +24,7 @@ from kiln_serving.model_repository import build_model, request_input, warmup_inp
 from kiln_serving.models import Deployment, DeploymentState, Endpoint, EndpointConfig
 from kiln_serving.predictions import PredictionLog
 from kiln_serving.traffic import RoutingTable
-from kiln_serving.triton import TritonGateway
+from kiln_serving.triton import TritonGateway, TritonUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,8 @@ class Controller:
         self._tasks: set[asyncio.Task[None]] = set()
         self._reconcile_now = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._refresh_lock = asyncio.Lock()
+        self._refreshed_at = 0.0
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -130,6 +132,15 @@ class Controller:
             log.warning("Triton is unavailable")
         self.triton_up = up
 
+    async def refresh_routes(self) -> None:
+        """Re-read changed routes now (at most every 50 ms, so misses cannot flood the DB)."""
+        async with self._refresh_lock:
+            if time.monotonic() - self._refreshed_at < 0.05:
+                return
+            async with self.runtime.db.session() as session:
+                await self.table.refresh(session)
+            self._refreshed_at = time.monotonic()
+
     def triton_failed(self) -> None:
         """The request path saw Triton unavailable: check health at the next tick."""
         self._reconcile_now.set()
@@ -169,12 +180,16 @@ class Controller:
         try:
             await self.triton.load(d.triton_model, cfg, files)
         except Exception as exc:
+            if not await self.triton.ready():
+                raise TritonUnavailable(str(exc)) from exc  # not the model's fault: retry
             raise DeploymentError(str(exc)) from exc
         shape = request_input(artifact)
         try:
             probs = await self.triton.infer(
                 d.triton_model, shape.name, shape.datatype, warmup_input(artifact), timeout_s=60
             )
+        except TritonUnavailable:
+            raise
         except Exception as exc:
             await self.triton.unload(d.triton_model)
             raise DeploymentError(f"warm-up inference failed: {exc}") from exc
@@ -211,6 +226,12 @@ class Controller:
                 # Shutting down mid-load: hand it back so the next start loads it at once.
                 await asyncio.shield(self._unclaim(deployment_id))
                 raise
+            except TritonUnavailable:
+                log.warning("Triton went away during a load; it will be retried")
+                self.triton_up = False
+                self._reconcile_now.set()
+                await self._unclaim(deployment_id)
+                return
             except Exception as exc:  # noqa: BLE001 - every failure is reported, never raised
                 reason = str(exc) if isinstance(exc, DeploymentError) else repr(exc)
                 await self._fail(deployment_id, reason[:2000])
