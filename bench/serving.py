@@ -227,6 +227,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             for _ in range(10):  # interleaved chunks: both see the same background load
                 lat_direct += await latencies(direct, args.requests // 10)
                 lat_kiln += await latencies(kiln, args.requests // 10)
+
+            async def healthz() -> None:
+                await client.get("/healthz")
+
+            # The floor of any call through this HTTP stack (uvicorn, middleware, client).
+            lat_healthz = await latencies(healthz, args.requests // 2)
+            result["http_floor_p50_ms"] = round(percentile(lat_healthz, 50), 3)
+            print(f"GET /healthz p50 {result['http_floor_p50_ms']:.2f} ms", file=sys.stderr)
             tput_direct = await throughput(direct, args.concurrency, args.seconds)
             tput_kiln = await throughput(kiln, args.concurrency, args.seconds)
             for name, values, tput in (
