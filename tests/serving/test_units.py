@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from pydantic import ValidationError
 
@@ -204,3 +205,35 @@ def test_a_failing_input_fails_only_its_own_request(
         probs = r.output_tensors[0].as_numpy()
         assert r.error is None and probs.shape == (2, 3)
         assert np.allclose(probs.sum(axis=1), 1.0) and (probs.argmax(axis=1) == 1).all()
+
+
+class _TextNet(torch.nn.Module):
+    """Counts non-padding tokens: class 1 for texts of three or more words."""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        n = (ids != 0).sum(dim=1).float()
+        return torch.stack([3.0 - n, n - 2.5], dim=1) * 4
+
+
+def test_text_requests_are_tokenised_and_right_padded_into_one_batch(
+    backend: types.ModuleType, tmp_path: Path
+) -> None:
+    import json
+
+    folder = tmp_path / "1"
+    folder.mkdir()
+    torch.jit.save(torch.jit.script(_TextNet()), str(folder / "model.pt"))
+    meta = {
+        "input_name": "text",
+        "preprocessing": {"kind": "text", "buckets": 5000, "hash": "crc32"},
+        "signature": {"inputs": [{"name": "input", "dtype": "INT64", "shape": [-1]}]},
+    }
+    (folder / "kiln.json").write_text(json.dumps(meta))
+    model = backend.TritonPythonModel()
+    model.initialize({"model_repository": str(tmp_path), "model_version": "1"})
+    short = _Request(text=np.array([[b"hi there"]], dtype=object))
+    long = _Request(text=np.array([[b"one two three four"], [b"a"]], dtype=object))
+    out = [
+        r.output_tensors[0].as_numpy().argmax(axis=1).tolist() for r in model.execute([short, long])
+    ]
+    assert out == [[0], [1, 0]]
