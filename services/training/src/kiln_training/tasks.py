@@ -219,6 +219,7 @@ class JobRun:
         self.flag: Literal["pause", "cancel"] | None = None
         self.lost = False
         self.loop = asyncio.new_event_loop()
+        self.stopping = asyncio.Event()
         self.thread = threading.Thread(target=self.loop.run_forever, name=f"kiln-run-{job_id}")
         self.lock = threading.Lock()
         self.pending: list[MetricPoint] = []
@@ -275,11 +276,13 @@ class JobRun:
             self.loop.close()
 
     def _stop_beat(self, beat: Future[None]) -> None:
-        beat.cancel()
+        # Never cancel a beat mid-transaction (its metrics would roll back): ask it to stop
+        # between beats and wait for that.
+        self.loop.call_soon_threadsafe(self.stopping.set)
         try:
-            beat.result(timeout=10)
-        except BaseException:  # noqa: BLE001 - cancelled on purpose
-            pass
+            beat.result(timeout=30)
+        except BaseException:  # noqa: BLE001 - a failed last beat is retried by the final one
+            log.debug("heartbeat ended with an error", exc_info=True)
 
     @property
     def rt(self) -> ServiceRuntime:
@@ -415,8 +418,12 @@ class JobRun:
                 log.debug("could not delete an old checkpoint", exc_info=True)
 
     async def _heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(self.tsettings.heartbeat_s)
+        while not self.stopping.is_set():
+            try:
+                await asyncio.wait_for(self.stopping.wait(), self.tsettings.heartbeat_s)
+                return
+            except TimeoutError:
+                pass
             try:
                 await self._beat()
             except RunLost:
@@ -428,6 +435,14 @@ class JobRun:
     async def _beat(self, *, final: bool = False) -> None:
         with self.lock:
             pending, self.pending = self.pending, []
+        try:
+            await self._write_beat(pending, final)
+        except BaseException:
+            with self.lock:  # keep the points for the next beat
+                self.pending = pending + self.pending
+            raise
+
+    async def _write_beat(self, pending: list[MetricPoint], final: bool) -> None:
         async with self.rt.db.transaction() as session:
             job = await self._fenced(session)
             self.flag = _request(job.requested)
