@@ -282,10 +282,6 @@ class Controller:
             stable, cand = await _pair(session, endpoint)
             d.load_seconds = seconds
             d.updated_at = utcnow()
-            await canary.place(self.runtime, session, endpoint, d, stable, cand)
-            for row in (d, endpoint, stable, cand):
-                if row is not None:
-                    session.add(row)
             await self.runtime.emit(
                 session,
                 DeploymentReady(
@@ -298,6 +294,10 @@ class Controller:
                 ),
                 subject=d.endpoint,
             )
+            await canary.place(self.runtime, session, endpoint, d, stable, cand)
+            for row in (d, endpoint, stable, cand):
+                if row is not None:
+                    session.add(row)
         async with self.runtime.db.session() as session:
             await self.table.refresh(session)
 
