@@ -291,8 +291,8 @@ class Loop:
                     "params": {
                         "image_size": 8,
                         "image_mode": "L",
-                        "width": 32,
-                        "epochs": 30,
+                        "width": 16,
+                        "epochs": 20,
                         "batch_size": 64,
                         "lr": 0.01,
                     },

@@ -110,7 +110,7 @@ TEMPLATES: dict[str, Template] = {
         Template(
             name="image-cnn",
             task="image-classification",
-            description="A small CNN: two conv blocks (width, 2×width channels), global average"
+            description="A small CNN: two conv blocks (width, 2×width channels), 2×2 average"
             " pooling and a linear head. Fast; works on images from 4×4 up.",
             params={
                 **_optim_params(lr=3e-3, weight_decay=1e-4),
