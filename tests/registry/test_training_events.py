@@ -122,3 +122,29 @@ async def test_concurrent_events_for_one_job_register_one_version(
     assert [v["version"] for v in versions] == [1]
     log = (await client.get(f"/v1/models/{name}/log")).json()["items"]
     assert sorted(e["action"] for e in log) == ["model.created", "version.created"]
+
+
+async def test_auto_promotion_moves_the_alias_only_for_versions_passing_the_gates(
+    registry_service: Service, unique: str
+) -> None:
+    client, runtime = registry_service
+    name = f"auto{unique}"
+    assert (await client.post("/v1/models", json={"name": name})).status_code == 201
+    policy = {
+        "gated_aliases": ["production"],
+        "metric_gates": [{"metric": "accuracy", "op": ">=", "value": 0.9}],
+        "auto_promote": "production",
+    }
+    assert (await client.put(f"/v1/models/{name}/policy", json=policy)).status_code == 200
+    good = await training_event(runtime, f"good-{unique}", name, metrics={"accuracy": 0.95})
+    await runtime.inbox.handle_record(as_record(good))
+    weak = await training_event(runtime, f"weak-{unique}", name, metrics={"accuracy": 0.5}, seed=1)
+    await runtime.inbox.handle_record(as_record(weak))
+    aliases = {
+        a["alias"]: a["version"] for a in (await client.get(f"/v1/models/{name}/aliases")).json()
+    }
+    assert aliases == {"production": 1}  # version 2 failed the gate and stayed registered
+    log = (await client.get(f"/v1/models/{name}/versions/2/log")).json()
+    refused = [op for op in log if op["action"] == "promotion.refused"]
+    assert refused and refused[0]["actor"] == "registry:auto-promote"
+    assert refused[0]["details"]["failed_gates"]

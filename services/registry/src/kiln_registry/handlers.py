@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from typing import Any
 
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -68,7 +69,7 @@ async def on_training_job_succeeded(
         model = await get_model(session, data.model_name)
     except NotFound:
         model = await create_model(session, data.model_name, actor)
-    await register_version(
+    version = await register_version(
         session,
         runtime,
         model,
@@ -93,6 +94,36 @@ async def on_training_job_succeeded(
         training_job_id=data.job_id,
         description=f"trained by job {data.job_id} ({data.template})",
     )
+    await auto_promote(session, runtime, model, version)
+
+
+async def auto_promote(
+    session: AsyncSession, runtime: Any, model: Any, version: ModelVersion
+) -> None:
+    """Continuous delivery: move the policy's ``auto_promote`` alias to a new trained version
+    if it passes the gates. A refusal is logged, never an error: the version stays registered
+    for a person to look at."""
+    from kiln_core.auth import Principal
+    from kiln_registry.models import PolicyBody, PromotionPolicy
+    from kiln_registry.promotion import PromotionRefused, promote
+    from kiln_registry.versions import log_operation
+
+    row = await session.get(PromotionPolicy, model.id)
+    policy = PolicyBody.model_validate(row.rules) if row else None
+    if policy is None or not policy.auto_promote:
+        return
+    robot = Principal("registry:auto-promote", frozenset({"admin"}))
+    try:
+        await promote(session, runtime, model, policy.auto_promote, version, robot, "auto-promote")
+    except PromotionRefused as exc:
+        await log_operation(
+            session,
+            model,
+            "promotion.refused",
+            robot.subject,
+            {"alias": policy.auto_promote, "failed_gates": exc.extra.get("failed_gates", [])},
+            version=version,
+        )
 
 
 HANDLERS: dict[str, EventHandler] = {

@@ -270,6 +270,12 @@ class PolicyBody(BaseModel):
     )
     metric_gates: list[MetricGate] = PydField(default_factory=list, max_length=50)
     regression_gates: list[RegressionGate] = PydField(default_factory=list, max_length=50)
+    auto_promote: str | None = PydField(
+        default=None,
+        max_length=100,
+        description="alias a version trained by Kiln moves to on registration when it passes "
+        "the gates (continuous delivery: production, or canary for a gradual roll-out)",
+    )
     promoter_roles: list[str] = PydField(
         default_factory=lambda: ["ml-engineer"],
         min_length=1,
