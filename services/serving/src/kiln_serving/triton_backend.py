@@ -3,6 +3,10 @@
 It loads the TorchScript model, turns raw request inputs into the model's tensor exactly as
 training did (``kiln.json`` holds the preprocessing and signature) and answers class
 probabilities. It imports only numpy, Pillow and torch: it runs in Triton's stub process.
+
+torch is imported in ``initialize``, not at module level: Triton's Python backend imports this
+file twice per load (once in a throw-away stub that only asks for ``auto_complete_config``, once
+in the instance's stub), and importing torch costs about two seconds each time.
 """
 
 from __future__ import annotations
@@ -11,13 +15,13 @@ import io
 import json
 import os
 import zlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
 
-torch.set_num_threads(1)  # one core per instance; Triton runs instances side by side
+if TYPE_CHECKING:
+    import torch
 
 
 def preprocess_image(data: bytes, spec: dict[str, Any]) -> np.ndarray:
@@ -60,6 +64,10 @@ class TritonPythonModel:
     """Preprocess, run the TorchScript model on the whole dynamic batch, softmax."""
 
     def initialize(self, args: dict[str, str]) -> None:
+        global torch
+        import torch
+
+        torch.set_num_threads(1)  # one core per instance; Triton runs instances side by side
         folder = os.path.join(args["model_repository"], args["model_version"])
         with open(os.path.join(folder, "kiln.json")) as f:
             meta = json.load(f)
