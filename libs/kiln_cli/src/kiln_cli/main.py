@@ -143,6 +143,9 @@ def demo(
         raise typer.BadParameter("--stack is embedded or local")
     out_dir = (out or default_out_dir()).resolve()
     with_out_env(out_dir)
+    from kiln_core.telemetry import setup_tracing
+
+    setup_tracing("demo", f"file:{out_dir / 'traces.jsonl'}")
     _setup("demo")
     try:
         result = asyncio.run(run_demo(out_dir, stack=stack, seed=seed))

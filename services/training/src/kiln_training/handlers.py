@@ -15,7 +15,7 @@ from kiln_training.triggers import fire_triggers
 async def on_version_created(
     session: AsyncSession, event: CloudEvent, data: DatasetVersionCreated
 ) -> None:
-    """Remember the version (jobs name it; its manifest key comes from here), and for a
+    """Remember the version (jobs name it; its manifest key comes from here), and for a fully
     labelled one fire the retraining rules of its dataset."""
     known = await session.get(KnownVersion, data.version_id)
     if known is None:
@@ -30,7 +30,9 @@ async def on_version_created(
         )
         session.add(known)
         await session.flush()
-    if data.labelled:
+    # Only a fully labelled version retrains: one with items still waiting for labels (new
+    # active-learning inputs, say) would train on the old labels again.
+    if data.labelled and data.labelled_count == data.item_count:
         await fire_triggers(session, known)
 
 
