@@ -146,6 +146,19 @@ class _Advertiser:
 
 
 _advertiser: _Advertiser | None = None
+_warm_lock = threading.Lock()
+_warmed = False
+
+
+def warm_up_once() -> None:
+    """Pay PyTorch's one-time lazy imports once per process, before any job's clock runs."""
+    global _warmed
+    with _warm_lock:
+        if not _warmed:
+            from kiln_training.trainer import warm_up
+
+            warm_up()
+            _warmed = True
 
 
 @signals.celeryd_after_setup.connect
@@ -162,6 +175,7 @@ def _start_advertising(sender: Any = None, **_: Any) -> None:
         return
     _advertiser = _Advertiser(get_settings(), training_settings())
     _advertiser.thread.start()
+    threading.Thread(target=warm_up_once, name="kiln-training-warm-up", daemon=True).start()
 
 
 @signals.worker_shutting_down.connect
@@ -220,6 +234,7 @@ class JobRun:
         self.lost = False
         self.loop = asyncio.new_event_loop()
         self.stopping = asyncio.Event()
+        self.checkpointing: Future[None] | None = None
         self.thread = threading.Thread(target=self.loop.run_forever, name=f"kiln-run-{job_id}")
         self.lock = threading.Lock()
         self.pending: list[MetricPoint] = []
@@ -240,9 +255,11 @@ class JobRun:
     def run(self) -> None:
         from kiln_training.service import SERVICE
 
-        # Import PyTorch before claiming: loading its libraries holds the GIL for seconds,
-        # which would starve the heartbeat of a lease already running.
+        # Import and warm PyTorch before claiming: loading its libraries holds the GIL for
+        # seconds, which would starve the heartbeat of a lease already running.
         from kiln_training.trainer import run_training
+
+        warm_up_once()
 
         self.thread.start()
         self.runtime = ServiceRuntime(SERVICE, self.settings)
@@ -257,6 +274,7 @@ class JobRun:
                 # The claim holds the lease (heartbeats go on) while another run finishes.
                 with _RUN_LOCK:
                     outcome = run_training(spec, self)
+                self._checkpoint_written()
             except Exception as exc:  # noqa: BLE001 - recorded on the job
                 log.exception("training run failed", extra={"job_id": self.job_id})
                 self._stop_beat(beat)
@@ -391,7 +409,17 @@ class JobRun:
             )
 
     def save_checkpoint(self, data: bytes, step: int) -> None:
-        self._call(self._save_checkpoint(data, step))
+        # Written in the background so training goes on; the next save and the outcome wait
+        # for it, so checkpoints land in order and a pause never records an unwritten one.
+        self._checkpoint_written()
+        self.checkpointing = asyncio.run_coroutine_threadsafe(
+            self._save_checkpoint(data, step), self.loop
+        )
+
+    def _checkpoint_written(self) -> None:
+        if self.checkpointing is not None:
+            future, self.checkpointing = self.checkpointing, None
+            future.result()
 
     def load_checkpoint(self) -> bytes | None:
         job = self.job
