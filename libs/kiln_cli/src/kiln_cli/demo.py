@@ -233,6 +233,16 @@ class Loop:
     dataset_id: str = ""
     project_id: str = ""
     truth: dict[str, str] = field(default_factory=dict)  # blob sha256 → true label
+    # Names of this run's model and endpoint: a long-lived stack keeps earlier runs' ones.
+    run: str = field(default_factory=lambda: os.urandom(3).hex())
+
+    @property
+    def model(self) -> str:
+        return f"digits-{self.run}"
+
+    @property
+    def endpoint(self) -> str:
+        return f"digits-{self.run}"
 
     def __post_init__(self) -> None:
         import hashlib
@@ -281,12 +291,12 @@ class Loop:
             "POST",
             "/v1/triggers",
             json={
-                "name": "retrain-digits",
+                "name": f"retrain-{self.model}",
                 "dataset_id": self.dataset_id,
                 "job": {
                     "template": "image-cnn",
                     "team": "vision",
-                    "model_name": "digits",
+                    "model_name": self.model,
                     "seed": self.seed,
                     "params": {
                         "image_size": 8,
@@ -299,11 +309,11 @@ class Loop:
                 },
             },
         )
-        await k.call("registry", "POST", "/v1/models", json={"name": "digits"}, expect=(201, 409))
+        await k.call("registry", "POST", "/v1/models", json={"name": self.model}, expect=(201, 409))
         await k.call(
             "registry",
             "PUT",
-            "/v1/models/digits/policy",
+            f"/v1/models/{self.model}/policy",
             json={
                 "gated_aliases": ["production", "canary"],
                 "metric_gates": [{"metric": "accuracy", "op": ">=", "value": 0.9}],
@@ -318,8 +328,8 @@ class Loop:
             "POST",
             "/v1/endpoints",
             json={
-                "name": "digits",
-                "model_name": "digits",
+                "name": self.endpoint,
+                "model_name": self.model,
                 "alias": "production",
                 "candidate_alias": "canary",
                 "strategy": "canary",
@@ -340,18 +350,18 @@ class Loop:
             "serving",
             "POST",
             "/v1/endpoints",
-            json={"name": "digits-eval", "model_name": "digits", "alias": "production"},
+            json={"name": f"{self.endpoint}-eval", "model_name": self.model, "alias": "production"},
             expect=(201, 409),
         )
 
     async def set_auto_promote(self, alias: str) -> None:
-        policy = await self.kiln.json("registry", "GET", "/v1/models/digits/policy")
+        policy = await self.kiln.json("registry", "GET", f"/v1/models/{self.model}/policy")
         body = {k: policy[k] for k in ("gated_aliases", "metric_gates", "regression_gates")}
         body |= {"promoter_roles": policy["promoter_roles"], "auto_promote": alias}
-        await self.kiln.call("registry", "PUT", "/v1/models/digits/policy", json=body)
+        await self.kiln.call("registry", "PUT", f"/v1/models/{self.model}/policy", json=body)
 
     async def alias(self, alias: str) -> int | None:
-        aliases = await self.kiln.json("registry", "GET", "/v1/models/digits/aliases")
+        aliases = await self.kiln.json("registry", "GET", f"/v1/models/{self.model}/aliases")
         return next((a["version"] for a in aliases if a["alias"] == alias), None)
 
     async def ingest(self) -> int:
@@ -485,7 +495,7 @@ class Loop:
         while time.monotonic() < deadline:
             for p in await self.predict(digits[:64]):
                 answered[p["version"]] += 1
-            endpoint = await self.kiln.json("serving", "GET", "/v1/endpoints/digits")
+            endpoint = await self.kiln.json("serving", "GET", f"/v1/endpoints/{self.endpoint}")
             stable = (endpoint.get("stable") or {}).get("version")
             if stable == version and not endpoint.get("candidate"):
                 return dict(answered)
@@ -517,7 +527,7 @@ class Loop:
 
         async def find() -> dict[str, Any] | None:
             page = await self.kiln.call(
-                "registry", "GET", "/v1/models/digits/versions", expect=(200, 404)
+                "registry", "GET", f"/v1/models/{self.model}/versions", expect=(200, 404)
             )
             if page.status_code == 404:
                 return None
@@ -530,14 +540,16 @@ class Loop:
         await self.kiln.call(
             "registry",
             "POST",
-            f"/v1/models/digits/aliases/{alias}",
+            f"/v1/models/{self.model}/aliases/{alias}",
             who=("mia", "ml-engineer"),
             json={"version": version, "reason": f"demo: {alias}"},
         )
 
     async def serving_version(
-        self, version: int, timeout_s: float, endpoint_name: str = "digits"
+        self, version: int, timeout_s: float, endpoint_name: str = ""
     ) -> None:
+        endpoint_name = endpoint_name or self.endpoint
+
         async def stable() -> bool:
             endpoint = await self.kiln.json("serving", "GET", f"/v1/endpoints/{endpoint_name}")
             stable = endpoint.get("stable") or {}
@@ -555,7 +567,7 @@ class Loop:
                     self.kiln.json(
                         "serving",
                         "POST",
-                        "/v1/endpoints/digits:predict",
+                        f"/v1/endpoints/{self.endpoint}:predict",
                         who=("app", "viewer"),
                         content=d.png,
                         content_type="image/png",
@@ -577,7 +589,7 @@ class Loop:
             answer = await self.kiln.json(
                 "serving",
                 "POST",
-                "/v1/endpoints/digits-eval:predict",
+                f"/v1/endpoints/{self.endpoint}-eval:predict",
                 who=("app", "viewer"),
                 json={"inputs": [base64.b64encode(d.png).decode() for d in batch]},
             )
@@ -630,7 +642,9 @@ async def run_loop(
         f"(val accuracy {one.val_accuracy:.3f}); promoted to production through the accuracy gate"
     )
     await loop.serving_version(model["version"], timeout_s=60)
-    await loop.serving_version(model["version"], timeout_s=60, endpoint_name="digits-eval")
+    await loop.serving_version(
+        model["version"], timeout_s=60, endpoint_name=f"{loop.endpoint}-eval"
+    )
     served = await loop.predict_b64(data.test)
     one.served_accuracy = accuracy(served)
     say(
@@ -671,7 +685,9 @@ async def run_loop(
             f"{answered.get(model2['version'], 0)} of {sum(answered.values())} requests"
         )
         await loop.promote(model2["version"], "production")
-        await loop.serving_version(model2["version"], timeout_s=60, endpoint_name="digits-eval")
+        await loop.serving_version(
+            model2["version"], timeout_s=60, endpoint_name=f"{loop.endpoint}-eval"
+        )
     served2 = await loop.predict_b64(data.test)
     two.served_accuracy = accuracy(served2)
     two.seconds = time.monotonic() - t0
