@@ -125,6 +125,8 @@ class _Advertiser:
         self.thread.daemon = True
 
     def _run(self) -> None:
+        # Capacity is advertised only once PyTorch is warm, so no job waits on the warm-up.
+        warm_up_once()
         asyncio.run(self._loop())
 
     async def _loop(self) -> None:
@@ -175,7 +177,6 @@ def _start_advertising(sender: Any = None, **_: Any) -> None:
         return
     _advertiser = _Advertiser(get_settings(), training_settings())
     _advertiser.thread.start()
-    threading.Thread(target=warm_up_once, name="kiln-training-warm-up", daemon=True).start()
 
 
 @signals.worker_shutting_down.connect
