@@ -42,13 +42,13 @@ import httpx
 import numpy as np
 import typer
 
+from kiln_cli.gateway import Gateway
 from kiln_core.events import SERVICES
 
 T = TypeVar("T")
 
 DIGITS = [str(d) for d in range(10)]
-STACK_PORTS = {"dataset": 8101, "annotation": 8102, "training": 8103, "registry": 8104}
-STACK_PORTS["serving"] = 8105
+GATEWAY_PORT = 8100  # `kiln up` puts the gateway here
 
 
 # --- the data ------------------------------------------------------------------------------------
@@ -176,32 +176,38 @@ async def embedded_services(
         triton_url="managed://",
     )
     async with AsyncExitStack() as stack:
-        clients: dict[str, httpx.AsyncClient] = {}
+        apps = {}
         for name in SERVICES:
             runtime = ServiceRuntime(load_spec(name), settings)
             app = create_app(runtime, background=[runtime.run_events])
             await stack.enter_async_context(app.router.lifespan_context(app))
-            clients[name] = await stack.enter_async_context(
+            apps[name] = app
+        # One ASGI app mounts every service, as the gateway does on a real deployment.
+        transport = httpx.ASGITransport(app=Gateway(apps))
+        clients = {
+            name: await stack.enter_async_context(
                 httpx.AsyncClient(
-                    transport=httpx.ASGITransport(app=app),
-                    base_url=f"http://{name}",
-                    timeout=120,
+                    transport=transport, base_url=f"http://kiln/api/{name}", timeout=120
                 )
             )
+            for name in SERVICES
+        }
         yield clients, settings
 
 
 @asynccontextmanager
 async def stack_services() -> AsyncIterator[tuple[dict[str, httpx.AsyncClient], Any]]:
-    """The services of the local stack (``kiln stack up``) over HTTP."""
+    """The services of the local stack (``kiln up``) over HTTP, through its gateway."""
     from kiln_core.settings import get_settings
 
     async with AsyncExitStack() as stack:
         clients = {
             name: await stack.enter_async_context(
-                httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120)
+                httpx.AsyncClient(
+                    base_url=f"http://127.0.0.1:{GATEWAY_PORT}/api/{name}", timeout=120
+                )
             )
-            for name, port in STACK_PORTS.items()
+            for name in SERVICES
         }
         yield clients, get_settings()
 
@@ -704,17 +710,29 @@ async def run_loop(
 # --- the command ---------------------------------------------------------------------------------
 
 
-async def count_events(kiln: Kiln) -> int:
-    """Events the services published, from each one's ``/metrics``."""
+async def count_events(stack: str) -> int:
+    """Events the services published: this process's counter on the embedded defaults, each
+    API's ``/metrics`` on the local stack (the gateway does not expose them)."""
+    if stack == "embedded":
+        from kiln_core.telemetry import EVENTS_PUBLISHED
+
+        return int(
+            sum(
+                s.value
+                for metric in EVENTS_PUBLISHED.collect()
+                for s in metric.samples
+                if s.name.endswith("_total")
+            )
+        )
+    from kiln_cli.services import DEFAULT_PORTS
+
     total = 0.0
-    seen: set[str] = set()
-    for service, client in kiln.clients.items():
-        text = (await client.get("/metrics")).text
-        for line in text.splitlines():
-            if line.startswith("kiln_events_published_total{") and line not in seen:
-                seen.add(line)  # in one process every service shares the registry
-                total += float(line.rsplit(" ", 1)[1])
-        del service
+    async with httpx.AsyncClient(timeout=10) as client:
+        for port in DEFAULT_PORTS.values():
+            text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+            for line in text.splitlines():
+                if line.startswith("kiln_events_published_total{"):
+                    total += float(line.rsplit(" ", 1)[1])
     return int(total)
 
 
@@ -775,7 +793,7 @@ async def run_demo(
         result = await run_loop(
             kiln, seed=seed, mistake_rate=mistake_rate, threshold=threshold, say=say
         )
-        events = await count_events(kiln)
+        events = await count_events(stack)
     rounds: list[Round] = result["rounds"]
     coverage = trace_coverage(out_dir / "traces.jsonl")
     typer.echo("")

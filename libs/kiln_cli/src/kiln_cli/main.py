@@ -156,6 +156,39 @@ def demo(
 
 
 @app.command()
+def gateway(
+    host: str = typer.Option("127.0.0.1", help="address to listen on"),
+    port: int = typer.Option(8100, help="port to listen on"),
+) -> None:
+    """The local stack's API gateway: /api/<service>/… to each service's API."""
+    import uvicorn
+
+    from kiln_cli.gateway import Gateway
+    from kiln_cli.services import DEFAULT_PORTS
+
+    _setup("gateway")
+    targets = {name: f"http://127.0.0.1:{p}" for name, p in DEFAULT_PORTS.items()}
+    uvicorn.run(Gateway(targets), host=host, port=port, log_config=None, access_log=False)
+
+
+@app.command()
+def up(wait: float = typer.Option(90.0, help="seconds to wait for every API")) -> None:
+    """The local real stack in one command: infrastructure, every service's API, event and
+    worker processes, and the gateway on :8100 (same as `kiln stack up`)."""
+    from kiln_cli.stack import stack_up
+
+    stack_up(wait)
+
+
+@app.command()
+def down() -> None:
+    """Stop what `kiln up` started (the infrastructure keeps running: `kiln infra down`)."""
+    from kiln_cli.stack import stack_down
+
+    stack_down()
+
+
+@app.command()
 def token(
     subject: str = typer.Option("dev", "--sub", help="user id"),
     role: list[str] = typer.Option(["admin"], "--role", help="role (repeatable)"),

@@ -25,6 +25,9 @@ def _pid_dir():  # type: ignore[no-untyped-def]
     return path
 
 
+GATEWAY_PORT = 8100
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -40,6 +43,7 @@ def _processes() -> list[tuple[str, list[str]]]:
         procs.append((f"{name}-events", ["consume", name]))
         if load_spec(name).celery is not None:
             procs.append((f"{name}-worker", ["worker", name]))
+    procs.append(("gateway", ["gateway", "--port", str(GATEWAY_PORT)]))
     return procs
 
 
@@ -78,6 +82,7 @@ def stack_up(wait: float = typer.Option(60.0, help="seconds to wait for /readyz"
                 typer.echo(f"{name}: not ready; see {_pid_dir() / (name + '-api.log')}", err=True)
                 raise typer.Exit(1)
             time.sleep(0.3)
+    typer.echo(f"gateway: http://127.0.0.1:{GATEWAY_PORT}/api/<service>/")
 
 
 @stack_app.command("down")
