@@ -177,3 +177,19 @@ def setup_logging(service: str, level: str = "INFO", as_json: bool = True) -> No
     root.setLevel(level.upper())
     for noisy in ("aiokafka", "kafka", "alembic", "uvicorn.access", "httpx"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def current_traceparent() -> str | None:
+    """The W3C ``traceparent`` of the current span, to store with work that continues later
+    elsewhere (a queued job), or None outside any trace."""
+    for key, value in inject_headers():
+        if key == "traceparent":
+            return value.decode()
+    return None
+
+
+def continued_span(name: str, traceparent: str | None, **attributes: Any) -> Any:
+    """A span continuing the trace of a stored ``traceparent`` (a new trace without one), made
+    current for the ``with`` block, so events emitted in it carry that trace on."""
+    context = extract_context([("traceparent", traceparent.encode())]) if traceparent else None
+    return tracer("kiln").start_as_current_span(name, context=context, attributes=attributes)

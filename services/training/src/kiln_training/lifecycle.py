@@ -22,6 +22,7 @@ from kiln_core.catalog import TrainingJobCancelled, TrainingJobFailed
 from kiln_core.db import aware, utcnow
 from kiln_core.errors import Conflict, KilnError, NotFound
 from kiln_core.service import ServiceRuntime
+from kiln_core.telemetry import current_traceparent
 from kiln_training.models import (
     TERMINAL,
     JobCreate,
@@ -189,6 +190,7 @@ async def new_job(
     resources = body.resources.model_dump()
     job = TrainingJob(
         kind=JobKind.train,
+        traceparent=current_traceparent(),
         parent_id=parent_id,
         trigger_id=trigger_id,
         team=body.team,

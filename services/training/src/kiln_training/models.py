@@ -130,6 +130,9 @@ class TrainingJob(SQLModel, table=True):
     # Search jobs: {strategy, space, trials, target, direction, best_trial_id, ranking}.
     search: dict[str, Any] | None = Field(default=None, sa_column=_json())
     error: str | None = Field(default=None, sa_column=Column(Text))
+    # The trace the job was submitted in (an API call, or the event that fired a trigger); the
+    # run's events continue it.
+    traceparent: str | None = Field(default=None, sa_column=Column(String(64)))
     first_step_at: datetime | None = Field(default=None, sa_column=_ts(True))
     last_progress_event_at: datetime | None = Field(default=None, sa_column=_ts(True))
     created_by: str = Field(default="", sa_column=Column(String(200), nullable=False))

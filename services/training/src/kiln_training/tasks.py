@@ -40,6 +40,7 @@ from kiln_core.db import utcnow
 from kiln_core.service import ServiceRuntime
 from kiln_core.settings import Settings, get_settings
 from kiln_core.tasks import is_embedded_broker, make_celery
+from kiln_core.telemetry import continued_span
 from kiln_training.lifecycle import (
     TrainingSettings,
     after_trial_end,
@@ -322,6 +323,12 @@ class JobRun:
             raise RunLost(self.job_id)
         return job
 
+    def _span(self, job: TrainingJob, name: str) -> Any:
+        """Events of the run continue the trace the job was submitted in."""
+        return continued_span(
+            name, job.traceparent, **{"kiln.service": "training", "kiln.job_id": job.id}
+        )
+
     async def _claim(self) -> TrainingJob | None:
         from kiln_training.lifecycle import get_job
 
@@ -335,13 +342,16 @@ class JobRun:
             job.updated_at = utcnow()
             self.flag = _request(job.requested)
             session.add(job)
-            await self.rt.emit(
-                session,
-                TrainingJobStarted(
-                    **_base(job), attempt=job.attempts, resumed_from_step=job.checkpoint_step
-                ),
-                subject=job.id,
-            )
+            with self._span(job, "training run started"):
+                await self.rt.emit(
+                    session,
+                    TrainingJobStarted(
+                        **_base(job),
+                        attempt=job.attempts,
+                        resumed_from_step=job.checkpoint_step,
+                    ),
+                    subject=job.id,
+                )
             return job
 
     async def _spec(self, job: TrainingJob) -> Any:
@@ -524,7 +534,8 @@ class JobRun:
                 job.step = int(outcome.step)
                 job.epoch = int(outcome.epoch)
                 if status == "succeeded":
-                    await self._succeed(session, job, outcome, artifact)
+                    with self._span(job, "training run succeeded"):
+                        await self._succeed(session, job, outcome, artifact)
                 elif status == "cancelled" or job.requested == "cancel":
                     await mark_cancelled(session, self.rt, job, None)
                 elif status == "paused":
