@@ -3,6 +3,7 @@ validation and the Python-backend model run with a stand-in for Triton's utiliti
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import sys
@@ -25,6 +26,7 @@ from kiln_serving.api import parse_inputs
 from kiln_serving.model_repository import InputShape
 from kiln_serving.models import EndpointConfig, EndpointCreate
 from kiln_serving.traffic import Outcomes, Route, ServingVersion
+from kiln_serving.triton import InferenceFailed, TritonGateway
 from tests.serving.conftest import torchscript
 
 
@@ -237,3 +239,46 @@ def test_text_requests_are_tokenised_and_right_padded_into_one_batch(
         r.output_tensors[0].as_numpy().argmax(axis=1).tolist() for r in model.execute([short, long])
     ]
     assert out == [[0], [1, 0]]
+
+
+class _CountingTriton(TritonGateway):
+    """The gateway with Triton's answer stood in: rows sum to the probability of class 1; a
+    row of -1 is an input the model rejects."""
+
+    def __init__(self) -> None:
+        super().__init__("grpc://127.0.0.1:1")
+        self.calls: list[int] = []
+
+    async def infer(
+        self, model: str, input_name: str, datatype: str, data: np.ndarray, timeout_s: float = 30
+    ) -> np.ndarray:
+        self.calls.append(data.shape[0])
+        await asyncio.sleep(0.01)
+        if (data == -1).all(axis=1).any():
+            raise InferenceFailed("bad input")
+        s = data.sum(axis=1, keepdims=True)
+        return np.concatenate([1 - s, s], axis=1)
+
+
+async def test_concurrent_requests_share_triton_calls_and_keep_their_own_rows() -> None:
+    triton = _CountingTriton()
+    rows = [np.full((1 + i % 3, 4), i / 1000, np.float32) for i in range(20)]
+    answers = await asyncio.gather(
+        *(triton.infer_shared("m", "features", "FP32", r, max_rows=8) for r in rows)
+    )
+    for r, probs in zip(rows, answers, strict=True):
+        assert probs.shape == (r.shape[0], 2) and np.allclose(probs[:, 1], r.sum(axis=1))
+    assert len(triton.calls) < len(rows) and max(triton.calls) <= 8
+    assert triton._lanes == {}  # nothing left behind once idle
+
+
+async def test_a_rejected_row_in_a_shared_call_fails_only_its_own_request() -> None:
+    triton = _CountingTriton()
+    rows = [np.full((1, 4), -1.0 if i == 5 else 0.1, np.float32) for i in range(8)]
+    answers = await asyncio.gather(
+        *(triton.infer_shared("m", "features", "FP32", r, max_rows=64) for r in rows),
+        return_exceptions=True,
+    )
+    failed = [i for i, a in enumerate(answers) if isinstance(a, Exception)]
+    assert failed == [5] and isinstance(answers[5], InferenceFailed)
+    assert all(np.allclose(a[:, 1], 0.4) for a in answers if not isinstance(a, Exception))

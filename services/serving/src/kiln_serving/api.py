@@ -319,14 +319,16 @@ def _raw(row: Any) -> tuple[bytes, str]:
     return json.dumps(row).encode(), "application/json"
 
 
-async def _infer(controller: Controller, version: ServingVersion, data: np.ndarray) -> np.ndarray:
+async def _infer(
+    controller: Controller, version: ServingVersion, data: np.ndarray, max_rows: int
+) -> np.ndarray:
     table = controller.table
     table.acquire(version)
     started = time.perf_counter()
     ok = False
     try:
-        probs = await controller.triton.infer(
-            version.triton_model, version.input.name, version.input.datatype, data
+        probs = await controller.triton.infer_shared(
+            version.triton_model, version.input.name, version.input.datatype, data, max_rows
         )
         ok = True
         return probs
@@ -339,10 +341,14 @@ async def _infer(controller: Controller, version: ServingVersion, data: np.ndarr
 
 
 async def _shadow(
-    controller: Controller, version: ServingVersion, data: np.ndarray, answer: np.ndarray
+    controller: Controller,
+    version: ServingVersion,
+    data: np.ndarray,
+    answer: np.ndarray,
+    max_rows: int,
 ) -> None:
     try:
-        probs = await _infer(controller, version, data)
+        probs = await _infer(controller, version, data, max_rows)
     except Exception:  # noqa: BLE001 - counted as an error of the candidate, never surfaced
         return
     agreed = bool((probs.argmax(axis=1) == answer.argmax(axis=1)).all())
@@ -380,9 +386,10 @@ async def predict(name: str, request: Request) -> Response:
         raise DependencyUnavailable(f"endpoint {name!r} has no model version deployed yet")
     body = await request.body()
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
-    data, raws = parse_inputs(version, body, content_type, route.config.max_batch_size)
+    max_rows = route.config.max_batch_size
+    data, raws = parse_inputs(version, body, content_type, max_rows)
     try:
-        probs = await _infer(controller, version, data)
+        probs = await _infer(controller, version, data, max_rows)
     except TritonUnavailable as exc:
         raise DependencyUnavailable(f"the model server is unavailable: {exc}") from None
     except InferenceFailed as exc:
@@ -392,13 +399,13 @@ async def predict(name: str, request: Request) -> Response:
         # A failing candidate is counted against it; the caller gets the stable answer.
         version = stable
         try:
-            probs = await _infer(controller, version, data)
+            probs = await _infer(controller, version, data, max_rows)
         except TritonUnavailable as exc2:
             raise DependencyUnavailable(f"the model server is unavailable: {exc2}") from None
         except InferenceFailed as exc2:
             raise ModelFailed(str(exc2)[:500]) from None
     if shadow is not None and sum(controller.table.inflight.values()) < SHADOW_LIMIT:
-        task = asyncio.ensure_future(_shadow(controller, shadow, data, probs))
+        task = asyncio.ensure_future(_shadow(controller, shadow, data, probs, max_rows))
         controller._tasks.add(task)
         task.add_done_callback(controller._tasks.discard)
     latency_ms = (time.perf_counter() - started) * 1000

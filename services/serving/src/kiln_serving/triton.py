@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,25 @@ class TritonUnavailable(Exception):
 
 class InferenceFailed(Exception):
     """Triton answered with an error for this request (bad input or a failing model)."""
+
+
+# Calls in flight per model before requests start waiting to share the next call: enough to
+# keep Triton busy, few enough that under load most requests ride along in a batch.
+PARALLEL_CALLS = 2
+
+
+@dataclass
+class _Waiter:
+    data: np.ndarray
+    future: asyncio.Future[np.ndarray]
+
+
+@dataclass
+class _ModelLane:
+    """Calls in flight to one model and the requests waiting to go together in the next."""
+
+    inflight: int = 0
+    waiting: list[_Waiter] = field(default_factory=list)
 
 
 def free_port() -> int:
@@ -141,6 +161,8 @@ class TritonGateway:
             raise ValueError(f"unsupported Triton URL {url!r} (use grpc://host:port or managed://)")
         self.client: grpcclient.InferenceServerClient | None = None
         self._outputs = [InferRequestedOutput("probabilities")]
+        self._lanes: dict[str, _ModelLane] = {}
+        self._batches: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         if self.managed is not None:
@@ -155,6 +177,9 @@ class TritonGateway:
             await self.managed.wait_ready()
 
     async def stop(self) -> None:
+        for task in list(self._batches):
+            task.cancel()
+        await asyncio.gather(*self._batches, return_exceptions=True)
         if self.client is not None:
             await self.client.close()
             self.client = None
@@ -219,3 +244,107 @@ class TritonGateway:
         if out is None:
             raise InferenceFailed(f"{model} returned no probabilities")
         return out
+
+    async def infer_shared(
+        self,
+        model: str,
+        input_name: str,
+        datatype: str,
+        data: np.ndarray,
+        max_rows: int,
+        timeout_s: float = 30,
+    ) -> np.ndarray:
+        """Like :meth:`infer`, but concurrent requests to one model share Triton calls: with
+        :data:`PARALLEL_CALLS` in flight, later requests wait and go together (up to
+        ``max_rows`` rows) in the next call. One request alone goes straight through."""
+        lane = self._lanes.setdefault(model, _ModelLane())
+        if lane.inflight < PARALLEL_CALLS:
+            lane.inflight += 1
+            try:
+                return await self.infer(model, input_name, datatype, data, timeout_s)
+            finally:
+                lane.inflight -= 1
+                self._next_batch(model, lane, input_name, datatype, max_rows, timeout_s)
+        waiter = _Waiter(data, asyncio.get_running_loop().create_future())
+        lane.waiting.append(waiter)
+        return await waiter.future
+
+    def _next_batch(
+        self,
+        model: str,
+        lane: _ModelLane,
+        input_name: str,
+        datatype: str,
+        max_rows: int,
+        timeout_s: float,
+    ) -> None:
+        lane.waiting = [w for w in lane.waiting if not w.future.done()]  # callers gone
+        if not lane.waiting:
+            if lane.inflight == 0:
+                self._lanes.pop(model, None)
+            return
+        if lane.inflight >= PARALLEL_CALLS:
+            return
+        # Rows of the same shape, in arrival order, up to the model's batch limit.
+        shape = lane.waiting[0].data.shape[1:]
+        batch: list[_Waiter] = []
+        rows = 0
+        rest: list[_Waiter] = []
+        for w in lane.waiting:
+            n = w.data.shape[0]
+            if w.data.shape[1:] == shape and (not batch or rows + n <= max_rows):
+                batch.append(w)
+                rows += n
+            else:
+                rest.append(w)
+        lane.waiting = rest
+        lane.inflight += 1
+
+        async def run() -> None:
+            try:
+                await self._answer(model, input_name, datatype, batch, timeout_s)
+            finally:
+                lane.inflight -= 1
+                self._next_batch(model, lane, input_name, datatype, max_rows, timeout_s)
+
+        task = asyncio.ensure_future(run())
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    async def _answer(
+        self, model: str, input_name: str, datatype: str, batch: list[_Waiter], timeout_s: float
+    ) -> None:
+        """One call for the whole batch; if the model rejects it, each request on its own, so
+        a bad input fails only the request that sent it."""
+        data = batch[0].data if len(batch) == 1 else np.concatenate([w.data for w in batch])
+        try:
+            probs = await self.infer(model, input_name, datatype, data, timeout_s)
+        except InferenceFailed as exc:
+            if len(batch) == 1:
+                _settle(batch[0], exc)
+                return
+            singles = await asyncio.gather(
+                *(self.infer(model, input_name, datatype, w.data, timeout_s) for w in batch),
+                return_exceptions=True,
+            )
+            for w, outcome in zip(batch, singles, strict=True):
+                _settle(w, outcome)
+            return
+        except Exception as exc:  # noqa: BLE001 - every waiter gets the failure as its own
+            for w in batch:
+                _settle(w, exc)
+            return
+        offset = 0
+        for w in batch:
+            n = w.data.shape[0]
+            _settle(w, probs[offset : offset + n])
+            offset += n
+
+
+def _settle(waiter: _Waiter, outcome: np.ndarray | BaseException) -> None:
+    if waiter.future.done():
+        return
+    if isinstance(outcome, BaseException):
+        waiter.future.set_exception(outcome)
+    else:
+        waiter.future.set_result(outcome)
