@@ -14,6 +14,8 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -79,6 +81,30 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
 
+_ids = RandomIdGenerator()
+
+
+def _exporting(provider: trace.TracerProvider) -> bool:
+    """Whether finished spans go anywhere: an SDK provider without span processors (no
+    exporter configured) drops every span, so recording one per request is pure cost."""
+    processor = getattr(provider, "_active_span_processor", None)
+    return processor is None or bool(getattr(processor, "_span_processors", True))
+
+
+def _unrecorded_span(parent_ctx: Context) -> trace.Span:
+    """A span that records nothing but has real ids, so logs still carry a trace id and
+    events still propagate the caller's trace (or a new, sampled one)."""
+    parent = trace.get_current_span(parent_ctx).get_span_context()
+    if parent.is_valid:
+        trace_id, flags, state = parent.trace_id, parent.trace_flags, parent.trace_state
+    else:
+        trace_id, flags = _ids.generate_trace_id(), trace.TraceFlags(trace.TraceFlags.SAMPLED)
+        state = trace.TraceState()
+    return trace.NonRecordingSpan(
+        trace.SpanContext(trace_id, _ids.generate_span_id(), False, flags, state)
+    )
+
+
 class EdgeMiddleware:
     """Request id, server span, metrics and the request size limit, as pure ASGI."""
 
@@ -86,6 +112,7 @@ class EdgeMiddleware:
         self.app = app
         self.service = service
         self.max_body = max_body
+        self.tracer = tracer("kiln.http")  # looked up once: get_tracer per request is not free
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -113,17 +140,21 @@ class EdgeMiddleware:
             await send(message)
 
         path = scope.get("path", "")
-        with tracer("kiln.http").start_as_current_span(
-            f"{scope.get('method')} {path}",
-            context=ctx,
-            kind=trace.SpanKind.SERVER,
-            attributes={
-                "http.request.method": scope.get("method", ""),
-                "url.path": path,
-                "kiln.service": self.service,
-                "kiln.request_id": request_id,
-            },
-        ) as span:
+        if _exporting(trace.get_tracer_provider()):
+            current = self.tracer.start_as_current_span(
+                f"{scope.get('method')} {path}",
+                context=ctx,
+                kind=trace.SpanKind.SERVER,
+                attributes={
+                    "http.request.method": scope.get("method", ""),
+                    "url.path": path,
+                    "kiln.service": self.service,
+                    "kiln.request_id": request_id,
+                },
+            )
+        else:
+            current = trace.use_span(_unrecorded_span(ctx), end_on_exit=True)
+        with current as span:
             try:
                 await self.app(scope, receive, send_wrapper)
             finally:
@@ -174,6 +205,8 @@ def create_app(
         description=spec.description,
         version="0.1.0",
         lifespan=lifespan,
+        # EdgeMiddleware makes the server span and the metrics; FastAPI's own would double both.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         responses={
             "4XX": {"description": "Problem details (RFC 9457)", "content": {PROBLEM_JSON: {}}}
         },
