@@ -320,7 +320,7 @@ def _raw(row: Any) -> tuple[bytes, str]:
 
 
 async def _infer(
-    controller: Controller, version: ServingVersion, data: np.ndarray, max_rows: int
+    controller: Controller, version: ServingVersion, data: np.ndarray, config: EndpointConfig
 ) -> np.ndarray:
     table = controller.table
     table.acquire(version)
@@ -328,7 +328,12 @@ async def _infer(
     ok = False
     try:
         probs = await controller.triton.infer_shared(
-            version.triton_model, version.input.name, version.input.datatype, data, max_rows
+            version.triton_model,
+            version.input.name,
+            version.input.datatype,
+            data,
+            max_rows=config.max_batch_size,
+            parallel=config.instance_count,
         )
         ok = True
         return probs
@@ -345,10 +350,10 @@ async def _shadow(
     version: ServingVersion,
     data: np.ndarray,
     answer: np.ndarray,
-    max_rows: int,
+    config: EndpointConfig,
 ) -> None:
     try:
-        probs = await _infer(controller, version, data, max_rows)
+        probs = await _infer(controller, version, data, config)
     except Exception:  # noqa: BLE001 - counted as an error of the candidate, never surfaced
         return
     agreed = bool((probs.argmax(axis=1) == answer.argmax(axis=1)).all())
@@ -386,10 +391,9 @@ async def predict(name: str, request: Request) -> Response:
         raise DependencyUnavailable(f"endpoint {name!r} has no model version deployed yet")
     body = await request.body()
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
-    max_rows = route.config.max_batch_size
-    data, raws = parse_inputs(version, body, content_type, max_rows)
+    data, raws = parse_inputs(version, body, content_type, route.config.max_batch_size)
     try:
-        probs = await _infer(controller, version, data, max_rows)
+        probs = await _infer(controller, version, data, route.config)
     except TritonUnavailable as exc:
         raise DependencyUnavailable(f"the model server is unavailable: {exc}") from None
     except InferenceFailed as exc:
@@ -399,13 +403,13 @@ async def predict(name: str, request: Request) -> Response:
         # A failing candidate is counted against it; the caller gets the stable answer.
         version = stable
         try:
-            probs = await _infer(controller, version, data, max_rows)
+            probs = await _infer(controller, version, data, route.config)
         except TritonUnavailable as exc2:
             raise DependencyUnavailable(f"the model server is unavailable: {exc2}") from None
         except InferenceFailed as exc2:
             raise ModelFailed(str(exc2)[:500]) from None
     if shadow is not None and sum(controller.table.inflight.values()) < SHADOW_LIMIT:
-        task = asyncio.ensure_future(_shadow(controller, shadow, data, probs, max_rows))
+        task = asyncio.ensure_future(_shadow(controller, shadow, data, probs, route.config))
         controller._tasks.add(task)
         task.add_done_callback(controller._tasks.discard)
     latency_ms = (time.perf_counter() - started) * 1000
