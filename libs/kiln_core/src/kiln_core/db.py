@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import hashlib
 import logging
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -132,7 +133,17 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+# Alembic keeps the running migration in a module-level context: two services of one process
+# migrating at once (in their threads) would run each other's scripts. One at a time.
+_ALEMBIC = threading.Lock()
+
+
 def _upgrade_in_thread(url: str, schema: str, script_location: Path) -> None:
+    with _ALEMBIC:
+        _upgrade(url, schema, script_location)
+
+
+def _upgrade(url: str, schema: str, script_location: Path) -> None:
     from alembic import command
     from alembic.config import Config
 

@@ -64,11 +64,12 @@ async def run_prelabel(job_id: str, settings: Settings | None = None) -> None:
                     .where(
                         Task.project_id == job.project_id,
                         col(Task.status).in_([TaskStatus.queued, TaskStatus.leased]),
-                        col(Task.prelabels).is_(None),
                     )
                     .order_by(col(Task.priority).desc(), col(Task.created_at))
                 )
             ).all()
+            # Filtered here: an empty JSON column may be SQL NULL or JSON null.
+            tasks = [t for t in tasks if not t.prelabels]
             job.total = sum(len(t.items) for t in tasks)
             endpoint = job.endpoint
         token = issue_token("svc:annotation", ["ml-engineer"], runtime.settings)
@@ -86,7 +87,7 @@ async def run_prelabel(job_id: str, settings: Settings | None = None) -> None:
                 async with runtime.db.transaction() as session:
                     row = await session.get(Task, task.id)
                     # Only tasks nobody has labelled yet take suggestions.
-                    if row is not None and row.prelabels is None and row.labels is None:
+                    if row is not None and not row.prelabels and not row.labels:
                         row.prelabels = suggestions or None
                         row.updated_at = utcnow()
                         session.add(row)
