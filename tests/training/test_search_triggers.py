@@ -79,7 +79,9 @@ async def test_a_trigger_trains_once_per_labelled_version(
     )
     assert refused.status_code == 422
 
-    def created(version: int, labelled: bool) -> DatasetVersionCreated:
+    def created(
+        version: int, labelled: bool, labelled_count: int | None = None
+    ) -> DatasetVersionCreated:
         return DatasetVersionCreated(
             dataset_id="ds1",
             dataset_name="parts",
@@ -90,16 +92,17 @@ async def test_a_trigger_trains_once_per_labelled_version(
             manifest_uri=f"file:///m/{version}.jsonl",
             manifest_sha256="0" * 64,
             item_count=3,
-            labelled_count=3 if labelled else 0,
+            labelled_count=labelled_count if labelled_count is not None else 3 if labelled else 0,
             labelled=labelled,
             lineage=VersionLineage(source="upload"),
         )
 
-    for data in (created(1, False), created(2, True), created(2, True)):
+    partly = created(3, True, labelled_count=2)  # new inputs still waiting for labels
+    for data in (created(1, False), created(2, True), created(2, True), partly):
         async with runtime.db.transaction() as session:
             await on_version_created(session, new_event(data, "ds1"), data)
     jobs = (await client.get("/v1/jobs")).json()["items"]
-    assert len(jobs) == 1  # unlabelled v1: nothing; v2 twice: one job
+    assert len(jobs) == 1  # unlabelled v1, partly labelled v3: nothing; v2 twice: one job
     assert jobs[0]["trigger_id"] == trigger["id"] and jobs[0]["dataset_version"] == 2
     assert jobs[0]["created_by"] == f"trigger:{trigger['id']}"
     await client.post(f"/v1/jobs/{jobs[0]['id']}/cancel")
