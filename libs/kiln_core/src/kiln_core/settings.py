@@ -51,7 +51,7 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_json: bool = True
-    trace_exporter: str = "none"  # none | console | memory
+    trace_exporter: str = "none"  # none | console | memory | otlp | file:<path>
 
     consumer_max_attempts: int = 5
     consumer_backoff_initial_s: float = 0.05

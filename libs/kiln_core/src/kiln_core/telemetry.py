@@ -14,7 +14,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
     ConsoleSpanExporter,
     SimpleSpanProcessor,
@@ -80,23 +80,39 @@ class JsonLinesSpanExporter(SpanExporter):
         self._file.close()
 
 
+def span_processor(exporter: str) -> SpanProcessor | None:
+    """The span processor for a ``KILN_TRACE_EXPORTER`` value: none, console, memory, otlp (a
+    collector) or ``file:<path>`` (JSON lines)."""
+    global memory_exporter
+    if exporter == "none":
+        return None
+    if exporter == "console":
+        return SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stderr))
+    if exporter == "memory":
+        memory_exporter = InMemorySpanExporter()
+        return SimpleSpanProcessor(memory_exporter)
+    if exporter.startswith("file:"):
+        return SimpleSpanProcessor(JsonLinesSpanExporter(exporter.removeprefix("file:")))
+    if exporter == "otlp":
+        # To a collector over OTLP/gRPC, batched off the request path; the endpoint comes from
+        # the standard OTEL_EXPORTER_OTLP_ENDPOINT (compose and k8s point it at the collector).
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        return BatchSpanProcessor(OTLPSpanExporter())
+    raise ValueError(f"unknown trace exporter {exporter!r}: none, console, memory, otlp, file:")
+
+
 def setup_tracing(service: str, exporter: str = "none") -> TracerProvider:
-    """Install one tracer provider per process (idempotent); ``exporter`` is none, console,
-    memory or ``file:<path>`` (JSON lines)."""
-    global _provider, memory_exporter
+    """Install one tracer provider per process (idempotent), exporting as
+    :func:`span_processor` says."""
+    global _provider
     if _provider is not None:
         return _provider
     provider = TracerProvider(resource=Resource.create({"service.name": f"kiln-{service}"}))
-    span_exporter: SpanExporter | None = None
-    if exporter == "console":
-        span_exporter = ConsoleSpanExporter(out=sys.stderr)
-    elif exporter == "memory":
-        memory_exporter = InMemorySpanExporter()
-        span_exporter = memory_exporter
-    elif exporter.startswith("file:"):
-        span_exporter = JsonLinesSpanExporter(exporter.removeprefix("file:"))
-    if span_exporter is not None:
-        provider.add_span_processor(SimpleSpanProcessor(span_exporter))
+    processor = span_processor(exporter)
+    if processor is not None:
+        provider.add_span_processor(processor)
     trace.set_tracer_provider(provider)
     _provider = provider
     return provider
