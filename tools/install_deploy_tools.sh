@@ -4,6 +4,6 @@
 # before the tests; the tests also call the single installers when a tool is missing.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-"$HERE/install_kustomize.sh" >/dev/null
-"$HERE/install_nginx.sh" >/dev/null
-echo "deploy tools ready: kustomize $("$HERE/install_kustomize.sh"), nginx $("$HERE/install_nginx.sh")"
+kustomize="$("$HERE/install_kustomize.sh")"
+nginx="$("$HERE/install_nginx.sh")"
+echo "deploy tools ready: kustomize $kustomize, nginx $nginx"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
@@ -34,7 +33,7 @@ from tests.conftest import eventually
 from tests.dataset.conftest import png
 from tests.dataset.test_dataset_api import commit, make_dataset, upload
 from tests.serving.conftest import stack_settings, triton_url, unload_all, wait_serving  # noqa: F401
-from tests.support.apps import running_service
+from tests.support.apps import free_port, running_service
 
 pytestmark = pytest.mark.integration
 
@@ -45,12 +44,6 @@ class Brightness(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = x.mean(dim=(1, 2, 3))
         return torch.stack([-4 * m, 4 * m], dim=1)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ its event loop (inbox + relay), reachable through an httpx client."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -42,3 +43,10 @@ async def wait_job(client: httpx.AsyncClient, url: str, timeout_s: float = 60) -
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"job did not finish in {timeout_s}s: {job}")
         await asyncio.sleep(0.05)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (for servers a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

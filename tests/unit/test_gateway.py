@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 import httpx
@@ -14,6 +13,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from kiln_cli.gateway import Gateway
+from tests.support.apps import free_port
 
 
 def echo_app(name: str) -> Starlette:
@@ -71,9 +71,7 @@ async def test_refuses_oversized_bodies_before_the_service_sees_them() -> None:
 
 
 async def test_forwards_over_http_to_a_service_process() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(echo_app("training"), port=port, log_config=None))
     serving = asyncio.create_task(server.serve())
     try:

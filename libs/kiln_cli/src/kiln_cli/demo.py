@@ -477,21 +477,28 @@ class Loop:
         await asyncio.gather(annotator("ann-1"), annotator("ann-2"), annotator("ann-3"), reviewer())
         return labelled, corrected
 
-    async def active_learning_version(self, after: int) -> int:
-        """The version the flagged inputs joined (the dataset gathers a burst into one)."""
+    async def newest_version(self, source: str, after: int, what: str) -> dict[str, Any]:
+        """The newest dataset version after ``after`` whose lineage source is ``source``."""
 
-        async def find() -> int | None:
+        async def find() -> dict[str, Any] | None:
             page = await self.kiln.json(
                 "dataset", "GET", f"/v1/datasets/{self.dataset_id}/versions"
             )
             found = [
-                v["version"]
+                v
                 for v in page["items"]
-                if v["version"] > after and v["lineage"]["source"] == "active-learning"
+                if v["version"] > after and v["lineage"]["source"] == source
             ]
-            return max(found) if found else None
+            return max(found, key=lambda v: v["version"]) if found else None
 
-        return await wait_for("flagged inputs to join the dataset", find, timeout_s=60)
+        return await wait_for(what, find, timeout_s=60)
+
+    async def active_learning_version(self, after: int) -> int:
+        """The version the flagged inputs joined (the dataset gathers a burst into one)."""
+        found = await self.newest_version(
+            "active-learning", after, "flagged inputs to join the dataset"
+        )
+        return int(found["version"])
 
     async def canary_traffic(self, version: int, digits: list[Digit]) -> dict[int, int]:
         """Production traffic while the canary steps up, until the endpoint's analysis
@@ -515,18 +522,7 @@ class Loop:
         raise DemoFailed(f"the canary of v{version} did not finish in 90s")
 
     async def labelled_version(self, after: int) -> dict[str, Any]:
-        async def find() -> dict[str, Any] | None:
-            page = await self.kiln.json(
-                "dataset", "GET", f"/v1/datasets/{self.dataset_id}/versions"
-            )
-            found = [
-                v
-                for v in page["items"]
-                if v["version"] > after and v["lineage"]["source"] == "labels"
-            ]
-            return max(found, key=lambda v: v["version"]) if found else None
-
-        return await wait_for("the labelled version", find, timeout_s=60)
+        return await self.newest_version("labels", after, "the labelled version")
 
     async def trained_model(self, after: int, timeout_s: float) -> dict[str, Any]:
         """The registered model version the trigger's training job produced."""

@@ -101,18 +101,20 @@ class Gateway:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                self._client = httpx.AsyncClient(timeout=300)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self._client is not None:
                     await self._client.aclose()
+                    self._client = None
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
     async def _forward(
         self, base: str, rest: str, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        client = self._client or httpx.AsyncClient(timeout=300)
+        if self._client is None:  # one pooled client, made on first use (lifespan or not)
+            self._client = httpx.AsyncClient(timeout=300)
+        client = self._client
         query = scope.get("query_string", b"").decode()
         url = base.rstrip("/") + rest + (f"?{query}" if query else "")
         headers = [

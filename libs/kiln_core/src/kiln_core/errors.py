@@ -32,6 +32,19 @@ class KilnError(Exception):
         return body
 
 
+def failure_problem(exc: BaseException) -> dict[str, Any]:
+    """The problem background work (a Celery job) records when it fails: a :class:`KilnError`'s
+    own, else an internal error naming the exception, never a traceback."""
+    if isinstance(exc, KilnError):
+        return exc.problem()
+    return {
+        "type": PROBLEM_BASE + "internal-error",
+        "title": "Job failed",
+        "status": 500,
+        "detail": f"{type(exc).__name__}: {exc}"[:2000],
+    }
+
+
 class BadRequest(KilnError):
     status, type, title = 400, "bad-request", "Bad request"
 

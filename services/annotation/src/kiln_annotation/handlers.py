@@ -8,6 +8,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_annotation.models import Project, ProjectItem
+from kiln_annotation.prelabel import class_suggestion, model_source
 from kiln_annotation.workflow import create_tasks
 from kiln_core.catalog import DatasetVersionCreated
 from kiln_core.events import CloudEvent
@@ -65,11 +66,11 @@ def _prediction_suggestion(item: ManifestItem) -> dict[str, Any] | None:
     prediction = item.metadata.get("prediction")
     if not isinstance(prediction, dict) or not prediction.get("predicted_label"):
         return None
-    return {
-        "labels": [{"type": "class", "label": str(prediction["predicted_label"])}],
-        "confidence": prediction.get("confidence"),
-        "source": f"model:{prediction.get('model_name')}@v{prediction.get('version')}",
-    }
+    return class_suggestion(
+        prediction["predicted_label"],
+        prediction.get("confidence"),
+        model_source(prediction.get("model_name"), prediction.get("version")),
+    )
 
 
 async def untasked_items(

@@ -20,7 +20,7 @@ from sqlmodel import col, select
 from kiln_annotation.models import AuditEntry, PrelabelJob, Project, Task, TaskStatus
 from kiln_core.auth import issue_token
 from kiln_core.db import utcnow
-from kiln_core.errors import DependencyUnavailable, KilnError
+from kiln_core.errors import DependencyUnavailable, KilnError, failure_problem
 from kiln_core.service import ServiceRuntime
 from kiln_core.settings import Settings
 from kiln_core.storage import blob_key
@@ -31,6 +31,20 @@ log = logging.getLogger(__name__)
 celery_app = make_celery("annotation")
 _process_settings: Settings | None = None
 BATCH = 16  # images per :predict call
+
+
+def model_source(model_name: Any, version: Any) -> str:
+    return f"model:{model_name}@v{version}"
+
+
+def class_suggestion(label: Any, confidence: Any, source: str) -> dict[str, Any]:
+    """A model's class guess as a task's pre-label: what annotators see and acceptance is
+    measured against."""
+    return {
+        "labels": [{"type": "class", "label": str(label)}],
+        "confidence": confidence,
+        "source": source,
+    }
 
 
 def enqueue(runtime: ServiceRuntime, job: PrelabelJob) -> None:
@@ -120,9 +134,7 @@ async def run_prelabel(job_id: str, settings: Settings | None = None) -> None:
             failed_job = await session.get(PrelabelJob, job_id)
             if failed_job is not None:
                 failed_job.status = "failed"
-                failed_job.error = (
-                    exc.detail if isinstance(exc, KilnError) else f"{type(exc).__name__}: {exc}"
-                )[:2000]
+                failed_job.error = str(failure_problem(exc)["detail"])[:2000]
                 failed_job.updated_at = utcnow()
                 session.add(failed_job)
     finally:
@@ -154,13 +166,11 @@ async def _suggest(
             misses += len(batch)  # e.g. an image the model cannot take; the rest goes on
             continue
         answer = response.json()
-        source = f"model:{answer.get('model_name')}@v{answer.get('version')}"
+        source = model_source(answer.get("model_name"), answer.get("version"))
         for item, prediction in zip(batch, answer.get("predictions", []), strict=False):
-            suggestions[item["item_id"]] = {
-                "labels": [{"type": "class", "label": str(prediction["label"])}],
-                "confidence": prediction.get("confidence"),
-                "source": source,
-            }
+            suggestions[item["item_id"]] = class_suggestion(
+                prediction["label"], prediction.get("confidence"), source
+            )
     return suggestions, misses
 
 

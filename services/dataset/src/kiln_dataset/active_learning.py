@@ -159,9 +159,7 @@ async def _add_to_dataset(
         uses_splits = any(item.split for item in items)
         fresh: list[tuple[FlaggedInput, _Inspected]] = []
         for row in rows:
-            fact = facts.get(row.prediction_id)
-            if fact is None:  # arrived after this round's inspection; next round
-                continue
+            fact = facts[row.prediction_id]  # every row here was inspected this round
             if isinstance(fact, str):
                 row.status, row.reason = "rejected", fact
             elif row.blob in seen:

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from kiln_core.db import utcnow
-from kiln_core.errors import KilnError
+from kiln_core.errors import KilnError, failure_problem
 from kiln_core.service import ServiceRuntime
 from kiln_core.settings import Settings
 from kiln_core.tasks import make_celery
@@ -96,16 +96,7 @@ async def run_job(job_id: str, settings: Settings | None = None) -> None:
             raise JobFailed(f"no runner for job kind {job.kind!r}")
         await work(runtime, job, progress)
     except Exception as exc:  # noqa: BLE001 - recorded on the job, never lost
-        problem = (
-            exc.problem()
-            if isinstance(exc, KilnError)
-            else {
-                "type": "https://kiln.dev/problems/internal-error",
-                "title": "Job failed",
-                "status": 500,
-                "detail": f"{type(exc).__name__}: {exc}"[:2000],
-            }
-        )
+        problem = failure_problem(exc)
         if not isinstance(exc, KilnError):
             log.exception("job failed", extra={"job_id": job_id})
         async with runtime.db.transaction() as session:

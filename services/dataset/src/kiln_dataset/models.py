@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 from pydantic import Field as PydField
@@ -22,9 +22,8 @@ from sqlalchemy import (
 from sqlmodel import Field, SQLModel
 
 from kiln_core.db import new_id, utcnow
+from kiln_core.http import Page  # noqa: F401 - the list shape every API shares
 from kiln_core.manifest import Category, TaskType
-
-T = TypeVar("T")
 
 
 class DatasetStatus(StrEnum):
@@ -270,10 +269,3 @@ class JobPublic(BaseModel):
     error: dict[str, Any] | None
     created_at: datetime
     updated_at: datetime
-
-
-class Page(BaseModel, Generic[T]):
-    items: list[T]
-    total: int
-    limit: int
-    offset: int

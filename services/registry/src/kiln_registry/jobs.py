@@ -13,7 +13,7 @@ from typing import Any
 
 from kiln_core.catalog import ModelArtifact, ModelVersionLineage
 from kiln_core.db import utcnow
-from kiln_core.errors import KilnError
+from kiln_core.errors import KilnError, failure_problem
 from kiln_core.service import ServiceRuntime
 from kiln_core.settings import Settings
 from kiln_core.tasks import make_celery
@@ -59,16 +59,7 @@ async def run_job(job_id: str, settings: Settings | None = None) -> None:
             session.add(job)
         await compress(runtime, job)
     except Exception as exc:  # noqa: BLE001 - recorded on the job, never lost
-        problem = (
-            exc.problem()
-            if isinstance(exc, KilnError)
-            else {
-                "type": "https://kiln.dev/problems/internal-error",
-                "title": "Job failed",
-                "status": 500,
-                "detail": f"{type(exc).__name__}: {exc}"[:2000],
-            }
-        )
+        problem = failure_problem(exc)
         if not isinstance(exc, KilnError):
             log.exception("job failed", extra={"job_id": job_id})
         async with runtime.db.transaction() as session:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 from pydantic import Field as PydField
@@ -13,8 +13,7 @@ from sqlmodel import Field, SQLModel
 
 from kiln_core.catalog import ModelArtifact, ModelSignature, Preprocessing
 from kiln_core.db import new_id, utcnow
-
-T = TypeVar("T")
+from kiln_core.http import Page  # noqa: F401 - the list shape every API shares
 
 NAME_PATTERN = r"^[A-Za-z0-9][\w.\-]*$"
 ALIAS_PATTERN = r"^[a-z][a-z0-9\-]{0,62}$"
@@ -348,10 +347,3 @@ class JobPublic(BaseModel):
 class Accepted(BaseModel):
     job_id: str
     status_url: str
-
-
-class Page(BaseModel, Generic[T]):
-    items: list[T]
-    total: int
-    limit: int
-    offset: int

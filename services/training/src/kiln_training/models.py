@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 from pydantic import Field as PydField
@@ -12,8 +12,7 @@ from sqlalchemy import JSON, Boolean, Column, DateTime, Float, Integer, String, 
 from sqlmodel import Field, SQLModel
 
 from kiln_core.db import new_id, utcnow
-
-T = TypeVar("T")
+from kiln_core.http import Page  # noqa: F401 - the list shape every API shares
 
 
 class JobStatus(StrEnum):
@@ -385,10 +384,3 @@ class TriggerPublic(BaseModel):
     created_by: str
     created_at: datetime
     updated_at: datetime
-
-
-class Page(BaseModel, Generic[T]):
-    items: list[T]
-    total: int
-    limit: int
-    offset: int
