@@ -153,6 +153,12 @@ def demo(
         typer.echo(json.dumps({"ok": False, "error": str(exc)}))
         raise typer.Exit(1) from None
     typer.echo(json.dumps(result))
+    # Everything is written and every service stopped; a non-daemon thread left by an
+    # in-process worker once kept the interpreter alive for minutes (cause not yet found), so
+    # the one-shot command ends here rather than waiting on it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @app.command()
