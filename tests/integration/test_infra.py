@@ -211,3 +211,23 @@ def test_triton_python_backend_round_trip() -> None:
             client.unload_model(name)
         finally:
             client.close()
+
+
+def test_default_layout_is_the_shared_stack() -> None:
+    assert infra.local_stack_env() == infra.local_stack_env(infra.DEFAULT)
+    assert infra.DEFAULT.state == infra.state_dir()
+    assert infra.DEFAULT.pg_port == infra.PG_PORT and infra.DEFAULT.kafka_port == infra.KAFKA_PORT
+
+
+def test_faults_layout_is_private() -> None:
+    """The fault suite's stack shares no port and no state directory with the shared one."""
+    faults, shared = infra.FAULTS, infra.DEFAULT
+    assert faults.state == infra.state_dir() / "faults"
+    ports = ("pg_port", "redis_port", "kafka_port", "kafka_controller_port", "minio_port")
+    ports += ("minio_console_port", "triton_http_port", "triton_grpc_port", "triton_metrics_port")
+    shared_ports = {getattr(shared, p) for p in ports}
+    assert not shared_ports & {getattr(faults, p) for p in ports}
+    shared_urls, fault_urls = infra.local_stack_env(), infra.local_stack_env(faults)
+    assert shared_urls.keys() == fault_urls.keys()
+    for key, url in fault_urls.items():
+        assert urlsplit(url).port != urlsplit(shared_urls[key]).port, key

@@ -134,21 +134,87 @@ def state_dir() -> Path:
     return repo_root() / ".kiln"
 
 
-def local_stack_env() -> dict[str, str]:
+@dataclass(frozen=True)
+class Layout:
+    """Where one instance of the stack lives: its state directory and its ports.
+
+    The default layout is the shared stack every command and test uses. Another layout (the
+    fault suite's) runs a second, private instance from the same cached binaries, with its
+    state under ``.kiln/<subdir>/`` and every port shifted by ``offset``, so it can be killed
+    and restarted without touching the shared one.
+    """
+
+    name: str = "default"
+    subdir: str = ""
+    offset: int = 0
+
+    @property
+    def state(self) -> Path:
+        return state_dir() / self.subdir if self.subdir else state_dir()
+
+    @property
+    def pg_port(self) -> int:
+        return PG_PORT + self.offset
+
+    @property
+    def redis_port(self) -> int:
+        return REDIS_PORT + self.offset
+
+    @property
+    def kafka_port(self) -> int:
+        return KAFKA_PORT + self.offset
+
+    @property
+    def kafka_controller_port(self) -> int:
+        return KAFKA_CONTROLLER_PORT + self.offset
+
+    @property
+    def minio_port(self) -> int:
+        return MINIO_PORT + self.offset
+
+    @property
+    def minio_console_port(self) -> int:
+        return MINIO_CONSOLE_PORT + self.offset
+
+    @property
+    def triton_http_port(self) -> int:
+        return TRITON_HTTP_PORT + self.offset
+
+    @property
+    def triton_grpc_port(self) -> int:
+        return TRITON_GRPC_PORT + self.offset
+
+    @property
+    def triton_metrics_port(self) -> int:
+        return TRITON_METRICS_PORT + self.offset
+
+    def env(self) -> dict[str, str]:
+        """The KILN_* settings that point every service at this instance of the stack."""
+        redis_url = f"redis://{HOST}:{self.redis_port}/0"
+        return {
+            "KILN_DATABASE_URL": (
+                f"postgresql+asyncpg://{PG_USER}:{PG_PASSWORD}@{HOST}:{self.pg_port}/{PG_DB}"
+            ),
+            "KILN_BUS_URL": f"kafka://{HOST}:{self.kafka_port}",
+            "KILN_STORAGE_URL": (
+                f"s3://{MINIO_USER}:{MINIO_PASSWORD}@{HOST}:{self.minio_port}/{MINIO_BUCKET}"
+                "?secure=false"
+            ),
+            "KILN_CELERY_BROKER_URL": redis_url,
+            "KILN_REDIS_URL": redis_url,
+            "KILN_TRITON_URL": f"grpc://{HOST}:{self.triton_grpc_port}",
+        }
+
+
+DEFAULT = Layout()
+# The fault suite's private stack: killed and restarted by tests/faults, never shared.
+FAULTS = Layout(name="faults", subdir="faults", offset=100)
+LAYOUTS = {layout.name: layout for layout in (DEFAULT, FAULTS)}
+
+
+def local_stack_env(layout: Layout = DEFAULT) -> dict[str, str]:
     """The KILN_* settings that point every service at the local stack."""
-    redis_url = f"redis://{HOST}:{REDIS_PORT}/0"
-    return {
-        "KILN_DATABASE_URL": (
-            f"postgresql+asyncpg://{PG_USER}:{PG_PASSWORD}@{HOST}:{PG_PORT}/{PG_DB}"
-        ),
-        "KILN_BUS_URL": f"kafka://{HOST}:{KAFKA_PORT}",
-        "KILN_STORAGE_URL": (
-            f"s3://{MINIO_USER}:{MINIO_PASSWORD}@{HOST}:{MINIO_PORT}/{MINIO_BUCKET}?secure=false"
-        ),
-        "KILN_CELERY_BROKER_URL": redis_url,
-        "KILN_REDIS_URL": redis_url,
-        "KILN_TRITON_URL": f"grpc://{HOST}:{TRITON_GRPC_PORT}",
-    }
+    return layout.env()
 
 
 # --- Process and command helpers -----------------------------------------------------------------
@@ -420,9 +486,12 @@ class _Component:
     # A substring of the server's command line, used to recognise our process behind a pid file.
     marker: str = ""
 
+    def __init__(self, layout: Layout = DEFAULT) -> None:
+        self.layout = layout
+
     @property
     def base(self) -> Path:
-        return state_dir() / self.name
+        return self.layout.state / self.name
 
     @property
     def pid_file(self) -> Path:
@@ -510,7 +579,7 @@ class _Postgres(_Component):
         conf.write_text(
             "# Written by kiln infra on every start; edit kiln_cli/infra.py instead.\n"
             "listen_addresses = '127.0.0.1'\n"
-            f"port = {PG_PORT}\n"
+            f"port = {self.layout.pg_port}\n"
             f"unix_socket_directories = '{self.sockets}'\n"
             "max_connections = 200\n"
             "shared_buffers = '128MB'\n"
@@ -596,11 +665,11 @@ class _Postgres(_Component):
     async def probe(self) -> _Probe:
         import asyncpg
 
-        where = f"{HOST}:{PG_PORT}"
+        where = f"{HOST}:{self.layout.pg_port}"
         try:
             conn = await asyncpg.connect(
                 host=HOST,
-                port=PG_PORT,
+                port=self.layout.pg_port,
                 user=PG_USER,
                 password=PG_PASSWORD,
                 database=PG_DB,
@@ -642,7 +711,7 @@ class _Postgres(_Component):
                     "-h",
                     str(self.sockets),
                     "-p",
-                    str(PG_PORT),
+                    str(self.layout.pg_port),
                     "-d",
                     "postgres",
                     "-v",
@@ -725,7 +794,7 @@ class _Redis(_Component):
         conf.write_text(
             "# Written by kiln infra on every start; edit kiln_cli/infra.py instead.\n"
             f"bind {HOST}\n"
-            f"port {REDIS_PORT}\n"
+            f"port {self.layout.redis_port}\n"
             "protected-mode yes\n"
             "daemonize yes\n"
             f"pidfile {self.pid_file}\n"
@@ -741,10 +810,10 @@ class _Redis(_Component):
     async def probe(self) -> _Probe:
         # PING and INFO spoken directly in RESP: importing redis-py costs more than half a
         # second, which would make every `status`/`up` noticeably slow.
-        where = f"{HOST}:{REDIS_PORT}"
+        where = f"{HOST}:{self.layout.redis_port}"
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(HOST, REDIS_PORT), timeout=2
+                asyncio.open_connection(HOST, self.layout.redis_port), timeout=2
             )
         except (TimeoutError, OSError) as exc:
             return _Probe(False, f"no server listening on {where} ({_describe_error(exc)})")
@@ -779,7 +848,7 @@ class _Redis(_Component):
 
         try:
             # SHUTDOWN (saving the snapshot) is the clean way; the connection drops as it exits.
-            redis.Redis(host=HOST, port=REDIS_PORT, socket_timeout=10).shutdown()
+            redis.Redis(host=HOST, port=self.layout.redis_port, socket_timeout=10).shutdown()
         except redis.ConnectionError:
             pass
         except redis.RedisError:
@@ -869,15 +938,16 @@ class _Kafka(_Component):
 
     def _write_config(self) -> tuple[Path, Path]:
         properties = self.base / "server.properties"
+        broker, controller = self.layout.kafka_port, self.layout.kafka_controller_port
         properties.write_text(
             "# Written by kiln infra on every start; edit kiln_cli/infra.py instead.\n"
             "# One combined broker+controller in KRaft mode.\n"
             "process.roles=broker,controller\n"
             "node.id=1\n"
-            f"controller.quorum.bootstrap.servers={HOST}:{KAFKA_CONTROLLER_PORT}\n"
-            f"listeners=PLAINTEXT://{HOST}:{KAFKA_PORT},CONTROLLER://{HOST}:{KAFKA_CONTROLLER_PORT}\n"
-            f"advertised.listeners=PLAINTEXT://{HOST}:{KAFKA_PORT},"
-            f"CONTROLLER://{HOST}:{KAFKA_CONTROLLER_PORT}\n"
+            f"controller.quorum.bootstrap.servers={HOST}:{controller}\n"
+            f"listeners=PLAINTEXT://{HOST}:{broker},CONTROLLER://{HOST}:{controller}\n"
+            f"advertised.listeners=PLAINTEXT://{HOST}:{broker},"
+            f"CONTROLLER://{HOST}:{controller}\n"
             "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n"
             "inter.broker.listener.name=PLAINTEXT\n"
             "controller.listener.names=CONTROLLER\n"
@@ -968,10 +1038,10 @@ class _Kafka(_Component):
         )
 
     async def probe(self) -> _Probe:
-        where = f"{HOST}:{KAFKA_PORT}"
+        where = f"{HOST}:{self.layout.kafka_port}"
         # A plain TCP check first: aiokafka would otherwise log connection errors while the
         # broker is still starting.
-        if not await asyncio.to_thread(_tcp_open, KAFKA_PORT):
+        if not await asyncio.to_thread(_tcp_open, self.layout.kafka_port):
             return _Probe(False, f"no broker listening on {where}")
         from aiokafka.admin import AIOKafkaAdminClient
 
@@ -1085,9 +1155,9 @@ class _MinIO(_Component):
                 "server",
                 str(data),
                 "--address",
-                f"{HOST}:{MINIO_PORT}",
+                f"{HOST}:{self.layout.minio_port}",
                 "--console-address",
-                f"{HOST}:{MINIO_CONSOLE_PORT}",
+                f"{HOST}:{self.layout.minio_console_port}",
             ],
             log=self.log,
             pid_file=self.pid_file,
@@ -1095,8 +1165,7 @@ class _MinIO(_Component):
             cwd=self.base,
         )
 
-    @staticmethod
-    def client() -> Minio:
+    def client(self) -> Minio:
         import urllib3
         from minio import Minio
 
@@ -1106,7 +1175,7 @@ class _MinIO(_Component):
             retries=urllib3.Retry(total=2, backoff_factor=0.2),
         )
         return Minio(
-            f"{HOST}:{MINIO_PORT}",
+            f"{HOST}:{self.layout.minio_port}",
             access_key=MINIO_USER,
             secret_key=MINIO_PASSWORD,
             secure=False,
@@ -1121,7 +1190,7 @@ class _MinIO(_Component):
         client.remove_object(MINIO_BUCKET, ".kiln-health")
 
     async def probe(self) -> _Probe:
-        where = f"{HOST}:{MINIO_PORT}"
+        where = f"{HOST}:{self.layout.minio_port}"
         try:
             code, _ = await _http_get(f"http://{where}/minio/health/live")
         except OSError as exc:
@@ -1150,7 +1219,7 @@ class _MinIO(_Component):
         return _Probe(
             True,
             f"live on {where}, bucket {MINIO_BUCKET!r} exists "
-            f"(console {HOST}:{MINIO_CONSOLE_PORT})",
+            f"(console {HOST}:{self.layout.minio_console_port})",
         )
 
     def provision(self, echo: Echo) -> None:
@@ -1264,16 +1333,16 @@ class _Triton(_Component):
                 f"--backend-directory={self.backends}",
                 "--allow-http=true",
                 f"--http-address={HOST}",
-                f"--http-port={TRITON_HTTP_PORT}",
+                f"--http-port={self.layout.triton_http_port}",
                 "--allow-grpc=true",
                 f"--grpc-address={HOST}",
-                f"--grpc-port={TRITON_GRPC_PORT}",
+                f"--grpc-port={self.layout.triton_grpc_port}",
                 "--allow-metrics=true",
                 "--allow-gpu-metrics=false",
                 f"--metrics-address={HOST}",
-                f"--metrics-port={TRITON_METRICS_PORT}",
+                f"--metrics-port={self.layout.triton_metrics_port}",
                 # Our own shared-memory names, so a second Triton on the box can't collide.
-                "--backend-config=python,shm-region-prefix-name=kiln-triton",
+                f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
                 "--exit-timeout-secs=10",
                 "--log-verbose=0",
             ],
@@ -1283,13 +1352,19 @@ class _Triton(_Component):
             cwd=self.base,
         )
 
+    @property
+    def _shm_prefix(self) -> str:
+        # Each stack instance gets its own shared-memory names so two Tritons never collide.
+        return "kiln-triton" if self.layout == DEFAULT else f"kiln-triton-{self.layout.name}"
+
     async def probe(self) -> _Probe:
-        base = f"http://{HOST}:{TRITON_HTTP_PORT}"
+        http, grpc = self.layout.triton_http_port, self.layout.triton_grpc_port
+        base = f"http://{HOST}:{http}"
         try:
             ready, _ = await _http_get(f"{base}/v2/health/ready")
             meta = (await _http_get(f"{base}/v2"))[1] if ready == 200 else None
         except OSError as exc:
-            return _Probe(False, f"no server on {HOST}:{TRITON_HTTP_PORT} ({_describe_error(exc)})")
+            return _Probe(False, f"no server on {HOST}:{http} ({_describe_error(exc)})")
         if meta is None:
             return _Probe(False, f"{base}/v2/health/ready answered {ready}")
         version = ""
@@ -1297,25 +1372,32 @@ class _Triton(_Component):
             version = f", Triton {json.loads(meta).get('version')}"
         return _Probe(
             True,
-            f"ready on {HOST}:{TRITON_HTTP_PORT} (HTTP) and "
-            f"{HOST}:{TRITON_GRPC_PORT} (gRPC){version}",
+            f"ready on {HOST}:{http} (HTTP) and {HOST}:{grpc} (gRPC){version}",
         )
 
 
-_REGISTRY: dict[str, _Component] = {
-    c.name: c for c in (_Postgres(), _Redis(), _Kafka(), _MinIO(), _Triton())
-}
+_KINDS: tuple[type[_Component], ...] = (_Postgres, _Redis, _Kafka, _MinIO, _Triton)
+_REGISTRIES: dict[Layout, dict[str, _Component]] = {}
+_registries_lock = threading.Lock()
 
 
-def _select(components: Sequence[str] | None) -> list[_Component]:
+def _registry(layout: Layout) -> dict[str, _Component]:
+    with _registries_lock:
+        if layout not in _REGISTRIES:
+            _REGISTRIES[layout] = {kind.name: kind(layout) for kind in _KINDS}
+        return _REGISTRIES[layout]
+
+
+def _select(components: Sequence[str] | None, layout: Layout = DEFAULT) -> list[_Component]:
+    registry = _registry(layout)
     if not components:
-        return list(_REGISTRY.values())
-    unknown = [name for name in components if name not in _REGISTRY]
+        return list(registry.values())
+    unknown = [name for name in components if name not in registry]
     if unknown:
         raise InfraError(
             f"unknown component(s) {', '.join(unknown)}; choose from {', '.join(COMPONENTS)}"
         )
-    return [_REGISTRY[name] for name in dict.fromkeys(components)]
+    return [registry[name] for name in dict.fromkeys(components)]
 
 
 # --- Public API ----------------------------------------------------------------------------------
@@ -1330,9 +1412,11 @@ async def _probe(component: _Component) -> _Probe:
         return _Probe(False, f"health check failed: {_describe_error(exc)}")
 
 
-async def astatus(components: Sequence[str] | None = None) -> list[ComponentStatus]:
+async def astatus(
+    components: Sequence[str] | None = None, layout: Layout = DEFAULT
+) -> list[ComponentStatus]:
     """Real protocol health checks of the selected components, run concurrently."""
-    selected = _select(components)
+    selected = _select(components, layout)
     probes = await asyncio.gather(*(_probe(c) for c in selected))
     statuses = []
     for component, probe in zip(selected, probes, strict=True):
@@ -1344,15 +1428,17 @@ async def astatus(components: Sequence[str] | None = None) -> list[ComponentStat
     return statuses
 
 
-def status(components: Sequence[str] | None = None) -> list[ComponentStatus]:
+def status(
+    components: Sequence[str] | None = None, layout: Layout = DEFAULT
+) -> list[ComponentStatus]:
     """Synchronous astatus(); also callable from code already running an event loop."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(astatus(components))
+        return asyncio.run(astatus(components, layout))
     # asyncio.run() refuses to nest, so give the checks their own loop on a worker thread.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, astatus(components)).result()
+        return pool.submit(asyncio.run, astatus(components, layout)).result()
 
 
 def _bring_up(component: _Component, echo: Echo) -> ComponentStatus:
@@ -1361,7 +1447,7 @@ def _bring_up(component: _Component, echo: Echo) -> ComponentStatus:
     component.base.mkdir(parents=True, exist_ok=True)
     # Held until healthy: a concurrent `up` waits here and then finds the server running,
     # instead of starting a second one on the same port.
-    with _file_lock(state_dir() / "locks" / f"{name}.lock"):
+    with _file_lock(component.layout.state / "locks" / f"{name}.lock"):
         probe = asyncio.run(_probe(component))
         proc = None
         if not probe.healthy and not probe.needs_provisioning:
@@ -1393,21 +1479,26 @@ def _bring_up(component: _Component, echo: Echo) -> ComponentStatus:
     return ComponentStatus(name, True, probe.detail)
 
 
-def up(components: Sequence[str] | None = None, *, echo: Echo = print) -> list[ComponentStatus]:
+def up(
+    components: Sequence[str] | None = None,
+    *,
+    echo: Echo = print,
+    layout: Layout = DEFAULT,
+) -> list[ComponentStatus]:
     """Install what is missing and start what is not healthy, then wait until all are healthy.
 
     Components come up concurrently (Kafka and Triton take seconds to start); failures are
     collected and raised together so one broken component doesn't hide the state of the others.
     """
-    selected = _select(components)
-    state_dir().mkdir(parents=True, exist_ok=True)
+    selected = _select(components, layout)
+    layout.state.mkdir(parents=True, exist_ok=True)
     lock = threading.Lock()
 
     def say(line: str) -> None:
         with lock:
             echo(line)
 
-    initial = status([c.name for c in selected])
+    initial = status([c.name for c in selected], layout)
     results: dict[str, ComponentStatus] = {}
     errors: dict[str, BaseException] = {}
     threads = []
@@ -1437,9 +1528,11 @@ def up(components: Sequence[str] | None = None, *, echo: Echo = print) -> list[C
     return [results[c.name] for c in selected]
 
 
-def down(components: Sequence[str] | None = None, *, echo: Echo = print) -> None:
+def down(
+    components: Sequence[str] | None = None, *, echo: Echo = print, layout: Layout = DEFAULT
+) -> None:
     """Stop the selected components (all by default). Data stays under .kiln/."""
-    selected = _select(components)
+    selected = _select(components, layout)
     lock = threading.Lock()
     errors: list[str] = []
 
@@ -1462,6 +1555,40 @@ def down(components: Sequence[str] | None = None, *, echo: Echo = print) -> None
         raise InfraError("\n".join(errors))
 
 
+def _one(name: str, layout: Layout) -> _Component:
+    (component,) = _select([name], layout)
+    return component
+
+
+def pid(name: str, layout: Layout = DEFAULT) -> int | None:
+    """The pid of the component's running server, or None if it is not running."""
+    return _one(name, layout).running_pid()
+
+
+def signal_component(name: str, sig: int, layout: Layout = DEFAULT) -> int:
+    """Send ``sig`` to the component's server (SIGKILL to crash it, SIGSTOP/SIGCONT to freeze
+    and thaw it). SIGKILL goes to the whole process group so helpers (Triton's Python stubs,
+    PostgreSQL's backends) die with it, as in a real crash. Returns the pid signalled."""
+    component = _one(name, layout)
+    target = component.running_pid()
+    if target is None:
+        raise InfraError(f"{name}: not running in the {layout.name!r} stack, nothing to signal")
+    try:
+        # Only a server that leads its own group (all of ours do) is killed group-wide.
+        group = os.getpgid(target) == target and sig == signal.SIGKILL
+        os.killpg(target, sig) if group else os.kill(target, sig)
+    except ProcessLookupError:
+        return target  # it died on its own in the meantime
+    if sig == signal.SIGKILL and not _wait_for_exit([target], timeout=30):
+        raise InfraError(f"{name}: process {target} survived SIGKILL")
+    return target
+
+
+def stop(name: str, layout: Layout = DEFAULT) -> bool:
+    """Stop one component cleanly (PostgreSQL: pg_ctl stop -m fast); False if not running."""
+    return _one(name, layout).stop(lambda _line: None)
+
+
 # --- CLI (mounted by kiln_cli.main as `kiln infra`) ----------------------------------------------
 
 infra_app = typer.Typer(
@@ -1469,6 +1596,21 @@ infra_app = typer.Typer(
     help="Install, start and check the local stack: PostgreSQL, Redis, Kafka, MinIO, Triton.",
     no_args_is_help=True,
 )
+
+
+StackOption = Annotated[
+    str,
+    typer.Option(
+        "--stack",
+        help=f"which instance of the stack: {', '.join(LAYOUTS)} (faults: the fault suite's own)",
+    ),
+]
+
+
+def _layout(name: str) -> Layout:
+    if name not in LAYOUTS:
+        raise typer.BadParameter(f"--stack is one of {', '.join(LAYOUTS)}")
+    return LAYOUTS[name]
 
 
 def _fail(exc: InfraError) -> typer.Exit:
@@ -1482,11 +1624,12 @@ def up_command(
         list[str] | None,
         typer.Argument(help=f"Components to bring up (default: all of {', '.join(COMPONENTS)})."),
     ] = None,
+    stack: StackOption = "default",
 ) -> None:
     """Install (once) and start the components, then wait until every one is healthy."""
     started = time.monotonic()
     try:
-        statuses = up(components, echo=typer.echo)
+        statuses = up(components, echo=typer.echo, layout=_layout(stack))
     except InfraError as exc:
         raise _fail(exc) from None
     names = ", ".join(item.name for item in statuses)
@@ -1494,10 +1637,10 @@ def up_command(
 
 
 @infra_app.command("status")
-def status_command() -> None:
+def status_command(stack: StackOption = "default") -> None:
     """Check every component with a real protocol call; exits non-zero if any is down."""
     try:
-        statuses = status()
+        statuses = status(layout=_layout(stack))
     except InfraError as exc:
         raise _fail(exc) from None
     for item in statuses:
@@ -1511,16 +1654,17 @@ def down_command(
     components: Annotated[
         list[str] | None, typer.Argument(help="Components to stop (default: all).")
     ] = None,
+    stack: StackOption = "default",
 ) -> None:
     """Stop the components; their data stays in .kiln/."""
     try:
-        down(components, echo=typer.echo)
+        down(components, echo=typer.echo, layout=_layout(stack))
     except InfraError as exc:
         raise _fail(exc) from None
 
 
 @infra_app.command("env")
-def env_command() -> None:
+def env_command(stack: StackOption = "default") -> None:
     """Print `export KILN_...` lines pointing at the local stack (eval "$(kiln infra env)")."""
-    for key, value in local_stack_env().items():
+    for key, value in local_stack_env(_layout(stack)).items():
         typer.echo(f"export {key}={shlex.quote(value)}")
