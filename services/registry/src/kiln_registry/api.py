@@ -8,7 +8,7 @@ import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Header, Path, Query, Request, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, Header, Path, Query, Request, UploadFile, status
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy import func
@@ -366,6 +366,19 @@ async def list_aliases(name: ModelName, session: SessionDep, _who: Reader) -> li
     ]
 
 
+async def alias_mover(
+    name: ModelName, alias: AliasName, request: Request, who: Reader
+) -> Principal:
+    """The caller, if the model's policy lets their role move ``alias`` (else 403), checked
+    before the body is read so a caller who may not learns nothing of the model's versions."""
+    async with get_runtime(request).db.session() as session:
+        await check_role(session, await get_model(session, name), alias, who)
+    return who
+
+
+AliasMover = Annotated[Principal, Depends(alias_mover)]
+
+
 @router.post(
     "/models/{name}/aliases/{alias}",
     response_model=VersionPublic,
@@ -376,7 +389,7 @@ async def list_aliases(name: ModelName, session: SessionDep, _who: Reader) -> li
     },
 )
 async def promote_version(
-    name: ModelName, alias: AliasName, body: PromoteBody, request: Request, who: Reader
+    name: ModelName, alias: AliasName, body: PromoteBody, request: Request, who: AliasMover
 ) -> VersionPublic:
     """Point an alias (``staging``, ``canary``, ``production`` or a custom one) at a version.
 
@@ -392,10 +405,13 @@ async def promote_version(
 
 
 @router.delete("/models/{name}/aliases/{alias}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_alias(name: ModelName, alias: AliasName, request: Request, who: Reader) -> None:
+async def delete_alias(
+    name: ModelName, alias: AliasName, request: Request, who: AliasMover
+) -> None:
     """Remove an alias (the same roles as moving it)."""
     async with get_runtime(request).db.transaction() as session:
         model = await get_model(session, name, lock=True)
+        # Again under the model's lock: the policy may have changed since the first check.
         await check_role(session, model, alias, who)
         await remove_alias(session, model, alias, who)
 
