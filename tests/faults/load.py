@@ -1,0 +1,206 @@
+"""Load scripts: they keep work flowing into the services while a fault is injected and record
+exactly which requests got a success answer, so every one of them can be looked for afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from dataclasses import dataclass, field
+
+import httpx
+from PIL import Image
+
+from kiln_core.storage import blob_key
+from tests.faults.harness import Counts, Stack
+
+CLIENT_TIMEOUT_S = 5.0
+
+
+def tiny_png(n: int) -> bytes:
+    """A distinct 8x8 PNG per n, so every upload is its own content-addressed blob."""
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (n % 256, (n // 256) % 256, 91)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@dataclass
+class PingLoad:
+    """Pings sent from one service's API; each 2xx answer's ping id must reach every consumer.
+
+    A ping is not idempotent (every request makes a new one), so a failed request is not
+    retried: it is simply not accepted work."""
+
+    base_url: str
+    tag: str
+    interval_s: float = 0.02
+    accepted: dict[str, str] = field(default_factory=dict)  # ping id -> event id
+    failed: int = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=CLIENT_TIMEOUT_S) as client:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                try:
+                    response = await client.post("/v1/pings", json={"message": f"{self.tag}:{n}"})
+                except httpx.HTTPError:
+                    self.failed += 1
+                else:
+                    if response.status_code == 202:
+                        body = response.json()
+                        self.accepted[body["ping_id"]] = body["event_id"]
+                    else:
+                        self.failed += 1
+                await asyncio.sleep(self.interval_s)
+
+    async def check(self, stack: Stack, origin: str, consumers: list[str]) -> list[Counts]:
+        """Counts per consumer, plus the origin's outbox (one row per event, all published)."""
+        rows: list[Counts] = []
+        ids = list(self.accepted)
+        outbox = await stack.fetch(
+            f'SELECT event_id, published_at, publish_count FROM "{stack.schema(origin)}".outbox '
+            "WHERE event_id = ANY($1::text[])",
+            list(self.accepted.values()),
+        )
+        by_event: dict[str, int] = {}
+        for row in outbox:
+            by_event[row["event_id"]] = by_event.get(row["event_id"], 0) + 1
+        unpublished = sum(1 for row in outbox if row["published_at"] is None)
+        republished = sum(1 for row in outbox if row["publish_count"] > 1)
+        rows.append(
+            Counts(
+                scenario=self.tag,
+                kind=f"{origin} outbox events",
+                accepted=len(ids),
+                present=len(by_event),
+                duplicated=sum(c - 1 for c in by_event.values()),
+                lost=len(set(self.accepted.values()) - set(by_event)) + unpublished,
+                notes=f"failed requests {self.failed}; published more than once {republished}",
+            )
+        )
+        for consumer in consumers:
+            found = await stack.fetch(
+                f'SELECT ping_id, count(*) AS n FROM "{stack.schema(consumer)}".ping_received '
+                "WHERE ping_id = ANY($1::text[]) GROUP BY ping_id",
+                ids,
+            )
+            counts = {row["ping_id"]: row["n"] for row in found}
+            rows.append(
+                Counts(
+                    scenario=self.tag,
+                    kind=f"pings applied by {consumer}",
+                    accepted=len(ids),
+                    present=len(counts),
+                    duplicated=sum(n - 1 for n in counts.values()),
+                    lost=len(set(ids) - set(counts)),
+                )
+            )
+        return rows
+
+    async def delivered(self, stack: Stack, consumers: list[str]) -> bool:
+        """True once every accepted ping is recorded by every consumer."""
+        import asyncpg
+
+        for consumer in consumers:
+            try:
+                found = await stack.fetch(
+                    "SELECT count(DISTINCT ping_id) AS n "
+                    f'FROM "{stack.schema(consumer)}".ping_received WHERE ping_id = ANY($1::text[])',
+                    list(self.accepted),
+                )
+            except asyncpg.UndefinedTableError:
+                return False  # the consumer has not migrated its schema yet
+            if found[0]["n"] < len(self.accepted):
+                return False
+        return True
+
+
+@dataclass
+class UploadLoad:
+    """Image uploads into one draft, one file per request. A request without a success answer
+    is retried with the same file name (an upload of a name replaces it, so a retry can never
+    add a second copy) until it succeeds or the load stops."""
+
+    stack: Stack
+    dataset_id: str
+    draft_id: str
+    tag: str
+    interval_s: float = 0.02
+    accepted: dict[str, str] = field(default_factory=dict)  # item id -> blob sha256
+    failed: int = 0
+    retried_ok: int = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        url = f"/v1/datasets/{self.dataset_id}/drafts/{self.draft_id}/items"
+        async with httpx.AsyncClient(
+            base_url=self.stack.url("dataset"), timeout=CLIENT_TIMEOUT_S
+        ) as client:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                name = f"{self.tag}-{n:05d}.png"
+                data = tiny_png(n)
+                attempts = 0
+                while not stop.is_set():
+                    attempts += 1
+                    try:
+                        response = await client.post(
+                            url,
+                            files={"files": (name, data, "image/png")},
+                            data={"labels": json.dumps({name: "dot"})},
+                        )
+                    except httpx.HTTPError:
+                        response = None
+                    if response is not None and response.status_code == 200:
+                        for item in response.json()["accepted"]:
+                            self.accepted[item["item_id"]] = item["blob"]
+                        self.retried_ok += attempts > 1
+                        break
+                    self.failed += 1
+                    await asyncio.sleep(0.2)
+                await asyncio.sleep(self.interval_s)
+
+    async def check(self, kind: str = "uploads") -> Counts:
+        """Each accepted file is a draft item with the answered blob, and that blob's bytes
+        are in the object store."""
+        rows = await self.stack.fetch(
+            f"SELECT item_id, blob, count(*) OVER (PARTITION BY item_id) AS n FROM "
+            f'"{self.stack.schema("dataset")}".draft_items WHERE draft_id = $1',
+            self.draft_id,
+        )
+        found = {row["item_id"]: row["blob"] for row in rows}
+        duplicated = sum(1 for row in rows if row["n"] > 1)
+        missing = {i for i, blob in self.accepted.items() if found.get(i) != blob}
+        stored = await self.stored_blobs({found[i] for i in self.accepted if i in found})
+        missing |= {i for i in self.accepted if i in found and found[i] not in stored}
+        return Counts(
+            scenario=self.tag,
+            kind=kind,
+            accepted=len(self.accepted),
+            present=len(self.accepted) - len(missing),
+            duplicated=duplicated,
+            lost=len(missing),
+            notes=f"failed attempts {self.failed}; succeeded on retry {self.retried_ok}",
+        )
+
+    async def stored_blobs(self, blobs: set[str]) -> set[str]:
+        """The blobs among ``blobs`` whose bytes the object store really holds."""
+        from minio import Minio
+
+        from kiln_cli.infra import HOST, MINIO_BUCKET, MINIO_PASSWORD, MINIO_USER
+        from tests.faults.harness import LAYOUT
+
+        client = Minio(
+            f"{HOST}:{LAYOUT.minio_port}",
+            access_key=MINIO_USER,
+            secret_key=MINIO_PASSWORD,
+            secure=False,
+        )
+        keys = {
+            obj.object_name
+            for obj in await asyncio.to_thread(
+                lambda: list(client.list_objects(MINIO_BUCKET, prefix="blobs/", recursive=True))
+            )
+        }
+        return {b for b in blobs if blob_key(b) in keys}
