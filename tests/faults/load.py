@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 from dataclasses import dataclass, field
 
 import httpx
@@ -17,10 +18,11 @@ from tests.faults.harness import Counts, Stack
 CLIENT_TIMEOUT_S = 5.0
 
 
-def tiny_png(n: int) -> bytes:
-    """A distinct 8x8 PNG per n, so every upload is its own content-addressed blob."""
+def tiny_png() -> bytes:
+    """A random 8x8 PNG: every upload is new content, so its bytes must really be written to
+    the object store (a blob stored by an earlier scenario would be skipped)."""
     buf = io.BytesIO()
-    Image.new("RGB", (8, 8), (n % 256, (n // 256) % 256, 91)).save(buf, format="PNG")
+    Image.frombytes("RGB", (8, 8), os.urandom(8 * 8 * 3)).save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -140,7 +142,7 @@ class UploadLoad:
             while not stop.is_set():
                 n += 1
                 name = f"{self.tag}-{n:05d}.png"
-                data = tiny_png(n)
+                data = tiny_png()
                 attempts = 0
                 while not stop.is_set():
                     attempts += 1
