@@ -4,11 +4,12 @@ fails it, one that rose while warming up and then breathes with its load passes.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from bench.soak import LEVEL_FLOOR_MIB, levelling
 
 
-def series(shape: list[float], every_s: float = 1.0) -> list[tuple[float, float]]:
+def series(shape: Sequence[float], every_s: float = 1.0) -> list[tuple[float, float]]:
     return [(i * every_s, mib) for i, mib in enumerate(shape)]
 
 
