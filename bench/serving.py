@@ -57,6 +57,32 @@ LABELS = ["a", "b", "c"]
 ROW = [0.1, 0.2, 0.3, 0.4]
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """CPU time (user + system) a process has used so far; 0 if unknown."""
+    if pid is None:
+        return time.process_time()
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def triton_pid() -> int | None:
+    """The shared tritonserver's pid (the one listening on the bench's gRPC port)."""
+    port = TRITON.rsplit(":", 1)[1]
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmd and cmd[0].endswith(b"tritonserver") and f"--grpc-port={port}".encode() in cmd:
+            return int(proc.name)
+    return None
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
@@ -158,8 +184,13 @@ async def latencies(call: Any, n: int) -> list[float]:
     return out
 
 
-async def throughput(call: Any, concurrency: int, seconds: float) -> float:
+async def throughput(
+    call: Any, concurrency: int, seconds: float, cpu: dict[str, float], pids: dict[str, int | None]
+) -> float:
+    """Requests per second with ``concurrency`` callers; adds each process's CPU seconds
+    spent meanwhile to ``cpu`` (and the request count under ``requests``)."""
     done = 0
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     deadline = time.perf_counter() + seconds
 
     async def worker() -> None:
@@ -170,7 +201,11 @@ async def throughput(call: Any, concurrency: int, seconds: float) -> float:
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return done / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    for name, pid in pids.items():
+        cpu[name] = cpu.get(name, 0.0) + cpu_seconds(pid) - before[name]
+    cpu["requests"] = cpu.get("requests", 0.0) + done
+    return done / elapsed
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -268,10 +303,30 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             # lands on both sides instead of deciding the ratio.
             rounds = 3
             tput_direct = tput_kiln = 0.0
+            # CPU per request of each process: what decides throughput on a box that is full.
+            pids = {"client": None, "kiln": api.pid, "triton": triton_pid()}
+            cpu_direct: dict[str, float] = {}
+            cpu_kiln: dict[str, float] = {}
+            span = args.seconds / rounds
             for _ in range(rounds):
-                tput_direct += await throughput(direct, args.concurrency, args.seconds / rounds)
-                tput_kiln += await throughput(kiln, args.concurrency, args.seconds / rounds)
+                tput_direct += await throughput(direct, args.concurrency, span, cpu_direct, pids)
+                tput_kiln += await throughput(kiln, args.concurrency, span, cpu_kiln, pids)
             tput_direct, tput_kiln = tput_direct / rounds, tput_kiln / rounds
+            for side, cpu in (("direct", cpu_direct), ("kiln", cpu_kiln)):
+                for name in ("client", "kiln", "triton"):
+                    if name == "kiln" and side == "direct":
+                        continue
+                    us = cpu[name] / max(cpu["requests"], 1) * 1e6
+                    result[f"{side}_cpu_us_per_req_{name}"] = round(us, 1)
+            print(
+                "CPU µs per request  direct: client {direct_cpu_us_per_req_client} triton "
+                "{direct_cpu_us_per_req_triton}  kiln: client {kiln_cpu_us_per_req_client} "
+                "kiln {kiln_cpu_us_per_req_kiln} triton {kiln_cpu_us_per_req_triton}".format(
+                    **result
+                ),
+                file=sys.stderr,
+            )
+            result["load_average_1m"] = os.getloadavg()[0]
             for name, values, tput in (
                 ("direct", lat_direct, tput_direct),
                 ("kiln", lat_kiln, tput_kiln),

@@ -22,9 +22,9 @@ from pydantic import ValidationError
 from kiln_core.db import utcnow
 from kiln_core.errors import BadRequest
 from kiln_serving import canary
-from kiln_serving.api import parse_inputs
 from kiln_serving.model_repository import InputShape
 from kiln_serving.models import EndpointConfig, EndpointCreate
+from kiln_serving.predict import parse_inputs
 from kiln_serving.traffic import Outcomes, Route, ServingVersion
 from kiln_serving.triton import InferenceFailed, TritonGateway
 from tests.serving.conftest import torchscript
@@ -51,6 +51,7 @@ CONFIG = EndpointConfig(
     max_error_rate=0.1,
     max_latency_ratio=2.0,
     step_interval_s=5,
+    warmup_requests=0,
 )
 
 
@@ -82,6 +83,56 @@ def test_canary_steps_after_the_interval_and_promotes_at_the_last_step() -> None
     assert canary.judge(CONFIG, old, utcnow()).action == "step"
     old["step"] = 2
     assert canary.judge(CONFIG, old, utcnow()).action == "promote"
+
+
+def test_the_candidates_cold_first_requests_do_not_count_against_its_latency() -> None:
+    config = CONFIG.model_copy(update={"warmup_requests": 5})
+    cold_then_warm = [400.0, 250.0, 90.0, 40.0, 20.0] + [2.0] * 20
+    a = canary.fresh_analysis()
+    a["step_started_at"] = (utcnow() - timedelta(seconds=10)).isoformat()
+    # Outcomes arrive in batches (one per analysis tick); the warm-up spans the first two.
+    for batch in (cold_then_warm[:3], cold_then_warm[3:12], cold_then_warm[12:]):
+        out = Outcomes(requests=len(batch), latencies_ms=list(batch))
+        canary.merge(a, "candidate", out, warmup=config.warmup_requests)
+    canary.merge(a, "stable", Outcomes(requests=20, latencies_ms=[2.0] * 20))
+    assert a["candidate"]["warmup_ignored"] == 5
+    assert a["candidate"]["latencies"] == [2.0] * 20 and a["candidate"]["requests"] == 25
+    assert canary.judge(config, a, utcnow()).action == "step"
+    # Without the warm-up window the same requests fail the latency check.
+    b = analysis_with(Outcomes(requests=25, latencies_ms=cold_then_warm), Outcomes(), age_s=10)
+    canary.merge(b, "stable", Outcomes(requests=20, latencies_ms=[2.0] * 20))
+    verdict = canary.judge(CONFIG, b, utcnow())
+    assert verdict.action == "rollback" and "p99" in verdict.reason
+
+
+def test_a_warming_candidate_waits_but_its_errors_still_roll_it_back() -> None:
+    config = CONFIG.model_copy(update={"warmup_requests": 50})
+    stable = Outcomes(requests=20, latencies_ms=[2.0] * 20)
+    warming = analysis_with(Outcomes(requests=30, latencies_ms=[2.0] * 30), stable, age_s=60)
+    assert canary.judge(config, warming, utcnow()).action == "wait"  # 30 of 50 warm-up seen
+    failing = canary.fresh_analysis()
+    canary.merge(failing, "candidate", Outcomes(requests=30, errors=10, latencies_ms=[2.0] * 20))
+    verdict = canary.judge(config, failing, utcnow())
+    assert verdict.action == "rollback" and "error rate" in verdict.reason
+
+
+def test_a_slow_candidate_after_its_warm_up_is_still_rolled_back() -> None:
+    config = CONFIG.model_copy(update={"warmup_requests": 5})
+    a = canary.fresh_analysis()
+    canary.merge(a, "candidate", Outcomes(requests=25, latencies_ms=[30.0] * 25), warmup=5)
+    canary.merge(a, "stable", Outcomes(requests=20, latencies_ms=[2.0] * 20))
+    verdict = canary.judge(config, a, utcnow())
+    assert verdict.action == "rollback" and "p99" in verdict.reason
+
+
+def test_the_warm_up_is_counted_once_per_rollout_across_steps() -> None:
+    a = canary.fresh_analysis()
+    canary.merge(a, "candidate", Outcomes(requests=3, latencies_ms=[50.0] * 3), warmup=5)
+    nxt = canary.fresh_analysis(step=1, warmed=canary.warmed(a))
+    canary.merge(nxt, "candidate", Outcomes(requests=4, latencies_ms=[9.0, 8.0, 1.0, 1.0]), 5)
+    assert nxt["candidate"]["warmup_ignored"] == 5
+    assert nxt["candidate"]["latencies"] == [1.0, 1.0]
+    assert canary.warmed(None) == 0
 
 
 def test_ab_routing_is_sticky_per_key_and_shadow_answers_with_stable() -> None:
@@ -282,3 +333,14 @@ async def test_a_rejected_row_in_a_shared_call_fails_only_its_own_request() -> N
     failed = [i for i, a in enumerate(answers) if isinstance(a, Exception)]
     assert failed == [5] and isinstance(answers[5], InferenceFailed)
     assert all(np.allclose(a[:, 1], 0.4) for a in answers if isinstance(a, np.ndarray))
+
+
+async def test_requests_of_one_event_loop_turn_share_the_first_call_and_a_lone_one_is_not_held() -> (
+    None
+):
+    triton = _CountingTriton()
+    rows = [np.full((1, 4), 0.1, np.float32) for _ in range(6)]
+    await asyncio.gather(*(triton.infer_shared("m", "features", "FP32", r, 64) for r in rows))
+    assert triton.calls == [6]  # arrived together: one call, not one plus a batch of five
+    alone = await triton.infer_shared("m", "features", "FP32", rows[0], 64)
+    assert triton.calls == [6, 1] and alone.shape == (1, 2)  # a lone request goes on its own

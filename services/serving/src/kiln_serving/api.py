@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import APIRouter, FastAPI, Request, Response, status
 from sqlmodel import col, select
 
 from kiln_core.auth import Principal, principal_from_request, require_roles
 from kiln_core.db import utcnow
 from kiln_core.errors import (
-    BadRequest,
     Conflict,
-    DependencyUnavailable,
     Forbidden,
-    KilnError,
     NotFound,
     ValidationFailed,
 )
@@ -41,22 +33,16 @@ from kiln_serving.models import (
     EndpointUpdate,
     Promotion,
 )
-from kiln_serving.traffic import ROUTE_KEY_HEADER, Route, ServingVersion
-from kiln_serving.triton import InferenceFailed, TritonGateway, TritonUnavailable
+from kiln_serving.predict import CALLERS, VERSION_HEADER, VERSION_ID_HEADER
+from kiln_serving.predict import install as install_predict_route
+from kiln_serving.predict import predict as predict_once
+from kiln_serving.traffic import ROUTE_KEY_HEADER
+from kiln_serving.triton import TritonGateway
 
 WRITERS = ("ml-engineer", "admin")
 READERS = ("viewer", "ml-engineer", "data-engineer", "admin")
-CALLERS = ("predictor", "viewer", "ml-engineer", "data-engineer", "annotator", "admin")
 Writer = Annotated[Principal, require_roles(*WRITERS)]
 Reader = Annotated[Principal, require_roles(*READERS)]
-VERSION_HEADER = "x-kiln-model-version"
-SHADOW_LIMIT = 64  # mirrored requests in flight at most; beyond that shadows are skipped
-
-
-class ModelFailed(KilnError):
-    status = 502
-    type = "inference-failed"
-    title = "The model failed to answer"
 
 
 @asynccontextmanager
@@ -67,6 +53,7 @@ async def controller_lifespan(app: FastAPI) -> AsyncIterator[None]:
     await triton.start()
     controller = Controller(runtime, triton)
     app.state.controller = controller
+    install_predict_route(app, controller)
     stop = asyncio.Event()
     task = asyncio.ensure_future(controller.run(stop))
     try:
@@ -186,7 +173,7 @@ async def update_endpoint(
         candidate = await session.get(Deployment, endpoint.candidate_id)
         if candidate is not None:
             candidate.analysis = {
-                **canary.fresh_analysis(),
+                **canary.fresh_analysis(warmed=canary.warmed(candidate.analysis)),
                 "shadow": candidate.analysis.get("shadow") or {},
             }
             session.add(candidate)
@@ -253,113 +240,6 @@ async def rollback_candidate(
 # --- predict ------------------------------------------------------------------------------------
 
 
-def _sniff(data: bytes) -> str:
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "image/png"
-    if data[:3] == b"\xff\xd8\xff":
-        return "image/jpeg"
-    return "application/octet-stream"
-
-
-def parse_inputs(
-    version: ServingVersion, body: bytes, content_type: str, max_batch: int
-) -> tuple[np.ndarray, list[tuple[bytes, str]] | list[Any]]:
-    """The Triton input for a request body, and each row's raw input (for flagging)."""
-    kind = version.kind
-    if content_type.startswith("image/") or content_type == "application/octet-stream":
-        if kind != "image":
-            raise BadRequest(f"this endpoint takes {kind} inputs as JSON, not raw bytes")
-        if not body:
-            raise BadRequest("empty image body")
-        return np.array([[body]], dtype=object), [(body, content_type)]
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        raise BadRequest("the body must be JSON ({'inputs': [...]}) or image bytes") from None
-    inputs = payload.get("inputs") if isinstance(payload, dict) else None
-    if not isinstance(inputs, list) or not inputs:
-        raise BadRequest("'inputs' must be a non-empty list")
-    if kind == "tabular" and all(isinstance(x, int | float) for x in inputs):
-        inputs = [inputs]  # one row given flat
-    if len(inputs) > max_batch:
-        raise BadRequest(f"at most {max_batch} inputs per request")
-    if kind == "image":
-        raws: list[Any] = []
-        for item in inputs:
-            b64 = item.get("b64") if isinstance(item, dict) else item
-            if not isinstance(b64, str):
-                raise BadRequest("image inputs must be base64 strings")
-            try:
-                data = base64.b64decode(b64, validate=True)
-            except (binascii.Error, ValueError):
-                raise BadRequest("an image input is not valid base64") from None
-            raws.append((data, _sniff(data)))
-        return np.array([[r[0]] for r in raws], dtype=object), raws
-    if kind == "text":
-        if not all(isinstance(x, str) for x in inputs):
-            raise BadRequest("text inputs must be strings")
-        return np.array([[x.encode()] for x in inputs], dtype=object), inputs
-    try:
-        array = np.asarray(inputs, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise BadRequest("tabular inputs must be lists of numbers") from None
-    dims = version.input.dims
-    if array.ndim != 1 + len(dims) or any(
-        d > 0 and d != s for d, s in zip(dims, array.shape[1:], strict=True)
-    ):
-        raise BadRequest(f"each input must have shape {dims}, got {list(array.shape[1:])}")
-    return array, inputs
-
-
-def _raw(row: Any) -> tuple[bytes, str]:
-    if isinstance(row, tuple):
-        return row
-    if isinstance(row, str):
-        return row.encode(), "text/plain"
-    return json.dumps(row).encode(), "application/json"
-
-
-async def _infer(
-    controller: Controller, version: ServingVersion, data: np.ndarray, config: EndpointConfig
-) -> np.ndarray:
-    table = controller.table
-    table.acquire(version)
-    started = time.perf_counter()
-    ok = False
-    try:
-        probs = await controller.triton.infer_shared(
-            version.triton_model,
-            version.input.name,
-            version.input.datatype,
-            data,
-            max_rows=config.max_batch_size,
-            parallel=config.instance_count,
-        )
-        ok = True
-        return probs
-    except TritonUnavailable:
-        controller.triton_failed()
-        raise
-    finally:
-        table.release(version)
-        table.record(version, (time.perf_counter() - started) * 1000, ok)
-
-
-async def _shadow(
-    controller: Controller,
-    version: ServingVersion,
-    data: np.ndarray,
-    answer: np.ndarray,
-    config: EndpointConfig,
-) -> None:
-    try:
-        probs = await _infer(controller, version, data, config)
-    except Exception:  # noqa: BLE001 - counted as an error of the candidate, never surfaced
-        return
-    agreed = bool((probs.argmax(axis=1) == answer.argmax(axis=1)).all())
-    controller.table.record_shadow(version, agreed)
-
-
 @router.post(
     "/endpoints/{name}:predict",
     openapi_extra={
@@ -373,79 +253,23 @@ async def _shadow(
 )
 async def predict(name: str, request: Request) -> Response:
     """Predict with the endpoint's model: JSON ``{"inputs": [...]}`` (feature rows, texts, or
-    base64 images) or an image body. The answer names the model version that gave it."""
-    started = time.perf_counter()
+    base64 images) or an image body. The answer names the model version that gave it.
+
+    Served by :class:`kiln_serving.predict.PredictRoute` in front of FastAPI; this route
+    documents it and answers the same way should a request reach the router."""
     # Checked inline: a sync dependency would cost a thread hop on the hottest path.
     if not principal_from_request(request).has(*CALLERS):
         raise Forbidden(f"requires one of the roles: {', '.join(CALLERS)}")
-    controller = _controller(request)
-    route: Route | None = controller.table.routes.get(name)
-    if route is None or route.stable is None:
-        # Created or first deployed a moment ago: this process may not have re-read it yet.
-        await controller.refresh_routes()
-        route = controller.table.routes.get(name)
-    if route is None:
-        raise NotFound(f"no endpoint {name!r}")
-    version, shadow = route.pick(request.headers.get(ROUTE_KEY_HEADER))
-    if version is None:
-        raise DependencyUnavailable(f"endpoint {name!r} has no model version deployed yet")
-    body = await request.body()
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
-    data, raws = parse_inputs(version, body, content_type, route.config.max_batch_size)
-    try:
-        probs = await _infer(controller, version, data, route.config)
-    except TritonUnavailable as exc:
-        raise DependencyUnavailable(f"the model server is unavailable: {exc}") from None
-    except InferenceFailed as exc:
-        stable = route.stable
-        if stable is None or version is stable:
-            raise ModelFailed(str(exc)[:500]) from None
-        # A failing candidate is counted against it; the caller gets the stable answer.
-        version = stable
-        try:
-            probs = await _infer(controller, version, data, route.config)
-        except TritonUnavailable as exc2:
-            raise DependencyUnavailable(f"the model server is unavailable: {exc2}") from None
-        except InferenceFailed as exc2:
-            raise ModelFailed(str(exc2)[:500]) from None
-    if shadow is not None and sum(controller.table.inflight.values()) < SHADOW_LIMIT:
-        task = asyncio.ensure_future(_shadow(controller, shadow, data, probs, route.config))
-        controller._tasks.add(task)
-        task.add_done_callback(controller._tasks.discard)
-    latency_ms = (time.perf_counter() - started) * 1000
-    top = probs.argmax(axis=1)
-    labels = version.label_map
-    predictions = []
-    config = route.config
-    for i, k in enumerate(top.tolist()):
-        confidence = float(probs[i, k])
-        label = labels[k] if k < len(labels) else str(k)
-        predictions.append({"label": label, "confidence": round(confidence, 6)})
-        if config.sample_rate or confidence < config.confidence_threshold:
-            raw, ctype = _raw(raws[i]) if confidence < config.confidence_threshold else (None, "")
-            controller.predictions.offer(
-                name,
-                version,
-                label,
-                confidence,
-                latency_ms,
-                sample_rate=config.sample_rate,
-                threshold=config.confidence_threshold,
-                raw_input=raw,
-                content_type=ctype,
-            )
-    answer = {
-        "endpoint": name,
-        "model_name": version.model_name,
-        "version": version.version,
-        "version_id": version.version_id,
-        "predictions": predictions,
-    }
+    body, version = await predict_once(
+        _controller(request),
+        name,
+        request.headers.get(ROUTE_KEY_HEADER),
+        content_type,
+        await request.body(),
+    )
     return Response(
-        json.dumps(answer),
+        body,
         media_type="application/json",
-        headers={
-            VERSION_HEADER: str(version.version),
-            "x-kiln-model-version-id": version.version_id,
-        },
+        headers={VERSION_HEADER: str(version.version), VERSION_ID_HEADER: version.version_id},
     )

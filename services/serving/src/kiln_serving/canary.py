@@ -1,6 +1,10 @@
 """Rollouts: placing a warm version on an endpoint, canary analysis (error rate and p99
 latency of the candidate against the stable version, per step), promotion and rollback.
 
+The candidate's first ``warmup_requests`` answered requests are left out of its latencies (a
+freshly loaded model is slow until its runtime has seen the batch shapes), counted once per
+rollout, across steps; its errors always count.
+
 Every transition changes the endpoint row (and bumps its generation, so every process
 re-reads its routes) and emits ``TrafficShifted`` in the same transaction."""
 
@@ -28,18 +32,25 @@ class Verdict:
     reason: str = ""
 
 
-def fresh_analysis(step: int = 0) -> dict[str, Any]:
+def fresh_analysis(step: int = 0, warmed: int = 0) -> dict[str, Any]:
+    """Counters for a new step; ``warmed``: the candidate's warm-up requests already seen."""
     return {
         "step": step,
         "step_started_at": utcnow().isoformat(),
-        "candidate": {"requests": 0, "errors": 0, "latencies": []},
+        "candidate": {"requests": 0, "errors": 0, "latencies": [], "warmup_ignored": warmed},
         "stable": {"requests": 0, "errors": 0, "latencies": []},
         "shadow": {"compared": 0, "agreed": 0},
     }
 
 
-def merge(analysis: dict[str, Any], side: str, outcomes: Outcomes) -> None:
-    """Add a batch of request outcomes to the persisted counters of one side."""
+def warmed(analysis: dict[str, Any] | None) -> int:
+    """How many of the candidate's first latencies an analysis has left out as warm-up."""
+    return int(((analysis or {}).get("candidate") or {}).get("warmup_ignored", 0))
+
+
+def merge(analysis: dict[str, Any], side: str, outcomes: Outcomes, warmup: int = 0) -> None:
+    """Add a batch of request outcomes to the persisted counters of one side; on the candidate
+    side the first ``warmup`` latencies of the rollout are left out."""
     if side == "shadow":
         s = analysis.setdefault("shadow", {})
         s.setdefault("compared", 0)
@@ -51,9 +62,12 @@ def merge(analysis: dict[str, Any], side: str, outcomes: Outcomes) -> None:
     s = analysis.setdefault(side, {"requests": 0, "errors": 0, "latencies": []})
     s["requests"] += outcomes.requests
     s["errors"] += outcomes.errors
-    s["latencies"] = (s["latencies"] + [round(x, 3) for x in outcomes.latencies_ms])[
-        -LATENCY_SAMPLES:
-    ]
+    latencies = outcomes.latencies_ms
+    if side == "candidate":
+        skip = min(max(warmup - s.get("warmup_ignored", 0), 0), len(latencies))
+        s["warmup_ignored"] = s.get("warmup_ignored", 0) + skip
+        latencies = latencies[skip:]
+    s["latencies"] = (s["latencies"] + [round(x, 3) for x in latencies])[-LATENCY_SAMPLES:]
     s["error_rate"] = s["errors"] / s["requests"] if s["requests"] else 0.0
     s["p99_ms"] = float(np.percentile(s["latencies"], 99)) if s["latencies"] else None
 
@@ -69,6 +83,8 @@ def judge(config: EndpointConfig, analysis: dict[str, Any], now: datetime) -> Ve
             "rollback",
             f"error rate {cand['error_rate']:.3f} above {config.max_error_rate:.3f}",
         )
+    if cand.get("warmup_ignored", 0) < config.warmup_requests:
+        return Verdict("wait")  # no latency to judge yet: the candidate is still warming up
     if cand.get("p99_ms") and stable.get("p99_ms") and len(stable.get("latencies", [])) >= 10:
         ratio = cand["p99_ms"] / max(stable["p99_ms"], 1e-3)
         if ratio > config.max_latency_ratio:
@@ -171,7 +187,7 @@ async def advance(
     config = EndpointConfig.model_validate(endpoint.config)
     previous = candidate.analysis
     step = previous["step"] + 1
-    candidate.analysis = fresh_analysis(step)
+    candidate.analysis = fresh_analysis(step, warmed(previous))
     candidate.analysis["history"] = [*previous.get("history", []), summary(previous)]
     endpoint.candidate_weight = config.canary_steps[step]
     _touch(endpoint)

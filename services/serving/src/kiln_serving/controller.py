@@ -319,16 +319,15 @@ class Controller:
                     continue
                 # A deep copy: JSON columns notice only a changed value, not nested edits in place.
                 analysis = copy.deepcopy(cand.analysis or canary.fresh_analysis())
-                canary.merge(analysis, "candidate", cand_out)
+                config = EndpointConfig.model_validate(endpoint.config)
+                canary.merge(analysis, "candidate", cand_out, warmup=config.warmup_requests)
                 canary.merge(analysis, "stable", stable_out)
                 canary.merge(analysis, "shadow", cand_out)
                 cand.analysis = analysis
                 session.add(cand)
                 if endpoint.strategy != "canary":
                     continue  # shadow and A/B wait for an explicit promote or rollback
-                verdict = canary.judge(
-                    EndpointConfig.model_validate(endpoint.config), analysis, utcnow()
-                )
+                verdict = canary.judge(config, analysis, utcnow())
                 if verdict.action == "rollback":
                     await canary.rollback(
                         self.runtime, session, endpoint, stable, cand, verdict.reason

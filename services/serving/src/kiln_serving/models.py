@@ -111,6 +111,12 @@ class EndpointConfig(BaseModel):
     min_requests_per_step: int = PydField(default=20, ge=1, le=1_000_000)
     max_error_rate: float = PydField(default=0.05, ge=0.0, le=1.0)
     max_latency_ratio: float = PydField(default=2.0, gt=0.0, description="candidate p99 / stable")
+    warmup_requests: int = PydField(
+        default=20,
+        ge=0,
+        le=1_000_000,
+        description="the candidate's first answered requests, left out of its latency (cold)",
+    )
     ab_weight: float = PydField(default=50.0, ge=0.0, le=100.0, description="% to candidate")
     confidence_threshold: float = PydField(default=0.0, ge=0.0, le=1.0)
     sample_rate: float = PydField(default=0.0, ge=0.0, le=1.0)
@@ -158,6 +164,7 @@ class EndpointUpdate(BaseModel):
     min_requests_per_step: int | None = None
     max_error_rate: float | None = None
     max_latency_ratio: float | None = None
+    warmup_requests: int | None = None
     ab_weight: float | None = None
     confidence_threshold: float | None = None
     sample_rate: float | None = None

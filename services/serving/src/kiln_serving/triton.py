@@ -45,6 +45,7 @@ class _ModelLane:
     parallel: int
     inflight: int = 0
     waiting: list[_Waiter] = field(default_factory=list)
+    flush_soon: bool = False  # a send is scheduled for the end of this event-loop turn
 
 
 def free_port() -> int:
@@ -254,21 +255,32 @@ class TritonGateway:
         """Like :meth:`infer`, but concurrent requests to one model share Triton calls: with
         ``parallel`` calls in flight (one per model instance: measured best on this path,
         1155 req/s against 784 with two), later requests wait and go together (up to
-        ``max_rows`` rows) in the next call. One request alone goes straight through."""
+        ``max_rows`` rows) in the next call. A free lane sends at the end of the current turn
+        of the event loop, so requests read from the sockets in the same turn share that
+        call too; one request alone goes at once, it only waits for its own turn to end."""
         lane = self._lanes.get(model)
         if lane is None:
             lane = self._lanes[model] = _ModelLane(parallel)
         lane.parallel = parallel  # the endpoint's instance count may have changed
-        if lane.inflight < lane.parallel:
-            lane.inflight += 1
-            try:
-                return await self.infer(model, input_name, datatype, data, timeout_s)
-            finally:
-                lane.inflight -= 1
-                self._next_batch(model, lane, input_name, datatype, max_rows, timeout_s)
-        waiter = _Waiter(data, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(data, loop.create_future())
         lane.waiting.append(waiter)
+        if lane.inflight < lane.parallel and not lane.flush_soon:
+            lane.flush_soon = True
+            loop.call_soon(self._flush, model, lane, input_name, datatype, max_rows, timeout_s)
         return await waiter.future
+
+    def _flush(
+        self,
+        model: str,
+        lane: _ModelLane,
+        input_name: str,
+        datatype: str,
+        max_rows: int,
+        timeout_s: float,
+    ) -> None:
+        lane.flush_soon = False
+        self._next_batch(model, lane, input_name, datatype, max_rows, timeout_s)
 
     def _next_batch(
         self,
@@ -281,8 +293,8 @@ class TritonGateway:
     ) -> None:
         lane.waiting = [w for w in lane.waiting if not w.future.done()]  # callers gone
         if not lane.waiting:
-            if lane.inflight == 0:
-                self._lanes.pop(model, None)
+            if lane.inflight == 0 and self._lanes.get(model) is lane:
+                del self._lanes[model]
             return
         if lane.inflight >= lane.parallel:
             return
