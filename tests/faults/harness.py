@@ -74,6 +74,9 @@ class Stack:
         env["KILN_LOG_LEVEL"] = "WARNING"
         env["KILN_AUTH_REQUIRED"] = "false"
         env["KILN_TRACE_EXPORTER"] = "none"
+        # A run whose worker died is taken back within seconds, not the default quarter minute.
+        env["KILN_TRAINING_LEASE_S"] = "4"
+        env["KILN_TRAINING_WORKER_TTL_S"] = "3"
         if "serving" in self.ports:
             env["KILN_SERVING_URL"] = self.url("serving")
         env.pop("KILN_HOME", None)
