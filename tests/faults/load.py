@@ -206,3 +206,116 @@ class UploadLoad:
             )
         }
         return {b for b in blobs if blob_key(b) in keys}
+
+
+LABEL = [{"type": "class", "label": "dot"}]
+
+
+@dataclass
+class AnnotationLoad:
+    """One annotator working through a project's queue: lease the next task, submit its
+    labels. A submission without an answer is sent again; if that finds the task already
+    accepted, the task is read back and counts as accepted only if it holds our labels."""
+
+    stack: Stack
+    project_id: str
+    tag: str
+    accepted: set[str] = field(default_factory=set)  # task ids
+    failed: int = 0
+    confirmed_on_retry: int = 0
+    queue_empty: bool = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with httpx.AsyncClient(
+            base_url=self.stack.url("annotation"), timeout=CLIENT_TIMEOUT_S
+        ) as client:
+            while not stop.is_set() and not self.queue_empty:
+                task = await self._lease(client, stop)
+                if task is None:
+                    continue
+                await self._submit(client, task, stop)
+
+    async def _lease(self, client: httpx.AsyncClient, stop: asyncio.Event) -> dict | None:  # type: ignore[type-arg]
+        try:
+            response = await client.post(f"/v1/projects/{self.project_id}/lease")
+        except httpx.HTTPError:
+            response = None
+        if response is not None and response.status_code == 204:
+            self.queue_empty = True
+            return None
+        if response is None or response.status_code != 200:
+            self.failed += 1
+            await asyncio.sleep(0.2)
+            return None
+        return response.json()  # type: ignore[no-any-return]
+
+    async def _submit(self, client: httpx.AsyncClient, task: dict, stop: asyncio.Event) -> None:  # type: ignore[type-arg]
+        labels = {entry["item_id"]: LABEL for entry in task["items"]}
+        retried = False
+        while not stop.is_set():
+            try:
+                response = await client.post(
+                    f"/v1/tasks/{task['id']}/submission", json={"labels": labels}
+                )
+            except httpx.HTTPError:
+                response = None
+            if response is not None and response.status_code == 200:
+                self.accepted.add(task["id"])
+                return
+            if response is not None and response.status_code == 409 and retried:
+                # Our first attempt may have been applied before its answer was lost.
+                current = await client.get(f"/v1/tasks/{task['id']}")
+                if current.status_code == 200 and current.json()["labels"] == labels:
+                    self.accepted.add(task["id"])
+                    self.confirmed_on_retry += 1
+                return
+            self.failed += 1
+            retried = True
+            await asyncio.sleep(0.2)
+
+    async def check(self, version: int) -> list[Counts]:
+        """Each accepted task holds our labels and was submitted once; the finished version's
+        labels were committed exactly once."""
+        schema = self.stack.schema("annotation")
+        tasks = await self.stack.fetch(
+            f'SELECT id, status, labels FROM "{schema}".tasks WHERE project_id = $1',
+            self.project_id,
+        )
+        done = {
+            row["id"]
+            for row in tasks
+            if row["status"] in ("accepted", "committed") and row["labels"] is not None
+        }
+        submitted = await self.stack.fetch(
+            f'SELECT task_id, count(*) AS n FROM "{schema}".audit '
+            "WHERE action = 'submitted' AND task_id = ANY($1::text[]) GROUP BY task_id",
+            [row["id"] for row in tasks],
+        )
+        commits = await self.stack.fetch(
+            f'SELECT count(*) AS n FROM "{schema}".commits '
+            "WHERE project_id = $1 AND dataset_version = $2",
+            self.project_id,
+            version,
+        )
+        all_done = len(done) == len(tasks)
+        return [
+            Counts(
+                scenario=self.tag,
+                kind="annotation submissions",
+                accepted=len(self.accepted),
+                present=len(self.accepted & done),
+                duplicated=sum(row["n"] - 1 for row in submitted),
+                lost=len(self.accepted - done),
+                notes=f"failed attempts {self.failed}; "
+                f"confirmed on retry {self.confirmed_on_retry}; tasks {len(tasks)}",
+            ),
+            Counts(
+                scenario=self.tag,
+                kind="labels commit of the version",
+                accepted=1 if all_done else 0,
+                present=min(commits[0]["n"], 1),
+                duplicated=max(commits[0]["n"] - 1, 0),
+                lost=1 if all_done and not commits[0]["n"] else 0,
+                notes="auto-commit once every task is accepted",
+            ),
+        ]

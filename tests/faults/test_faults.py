@@ -31,7 +31,7 @@ from tests.faults.harness import (
     component_up,
     wait_until,
 )
-from tests.faults.load import PingLoad, UploadLoad
+from tests.faults.load import AnnotationLoad, PingLoad, UploadLoad, tiny_png
 
 pytestmark = pytest.mark.integration
 
@@ -201,13 +201,51 @@ async def test_consumer_killed_inside_handler(stack: Stack, report: list[Counts]
 # --- PostgreSQL stopped and restarted during uploads and annotation -------------------------------
 
 
-async def test_postgres_restarted_during_uploads_and_events(
+async def annotation_queue(stack: Stack, items: int) -> tuple[str, int]:
+    """A project with auto-annotation on a new dataset, and its tasks for a committed version
+    of ``items`` unlabelled images (created by the annotation consumer from the event)."""
+    dataset_id, draft_id = await new_draft(stack, "to-label")
+    async with httpx.AsyncClient(timeout=30) as client:
+        files = [("files", (f"item-{i:03d}.png", tiny_png(), "image/png")) for i in range(items)]
+        r = await client.post(
+            f"{stack.url('dataset')}/v1/datasets/{dataset_id}/drafts/{draft_id}/items", files=files
+        )
+        assert r.status_code == 200 and len(r.json()["accepted"]) == items, r.text
+        r = await client.post(
+            f"{stack.url('annotation')}/v1/projects",
+            json={
+                "name": "faults",
+                "dataset_id": dataset_id,
+                "label_schema": {"kind": "classification", "labels": [{"name": "dot"}]},
+                "batch_size": 1,
+                "review_levels": 0,
+            },
+        )
+        assert r.status_code == 201, r.text
+        project_id = r.json()["id"]
+        r = await client.post(
+            f"{stack.url('dataset')}/v1/datasets/{dataset_id}/drafts/{draft_id}/commit", json={}
+        )
+        assert r.status_code == 201, r.text
+        version = int(r.json()["version"])
+    tasks = f'SELECT count(*) AS n FROM "{stack.schema("annotation")}".tasks WHERE project_id = $1'
+
+    async def tasked() -> bool:
+        return bool((await stack.fetch(tasks, project_id))[0]["n"] == items)
+
+    await wait_until(tasked, DELIVERY_TIMEOUT_S, "tasks created from the version event")
+    return project_id, version
+
+
+async def test_postgres_restarted_during_uploads_and_annotation(
     stack: Stack, report: list[Counts]
 ) -> None:
-    await start(stack, "dataset-api", "annotation-events", "registry-events")
+    await start(stack, "dataset-api", "annotation-api", "annotation-events", "registry-events")
+    project_id, version = await annotation_queue(stack, items=40)
     dataset_id, draft_id = await new_draft(stack, "pg-restart")
     uploads = UploadLoad(stack, dataset_id, draft_id, "pg-restart")
     pings = PingLoad(stack.url("dataset"), "pg-restart", interval_s=0.05)
+    labelling = AnnotationLoad(stack, project_id, "pg-restart")
     before = stack.pids()
 
     async def fault() -> None:
@@ -215,13 +253,28 @@ async def test_postgres_restarted_during_uploads_and_events(
         await asyncio.sleep(4)
         await asyncio.to_thread(component_up, "postgres")
 
-    await flowing([uploads.run, pings.run], fault, after_s=4)
-    await stack.wait_ready(["dataset"])
+    await flowing([uploads.run, pings.run, labelling.run], fault, before_s=1.5, after_s=3)
+    await stack.wait_ready(["dataset", "annotation"])
+    # The annotator finishes the queue, so the version's labels must be committed once.
+    finish = asyncio.Event()
+    await asyncio.wait_for(labelling.run(finish), timeout=DELIVERY_TIMEOUT_S)
     await settle(lambda: pings.delivered(stack, PING_CONSUMERS))
+    await settle(lambda: labels_committed(stack, project_id, version))
     report.append(await uploads.check())
     report.extend(await pings.check(stack, "dataset", PING_CONSUMERS))
+    report.extend(await labelling.check(version))
     unchanged(stack, before)
     assert_clean(report)
+
+
+async def labels_committed(stack: Stack, project_id: str, version: int) -> bool:
+    rows = await stack.fetch(
+        f'SELECT count(*) AS n FROM "{stack.schema("annotation")}".commits '
+        "WHERE project_id = $1 AND dataset_version = $2",
+        project_id,
+        version,
+    )
+    return bool(rows[0]["n"])
 
 
 # --- MinIO unavailable during uploads -------------------------------------------------------------
