@@ -8,6 +8,7 @@ Raw results go to ``docs/benchmarks.json``; with ``--only`` the other benchmarks
 results are kept from there, each with its own date.
 
     .venv/bin/python bench/run_all.py [--quick] [--only soak,serving] [--note "…"]
+    .venv/bin/python bench/run_all.py --render-only --note "…"   # report from the raw results
 """
 
 from __future__ import annotations
@@ -451,6 +452,9 @@ def main() -> None:
     parser.add_argument("--only", default="", help=f"comma-separated, of: {', '.join(names)}")
     parser.add_argument("--quick", action="store_true", help="small sizes, a 90 s soak")
     parser.add_argument("--note", default="", help="conditions to state in the report")
+    parser.add_argument(
+        "--render-only", action="store_true", help="rewrite the report from the raw results"
+    )
     parser.add_argument("--out", type=Path, default=DOC)
     parser.add_argument("--raw", type=Path, default=RAW)
     args = parser.parse_args()
@@ -464,6 +468,10 @@ def main() -> None:
         results = previous.get("results", {})
         if not args.note:
             args.note = previous.get("note", "")
+    if args.render_only:
+        args.raw.write_text(json.dumps({"note": args.note, "results": results}, indent=1))
+        args.out.write_text(render(results, args.note))
+        return
     log_dir = REPO / ".kiln" / "bench" / time.strftime("%Y%m%d-%H%M%S")
     log_dir.mkdir(parents=True, exist_ok=True)
     for bench in BENCHMARKS:
