@@ -83,6 +83,16 @@ def triton_pid() -> int | None:
     return None
 
 
+async def shared_calls(session: aiohttp.ClientSession, base: str) -> float:
+    """Triton calls Kiln has made for predict requests so far (from its /metrics)."""
+    async with session.get(base + "/metrics") as r:
+        text = await r.text()
+    for line in text.splitlines():
+        if line.startswith("kiln_serving_requests_per_triton_call_count"):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
@@ -308,10 +318,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             cpu_direct: dict[str, float] = {}
             cpu_kiln: dict[str, float] = {}
             span = args.seconds / rounds
+            calls_before = await shared_calls(session, base)
             for _ in range(rounds):
                 tput_direct += await throughput(direct, args.concurrency, span, cpu_direct, pids)
                 tput_kiln += await throughput(kiln, args.concurrency, span, cpu_kiln, pids)
             tput_direct, tput_kiln = tput_direct / rounds, tput_kiln / rounds
+            calls = await shared_calls(session, base) - calls_before
+            result["kiln_requests_per_triton_call"] = round(cpu_kiln["requests"] / max(calls, 1), 2)
             for side, cpu in (("direct", cpu_direct), ("kiln", cpu_kiln)):
                 for name in ("client", "kiln", "triton"):
                     if name == "kiln" and side == "direct":
@@ -321,12 +334,18 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             print(
                 "CPU µs per request  direct: client {direct_cpu_us_per_req_client} triton "
                 "{direct_cpu_us_per_req_triton}  kiln: client {kiln_cpu_us_per_req_client} "
-                "kiln {kiln_cpu_us_per_req_kiln} triton {kiln_cpu_us_per_req_triton}".format(
-                    **result
-                ),
+                "kiln {kiln_cpu_us_per_req_kiln} triton {kiln_cpu_us_per_req_triton}; "
+                "{kiln_requests_per_triton_call} requests per Kiln→Triton call".format(**result),
                 file=sys.stderr,
             )
-            result["load_average_1m"] = os.getloadavg()[0]
+            # Direct CPU per request over Kiln's (client + Kiln + Triton): the throughput ratio
+            # a full two-core box would give, less swayed by other load than req/s are.
+            cpu_total = {
+                side: sum(v for k, v in result.items() if k.startswith(f"{side}_cpu_us_per_req_"))
+                for side in ("direct", "kiln")
+            }
+            result["cpu_per_request_ratio"] = round(cpu_total["direct"] / cpu_total["kiln"], 3)
+            result["load_average_1m"] = round(os.getloadavg()[0], 2)
             for name, values, tput in (
                 ("direct", lat_direct, tput_direct),
                 ("kiln", lat_kiln, tput_kiln),

@@ -25,7 +25,7 @@ from kiln_serving import canary
 from kiln_serving.model_repository import InputShape
 from kiln_serving.models import EndpointConfig, EndpointCreate
 from kiln_serving.predict import parse_inputs
-from kiln_serving.traffic import Outcomes, Route, ServingVersion
+from kiln_serving.traffic import Outcomes, Route, RoutingTable, ServingVersion
 from kiln_serving.triton import InferenceFailed, TritonGateway
 from tests.serving.conftest import torchscript
 
@@ -133,6 +133,16 @@ def test_the_warm_up_is_counted_once_per_rollout_across_steps() -> None:
     assert nxt["candidate"]["warmup_ignored"] == 5
     assert nxt["candidate"]["latencies"] == [1.0, 1.0]
     assert canary.warmed(None) == 0
+
+
+def test_the_routing_table_is_stale_when_an_endpoint_changes_comes_or_goes() -> None:
+    table = RoutingTable()
+    assert not table.stale({}) and table.stale({"e": 1})
+    table._generations = {"e": 1, "f": 3}  # as a refresh leaves it
+    assert not table.stale({"e": 1, "f": 3})
+    assert table.stale({"e": 2, "f": 3})  # changed
+    assert table.stale({"e": 1})  # deleted
+    assert table.stale({"e": 1, "f": 3, "g": 1})  # created
 
 
 def test_ab_routing_is_sticky_per_key_and_shadow_answers_with_stable() -> None:

@@ -126,6 +126,10 @@ class RoutingTable:
     def take_outcomes(self, deployment_id: str) -> Outcomes:
         return self.outcomes.setdefault(deployment_id, Outcomes()).take()
 
+    def stale(self, generations: dict[str, int]) -> bool:
+        """Whether endpoints' current generations differ from the routes this table holds."""
+        return generations != self._generations
+
     async def refresh(self, session: AsyncSession, force: bool = False) -> bool:
         """Reload the routes of endpoints whose generation changed; True if any did."""
         rows = (await session.exec(select(Endpoint.name, Endpoint.generation))).all()

@@ -18,10 +18,16 @@ from typing import Any
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
+from prometheus_client import Histogram
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
 log = logging.getLogger(__name__)
+REQUESTS_PER_CALL = Histogram(
+    "kiln_serving_requests_per_triton_call",
+    "Predict requests answered by one shared Triton call",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
 
 
 class TritonUnavailable(Exception):
@@ -329,6 +335,7 @@ class TritonGateway:
     ) -> None:
         """One call for the whole batch; if the model rejects it, each request on its own, so
         a bad input fails only the request that sent it."""
+        REQUESTS_PER_CALL.observe(len(batch))
         data = batch[0].data if len(batch) == 1 else np.concatenate([w.data for w in batch])
         try:
             probs = await self.infer(model, input_name, datatype, data, timeout_s)
