@@ -4,6 +4,7 @@ table every scenario reports (printed at the end of the run, passed or not)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -19,13 +20,18 @@ REPORTED: list[Counts] = []
 
 
 @pytest.fixture(scope="session")
-def fault_infra() -> None:
+def fault_infra() -> Iterator[None]:
     """The private infrastructure, started if needed (idempotent). A stack that cannot start
-    fails the suite: a fault test that silently skips would prove nothing."""
+    fails the suite: a fault test that silently skips would prove nothing. It is stopped again
+    afterwards (an idle second Kafka and Triton cost a two-core box), unless
+    KILN_FAULTS_KEEP_STACK=1 keeps it for the next run."""
     try:
         infra.up(echo=lambda _line: None, layout=LAYOUT)
     except infra.InfraError as exc:
         pytest.fail(f"the fault suite's private stack did not come up:\n{exc}", pytrace=False)
+    yield
+    if os.environ.get("KILN_FAULTS_KEEP_STACK") != "1":
+        infra.down(echo=lambda _line: None, layout=LAYOUT)
 
 
 @pytest.fixture(scope="session")
