@@ -62,6 +62,9 @@ class Stack:
     logs: LogCapture
     tokens: list[str] = field(default_factory=list)
 
+    def __repr__(self) -> str:  # never the settings or tokens: failure reports get printed
+        return f"Stack({sorted(self.urls)})"
+
     def token(self, subject: str, *roles: str, **kwargs: Any) -> str:
         token = issue_token(subject, list(roles), self.settings, **kwargs)
         self.tokens.append(token)
@@ -151,6 +154,8 @@ def stack() -> Iterator[Stack]:
         triton_url=urls_in["triton_url"],
         celery_broker_url="memory://",
         auth_required=True,
+        # Small, so the oversize tests send little; every upload of the suite stays below it.
+        max_request_bytes=4 * 1024 * 1024,
         # A secret of this run only, so the log check can look for it verbatim.
         jwt_secret=f"jwt-secret-{uuid.uuid4().hex}",
     )
@@ -159,6 +164,10 @@ def stack() -> Iterator[Stack]:
     previous_level = root.level
     root.addHandler(capture)
     root.setLevel(logging.DEBUG)
+    # The Kafka client's debug chatter (every fetch) is noise and costs seconds per test.
+    quiet = {name: logging.getLogger(name).level for name in ("aiokafka", "kafka")}
+    for name in quiet:
+        logging.getLogger(name).setLevel(logging.INFO)
     ports = {name: free_port() for name in SERVICES}
     servers = _Servers(settings, ports)
     servers.start()
@@ -170,6 +179,8 @@ def stack() -> Iterator[Stack]:
         servers.stop()
         root.removeHandler(capture)
         root.setLevel(previous_level)
+        for name, level in quiet.items():
+            logging.getLogger(name).setLevel(level)
         # Teardown may run inside the test session's event loop: clean up from a thread.
         cleaner = threading.Thread(target=lambda: asyncio.run(_drop(settings, bus, f"sec{unique}")))
         cleaner.start()

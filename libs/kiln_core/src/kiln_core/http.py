@@ -11,18 +11,21 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError
 from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kiln_core.errors import PROBLEM_BASE, KilnError, PayloadTooLarge
+from kiln_core.errors import PROBLEM_BASE, KilnError, PayloadTooLarge, ValidationFailed
 from kiln_core.telemetry import HTTP_REQUESTS, HTTP_SECONDS, extract_context, tracer
 
 if TYPE_CHECKING:
@@ -82,6 +85,19 @@ def install_error_handlers(app: FastAPI) -> None:
             exc.status_code, slug, str(exc.detail), str(exc.detail), instance=request.url.path
         )
 
+    @app.exception_handler(DBAPIError)
+    async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        if not _bad_value(exc):
+            return await unexpected(request, exc)
+        log.warning("value refused by the database", extra={"path": request.url.path})
+        return _problem(
+            422,
+            "invalid-value",
+            "Invalid value",
+            "a value is out of range or holds characters that cannot be stored",
+            instance=request.url.path,
+        )
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", extra={"path": request.url.path})
@@ -92,6 +108,21 @@ def install_error_handlers(app: FastAPI) -> None:
             "an unexpected error occurred; it has been logged",
             instance=request.url.path,
         )
+
+
+def _bad_value(exc: DBAPIError) -> bool:
+    """Whether the database refused a value the caller sent (a number out of its column's
+    range, a NUL character in text): SQLSTATE class 22, or the driver's own encoding check."""
+    cause = exc.orig
+    cause = getattr(cause, "__cause__", None) or cause
+    sqlstate = getattr(cause, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate.startswith("22"):
+        return True
+    try:
+        from asyncpg.exceptions._base import DataError as ArgumentRefused
+    except ImportError:  # pragma: no cover - asyncpg is only there for PostgreSQL
+        return False
+    return isinstance(cause, ArgumentRefused)
 
 
 _ids = RandomIdGenerator()
@@ -142,8 +173,28 @@ class EdgeMiddleware:
         ctx = extract_context([(k, v) for k, v in headers.items()])
         started = time.perf_counter()
         status_holder = {"status": 500}
+        received = {"bytes": 0, "over": False}
+
+        async def receive_limited() -> Message:
+            # A chunked body declares no length: count what arrives and stop at the limit.
+            message = await receive()
+            if message["type"] == "http.request":
+                received["bytes"] += len(message.get("body", b""))
+                if received["bytes"] > self.max_body:
+                    received["over"] = True
+                    raise PayloadTooLarge(f"request body exceeds {self.max_body} bytes")
+            return message
 
         async def send_wrapper(message: Message) -> None:
+            if received["over"]:
+                # Whatever the app answers to a body cut short, the caller learns it was too big.
+                if message["type"] == "http.response.start":
+                    status_holder["status"] = 413
+                    err = PayloadTooLarge(f"request body exceeds {self.max_body} bytes")
+                    too_large = problem_response(413, err.problem())
+                    too_large.headers["x-request-id"] = request_id
+                    await too_large(scope, receive, send)
+                return
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
                 message.setdefault("headers", [])
@@ -169,7 +220,12 @@ class EdgeMiddleware:
             current = trace.use_span(_unrecorded_span(ctx), end_on_exit=True)
         with current as span:
             try:
-                await self.app(scope, receive, send_wrapper)
+                await self.app(scope, receive_limited, send_wrapper)
+            except PayloadTooLarge:
+                if not received["over"]:
+                    raise
+                if status_holder["status"] != 413:  # the app had not answered yet
+                    await send_wrapper({"type": "http.response.start", "status": 413})
             finally:
                 route = scope.get("route")
                 route_path = getattr(route, "path", "unmatched")
@@ -177,6 +233,33 @@ class EdgeMiddleware:
                 span.set_attribute("http.response.status_code", status)
                 HTTP_REQUESTS.labels(self.service, scope.get("method"), route_path, status).inc()
                 HTTP_SECONDS.labels(self.service, route_path).observe(time.perf_counter() - started)
+
+
+def _query_names(dependant: Dependant) -> frozenset[str]:
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return frozenset(names)
+
+
+_known_query: dict[int, frozenset[str]] = {}
+
+
+async def reject_unknown_query(request: Request) -> None:
+    """Refuse (422) query parameters an API route does not declare: a misspelt filter must
+    not quietly widen a listing to everything."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or not route.path.startswith("/v1/"):
+        return
+    known = _known_query.get(id(route))
+    if known is None:
+        known = _known_query[id(route)] = _query_names(route.dependant)
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise ValidationFailed(
+            f"unknown query parameter(s): {', '.join(unknown)}",
+            errors=[{"field": f"query.{name}", "message": "unknown parameter"} for name in unknown],
+        )
 
 
 def get_runtime(request: Request) -> ServiceRuntime:
@@ -223,6 +306,7 @@ def create_app(
         responses={
             "4XX": {"description": "Problem details (RFC 9457)", "content": {PROBLEM_JSON: {}}}
         },
+        dependencies=[Depends(reject_unknown_query)],
     )
     app.state.runtime = runtime
     app.state.settings = runtime.settings

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -23,9 +24,10 @@ from kiln_annotation.workflow import (
 )
 from kiln_core.auth import Principal, require_roles
 from kiln_core.db import new_id
-from kiln_core.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from kiln_core.errors import Conflict, NotFound, ValidationFailed
 from kiln_core.http import SessionDep, get_runtime
 from kiln_core.manifest import read_manifest
+from kiln_core.storage import ObjectNotFound
 
 router = APIRouter(prefix="/v1", tags=["annotation"])
 
@@ -136,7 +138,21 @@ async def request_tasks(
 ) -> dict[str, int]:
     """Create tasks on request for the unlabelled items of a dataset version's manifest."""
     runtime = get_runtime(request)
-    items = [i for i in await read_manifest(runtime.store, body.manifest_key) if not i.labels]
+    async with runtime.db.session() as session:
+        dataset_id = (await get_project(session, project_id)).dataset_id
+    # Only a manifest of the project's own dataset: never any other object in the store.
+    pattern = rf"datasets/{re.escape(dataset_id)}/manifests/[A-Za-z0-9_-]+\.jsonl"
+    if not re.fullmatch(pattern, body.manifest_key):
+        raise ValidationFailed(
+            f"manifest_key must be a manifest of the project's dataset {dataset_id!r}",
+            field="manifest_key",
+        )
+    try:
+        items = [i for i in await read_manifest(runtime.store, body.manifest_key) if not i.labels]
+    except ObjectNotFound:
+        raise NotFound(f"no manifest {body.manifest_key!r}") from None
+    except ValueError as exc:
+        raise ValidationFailed(f"manifest_key: not a readable manifest ({exc})"[:500]) from None
     async with runtime.db.transaction() as session:
         project = await get_project(session, project_id)
         tasks = create_tasks(
@@ -235,7 +251,7 @@ async def task_audit(task_id: str, session: SessionDep, who: Anyone) -> list[dic
     if not who.has("reviewer", "data-engineer", "ml-engineer", "viewer") and (
         task.assignee != who.subject
     ):
-        raise Forbidden("not your task")
+        raise NotFound(f"no task {task_id!r}")  # as absent to them as the task itself
     rows = (
         await session.exec(
             select(AuditEntry).where(AuditEntry.task_id == task_id).order_by(col(AuditEntry.id))

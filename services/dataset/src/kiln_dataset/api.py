@@ -428,6 +428,11 @@ async def upload_items(
 
     async def check(upload: UploadFile) -> tuple[ManifestItem, SpooledBlob] | dict[str, Any]:
         name = upload.filename or "unnamed"
+        if not _plain_upload_name(name):
+            return {
+                "file": name,
+                "reason": "file name must not be a path that climbs or is absolute",
+            }
         async with limit:
             head = await upload.read(64)
             await upload.seek(0)
@@ -514,6 +519,16 @@ async def upload_items(
         for item, _ in good
     ]
     return UploadResult(accepted=accepted, rejected=rejected)
+
+
+def _plain_upload_name(name: str) -> bool:
+    """Whether an uploaded file's name is safe as an item id: relative, no '..' component, no
+    backslash or control character (exports and downstream tools treat ids as paths)."""
+    if not name or name.startswith("/") or "\\" in name:
+        return False
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return False
+    return ".." not in name.split("/")
 
 
 def _discard(path: str) -> None:
