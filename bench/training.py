@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import io
 import json
+import logging
 import random
 import statistics
 import sys
@@ -43,6 +44,22 @@ from kiln_core.storage import open_store
 
 MANIFEST_KEY = "datasets/bench/versions/1/manifest.jsonl"
 CLASSES = ["red", "green", "blue"]
+
+
+class PhaseLog(logging.Handler):
+    """Collects the per-phase seconds a training run logs when it ends."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.phases: dict[str, dict[str, float]] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        phases = getattr(record, "phases", None)
+        if isinstance(phases, dict):
+            self.phases[str(getattr(record, "job_id", ""))] = phases
+
+
+PHASES = PhaseLog()
 
 
 async def write_version(store_url: str, images: int, size: int) -> None:
@@ -71,7 +88,7 @@ async def write_version(store_url: str, images: int, size: int) -> None:
 
 async def platform_job(
     settings: Settings, params: dict[str, Any], seed: int, images: int
-) -> dict[str, float]:
+) -> dict[str, Any]:
     import httpx
 
     from kiln_core.http import create_app
@@ -129,11 +146,16 @@ async def platform_job(
             assert row is not None and row.started_at and row.first_step_at and row.finished_at
             started = aware(row.started_at)
             submitted_at = aware(row.submitted_at)
+            phases = {
+                "schedule": (started - submitted_at).total_seconds(),
+                **PHASES.phases.get(job_id, {}),
+            }
             return {
                 "submit_to_first_step_s": (aware(row.first_step_at) - submitted_at).total_seconds(),
                 "run_s": (aware(row.finished_at) - started).total_seconds(),
                 "submit_to_done_s": wall,
                 "accuracy": float(row.metrics.get("accuracy", 0.0)),
+                "phases": phases,
             }
 
 
@@ -177,6 +199,9 @@ def main() -> None:
         "lr": 0.003,
     }
     seed = 5
+    tasks_log = logging.getLogger("kiln_training.tasks")
+    tasks_log.addHandler(PHASES)
+    tasks_log.setLevel(logging.INFO)
     with tempfile.TemporaryDirectory(prefix="kiln-bench-training-") as tmp:
         store_url = f"file://{tmp}/store"
         asyncio.run(write_version(store_url, args.images, args.size))
@@ -229,6 +254,11 @@ def main() -> None:
         "platform_run_s": round(run, 3),
         "submit_to_done_s": round(min(p["submit_to_done_s"] for p in platform_runs), 3),
         "accuracy": platform_runs[-1]["accuracy"],
+        # Median seconds per phase of the platform runs (see JobRun.phases).
+        "platform_phases_s": {
+            name: round(statistics.median(p["phases"].get(name, 0.0) for p in platform_runs), 3)
+            for name in platform_runs[0]["phases"]
+        },
         "images": args.images,
         "epochs": args.epochs,
         "queued_jobs": args.queued,

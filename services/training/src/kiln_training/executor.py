@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import asyncpg
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -32,6 +35,9 @@ from kiln_training.lifecycle import (
     worker_capacity,
 )
 from kiln_training.models import JobKind, JobStatus, Team, TrainingJob, Worker
+from kiln_training.wake import QUIET, Wake, channel
+from kiln_training.wake import register as register_wake
+from kiln_training.wake import unregister as unregister_wake
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +146,8 @@ async def schedule_once(
     settings = settings or training_settings()
     started: list[tuple[str, int, str]] = []
     async with runtime.db.transaction() as session:
+        # What the round changes it has planned already: no need to wake anyone for it.
+        session.info[QUIET] = True
         if not await _take_lock(session, runtime):
             return []
         now = utcnow()
@@ -185,31 +193,72 @@ async def unregister_worker(runtime: ServiceRuntime, worker_id: str) -> None:
 
 
 async def scheduler_loop(runtime: ServiceRuntime, stop: asyncio.Event) -> None:
-    """The service's scheduling loop (a ``ServiceSpec`` worker of the event process). On the
-    embedded broker it also advertises the in-process worker's capacity."""
-    from kiln_training.tasks import runs_embedded
+    """The service's scheduling loop (a ``ServiceSpec`` worker of the event process).
+
+    A round runs at once whenever a committed change wakes it (see :mod:`kiln_training.wake`),
+    and otherwise every ``schedule_interval_s`` for what no transaction announces: leases
+    lapsing, workers falling silent, waiting jobs ageing. On the embedded broker it also starts
+    the in-process Celery worker and advertises its capacity, once PyTorch is warm, as a worker
+    process does, so no dispatched job waits on either."""
+    from kiln_training.tasks import app_for, celery_app, runs_embedded, warm_up_once
 
     settings = training_settings()
     embedded_id = default_worker_id(settings.pool) + "/embedded"
     embedded = runs_embedded(runtime.settings)
-    while not stop.is_set():
-        try:
-            if embedded:
-                await register_worker(
-                    runtime, embedded_id, settings.pool, worker_capacity(settings)
-                )
-            await schedule_once(runtime, settings)
-        except Exception:  # noqa: BLE001 - the loop must outlive a bad round
-            log.exception("scheduling round failed")
-        try:
-            await asyncio.wait_for(stop.wait(), settings.schedule_interval_s)
-        except TimeoutError:
-            pass
     if embedded:
-        try:
-            await unregister_worker(runtime, embedded_id)
-        except Exception:  # noqa: BLE001 - best effort on the way out
-            log.debug("could not unregister the embedded worker", exc_info=True)
+        await asyncio.to_thread(warm_up_once)
+        if app_for(runtime.settings) is celery_app:
+            await asyncio.to_thread(runtime.ensure_embedded_worker)
+    woken = Wake()
+    register_wake(woken)
+    listener = await _listen(runtime, woken) if runtime.db.is_postgres else None
+    # Monotonic times of the next advertisement and the next polled round.
+    next_advert = next_round = time.monotonic()
+    woke = False
+    try:
+        while not stop.is_set():
+            now = time.monotonic()
+            try:
+                # The capacity row is refreshed per heartbeat, whether or not rounds run.
+                if embedded and now >= next_advert:
+                    next_advert = now + settings.heartbeat_s
+                    await register_worker(
+                        runtime, embedded_id, settings.pool, worker_capacity(settings)
+                    )
+                if woke or now >= next_round:
+                    next_round = now + settings.schedule_interval_s
+                    await schedule_once(runtime, settings)
+            except Exception:  # noqa: BLE001 - the loop must outlive a bad round
+                log.exception("scheduling round failed")
+            wait = (min(next_round, next_advert) if embedded else next_round) - time.monotonic()
+            woke = await woken.wait(stop, max(0.0, wait))
+    finally:
+        unregister_wake(woken)
+        if listener is not None:
+            await listener.close()
+        if embedded:
+            try:
+                await unregister_worker(runtime, embedded_id)
+            except Exception:  # noqa: BLE001 - best effort on the way out
+                log.debug("could not unregister the embedded worker", exc_info=True)
+
+
+async def _listen(runtime: ServiceRuntime, woken: Wake) -> asyncpg.Connection | None:
+    """LISTEN on the schema's scheduling channel, so other processes' commits wake us."""
+    url = make_url(runtime.db.url)
+    try:
+        conn = await asyncpg.connect(
+            host=url.host,
+            port=url.port or 5432,
+            user=url.username,
+            password=url.password,
+            database=url.database,
+        )
+        await conn.add_listener(channel(runtime.db.schema), lambda *_: woken.set())
+        return conn
+    except Exception:  # noqa: BLE001 - the poll still schedules, only later
+        log.warning("LISTEN failed; the scheduler falls back to polling", exc_info=True)
+        return None
 
 
 async def queue_view(session: AsyncSession, settings: TrainingSettings) -> dict[str, Any]:

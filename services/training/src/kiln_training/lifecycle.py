@@ -48,7 +48,9 @@ class TrainingSettings(BaseSettings):
     pickup_grace_s: float = 60.0  # lease of a dispatched job until a worker claims it
     heartbeat_s: float = 1.0  # how often a run renews its lease and reads requests
     worker_ttl_s: float = 15.0  # a worker silent this long advertises no capacity
-    schedule_interval_s: float = 0.5
+    # Rounds run at once on any change (kiln_training.wake); this polls for leases lapsing,
+    # workers falling silent and waiting jobs ageing.
+    schedule_interval_s: float = 2.0
     progress_event_interval_s: float = 2.0  # at most one progress event per job this often
     step_sample_s: float = 1.0  # step metrics are stored at most this often
     aging_interval_s: float = 300.0

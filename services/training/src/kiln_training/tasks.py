@@ -247,6 +247,8 @@ class JobRun:
         self.first_step_at: Any = None
         self.runtime: ServiceRuntime | None = None
         self.job: TrainingJob | None = None
+        # Wall-clock marks of this attempt's phases (see ``phases``), for the run's log line.
+        self.marks: dict[str, float] = {"received": time.time()}
 
     # The run is synchronous (PyTorch in this thread); database and store work happens on a
     # private event loop in a helper thread.
@@ -270,12 +272,15 @@ class JobRun:
             self.job = self._call(self._claim())
             if self.job is None:
                 return
+            self.marks["claimed"] = time.time()
             beat = asyncio.run_coroutine_threadsafe(self._heartbeat(), self.loop)
             try:
                 spec = self._call(self._spec(self.job))
                 # The claim holds the lease (heartbeats go on) while another run finishes.
                 with _RUN_LOCK:
+                    self.marks["training"] = time.time()
                     outcome = run_training(spec, self)
+                    self.marks["trained"] = time.time()
                 self._checkpoint_written()
             except Exception as exc:  # noqa: BLE001 - recorded on the job
                 log.exception("training run failed", extra={"job_id": self.job_id})
@@ -286,6 +291,11 @@ class JobRun:
             self._stop_beat(beat)
             beat = None
             self._call(self._record(outcome))
+            self.marks["recorded"] = time.time()
+            log.info(
+                "training run phases",
+                extra={"job_id": self.job_id, "phases": self.phases(outcome.timings)},
+            )
         finally:
             if beat is not None:
                 self._stop_beat(beat)
@@ -294,6 +304,24 @@ class JobRun:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
             self.loop.close()
+
+    def phases(self, timings: dict[str, float]) -> dict[str, float]:
+        """Seconds per phase of this attempt: dispatch (scheduler start to the task arriving),
+        claim, setup (spec, lock), the trainer's own phases, and after (checkpoint wait, model
+        upload, recording the outcome)."""
+        marks = self.marks
+        out: dict[str, float] = {}
+        job = self.job
+        if job is not None and job.started_at is not None:
+            out["dispatch"] = marks["received"] - _aware(job.started_at).timestamp()
+        steps = [("claim", "received", "claimed"), ("setup", "claimed", "training")]
+        steps += [("trainer", "training", "trained"), ("after", "trained", "recorded")]
+        steps += [("model_upload", "uploading", "uploaded")]
+        for name, start, end in steps:
+            if start in marks and end in marks:
+                out[name] = marks[end] - marks[start]
+        out.update({f"trainer.{k}": v for k, v in timings.items()})
+        return {k: round(v, 4) for k, v in out.items()}
 
     def _stop_beat(self, beat: Future[None]) -> None:
         # Never cancel a beat mid-transaction (its metrics would roll back): ask it to stop
@@ -527,7 +555,9 @@ class JobRun:
         status = str(outcome.status)
         artifact = None
         if status == "succeeded" and outcome.model is not None:
+            self.marks["uploading"] = time.time()
             artifact = await self._store_model(outcome.model)
+            self.marks["uploaded"] = time.time()
         try:
             async with self.rt.db.transaction() as session:
                 job = await self._fenced(session)

@@ -134,6 +134,9 @@ class RunOutcome:
     metrics: dict[str, float] = field(default_factory=dict)
     evaluation: EvaluationReport | None = None
     model: ExportedModel | None = None
+    # Seconds per phase of this attempt (prepare_data, train, evaluate, export), for telling
+    # where a run's time went; not part of the model's metrics.
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 class IncompatibleCheckpoint(Conflict):
@@ -190,7 +193,9 @@ class _Run:
         self.rank, self.world = rank, world_size
         self.params = spec.params
         self.epochs = spec.max_epochs if spec.max_epochs is not None else int(spec.params["epochs"])
+        clock = time.monotonic()
         self.data: PreparedData = prepare_data(spec.data, template.kind, spec.params, spec.seed)
+        self.timings = {"prepare_data": time.monotonic() - clock}
 
         torch.manual_seed(spec.seed)
         self.model = build_network(
@@ -228,7 +233,13 @@ class _Run:
     # -- the loop --
 
     def run(self) -> RunOutcome:
-        started = time.monotonic() - self.elapsed
+        outcome = self._loop()
+        outcome.timings = {**self.timings, **outcome.timings}
+        return outcome
+
+    def _loop(self) -> RunOutcome:
+        clock = time.monotonic()
+        started = clock - self.elapsed
         self.net.train()
         stop = False
         while self.epoch < self.epochs and not stop:
@@ -259,6 +270,7 @@ class _Run:
             self.elapsed = time.monotonic() - started
             self._checkpoint()
         self.elapsed = time.monotonic() - started
+        self.timings["train"] = time.monotonic() - clock
         return self._finish()
 
     def _train_step(self, indices: torch.Tensor, epoch_clock: float) -> None:
@@ -340,6 +352,7 @@ class _Run:
         if self.best_state is not None:
             # Early stopping keeps the weights of the best evaluated epoch.
             self.model.load_state_dict(self.best_state)
+        clock = time.monotonic()
         logits = self._predict(self.data.eval)
         report = evaluate(
             logits, self.data.eval.targets, self.data.label_map, self.data.eval.item_ids
@@ -358,7 +371,10 @@ class _Run:
             "train_seconds": self.elapsed,
             "samples_per_s": self.samples / self.elapsed if self.elapsed > 0 else 0.0,
         }
+        exporting = time.monotonic()
         model = export_model(self.model, self.data.label_map, self.data.preprocessing)
+        self.timings["evaluate"] = exporting - clock
+        self.timings["export"] = time.monotonic() - exporting
         return RunOutcome("succeeded", self.step, self.epoch, metrics, report, model)
 
     # -- pieces --
@@ -429,6 +445,14 @@ class _Run:
     # -- checkpoints --
 
     def _checkpoint(self) -> None:
+        clock = time.monotonic()
+        try:
+            self._write_checkpoint()
+        finally:
+            spent = time.monotonic() - clock
+            self.timings["checkpoint"] = self.timings.get("checkpoint", 0.0) + spent
+
+    def _write_checkpoint(self) -> None:
         rng = _rng_state()
         if self.world > 1:
             states: list[Any] = [None] * self.world
