@@ -8,6 +8,7 @@ import io
 import json
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 from PIL import Image
@@ -224,18 +225,22 @@ class AnnotationLoad:
     failed: int = 0
     confirmed_on_retry: int = 0
     queue_empty: bool = False
+    pending: dict[str, Any] | None = None  # the task whose submission has no answer yet
 
     async def run(self, stop: asyncio.Event) -> None:
         async with httpx.AsyncClient(
             base_url=self.stack.url("annotation"), timeout=CLIENT_TIMEOUT_S
         ) as client:
             while not stop.is_set() and not self.queue_empty:
-                task = await self._lease(client, stop)
+                # A submission cut short by the last stop is finished first.
+                task = self.pending or await self._lease(client, stop)
                 if task is None:
                     continue
-                await self._submit(client, task, stop)
+                self.pending = task
+                if await self._submit(client, task, stop):
+                    self.pending = None
 
-    async def _lease(self, client: httpx.AsyncClient, stop: asyncio.Event) -> dict | None:  # type: ignore[type-arg]
+    async def _lease(self, client: httpx.AsyncClient, stop: asyncio.Event) -> dict[str, Any] | None:
         try:
             response = await client.post(f"/v1/projects/{self.project_id}/lease")
         except httpx.HTTPError:
@@ -249,10 +254,14 @@ class AnnotationLoad:
             return None
         return response.json()  # type: ignore[no-any-return]
 
-    async def _submit(self, client: httpx.AsyncClient, task: dict, stop: asyncio.Event) -> None:  # type: ignore[type-arg]
+    async def _submit(
+        self, client: httpx.AsyncClient, task: dict[str, Any], stop: asyncio.Event
+    ) -> bool:
+        """Submit until the task is answered for; False if stopped before that."""
         labels = {entry["item_id"]: LABEL for entry in task["items"]}
-        retried = False
         while not stop.is_set():
+            tried_before = task.get("tried", False)
+            task["tried"] = True
             try:
                 response = await client.post(
                     f"/v1/tasks/{task['id']}/submission", json={"labels": labels}
@@ -261,17 +270,37 @@ class AnnotationLoad:
                 response = None
             if response is not None and response.status_code == 200:
                 self.accepted.add(task["id"])
-                return
-            if response is not None and response.status_code == 409 and retried:
-                # Our first attempt may have been applied before its answer was lost.
-                current = await client.get(f"/v1/tasks/{task['id']}")
-                if current.status_code == 200 and current.json()["labels"] == labels:
+                return True
+            if response is not None and response.status_code == 409 and tried_before:
+                # An earlier attempt may have been applied before its answer was lost.
+                if await self._holds(client, task["id"], labels, stop):
                     self.accepted.add(task["id"])
                     self.confirmed_on_retry += 1
-                return
+                return True
+            if response is not None and response.status_code < 500:
+                self.failed += 1
+                return True  # refused outright: not accepted work, nothing to retry
             self.failed += 1
-            retried = True
             await asyncio.sleep(0.2)
+        return False
+
+    async def _holds(
+        self,
+        client: httpx.AsyncClient,
+        task_id: str,
+        labels: dict[str, list[dict[str, str]]],
+        stop: asyncio.Event,
+    ) -> bool:
+        """Read the task back (retrying while the service cannot answer): has it our labels?"""
+        while not stop.is_set():
+            try:
+                current = await client.get(f"/v1/tasks/{task_id}")
+            except httpx.HTTPError:
+                current = None
+            if current is not None and current.status_code == 200:
+                return bool(current.json()["labels"] == labels)
+            await asyncio.sleep(0.2)
+        return False
 
     async def check(self, version: int) -> list[Counts]:
         """Each accepted task holds our labels and was submitted once; the finished version's

@@ -207,8 +207,10 @@ class Layout:
 
 
 DEFAULT = Layout()
-# The fault suite's private stack: killed and restarted by tests/faults, never shared.
-FAULTS = Layout(name="faults", subdir="faults", offset=100)
+# The fault suite's private stack: killed and restarted by tests/faults, never shared. Its
+# ports sit below Linux's ephemeral range (32768-60999): a server restarted there mid-test
+# could otherwise find its port taken by some client's outgoing connection.
+FAULTS = Layout(name="faults", subdir="faults", offset=-30000)
 LAYOUTS = {layout.name: layout for layout in (DEFAULT, FAULTS)}
 
 
