@@ -75,6 +75,19 @@ async def test_promotion_is_served_and_low_confidence_inputs_are_flagged(
     assert bad.headers["content-type"].startswith("application/problem+json")
     missing = await predict(client, f"nope-{unique}", [[0, 0, 0, 0]])
     assert missing.status_code == 404
+    assert missing.headers["content-type"].startswith("application/problem+json")
+    assert missing.json()["instance"] == f"/v1/endpoints/nope-{unique}:predict"
+    # The lean predict route keeps what the edge gives every route: request id and metrics.
+    traced = await predict(client, name, [[0.1, 0.2, 0.3, 0.4]], headers={"x-request-id": unique})
+    assert traced.headers["x-request-id"] == unique
+    assert traced.headers["x-kiln-model-version-id"] == promoted.version_id
+    metrics = (await client.get("/metrics")).text
+    assert 'route="/v1/endpoints/{name}:predict"' in metrics
+    assert "kiln_serving_requests_per_triton_call_count" in metrics
+    # Other methods on that path go to the router (GET reads it as an endpoint name).
+    wrong_method = await client.get(f"/v1/endpoints/{name}:predict")
+    assert wrong_method.status_code in (404, 405)
+    assert wrong_method.headers["content-type"].startswith("application/problem+json")
 
 
 async def test_promoting_a_new_version_under_load_fails_no_request(

@@ -49,7 +49,7 @@ VERSION_HEADER = "x-kiln-model-version"
 VERSION_ID_HEADER = "x-kiln-model-version-id"
 SHADOW_LIMIT = 64  # mirrored requests in flight at most; beyond that shadows are skipped
 PREFIX, SUFFIX = "/v1/endpoints/", ":predict"
-ROUTE_PATH = PREFIX + "{name}" + SUFFIX
+_ROUTE_KEY = ROUTE_KEY_HEADER.encode()
 
 
 class ModelFailed(KilnError):
@@ -252,7 +252,7 @@ class PredictRoute:
         self.inner = inner
         self.controller = controller
         self.max_body = int(app.state.settings.max_request_bytes)
-        self.label = _RouteLabel("/v1" + "/endpoints/{name}" + SUFFIX)
+        self.label = _RouteLabel("/v1/endpoints/{name}" + SUFFIX)
         self.edge = EdgeMiddleware(self._serve, service="serving", max_body=self.max_body)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -300,17 +300,21 @@ class PredictRoute:
         await send({"type": "http.response.body", "body": body})
 
     async def _answer(self, scope: Scope, receive: Receive) -> tuple[bytes, ServingVersion]:
-        request = Request(scope)
-        if not principal_from_request(request).has(*CALLERS):
+        if not principal_from_request(Request(scope)).has(*CALLERS):
             raise Forbidden(f"requires one of the roles: {', '.join(CALLERS)}")
-        headers = request.headers
+        # One pass over the raw headers: a Headers lookup of an absent name costs a KeyError.
+        content_type, route_key = b"application/json", None
+        for key, value in scope["headers"]:
+            if key == b"content-type":
+                content_type = value
+            elif key == _ROUTE_KEY:
+                route_key = value.decode("latin-1")
         body = await self._body(receive)
-        content_type = headers.get("content-type", "application/json").split(";")[0].strip()
         return await predict(
             self.controller,
             scope["path_params"]["name"],
-            headers.get(ROUTE_KEY_HEADER),
-            content_type,
+            route_key,
+            content_type.decode("latin-1").split(";")[0].strip(),
             body,
         )
 
