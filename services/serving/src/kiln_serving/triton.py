@@ -103,6 +103,9 @@ class ManagedTriton:
                     "--allow-gpu-metrics=false",
                     # Shared-memory names of our own, so it never collides with another Triton.
                     f"--backend-config=python,shm-region-prefix-name=kiln-{self.grpc_port}",
+                    # Serving sends complete configs; Triton's auto-complete starts a Python
+                    # stub per load just to ask the model (loads measured 2-3x faster without).
+                    "--disable-auto-complete-config",
                     "--exit-timeout-secs=5",
                     "--log-verbose=0",
                 ],
