@@ -136,7 +136,8 @@ def _wait_ready(urls: dict[str, str], servers: _Servers, timeout_s: float = 120)
         time.sleep(0.2)
 
 
-@pytest.fixture(scope="session")
+# Package scope: the servers stop once the security suite is done, not at the end of a CI run.
+@pytest.fixture(scope="package")
 def stack() -> Iterator[Stack]:
     """The five services on PostgreSQL, Kafka, MinIO and Triton (a CI run without them fails)."""
     urls_in = {k: stack_url(k) for k in ("database_url", "bus_url", "storage_url", "triton_url")}

@@ -138,6 +138,23 @@ def test_hostile_ids_are_not_found(stack: Stack, service: str) -> None:
 
 @pytest.mark.integration
 @pytest.mark.parametrize(
+    ("service", "template"),
+    [
+        ("dataset", "/v1/datasets/ds-none/versions/{}"),
+        ("dataset", "/v1/datasets/ds-none/versions/1/diff?against={}"),
+        ("registry", "/v1/models/none/versions/{}"),
+    ],
+)
+def test_numbers_no_column_can_hold_are_refused(stack: Stack, service: str, template: str) -> None:
+    """Integers past PostgreSQL's int4/int8 range reach the query: refused, never a 500."""
+    with stack.client(service, "adm", "admin") as client:
+        for value in ("2147483648", "9223372036854775808", "99999999999999999999999999"):
+            r = client.get(template.format(value))
+            assert r.status_code in (404, 422) and acceptable(r), (value, r.text)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
     ("service", "path"),
     [
         ("dataset", "/v1/datasets"),

@@ -11,12 +11,14 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error, response_schema_conformance
 
 from tests.security.conftest import SERVICES, Stack
 
 # Examples per operation: the whole security suite stays within minutes on two cores.
-MAX_EXAMPLES = int(os.environ.get("KILN_SECURITY_FUZZ_EXAMPLES", "8"))
+MAX_EXAMPLES = int(os.environ.get("KILN_SECURITY_FUZZ_EXAMPLES", "6"))
 
 
 def run_operation(
@@ -25,6 +27,9 @@ def run_operation(
     """Fuzz one operation; its distinct failures (by kind), each with a reproducing call and
     what the server logged about it."""
     failures: dict[str, str] = {}
+    # Valid requests (must be served) and invalid ones (must be refused with a 4xx).
+    modes = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
+    strategy = st.one_of(*(operation.as_strategy(generation_mode=mode) for mode in modes))
 
     @settings(
         max_examples=MAX_EXAMPLES,
@@ -34,7 +39,7 @@ def run_operation(
         phases=[Phase.explicit, Phase.generate],
         suppress_health_check=list(HealthCheck),
     )
-    @given(case=operation.as_strategy())
+    @given(case=strategy)
     def fuzz(case: Any) -> None:
         try:
             case.call_and_validate(

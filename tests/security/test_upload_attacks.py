@@ -181,3 +181,48 @@ def test_hostile_archive_is_refused_before_anything_is_stored(
     jobs = client.get("/v1/jobs", params={"dataset_id": ds}).json()
     assert jobs["total"] == 0, jobs
     assert client.get(f"/v1/datasets/{ds}/versions").json()["total"] == 0
+
+
+class _Payload:
+    """Unpickling this runs a shell command: what a hostile "model" file would carry."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def hostile_models(marker: str) -> dict[str, bytes]:
+    import pickle
+
+    import torch
+
+    raw = pickle.dumps(_Payload(marker))
+    zipped = io.BytesIO()
+    torch.save({"state": _Payload(marker)}, zipped)  # torch.save's zip, a pickle inside
+    return {"plain pickle": raw, "torch.save archive": zipped.getvalue()}
+
+
+@pytest.mark.integration
+def test_model_files_are_never_unpickled(stack: Stack, tmp_path: Any) -> None:
+    """A registry import of a pickle (bare or in torch.save's archive) is refused as not
+    TorchScript, and the code inside never runs."""
+    from tests.registry.conftest import import_metadata
+
+    marker = tmp_path / f"pwned-{uuid.uuid4().hex[:8]}"
+    name = f"hostile-{uuid.uuid4().hex[:8]}"
+    with stack.client("registry", "mel", "ml-engineer") as client:
+        assert client.post("/v1/models", json={"name": name}).status_code == 201
+        for kind, raw in hostile_models(str(marker)).items():
+            r = client.post(
+                f"/v1/models/{name}/versions",
+                files={"file": ("model.pt", raw, "application/octet-stream")},
+                data={"metadata": import_metadata()},
+            )
+            assert r.status_code == 422, (kind, r.text)
+            assert r.headers["content-type"].startswith("application/problem+json")
+            assert not marker.exists(), f"{kind}: the pickled payload ran"
+        assert client.get(f"/v1/models/{name}/versions").json()["total"] == 0
