@@ -352,12 +352,13 @@ def soak_rows(figures: dict[str, Any]) -> list[str]:
     times = figures.get("timeline_s", [])
     out += [
         "",
-        "Memory per process (MiB, PSS with children): first/last/max in the window, peaks of "
-        "its middle and last thirds, slope over its second half; then the whole run "
+        "Memory per process (MiB, PSS with children): first/last/max in the window; peak of "
+        "its first two thirds against peak of its last third; median of its middle third "
+        "against median of its last third; slope over its second half; then the whole run "
         f"(warm-up included) at t = {', '.join(f'{t:.0f}' for t in times)} s.",
         "",
-        "| process | first | last | max | middle ⅓ max | last ⅓ max | slope MiB/min "
-        "| levelled | over time |",
+        "| process | first | last | max | peak ⅔ → last ⅓ | median mid ⅓ → last ⅓ "
+        "| slope MiB/min | levelled | over time |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in figures.get("memory", {}).items():
@@ -370,7 +371,8 @@ def soak_rows(figures: dict[str, Any]) -> list[str]:
             levelled += " (load driver, not judged)"
         out.append(
             f"| {name} | {m['first_mib']:.0f} | {m['last_mib']:.0f} | {m['max_mib']:.0f} | "
-            f"{m['middle_third_max_mib']:.0f} | {m['last_third_max_mib']:.0f} | "
+            f"{m['earlier_max_mib']:.0f} → {m['last_third_max_mib']:.0f} | "
+            f"{m['middle_third_median_mib']:.0f} → {m['last_third_median_mib']:.0f} | "
             f"{m['slope_mib_per_min']:+.1f} | {levelled} | {series} |"
         )
     if figures.get("error_examples"):

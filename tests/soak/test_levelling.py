@@ -1,5 +1,5 @@
 """The soak's memory criterion on made-up series (no services): a process that keeps climbing
-fails it, one that rose while warming up and then breathes with its load passes."""
+fails it; one that breathes with its load, or rose while warming up, passes."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def test_steady_climb_is_not_levelled() -> None:
     points = series([300 + 2.0 * i for i in range(90)])  # +2 MiB/s
     verdict = levelling(points, 0, 89)
     assert verdict["levelled"] is False
-    assert verdict["growth_mib"] > LEVEL_FLOOR_MIB
+    assert verdict["peak_growth_mib"] > LEVEL_FLOOR_MIB
     assert math.isclose(verdict["slope_mib_per_min"], 120.0, rel_tol=0.01)
 
 
@@ -25,7 +25,25 @@ def test_rise_then_plateau_with_load_spikes_is_levelled() -> None:
     shape = [100 + min(i, 20) * 10 + (15 if i % 20 == 5 else 0) for i in range(90)]
     verdict = levelling(series(shape), 0, 89)
     assert verdict["levelled"] is True
-    assert verdict["growth_mib"] <= verdict["allowed_mib"]
+    assert verdict["peak_growth_mib"] <= verdict["allowed_mib"]
+
+
+def test_rare_spike_seen_in_the_first_third_is_levelled() -> None:
+    # A training worker: flat around 520 MiB, +55 MiB for a few samples now and then (the
+    # middle third happened to see none).
+    shape = [520.0] * 90
+    for i in (10, 11, 12, 75, 76, 77):
+        shape[i] = 575.0
+    assert levelling(series(shape), 0, 89)["levelled"] is True
+
+
+def test_rising_level_below_the_old_peak_is_not_levelled() -> None:
+    # Spikes early on hide the peak growth; the median of the last third still gives it away.
+    shape = [500.0 + (200 if i < 5 else 0) for i in range(60)] + [560.0] * 30
+    verdict = levelling(series(shape), 0, 89)
+    assert verdict["peak_growth_mib"] < 0
+    assert verdict["median_growth_mib"] == 60.0
+    assert verdict["levelled"] is False
 
 
 def test_large_process_may_grow_by_its_fraction_not_more() -> None:

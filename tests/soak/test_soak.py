@@ -28,6 +28,10 @@ def run_soak() -> dict[str, Any]:
             str(SOAK_SECONDS),
             "--sample-every",
             "1",
+            # A job every 12 s: each third of the window sees a few training runs, so the
+            # worker's peak in each third is its real peak, not luck of timing.
+            "--train-every",
+            "12",
             # A Redis database of its own: a bench soak (db 13) may run at the same time.
             "--redis-db",
             "14",
