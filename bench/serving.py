@@ -9,6 +9,10 @@ directly, aiohttp (C HTTP parser) through Kiln — httpx, pure Python, alone cos
 caps near 250 req/s on this box, so it measured the client rather than Kiln
 (``--client httpx`` still runs it that way). Uses the local stack (``kiln infra up``) and its
 shared Triton; the bench's schema, topics and models are removed afterwards.
+Alongside req/s it reports CPU per request of each process (client, Kiln, Triton) during the
+throughput rounds, their direct/Kiln ratio (``cpu_per_request_ratio``: what a two-core box
+with nothing else running would give, and far less swayed by other load than req/s are), the
+requests Kiln answers per Triton call, and the 1-minute load average at the end.
 Last line: one JSON object.
 
     .venv/bin/python bench/serving.py [--requests 1000] [--concurrency 16] [--seconds 5]
