@@ -248,7 +248,7 @@ async def test_postgres_restarted_during_uploads_and_annotation(
     before = stack.pids()
 
     async def fault() -> None:
-        await asyncio.to_thread(infra.stop, "postgres", LAYOUT)
+        await asyncio.to_thread(infra.stop_component, "postgres", LAYOUT)
         await asyncio.sleep(4)
         await asyncio.to_thread(component_up, "postgres")
 

@@ -231,3 +231,16 @@ def test_faults_layout_is_private() -> None:
     assert shared_urls.keys() == fault_urls.keys()
     for key, url in fault_urls.items():
         assert urlsplit(url).port != urlsplit(shared_urls[key]).port, key
+
+
+def test_component_controls_refuse_what_is_not_running() -> None:
+    """Fault injection names a component of one layout; one that is not running there is an
+    error, never a signal to some other process."""
+    idle = infra.Layout(name="idle", subdir="idle-never-started", offset=-31000)
+    assert infra.component_pid("kafka", idle) is None
+    with pytest.raises(infra.InfraError, match="not running"):
+        infra.signal_component("kafka", 0, idle)
+    assert infra.stop_component("minio", idle) is False
+    with pytest.raises(infra.InfraError, match="unknown component"):
+        infra.component_pid("zookeeper", idle)
+    assert not (infra.state_dir() / "idle-never-started").exists()

@@ -1562,7 +1562,7 @@ def _one(name: str, layout: Layout) -> _Component:
     return component
 
 
-def pid(name: str, layout: Layout = DEFAULT) -> int | None:
+def component_pid(name: str, layout: Layout = DEFAULT) -> int | None:
     """The pid of the component's running server, or None if it is not running."""
     return _one(name, layout).running_pid()
 
@@ -1577,8 +1577,10 @@ def signal_component(name: str, sig: int, layout: Layout = DEFAULT) -> int:
         raise InfraError(f"{name}: not running in the {layout.name!r} stack, nothing to signal")
     try:
         # Only a server that leads its own group (all of ours do) is killed group-wide.
-        group = os.getpgid(target) == target and sig == signal.SIGKILL
-        os.killpg(target, sig) if group else os.kill(target, sig)
+        if sig == signal.SIGKILL and os.getpgid(target) == target:
+            os.killpg(target, sig)
+        else:
+            os.kill(target, sig)
     except ProcessLookupError:
         return target  # it died on its own in the meantime
     if sig == signal.SIGKILL and not _wait_for_exit([target], timeout=30):
@@ -1586,7 +1588,7 @@ def signal_component(name: str, sig: int, layout: Layout = DEFAULT) -> int:
     return target
 
 
-def stop(name: str, layout: Layout = DEFAULT) -> bool:
+def stop_component(name: str, layout: Layout = DEFAULT) -> bool:
     """Stop one component cleanly (PostgreSQL: pg_ctl stop -m fast); False if not running."""
     return _one(name, layout).stop(lambda _line: None)
 
