@@ -153,6 +153,8 @@ async def schedule_once(
         now = utcnow()
         await reclaim_expired(session, runtime, now)
         await session.flush()
+        if not await _any_queued(session):
+            return []  # nothing to plan: one cheap query instead of reading the whole state
         pools, teams = await load_state(session, now, settings)
         decisions = decide(pools, teams, now, settings)
         by_id = {j.id: j for state in pools.values() for j in state.queued}
@@ -171,6 +173,15 @@ async def schedule_once(
     for job_id, attempt, pool in started:
         dispatch(runtime, job_id, attempt, pool)
     return [job_id for job_id, _, _ in started]
+
+
+async def _any_queued(session: AsyncSession) -> bool:
+    found = await session.exec(
+        select(TrainingJob.id)
+        .where(TrainingJob.kind == JobKind.train, TrainingJob.status == JobStatus.queued)
+        .limit(1)
+    )
+    return found.first() is not None
 
 
 async def register_worker(
@@ -219,9 +230,10 @@ async def scheduler_loop(runtime: ServiceRuntime, stop: asyncio.Event) -> None:
         while not stop.is_set():
             now = time.monotonic()
             try:
-                # The capacity row is refreshed per heartbeat, whether or not rounds run.
+                # The capacity row must stay younger than worker_ttl_s whether or not rounds
+                # run; three refreshes per TTL leave room for a slow one.
                 if embedded and now >= next_advert:
-                    next_advert = now + settings.heartbeat_s
+                    next_advert = now + settings.worker_ttl_s / 3
                     await register_worker(
                         runtime, embedded_id, settings.pool, worker_capacity(settings)
                     )
