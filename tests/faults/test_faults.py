@@ -181,8 +181,15 @@ async def test_consumer_killed_inside_handler(stack: Stack, report: list[Counts]
             finally:
                 await conn.close()
             stack.start("annotation-events")
-        for _ in range(2):  # and at random points of a busy stream
-            await asyncio.sleep(random.uniform(0.5, 2.0))
+        applied = f'SELECT count(*) AS n FROM "{schema}".ping_received'
+        for _ in range(2):  # and at random points of a busy stream, once it is consuming again
+            seen = (await stack.fetch(applied))[0]["n"]
+
+            async def consuming(seen: int = seen) -> bool:
+                return bool((await stack.fetch(applied))[0]["n"] > seen)
+
+            await wait_until(consuming, 60, "the restarted consumer applying events")
+            await asyncio.sleep(random.uniform(0.0, 0.5))
             stack.kill("annotation-events")
             kills += 1
             stack.start("annotation-events")
