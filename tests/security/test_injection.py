@@ -89,8 +89,8 @@ def test_hostile_filters_never_break_a_listing(stack: Stack, service: str, canar
                     r = client.get(path, params={name: value})
                     if not acceptable(r):
                         failures.append(f"{path}?{name}={value[:40]!r}: {r.status_code}")
-                    elif r.status_code == 200 and canary in r.text and "q" != name:
-                        # An exact-match filter fed SQL must not match everything.
+                    elif r.status_code == 200 and canary in r.text:
+                        # A filter fed SQL or wildcards must not match everything.
                         failures.append(f"{path}?{name}={value[:40]!r} returned the canary")
     assert failures == [], "\n".join(failures)
 
@@ -101,8 +101,23 @@ def test_sql_in_a_filter_does_not_widen_the_listing(stack: Stack, canary: str) -
         for value in ("' OR '1'='1", "secret-line' OR 'a'='a", "%"):
             r = client.get("/v1/datasets", params={"source_channel": value})
             assert r.status_code == 200 and r.json()["total"] == 0, (value, r.text)
+        for value in ("%", "_", "canary%"):
+            r = client.get("/v1/datasets", params={"q": value})
+            assert r.status_code == 200 and canary not in r.text, (value, r.text)
         r = client.get("/v1/datasets", params={"source_channel": "secret-line"})
         assert canary in r.text  # the control: the honest filter finds it
+        assert canary in client.get("/v1/datasets", params={"q": canary[:-2]}).text
+
+
+@pytest.mark.integration
+def test_wildcards_in_a_model_search_are_literal(stack: Stack) -> None:
+    name = f"wild-{uuid.uuid4().hex[:8]}"
+    with stack.client("registry", "mel", "ml-engineer") as client:
+        assert client.post("/v1/models", json={"name": name}).status_code == 201
+        for value in ("%", "_", "wild%", "w_ld"):
+            r = client.get("/v1/models", params={"name": value})
+            assert r.status_code == 200 and name not in r.text, (value, r.text)
+        assert name in client.get("/v1/models", params={"name": name[:-2]}).text
 
 
 @pytest.mark.integration

@@ -197,7 +197,8 @@ async def list_datasets(
         if value is not None:
             query = query.where(column == value)
     if q:
-        query = query.where(col(Dataset.name).contains(q))
+        # autoescape: a '%' or '_' in the search is that character, not a wildcard.
+        query = query.where(col(Dataset.name).contains(q, autoescape=True))
     rows = list((await session.exec(query.order_by(col(Dataset.created_at).desc()))).all())
     if tag:
         rows = [d for d in rows if tag in (d.tags or [])]

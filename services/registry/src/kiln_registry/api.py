@@ -114,7 +114,8 @@ async def list_models(
 ) -> Page[ModelPublic]:
     query = select(RegisteredModel).order_by(col(RegisteredModel.name))
     if name:
-        query = query.where(col(RegisteredModel.name).contains(name))
+        # autoescape: a '%' or '_' in the search is that character, not a wildcard.
+        query = query.where(col(RegisteredModel.name).contains(name, autoescape=True))
     rows = list((await session.exec(query)).all())
     # Tags are a JSON list; filtered here, which is fine at registry scale.
     wanted = set(tag or [])
