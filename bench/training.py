@@ -10,11 +10,15 @@
    (the same data reading, model and optimizer with no platform around it) in this process.
 4. Times ``scheduler.plan`` deciding over 10,000 queued jobs of 50 teams.
 
-The overhead ratio is the median over three back-to-back (plain, platform) pairs of platform
-run time / plain loop time. Prints progress, then one JSON object on the last line with
-``overhead_ratio``, ``submit_to_first_step_s`` and ``schedule_decision_ms``.
+The overhead ratio is the median over ``--pairs`` (default three) back-to-back (plain, platform)
+pairs of platform run time / plain loop time. ``platform_phases_s`` gives the median seconds of
+each phase of a platform run as the run logs them (``JobRun.phases``): schedule (submit to the
+scheduler starting it), dispatch, claim, setup, the trainer's prepare_data / train (with
+checkpoints, also shown alone) / evaluate / export, and after (model upload, recording).
+Prints progress, then one JSON object on the last line with ``overhead_ratio``,
+``submit_to_first_step_s`` and ``schedule_decision_ms``.
 
-    .venv/bin/python bench/training.py [--images 2000] [--size 32] [--epochs 6]
+    .venv/bin/python bench/training.py [--images 2000] [--size 32] [--epochs 6] [--pairs 3]
 """
 
 from __future__ import annotations
@@ -190,6 +194,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--queued", type=int, default=10_000)
+    parser.add_argument("--pairs", type=int, default=3, help="(plain, platform) pairs to run")
     args = parser.parse_args()
     params = {
         "epochs": args.epochs,
@@ -228,7 +233,7 @@ def main() -> None:
         # Warm the blob cache and torch for both sides alike, then measure alternately.
         plain_training_loop(spec)
         plain_times, platform_runs = [], []
-        for _ in range(3):
+        for _ in range(max(1, args.pairs)):
             plain_times.append(plain_training_loop(spec))
             print(f"plain loop: {plain_times[-1]:.2f}s", file=sys.stderr)
             platform_runs.append(asyncio.run(platform_job(settings, params, seed, args.images)))
