@@ -81,6 +81,7 @@ def assert_unauthorized(response: httpx.Response) -> None:
     assert response.headers["content-type"].startswith("application/problem+json")
     body = response.json()
     assert body["status"] == 401 and body["type"].endswith("/unauthorized")
+    assert response.headers["www-authenticate"].startswith("Bearer")
 
 
 @pytest.mark.integration

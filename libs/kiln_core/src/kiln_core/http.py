@@ -60,7 +60,10 @@ def _problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> J
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(KilnError)
     async def kiln_error(request: Request, exc: KilnError) -> JSONResponse:
-        return problem_response(exc.status, exc.problem(instance=request.url.path))
+        response = problem_response(exc.status, exc.problem(instance=request.url.path))
+        if exc.status == 401:
+            response.headers["www-authenticate"] = 'Bearer realm="kiln"'  # RFC 6750
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
