@@ -212,6 +212,10 @@ class UploadLoad:
 LABEL = [{"type": "class", "label": "dot"}]
 
 
+def names(labels: dict[str, Any]) -> dict[str, list[Any]]:
+    return {item: [label.get("label") for label in ls] for item, ls in labels.items()}
+
+
 @dataclass
 class AnnotationLoad:
     """One annotator working through a project's queue: lease the next task, submit its
@@ -226,6 +230,7 @@ class AnnotationLoad:
     confirmed_on_retry: int = 0
     queue_empty: bool = False
     pending: dict[str, Any] | None = None  # the task whose submission has no answer yet
+    refused: list[int] = field(default_factory=list)  # 4xx answers to submissions
 
     async def run(self, stop: asyncio.Event) -> None:
         async with httpx.AsyncClient(
@@ -276,9 +281,11 @@ class AnnotationLoad:
                 if await self._holds(client, task["id"], labels, stop):
                     self.accepted.add(task["id"])
                     self.confirmed_on_retry += 1
+                else:
+                    self.refused.append(409)
                 return True
             if response is not None and response.status_code < 500:
-                self.failed += 1
+                self.refused.append(response.status_code)
                 return True  # refused outright: not accepted work, nothing to retry
             self.failed += 1
             await asyncio.sleep(0.2)
@@ -298,7 +305,9 @@ class AnnotationLoad:
             except httpx.HTTPError:
                 current = None
             if current is not None and current.status_code == 200:
-                return bool(current.json()["labels"] == labels)
+                # Compared by label name: the service stores labels in their normalised form.
+                stored = current.json()["labels"] or {}
+                return names(stored) == names(labels)
             await asyncio.sleep(0.2)
         return False
 
@@ -336,7 +345,8 @@ class AnnotationLoad:
                 duplicated=sum(row["n"] - 1 for row in submitted),
                 lost=len(self.accepted - done),
                 notes=f"failed attempts {self.failed}; "
-                f"confirmed on retry {self.confirmed_on_retry}; tasks {len(tasks)}",
+                f"confirmed on retry {self.confirmed_on_retry}; refused {self.refused}; "
+                f"tasks {len(tasks)}",
             ),
             Counts(
                 scenario=self.tag,
