@@ -266,6 +266,7 @@ def run_one(bench: Benchmark, quick: bool, log_dir: Path) -> dict[str, Any]:
         "args": args,
         "quick": quick,
         "load_before": round(os.getloadavg()[0], 2),
+        "machine": machine(),
     }
     try:
         with log_path.open("w") as errors:
@@ -290,7 +291,6 @@ def run_one(bench: Benchmark, quick: bool, log_dir: Path) -> dict[str, Any]:
         entry["log_tail"] = tail
     entry["seconds"] = round(time.monotonic() - started, 1)
     entry["load_after"] = round(os.getloadavg()[0], 2)
-    entry["machine"] = machine()
     outcome = entry.get("error") or "done"
     log(f"{bench.name}: {outcome} in {entry['seconds']:.0f}s")
     return entry
@@ -384,7 +384,7 @@ def soak_rows(figures: dict[str, Any]) -> list[str]:
 def machine_line(m: dict[str, Any]) -> str:
     return (
         f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB RAM; {m['os']}; "
-        f"Python {m['python']}; PyTorch {m['torch']}; commit {m['commit']}"
+        f"Python {m['python']}; PyTorch {m['torch']}"
     )
 
 
@@ -426,8 +426,10 @@ def render(results: dict[str, Any], note: str) -> str:
             lines += ["Not run yet.", ""]
             continue
         args = " ".join(entry.get("args", [])) or "(defaults)"
+        commit = (entry.get("machine") or {}).get("commit", "?")
         lines.append(
-            f"Ran {entry['run_at']} with `{args}` in {entry['seconds']:.0f} s; load average "
+            f"Ran {entry['run_at']} (HEAD {commit}) with `{args}` in {entry['seconds']:.0f} s; "
+            "load average "
             f"(1 min) {entry['load_before']} before, {entry['load_after']} after."
         )
         if entry.get("machine") and entry["machine"]["cpu"] != now["cpu"]:
