@@ -121,3 +121,30 @@ async def test_malformed_records_go_to_dlq_and_the_consumer_keeps_going(
     dlq = [r for part in bus.broker.log(dlq_topic("kiln.dataset")) for r in part]  # type: ignore[attr-defined]
     kinds = sorted(r.header("kiln-dlq-error-type") for r in dlq)
     assert kinds == [b"event-schema-violation", b"malformed-event", b"unknown-event-type"]
+
+
+async def test_consumer_started_while_the_broker_is_down_waits_for_it(
+    sqlite_db, embedded_url: str
+) -> None:  # type: ignore[no-untyped-def]
+    bus = open_bus(embedded_url)
+    ensure_topics = bus.ensure_topics
+    refusals = {"left": 2}
+
+    async def unreachable_at_first(topics):  # type: ignore[no-untyped-def]
+        if refusals["left"]:
+            refusals["left"] -= 1
+            raise ConnectionError("Unable to bootstrap from 127.0.0.1:1")
+        await ensure_topics(topics)
+
+    bus.ensure_topics = unreachable_at_first  # type: ignore[method-assign]
+    consumer = InboxConsumer("t", sqlite_db, bus, {PING.event_type: record_effect})
+    event = ping()
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    await bus.publish("kiln.dataset", event.to_bytes(), event.key.encode())
+    await eventually(lambda: consumer.consumer is not None, timeout_s=10)
+    await eventually(lambda: consumer.consumer.stats.committed >= 1, timeout_s=10)  # type: ignore[union-attr]
+    stop.set()
+    await task
+    assert refusals["left"] == 0 and not task.exception()
+    assert await count_effects(sqlite_db, event.data["ping_id"]) == 1

@@ -113,7 +113,10 @@ class Gateway:
         self, base: str, rest: str, scope: Scope, receive: Receive, send: Send
     ) -> None:
         if self._client is None:  # one pooled client, made on first use (lifespan or not)
-            self._client = httpx.AsyncClient(timeout=300)
+            # Idle upstream connections are dropped well before a service's keep-alive timeout,
+            # so the gateway never reuses a connection the service is closing (a 502 race).
+            limits = httpx.Limits(keepalive_expiry=2.0)
+            self._client = httpx.AsyncClient(timeout=300, limits=limits)
         client = self._client
         query = scope.get("query_string", b"").decode()
         url = base.rstrip("/") + rest + (f"?{query}" if query else "")

@@ -1332,6 +1332,8 @@ class _Triton(_Component):
                 str(dist / "bin" / "tritonserver"),
                 f"--model-repository={models}",
                 "--model-control-mode=explicit",  # models arrive via load_model, not the disk
+                # Serving sends complete model configs; auto-completion only slows every load.
+                "--disable-auto-complete-config",
                 f"--backend-directory={self.backends}",
                 "--allow-http=true",
                 f"--http-address={HOST}",

@@ -70,7 +70,14 @@ def serve(
     _setup(service)
     api = create_app(runtime, background=[runtime.run_relay])
     uvicorn.run(
-        api, host=host, port=port or DEFAULT_PORTS[service], log_config=None, access_log=False
+        api,
+        host=host,
+        port=port or DEFAULT_PORTS[service],
+        log_config=None,
+        access_log=False,
+        # Longer than any client's or proxy's idle pool (nginx upstream 60 s, httpx 5 s):
+        # the server must not close a connection a client is about to reuse.
+        timeout_keep_alive=75,
     )
 
 

@@ -9,6 +9,7 @@ backoff; events that can never succeed go to ``<topic>.dlq`` with the reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -295,8 +296,27 @@ class InboxConsumer:
         self.consumer = consumer
         return consumer
 
+    async def _start_when_reachable(self, stop: asyncio.Event) -> Consumer | None:
+        """Start the consumer, retrying with backoff while the broker is unreachable, so a
+        consumer process started during a broker outage waits for it instead of exiting."""
+        delay = max(0.5, self.backoff_initial_s)
+        while not stop.is_set():
+            try:
+                return await self.start()
+            except Exception as exc:  # noqa: BLE001 - retried until the broker answers
+                log.warning(
+                    "event consumer cannot start yet; retrying",
+                    extra={"consumer": self.name, "error": str(exc), "retry_in_s": delay},
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, max(5.0, self.backoff_max_s))
+        return None
+
     async def run(self, stop: asyncio.Event) -> None:
-        consumer = self.consumer or await self.start()
+        consumer = self.consumer or await self._start_when_reachable(stop)
+        if consumer is None:
+            return
         try:
             await consumer.run_batches(
                 self.handle_batch,

@@ -89,7 +89,15 @@ class ServiceRuntime:
             return
         if migrate:
             await self.db.migrate(self.spec.migrations)
-        await self.bus.start()
+        try:
+            await self.bus.start()
+        except Exception as exc:  # noqa: BLE001 - the relay starts the producer when it can
+            # A broker that is down must not keep the API or consumer from starting: events
+            # wait in the outbox and the relay publishes them once the broker answers.
+            log.warning(
+                "event bus not reachable at start-up; will retry",
+                extra={"service": self.name, "error": str(exc)},
+            )
         self._started = True
 
     async def stop(self) -> None:

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from kiln_serving.controller import Controller
 
 log = logging.getLogger(__name__)
-CALLERS = ("predictor", "viewer", "ml-engineer", "data-engineer", "annotator", "admin")
+CALLERS = ("viewer", "ml-engineer", "data-engineer", "annotator", "admin")
 VERSION_HEADER = "x-kiln-model-version"
 VERSION_ID_HEADER = "x-kiln-model-version-id"
 SHADOW_LIMIT = 64  # mirrored requests in flight at most; beyond that shadows are skipped

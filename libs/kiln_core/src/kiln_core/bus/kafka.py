@@ -112,7 +112,12 @@ class KafkaBus(Bus):
                 linger_ms=0,
                 request_timeout_ms=15_000,
             )
-            await producer.start()
+            try:
+                await producer.start()
+            except BaseException:
+                # A failed start leaves the client's connections and tasks behind otherwise.
+                await producer.stop()
+                raise
             self._producer = producer
 
     async def stop(self) -> None:
