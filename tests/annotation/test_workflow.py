@@ -227,3 +227,43 @@ async def test_annotator_statistics_and_gold_tasks(services: dict[str, Any]) -> 
     assert len(gold_scores) == 1 and gold_scores[0] < 1.0
     viewer = as_user(settings, "val", "annotator")
     assert (await ann.get(f"/v1/projects/{pid}/annotators", headers=viewer)).status_code == 403
+
+
+async def test_finished_work_whose_auto_commit_was_lost_is_committed_by_the_sweep(
+    services: dict[str, Any], monkeypatch: Any
+) -> None:
+    from kiln_annotation import workflow
+
+    ann, data, settings = services["annotation"], services["dataset"], services["settings"]
+    runtime = services["annotation_runtime"]
+    ds, pid = await setup_project(services, images=2, review_levels=0)
+
+    async def lost(*_args: Any) -> None:  # the process died between submission and auto-commit
+        return None
+
+    monkeypatch.setattr(workflow, "commit_if_complete", lost)
+    for name in ("ann", "eve"):
+        who = as_user(settings, name, "annotator")
+        task = (await ann.post(f"/v1/projects/{pid}/lease", headers=who)).json()
+        labels = {
+            task["items"][0]["item_id"]: [{"type": "box", "label": "dent", "bbox": [1, 1, 9, 9]}]
+        }
+        r = await ann.post(
+            f"/v1/tasks/{task['id']}/submission", headers=who, json={"labels": labels}
+        )
+        assert r.json()["status"] == "accepted", r.text
+    assert (await ann.get(f"/v1/projects/{pid}")).json()["task_counts"] == {"accepted": 2}
+
+    assert await workflow.complete_uncommitted_versions(runtime) >= 1
+    assert (await ann.get(f"/v1/projects/{pid}")).json()["task_counts"] == {"committed": 2}
+
+    async def labelled_version() -> dict[str, Any] | None:
+        r = await data.get(f"/v1/datasets/{ds}/versions/2")
+        return r.json() if r.status_code == 200 else None
+
+    v2 = await eventually(labelled_version, timeout_s=30)
+    assert v2["labelled_count"] == 2 and v2["lineage"]["source"] == "labels"
+    # a second sweep finds nothing left for this project
+    await workflow.complete_uncommitted_versions(runtime)
+    r = await data.get(f"/v1/datasets/{ds}/versions/3")
+    assert r.status_code == 404

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from kiln_annotation import api, prelabel
 from kiln_annotation.handlers import HANDLERS
+from kiln_annotation.workflow import sweep_uncommitted_versions
 from kiln_core.ping import ping_router
 from kiln_core.service import ServiceSpec
 
@@ -15,4 +16,5 @@ SERVICE = ServiceSpec(
     routers=[ping_router("annotation"), api.router],
     handlers=HANDLERS,
     celery=prelabel.celery_app,
+    workers=[sweep_uncommitted_versions],
 )

@@ -3,11 +3,14 @@ and label commits. Every step writes an audit entry."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, or_
+from sqlalchemy import and_, case, exists, func, or_
 from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -18,6 +21,8 @@ from kiln_core.db import aware, new_id, utcnow
 from kiln_core.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from kiln_core.manifest import ManifestItem
 from kiln_core.service import ServiceRuntime
+
+log = logging.getLogger(__name__)
 
 ACTIVE_LEARNING_PRIORITY = 100
 
@@ -365,3 +370,45 @@ def merge_overlap(project: Project, versions: list[list[dict[str, Any]]]) -> lis
         multi_label=bool(project.label_schema.get("multi_label")),
     )
     return [label.model_dump(mode="json", exclude_none=True) for label in result.labels]
+
+
+SWEEP_INTERVAL_S = 15.0
+
+
+async def complete_uncommitted_versions(runtime: ServiceRuntime) -> int:
+    """Commit every version whose tasks are all accepted but whose labels were never committed:
+    a submission or review commits its task first and auto-commits afterwards, so an outage
+    between the two would otherwise leave finished work waiting for a manual commit."""
+    accepted = func.sum(case((col(Task.status) == TaskStatus.accepted, 1), else_=0))
+    open_tasks = func.sum(
+        case((col(Task.status).not_in([TaskStatus.accepted, TaskStatus.committed]), 1), else_=0)
+    )
+    async with runtime.db.session() as session:
+        rows = (
+            await session.exec(
+                select(Task.project_id, Task.dataset_version)
+                .where(Task.source != "gold")
+                .group_by(col(Task.project_id), col(Task.dataset_version))
+                .having(and_(accepted > 0, open_tasks == 0))
+            )
+        ).all()
+    committed = 0
+    for project_id, version in rows:
+        if await commit_labels(runtime, project_id, version, actor="auto") is not None:
+            committed += 1
+            log.info(
+                "committed labels left uncommitted",
+                extra={"project_id": project_id, "dataset_version": version},
+            )
+    return committed
+
+
+async def sweep_uncommitted_versions(runtime: ServiceRuntime, stop: asyncio.Event) -> None:
+    """The worker: :func:`complete_uncommitted_versions` every :data:`SWEEP_INTERVAL_S`."""
+    while not stop.is_set():
+        try:
+            await complete_uncommitted_versions(runtime)
+        except Exception:  # noqa: BLE001 - a failed round is retried next round
+            log.exception("committing finished versions failed; retrying")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), SWEEP_INTERVAL_S)
