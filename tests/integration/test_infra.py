@@ -223,7 +223,8 @@ def test_faults_layout_is_private() -> None:
     """The fault suite's stack shares no port and no state directory with the shared one."""
     faults, shared = infra.FAULTS, infra.DEFAULT
     assert faults.state == infra.state_dir() / "faults"
-    ports = ("pg_port", "redis_port", "kafka_port", "kafka_controller_port", "minio_port")
+    ports: tuple[str, ...] = ("pg_port", "redis_port", "kafka_port", "kafka_controller_port")
+    ports += ("minio_port",)
     ports += ("minio_console_port", "triton_http_port", "triton_grpc_port", "triton_metrics_port")
     shared_ports = {getattr(shared, p) for p in ports}
     assert not shared_ports & {getattr(faults, p) for p in ports}

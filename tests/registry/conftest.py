@@ -143,7 +143,7 @@ async def training_event(
 async def publish(runtime: ServiceRuntime, event: CloudEvent, key: str | None = None) -> None:
     """Deliver on the bus the registry consumes (Kafka on the stack), as training would; one
     ``key`` for several events keeps them in one partition, in order."""
-    await runtime.bus.publish(event.topic, event.to_bytes(), key=(key or event.subject).encode())
+    await runtime.bus.publish(event.topic, event.to_bytes(), key=(key or event.key).encode())
 
 
 async def registry_events(
@@ -170,7 +170,7 @@ async def registry_events(
 
 
 def as_record(event: CloudEvent) -> Record:
-    return Record(event.topic, 0, 0, event.to_bytes(), event.subject.encode())
+    return Record(event.topic, 0, 0, event.to_bytes(), event.key.encode())
 
 
 @pytest.fixture(params=["embedded", pytest.param("stack", marks=pytest.mark.integration)])

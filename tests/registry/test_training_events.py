@@ -89,7 +89,7 @@ async def test_unusable_artifact_is_dead_lettered(
     data["artifact"] = {**data["artifact"], **change}
     from kiln_core.catalog import TrainingJobSucceeded
 
-    bad = new_event(TrainingJobSucceeded.model_validate(data), subject=good.subject)
+    bad = new_event(TrainingJobSucceeded.model_validate(data), subject=good.key)
     await runtime.inbox.handle_record(as_record(bad))
     reader = runtime.bus.consumer(["kiln.training.dlq"], f"dlq-{unique}")
     await reader.start()
