@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,23 @@ from kiln_core.settings import Settings, get_settings
 from kiln_core.storage import ObjectStore, open_store
 
 log = logging.getLogger(__name__)
+
+
+async def every(
+    interval_s: float,
+    stop: asyncio.Event,
+    round_: Callable[[], Awaitable[object]],
+    what: str,
+) -> None:
+    """Run ``round_`` now and then every ``interval_s`` until ``stop``; a failed round is
+    logged and retried next time (the body of a service's periodic worker)."""
+    while not stop.is_set():
+        try:
+            await round_()
+        except Exception:  # noqa: BLE001 - a failed round is retried next round
+            log.exception("%s failed; retrying", what)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)
 
 
 @dataclass

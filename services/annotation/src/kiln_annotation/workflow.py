@@ -4,7 +4,6 @@ and label commits. Every step writes an audit entry."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from datetime import timedelta
@@ -20,7 +19,7 @@ from kiln_core.catalog import LabelsCommitted
 from kiln_core.db import aware, new_id, utcnow
 from kiln_core.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from kiln_core.manifest import ManifestItem
-from kiln_core.service import ServiceRuntime
+from kiln_core.service import ServiceRuntime, every
 
 log = logging.getLogger(__name__)
 
@@ -405,10 +404,9 @@ async def complete_uncommitted_versions(runtime: ServiceRuntime) -> int:
 
 async def sweep_uncommitted_versions(runtime: ServiceRuntime, stop: asyncio.Event) -> None:
     """The worker: :func:`complete_uncommitted_versions` every :data:`SWEEP_INTERVAL_S`."""
-    while not stop.is_set():
-        try:
-            await complete_uncommitted_versions(runtime)
-        except Exception:  # noqa: BLE001 - a failed round is retried next round
-            log.exception("committing finished versions failed; retrying")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), SWEEP_INTERVAL_S)
+    await every(
+        SWEEP_INTERVAL_S,
+        stop,
+        lambda: complete_uncommitted_versions(runtime),
+        "committing finished versions",
+    )

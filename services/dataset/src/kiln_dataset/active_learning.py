@@ -12,7 +12,6 @@ version's lineage source is ``active-learning``, which annotation turns into urg
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import re
@@ -26,7 +25,7 @@ from kiln_core.db import aware, utcnow
 from kiln_core.errors import EventRejected, NotFound
 from kiln_core.events import CloudEvent
 from kiln_core.manifest import Category, ManifestItem
-from kiln_core.service import ServiceRuntime
+from kiln_core.service import ServiceRuntime, every
 from kiln_core.storage import BlobRef, ObjectNotFound, blob_key
 from kiln_dataset.lifecycle import mark_stored, record_blobs
 from kiln_dataset.media import SNIFF_BYTES, UnreadableImage, image_size, sniff
@@ -219,10 +218,6 @@ async def _add_to_dataset(
 
 async def flush_flagged_inputs(runtime: ServiceRuntime, stop: asyncio.Event) -> None:
     """The worker: add what was flagged, every :data:`FLUSH_INTERVAL_S`, until stopped."""
-    while not stop.is_set():
-        try:
-            await add_flagged_inputs(runtime)
-        except Exception:  # noqa: BLE001 - a failed round is retried next round
-            log.exception("adding flagged inputs failed; retrying")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), FLUSH_INTERVAL_S)
+    await every(
+        FLUSH_INTERVAL_S, stop, lambda: add_flagged_inputs(runtime), "adding flagged inputs"
+    )
