@@ -137,15 +137,9 @@ class Stack:
 
     def commands(self) -> list[tuple[str, list[str]]]:
         """What ``kiln up`` starts, with this stack's ports."""
-        from kiln_cli.services import load_spec
+        from kiln_cli.stack import service_processes
 
-        out: list[tuple[str, list[str]]] = []
-        for name in SERVICES:
-            out.append((f"{name}-api", ["serve", name, "--port", str(self.ports[name])]))
-            out.append((f"{name}-events", ["consume", name]))
-            if load_spec(name).celery is not None:
-                out.append((f"{name}-worker", ["worker", name]))
-        return out
+        return service_processes(self.ports)
 
     def start(self) -> None:
         self.ports = {name: free_port() for name in SERVICES}

@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import asyncpg
 import httpx
 import pytest
-from sqlalchemy.engine import make_url
 
 from kiln_core.service import ServiceRuntime
 from kiln_core.settings import Settings
@@ -105,16 +103,10 @@ async def test_plan_changes_wake_the_scheduler_and_heartbeats_do_not(
 async def test_on_postgres_a_committed_change_notifies_other_processes(
     runtime: ServiceRuntime,
 ) -> None:
-    url = make_url(runtime.db.url)
-    conn = await asyncpg.connect(
-        host=url.host,
-        port=url.port or 5432,
-        user=url.username,
-        password=url.password,
-        database=url.database,
-    )
     heard: asyncio.Queue[str] = asyncio.Queue()
-    await conn.add_listener(channel(runtime.db.schema), lambda *args: heard.put_nowait(args[2]))
+    schedule = channel(runtime.db.schema)
+    conn = await runtime.db.listen(schedule, lambda: heard.put_nowait(schedule))
+    assert conn is not None, "LISTEN on the scheduling channel failed"
     try:
         await register_worker(runtime, "w1", "cpu", {"cpu": 2.0})
         await asyncio.wait_for(heard.get(), 10)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 
 import httpx
 import typer
@@ -36,15 +37,20 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _processes() -> list[tuple[str, list[str]]]:
+def service_processes(ports: Mapping[str, int] = DEFAULT_PORTS) -> list[tuple[str, list[str]]]:
+    """Each service's processes as (name, ``kiln`` arguments): its API on ``ports[service]``,
+    its event process and, if it has background jobs, its Celery worker."""
     procs = []
     for name in SERVICES:
-        procs.append((f"{name}-api", ["serve", name, "--port", str(DEFAULT_PORTS[name])]))
+        procs.append((f"{name}-api", ["serve", name, "--port", str(ports[name])]))
         procs.append((f"{name}-events", ["consume", name]))
         if load_spec(name).celery is not None:
             procs.append((f"{name}-worker", ["worker", name]))
-    procs.append(("gateway", ["gateway", "--port", str(GATEWAY_PORT)]))
     return procs
+
+
+def _processes() -> list[tuple[str, list[str]]]:
+    return [*service_processes(), ("gateway", ["gateway", "--port", str(GATEWAY_PORT)])]
 
 
 @stack_app.command("up")

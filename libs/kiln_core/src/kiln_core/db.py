@@ -13,12 +13,13 @@ import hashlib
 import logging
 import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
@@ -121,6 +122,26 @@ class Database:
 
     def notify_channel(self) -> str:
         return f"kiln_outbox_{self.schema}"
+
+    async def listen(
+        self, channel: str, on_notify: Callable[[], None]
+    ) -> asyncpg.Connection | None:
+        """A dedicated PostgreSQL connection calling ``on_notify`` for each ``NOTIFY`` on
+        ``channel``; the caller closes it. None if it cannot connect: callers poll instead."""
+        url = make_url(self.url)
+        try:
+            conn = await asyncpg.connect(
+                host=url.host,
+                port=url.port or 5432,
+                user=url.username,
+                password=url.password,
+                database=url.database,
+            )
+            await conn.add_listener(channel, lambda *_: on_notify())
+            return conn
+        except Exception:  # noqa: BLE001 - polling still works, only later
+            log.warning("LISTEN failed; falling back to polling", extra={"channel": channel})
+            return None
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

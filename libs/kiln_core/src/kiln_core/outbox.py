@@ -17,7 +17,6 @@ from typing import Any
 import asyncpg
 from sqlalchemy import BigInteger, Column, DateTime, Integer, String, Text, insert, update
 from sqlalchemy import select as sa_select
-from sqlalchemy.engine import make_url
 from sqlmodel import Field, SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -240,17 +239,4 @@ class OutboxRelay:
         self._wake.set()
 
     async def _listen(self) -> asyncpg.Connection | None:
-        url = make_url(self.db.url)
-        try:
-            conn = await asyncpg.connect(
-                host=url.host,
-                port=url.port or 5432,
-                user=url.username,
-                password=url.password,
-                database=url.database,
-            )
-            await conn.add_listener(self.db.notify_channel(), lambda *_: self._wake.set())
-            return conn
-        except Exception:  # noqa: BLE001 - fall back to polling rather than stop relaying
-            log.warning("LISTEN failed; outbox relay falls back to polling", exc_info=True)
-            return None
+        return await self.db.listen(self.db.notify_channel(), self._wake.set)

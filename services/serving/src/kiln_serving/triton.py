@@ -46,8 +46,14 @@ class _Waiter:
 
 @dataclass
 class _ModelLane:
-    """Calls in flight to one model and the requests waiting to go together in the next."""
+    """Calls in flight to one model and the requests waiting to go together in the next,
+    with the latest caller's call settings."""
 
+    model: str
+    input_name: str
+    datatype: str
+    max_rows: int
+    timeout_s: float
     parallel: int
     inflight: int = 0
     waiting: list[_Waiter] = field(default_factory=list)
@@ -269,41 +275,28 @@ class TritonGateway:
         call too; one request alone goes at once, it only waits for its own turn to end."""
         lane = self._lanes.get(model)
         if lane is None:
-            lane = self._lanes[model] = _ModelLane(parallel)
-        lane.parallel = parallel  # the endpoint's instance count may have changed
+            lane = self._lanes[model] = _ModelLane(
+                model, input_name, datatype, max_rows, timeout_s, parallel
+            )
+        # The endpoint's instance count and limits may have changed since the last call.
+        lane.max_rows, lane.timeout_s, lane.parallel = max_rows, timeout_s, parallel
         loop = asyncio.get_running_loop()
         waiter = _Waiter(data, loop.create_future())
         lane.waiting.append(waiter)
         if lane.inflight < lane.parallel and not lane.flush_soon:
             lane.flush_soon = True
-            loop.call_soon(self._flush, model, lane, input_name, datatype, max_rows, timeout_s)
+            loop.call_soon(self._flush, lane)
         return await waiter.future
 
-    def _flush(
-        self,
-        model: str,
-        lane: _ModelLane,
-        input_name: str,
-        datatype: str,
-        max_rows: int,
-        timeout_s: float,
-    ) -> None:
+    def _flush(self, lane: _ModelLane) -> None:
         lane.flush_soon = False
-        self._next_batch(model, lane, input_name, datatype, max_rows, timeout_s)
+        self._next_batch(lane)
 
-    def _next_batch(
-        self,
-        model: str,
-        lane: _ModelLane,
-        input_name: str,
-        datatype: str,
-        max_rows: int,
-        timeout_s: float,
-    ) -> None:
+    def _next_batch(self, lane: _ModelLane) -> None:
         lane.waiting = [w for w in lane.waiting if not w.future.done()]  # callers gone
         if not lane.waiting:
-            if lane.inflight == 0 and self._lanes.get(model) is lane:
-                del self._lanes[model]
+            if lane.inflight == 0 and self._lanes.get(lane.model) is lane:
+                del self._lanes[lane.model]
             return
         if lane.inflight >= lane.parallel:
             return
@@ -314,7 +307,7 @@ class TritonGateway:
         rest: list[_Waiter] = []
         for w in lane.waiting:
             n = w.data.shape[0]
-            if w.data.shape[1:] == shape and (not batch or rows + n <= max_rows):
+            if w.data.shape[1:] == shape and (not batch or rows + n <= lane.max_rows):
                 batch.append(w)
                 rows += n
             else:
@@ -324,20 +317,20 @@ class TritonGateway:
 
         async def run() -> None:
             try:
-                await self._answer(model, input_name, datatype, batch, timeout_s)
+                await self._answer(lane, batch)
             finally:
                 lane.inflight -= 1
-                self._next_batch(model, lane, input_name, datatype, max_rows, timeout_s)
+                self._next_batch(lane)
 
         task = asyncio.ensure_future(run())
         self._batches.add(task)
         task.add_done_callback(self._batches.discard)
 
-    async def _answer(
-        self, model: str, input_name: str, datatype: str, batch: list[_Waiter], timeout_s: float
-    ) -> None:
+    async def _answer(self, lane: _ModelLane, batch: list[_Waiter]) -> None:
         """One call for the whole batch; if the model rejects it, each request on its own, so
         a bad input fails only the request that sent it."""
+        model, input_name, datatype = lane.model, lane.input_name, lane.datatype
+        timeout_s = lane.timeout_s
         REQUESTS_PER_CALL.observe(len(batch))
         data = batch[0].data if len(batch) == 1 else np.concatenate([w.data for w in batch])
         try:

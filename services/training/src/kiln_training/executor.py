@@ -17,9 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import asyncpg
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -222,7 +220,12 @@ async def scheduler_loop(runtime: ServiceRuntime, stop: asyncio.Event) -> None:
             await asyncio.to_thread(runtime.ensure_embedded_worker)
     woken = Wake()
     register_wake(woken)
-    listener = await _listen(runtime, woken) if runtime.db.is_postgres else None
+    # Other processes' commits wake us through NOTIFY on the schema's scheduling channel.
+    listener = (
+        await runtime.db.listen(channel(runtime.db.schema), woken.set)
+        if runtime.db.is_postgres
+        else None
+    )
     # Monotonic times of the next advertisement and the next polled round.
     next_advert = next_round = time.monotonic()
     woke = False
@@ -253,24 +256,6 @@ async def scheduler_loop(runtime: ServiceRuntime, stop: asyncio.Event) -> None:
                 await unregister_worker(runtime, embedded_id)
             except Exception:  # noqa: BLE001 - best effort on the way out
                 log.debug("could not unregister the embedded worker", exc_info=True)
-
-
-async def _listen(runtime: ServiceRuntime, woken: Wake) -> asyncpg.Connection | None:
-    """LISTEN on the schema's scheduling channel, so other processes' commits wake us."""
-    url = make_url(runtime.db.url)
-    try:
-        conn = await asyncpg.connect(
-            host=url.host,
-            port=url.port or 5432,
-            user=url.username,
-            password=url.password,
-            database=url.database,
-        )
-        await conn.add_listener(channel(runtime.db.schema), lambda *_: woken.set())
-        return conn
-    except Exception:  # noqa: BLE001 - the poll still schedules, only later
-        log.warning("LISTEN failed; the scheduler falls back to polling", exc_info=True)
-        return None
 
 
 async def queue_view(session: AsyncSession, settings: TrainingSettings) -> dict[str, Any]:
