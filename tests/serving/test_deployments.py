@@ -250,3 +250,23 @@ def _png(colour: tuple[int, int, int], size: tuple[int, int]) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, colour).save(buf, format="PNG")
     return buf.getvalue()
+
+
+async def test_an_oversize_predict_body_is_refused_with_413(service: Service, unique: str) -> None:
+    client, runtime = service
+    limit = int(runtime.settings.max_request_bytes)
+    chunk = b"0" * (1 << 20)
+
+    async def chunked():  # type: ignore[no-untyped-def]  # no content-length: counted as it comes
+        sent = 0
+        while sent <= limit:
+            yield chunk
+            sent += len(chunk)
+
+    r = await client.post(
+        f"/v1/endpoints/big-{unique}:predict",
+        content=chunked(),
+        headers={"content-type": "application/octet-stream"},
+    )
+    assert r.status_code == 413, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")

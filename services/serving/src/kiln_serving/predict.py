@@ -31,7 +31,6 @@ from kiln_core.errors import (
     Forbidden,
     KilnError,
     NotFound,
-    PayloadTooLarge,
 )
 from kiln_core.http import EdgeMiddleware, problem_response
 from kiln_serving.models import EndpointConfig
@@ -251,9 +250,10 @@ class PredictRoute:
         self.app = app
         self.inner = inner
         self.controller = controller
-        self.max_body = int(app.state.settings.max_request_bytes)
         self.label = _RouteLabel("/v1/endpoints/{name}" + SUFFIX)
-        self.edge = EdgeMiddleware(self._serve, service="serving", max_body=self.max_body)
+        # The edge enforces the body limit on what ``receive`` hands over (413 problem+json).
+        max_body = int(app.state.settings.max_request_bytes)
+        self.edge = EdgeMiddleware(self._serve, service="serving", max_body=max_body)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -320,16 +320,11 @@ class PredictRoute:
 
     async def _body(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []
-        size = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 raise _Disconnected
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                raise PayloadTooLarge(f"request body exceeds {self.max_body} bytes")
-            chunks.append(chunk)
+            chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
