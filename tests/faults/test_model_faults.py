@@ -24,8 +24,9 @@ pytestmark = pytest.mark.integration
 
 MODEL = "faults-shapes"
 CLASSES = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
-# Slow enough that a kill lands mid-run (several checkpoints), small enough for two cores.
-PARAMS = {"epochs": 6, "batch_size": 2, "image_size": 16, "width": 8, "lr": 0.01}
+# Slow enough that a kill lands mid-run (360 steps, many checkpoints, over a second of
+# training), small enough for two cores.
+PARAMS = {"epochs": 40, "batch_size": 2, "image_size": 16, "width": 8, "lr": 0.01}
 JOBS = 2
 TRAINING = ("dataset-api", "training-api", "training-events", "registry-api", "registry-events")
 

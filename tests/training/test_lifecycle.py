@@ -16,8 +16,10 @@ from tests.training.test_jobs import job_body
 
 Service = tuple[httpx.AsyncClient, ServiceRuntime]
 
-# Long enough (in steps) that a pause lands mid-run.
-LONGER = {"epochs": 12, "batch_size": 2, "image_size": 16, "width": 8, "lr": 0.01}
+# Long enough that a pause lands mid-run: 1,100 steps, about 4 s on one CPU thread. The run
+# reports its step and reads the pause request once per heartbeat (0.3 s in these tests), so
+# a run of half a second (12 epochs) could end before the request reached it.
+LONGER = {"epochs": 100, "batch_size": 2, "image_size": 16, "width": 8, "lr": 0.01}
 
 
 async def weights(runtime: ServiceRuntime, job_id: str) -> dict[str, torch.Tensor]:
@@ -79,7 +81,7 @@ async def test_cancel_stops_a_running_job_within_seconds_and_frees_its_resources
     version = await make_image_version(dataset, "cancelling")
     await known_to_training(training, version)
     await make_team(client)
-    big = {**LONGER, "epochs": 200}
+    big = {**LONGER, "epochs": 400}
     job = (await client.post("/v1/jobs", json=job_body(version, params=big))).json()
     await wait_status(client, job["id"], {"running"})
     r = await client.post(f"/v1/jobs/{job['id']}/cancel")

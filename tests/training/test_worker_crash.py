@@ -36,7 +36,8 @@ from tests.training.test_jobs import job_body
 pytestmark = pytest.mark.integration
 
 Service = tuple[httpx.AsyncClient, ServiceRuntime]
-LONG = {"epochs": 12, "batch_size": 2, "image_size": 16, "width": 8, "lr": 0.01}
+# About 4 s of training, so the kill lands after a checkpoint and before the end.
+LONG = {"epochs": 100, "batch_size": 2, "image_size": 16, "width": 8, "lr": 0.01}
 
 
 @pytest.fixture
