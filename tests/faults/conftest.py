@@ -28,6 +28,9 @@ def fault_infra() -> Iterator[None]:
     try:
         infra.up(echo=lambda _line: None, layout=LAYOUT)
     except infra.InfraError as exc:
+        # Whatever did start is stopped, so it holds no ports after the run; the error has
+        # each failed server's last log lines.
+        infra.down(echo=lambda _line: None, layout=LAYOUT)
         pytest.fail(f"the fault suite's private stack did not come up:\n{exc}", pytrace=False)
     yield
     if os.environ.get("KILN_FAULTS_KEEP_STACK") != "1":

@@ -1073,7 +1073,10 @@ class _Kafka(_Component):
 
 class _MinIO(_Component):
     name = "minio"
-    start_timeout = 60.0
+    # A freshly formatted MinIO has been seen (in CI, while Kafka, Triton and PostgreSQL started
+    # beside it on two cores) to answer /minio/health/live at once and S3 calls only a minute
+    # later; it then went on normally.
+    start_timeout = 180.0
     marker = "minio"
 
     @property
@@ -1167,14 +1170,14 @@ class _MinIO(_Component):
             cwd=self.base,
         )
 
-    def client(self) -> Minio:
+    def client(self, *, read_timeout: float = 10.0, retries: int = 2) -> Minio:
         import urllib3
         from minio import Minio
 
         # Short timeouts and few retries: a status check must not hang on a dead server.
         http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=2, read=10),
-            retries=urllib3.Retry(total=2, backoff_factor=0.2),
+            timeout=urllib3.Timeout(connect=2, read=read_timeout),
+            retries=urllib3.Retry(total=retries, backoff_factor=0.2),
         )
         return Minio(
             f"{HOST}:{self.layout.minio_port}",
@@ -1184,10 +1187,15 @@ class _MinIO(_Component):
             http_client=http,
         )
 
+    def _probe_client(self) -> Minio:
+        # One short try per call: the caller probes again, and a call that hangs is reported
+        # as such instead of as the whole check timing out.
+        return self.client(read_timeout=3.0, retries=0)
+
     def _write_probe(self) -> None:
         import io
 
-        client = self.client()
+        client = self._probe_client()
         client.put_object(MINIO_BUCKET, ".kiln-health", io.BytesIO(b"ok"), 2)
         client.remove_object(MINIO_BUCKET, ".kiln-health")
 
@@ -1200,7 +1208,7 @@ class _MinIO(_Component):
         if code != 200:
             return _Probe(False, f"{where}/minio/health/live answered {code}")
         try:
-            exists = await asyncio.to_thread(self.client().bucket_exists, MINIO_BUCKET)
+            exists = await asyncio.to_thread(self._probe_client().bucket_exists, MINIO_BUCKET)
         except Exception as exc:
             return _Probe(
                 False, f"server on {where} is live but S3 calls fail ({_describe_error(exc)})"
