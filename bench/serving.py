@@ -9,10 +9,12 @@ directly, aiohttp (C HTTP parser) through Kiln — httpx, pure Python, alone cos
 caps near 250 req/s on this box, so it measured the client rather than Kiln
 (``--client httpx`` still runs it that way). Uses the local stack (``kiln infra up``) and its
 shared Triton; the bench's schema, topics and models are removed afterwards.
-Alongside req/s it reports CPU per request of each process (client, Kiln, Triton) during the
-throughput rounds, their direct/Kiln ratio (``cpu_per_request_ratio``: what a two-core box
-with nothing else running would give, and far less swayed by other load than req/s are), the
-requests Kiln answers per Triton call, and the 1-minute load average at the end.
+Alongside req/s it reports CPU per request of each process (client, Kiln, Triton with its
+Python-backend stub processes) during the throughput rounds and the direct/Kiln ratio of their
+sums (``cpu_per_request_ratio``: what a two-core box with nothing else running would give, far
+less swayed by other load than req/s are); how busy the whole machine was during each side's
+rounds (``*_box_busy``, 1.0 = every core); the requests Kiln answers per Triton call; and the
+1-minute load average at the end.
 Last line: one JSON object.
 
     .venv/bin/python bench/serving.py [--requests 1000] [--concurrency 16] [--seconds 5]
@@ -70,6 +72,36 @@ def cpu_seconds(pid: int | None) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int | None) -> float:
+    """CPU time of a process and all its descendants still running (Triton runs each Python
+    backend model instance in a stub process of its own, whose CPU its own count omits)."""
+    if pid is None:
+        return cpu_seconds(None)
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(proc.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += cpu_seconds(current)
+        todo.extend(children.get(current, []))
+    return total
+
+
+def box_busy_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(fields) - idle) / tick, sum(fields) / tick
 
 
 def triton_pid() -> int | None:
@@ -204,7 +236,8 @@ async def throughput(
     """Requests per second with ``concurrency`` callers; adds each process's CPU seconds
     spent meanwhile to ``cpu`` (and the request count under ``requests``)."""
     done = 0
-    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    before = {name: tree_cpu_seconds(pid) for name, pid in pids.items()}
+    box_before = box_busy_seconds()
     deadline = time.perf_counter() + seconds
 
     async def worker() -> None:
@@ -217,7 +250,10 @@ async def throughput(
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
     for name, pid in pids.items():
-        cpu[name] = cpu.get(name, 0.0) + cpu_seconds(pid) - before[name]
+        cpu[name] = cpu.get(name, 0.0) + tree_cpu_seconds(pid) - before[name]
+    box_after = box_busy_seconds()
+    cpu["box_busy"] = cpu.get("box_busy", 0.0) + box_after[0] - box_before[0]
+    cpu["box_total"] = cpu.get("box_total", 0.0) + box_after[1] - box_before[1]
     cpu["requests"] = cpu.get("requests", 0.0) + done
     return done / elapsed
 
@@ -349,6 +385,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 for side in ("direct", "kiln")
             }
             result["cpu_per_request_ratio"] = round(cpu_total["direct"] / cpu_total["kiln"], 3)
+            # How full the whole machine was during each side's rounds (1.0 = every core busy).
+            for side, cpu in (("direct", cpu_direct), ("kiln", cpu_kiln)):
+                result[f"{side}_box_busy"] = round(cpu["box_busy"] / max(cpu["box_total"], 1e-9), 3)
             result["load_average_1m"] = round(os.getloadavg()[0], 2)
             for name, values, tput in (
                 ("direct", lat_direct, tput_direct),
