@@ -306,7 +306,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     pass
                 await asyncio.sleep(0.1)
             r = await client.post(
-                "/v1/endpoints", json={"name": endpoint, "model_name": model, "max_batch_size": 64}
+                "/v1/endpoints",
+                json={
+                    "name": endpoint,
+                    "model_name": model,
+                    "max_batch_size": 64,
+                    "instance_count": args.instances,
+                },
             )
             r.raise_for_status()
             await promote(settings, model, 1)
@@ -455,5 +461,8 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--client", choices=("aiohttp", "httpx"), default="aiohttp")
+    parser.add_argument(
+        "--instances", type=int, default=1, help="model instances in Triton (both sides use them)"
+    )
     figures = asyncio.run(main(parser.parse_args()))
     print(json.dumps(figures))

@@ -40,7 +40,11 @@ def issue_token(
 
 def principal_from_request(request: Request) -> Principal:
     settings: Settings = getattr(request.app.state, "settings", None) or get_settings()
-    header = request.headers.get("authorization", "")
+    return principal_from_header(request.headers.get("authorization", ""), settings)
+
+
+def principal_from_header(header: str, settings: Settings) -> Principal:
+    """The caller named by an ``Authorization`` header's value ("" when there is none)."""
     if not header:
         if settings.auth_required:
             raise Unauthorized("send 'Authorization: Bearer <token>'")

@@ -133,6 +133,8 @@ def extract_context(headers: Iterable[tuple[str, bytes]]) -> Context:
     carrier = {
         k: v.decode(errors="replace") for k, v in headers if k in ("traceparent", "tracestate")
     }
+    if not carrier:  # what the propagator would give, without its work on every request
+        return Context()
     return _propagator.extract(carrier)
 
 

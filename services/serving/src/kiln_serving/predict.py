@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from kiln_core.auth import principal_from_request
+from kiln_core.auth import principal_from_header
 from kiln_core.errors import (
     BadRequest,
     DependencyUnavailable,
@@ -251,6 +250,7 @@ class PredictRoute:
         self.inner = inner
         self.controller = controller
         self.label = _RouteLabel("/v1/endpoints/{name}" + SUFFIX)
+        self.settings = app.state.settings
         # The edge enforces the body limit on what ``receive`` hands over (413 problem+json).
         max_body = int(app.state.settings.max_request_bytes)
         self.edge = EdgeMiddleware(self._serve, service="serving", max_body=max_body)
@@ -300,15 +300,17 @@ class PredictRoute:
         await send({"type": "http.response.body", "body": body})
 
     async def _answer(self, scope: Scope, receive: Receive) -> tuple[bytes, ServingVersion]:
-        if not principal_from_request(Request(scope)).has(*CALLERS):
-            raise Forbidden(f"requires one of the roles: {', '.join(CALLERS)}")
         # One pass over the raw headers: a Headers lookup of an absent name costs a KeyError.
-        content_type, route_key = b"application/json", None
+        content_type, route_key, authorization = b"application/json", None, ""
         for key, value in scope["headers"]:
             if key == b"content-type":
                 content_type = value
+            elif key == b"authorization" and not authorization:  # the first, as Headers.get
+                authorization = value.decode("latin-1")
             elif key == _ROUTE_KEY:
                 route_key = value.decode("latin-1")
+        if not principal_from_header(authorization, self.settings).has(*CALLERS):
+            raise Forbidden(f"requires one of the roles: {', '.join(CALLERS)}")
         body = await self._body(receive)
         return await predict(
             self.controller,
