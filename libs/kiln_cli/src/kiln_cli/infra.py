@@ -1153,6 +1153,10 @@ class _MinIO(_Component):
             "MINIO_ROOT_USER": MINIO_USER,
             "MINIO_ROOT_PASSWORD": MINIO_PASSWORD,
             "MINIO_UPDATE": "off",  # no phoning home for updates from a dev box
+            # The background scanner (usage, lifecycle, healing) walks every object each cycle:
+            # with the test suite's tens of thousands of objects it took 10-30 % of a core with
+            # nothing else running, which every benchmark on a two-core box then measured too.
+            "MINIO_SCANNER_SPEED": "slowest",
         }
         return _spawn(
             [
