@@ -74,11 +74,10 @@ def cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def tree_cpu_seconds(pid: int | None) -> float:
-    """CPU time of a process and all its descendants still running (Triton runs each Python
-    backend model instance in a stub process of its own, whose CPU its own count omits)."""
-    if pid is None:
-        return cpu_seconds(None)
+def tree_cpu_seconds(pids: dict[str, int | None]) -> dict[str, float]:
+    """CPU time of each process and all its descendants still running (Triton runs each
+    Python-backend model instance in a stub process of its own, whose CPU its own count
+    omits); None stands for this process. One pass over /proc for all of them."""
     children: dict[int, list[int]] = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -88,12 +87,18 @@ def tree_cpu_seconds(pid: int | None) -> float:
         except (OSError, ValueError, IndexError):
             continue
         children.setdefault(parent, []).append(int(proc.name))
-    total, todo = 0.0, [pid]
-    while todo:
-        current = todo.pop()
-        total += cpu_seconds(current)
-        todo.extend(children.get(current, []))
-    return total
+    out: dict[str, float] = {}
+    for name, pid in pids.items():
+        if pid is None:
+            out[name] = cpu_seconds(None)
+            continue
+        total, todo = 0.0, [pid]
+        while todo:
+            current = todo.pop()
+            total += cpu_seconds(current)
+            todo.extend(children.get(current, []))
+        out[name] = total
+    return out
 
 
 def box_busy_seconds() -> tuple[float, float]:
@@ -236,7 +241,7 @@ async def throughput(
     """Requests per second with ``concurrency`` callers; adds each process's CPU seconds
     spent meanwhile to ``cpu`` (and the request count under ``requests``)."""
     done = 0
-    before = {name: tree_cpu_seconds(pid) for name, pid in pids.items()}
+    before = tree_cpu_seconds(pids)
     box_before = box_busy_seconds()
     deadline = time.perf_counter() + seconds
 
@@ -249,8 +254,9 @@ async def throughput(
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
-    for name, pid in pids.items():
-        cpu[name] = cpu.get(name, 0.0) + tree_cpu_seconds(pid) - before[name]
+    after = tree_cpu_seconds(pids)
+    for name in pids:
+        cpu[name] = cpu.get(name, 0.0) + after[name] - before[name]
     box_after = box_busy_seconds()
     cpu["box_busy"] = cpu.get("box_busy", 0.0) + box_after[0] - box_before[0]
     cpu["box_total"] = cpu.get("box_total", 0.0) + box_after[1] - box_before[1]

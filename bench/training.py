@@ -168,6 +168,12 @@ async def platform_job(
             }
 
 
+def fresh_databases(tmp: str) -> None:
+    """Remove the SQLite databases of the last platform job: each job starts on empty ones."""
+    for db in Path(tmp).glob("*.db*"):
+        db.unlink()
+
+
 def schedule_decision_ms(queued: int, repeats: int = 3) -> float:
     from kiln_training.scheduler import Job, Resources, Team, plan
 
@@ -240,8 +246,7 @@ def main() -> None:
         # such as the ORM's mapper and statement caches are paid once per process, not per job).
         plain_training_loop(spec)
         asyncio.run(platform_job(settings, {**params, "epochs": 1}, seed, args.images))
-        for db in Path(tmp).glob("*.db*"):
-            db.unlink()
+        fresh_databases(tmp)
         plain_times, plain_cpu, platform_runs = [], [], []
         for _ in range(max(1, args.pairs)):
             cpu = time.process_time()
@@ -250,9 +255,7 @@ def main() -> None:
             print(f"plain loop: {plain_times[-1]:.2f}s", file=sys.stderr)
             platform_runs.append(asyncio.run(platform_job(settings, params, seed, args.images)))
             print(f"platform: {platform_runs[-1]}", file=sys.stderr)
-            # Each platform run gets a fresh database.
-            for db in Path(tmp).glob("*.db*"):
-                db.unlink()
+            fresh_databases(tmp)
     plain = min(plain_times)
     run = min(p["run_s"] for p in platform_runs)
     # Pairs ran back to back, so each pair's ratio sees the same machine load; the median of

@@ -105,6 +105,10 @@ def noisy_image(base: tuple[int, int, int], rng: random.Random, size: int = 16) 
 
 
 CLASSES = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
+# A run long enough that a pause or a kill lands mid-run: 1,100 steps, about 4 s on one CPU
+# thread. A run reports its step and reads requests once per heartbeat (0.3 s in these tests),
+# so a run of half a second (12 epochs) could end before a request reached it.
+LONG_RUN = {"epochs": 100, "batch_size": 2, "image_size": 16, "width": 8, "lr": 0.01}
 
 
 async def make_image_version(dataset: Service, name: str, per_class: int = 12) -> dict[str, Any]:

@@ -11,15 +11,16 @@ import torch
 from kiln_core.service import ServiceRuntime
 from kiln_training.models import TrainingJob
 from tests.conftest import eventually
-from tests.training.conftest import known_to_training, make_image_version, make_team, wait_status
+from tests.training.conftest import (
+    LONG_RUN,
+    known_to_training,
+    make_image_version,
+    make_team,
+    wait_status,
+)
 from tests.training.test_jobs import job_body
 
 Service = tuple[httpx.AsyncClient, ServiceRuntime]
-
-# Long enough that a pause lands mid-run: 1,100 steps, about 4 s on one CPU thread. The run
-# reports its step and reads the pause request once per heartbeat (0.3 s in these tests), so
-# a run of half a second (12 epochs) could end before the request reached it.
-LONGER = {"epochs": 100, "batch_size": 2, "image_size": 16, "width": 8, "lr": 0.01}
 
 
 async def weights(runtime: ServiceRuntime, job_id: str) -> dict[str, torch.Tensor]:
@@ -39,7 +40,7 @@ async def test_pause_then_resume_ends_with_the_same_weights_and_metrics_as_an_un
     version = await make_image_version(dataset, "pausing")
     await known_to_training(training, version)
     await make_team(client)
-    body = job_body(version, params=LONGER, checkpoint_every_steps=5)
+    body = job_body(version, params=LONG_RUN, checkpoint_every_steps=5)
 
     straight = (await client.post("/v1/jobs", json=body)).json()
     paused = (await client.post("/v1/jobs", json=body)).json()
@@ -81,7 +82,7 @@ async def test_cancel_stops_a_running_job_within_seconds_and_frees_its_resources
     version = await make_image_version(dataset, "cancelling")
     await known_to_training(training, version)
     await make_team(client)
-    big = {**LONGER, "epochs": 400}
+    big = {**LONG_RUN, "epochs": 400}
     job = (await client.post("/v1/jobs", json=job_body(version, params=big))).json()
     await wait_status(client, job["id"], {"running"})
     r = await client.post(f"/v1/jobs/{job['id']}/cancel")

@@ -24,6 +24,7 @@ from kiln_core.settings import Settings
 from tests.conftest import REPO, eventually, require_service, stack_url
 from tests.support.apps import running_service
 from tests.training.conftest import (
+    LONG_RUN,
     drop_schemas,
     known_to_training,
     make_image_version,
@@ -36,8 +37,6 @@ from tests.training.test_jobs import job_body
 pytestmark = pytest.mark.integration
 
 Service = tuple[httpx.AsyncClient, ServiceRuntime]
-# About 4 s of training, so the kill lands after a checkpoint and before the end.
-LONG = {"epochs": 100, "batch_size": 2, "image_size": 16, "width": 8, "lr": 0.01}
 
 
 @pytest.fixture
@@ -152,7 +151,7 @@ async def test_a_job_survives_a_sigkilled_worker_and_its_success_reaches_kafka(
 
         first = workers.start()
         await eventually(lambda: capacity(client), timeout_s=60)
-        body = job_body(version, params=LONG, checkpoint_every_steps=5)
+        body = job_body(version, params=LONG_RUN, checkpoint_every_steps=5)
         job = (await client.post("/v1/jobs", json=body)).json()
 
         async def checkpointed() -> dict[str, Any] | None:

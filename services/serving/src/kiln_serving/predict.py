@@ -252,7 +252,7 @@ class PredictRoute:
         self.label = _RouteLabel("/v1/endpoints/{name}" + SUFFIX)
         self.settings = app.state.settings
         # The edge enforces the body limit on what ``receive`` hands over (413 problem+json).
-        max_body = int(app.state.settings.max_request_bytes)
+        max_body = int(self.settings.max_request_bytes)
         self.edge = EdgeMiddleware(self._serve, service="serving", max_body=max_body)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
