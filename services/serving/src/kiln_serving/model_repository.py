@@ -61,9 +61,8 @@ def build_model(
         "instance_group": [{"kind": "KIND_CPU", "count": instance_count}],
         # Serving already sends concurrent requests to a model together, one call per model
         # instance at a time, so a queue delay would only hold each call: Triton gains no more
-        # requests by waiting (measured: ~180 µs queued per call at 0, ~200 µs more at 200).
-        # Requests that do arrive while an instance is busy (shadows, other replicas) are still
-        # batched.
+        # requests by waiting, while every call would wait out the delay. Requests that do
+        # arrive while an instance is busy (shadows, other replicas) are still batched.
         "dynamic_batching": {"max_queue_delay_microseconds": 0},
     }
     meta = {
