@@ -8,6 +8,7 @@ the relay wakes on ``NOTIFY`` sent by the writing transaction at commit; on SQLi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -145,15 +146,23 @@ class OutboxRelay:
         poll_interval_s: float = 0.02,
         fallback_interval_s: float = 1.0,
         retention: timedelta = timedelta(days=7),
+        in_process_writers: bool = False,
     ) -> None:
+        """``poll_interval_s`` is how often a relay without PostgreSQL's NOTIFY looks for
+        rows other processes committed. With ``in_process_writers`` (an in-memory bus: no
+        other process can share this outbox) every commit that stages an event wakes the relay
+        through :meth:`wake`, so it looks only every ``fallback_interval_s``, as a relay that
+        listens does."""
         self.db = db
         self.bus = bus
         self.service = service
         self.batch_size = batch_size
         self.poll_interval_s = poll_interval_s
         self.fallback_interval_s = fallback_interval_s
+        self.in_process_writers = in_process_writers
         self.retention = retention
         self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         # Fault-injection point for tests: runs after publishing, before rows are marked.
         self.after_publish: Callable[[Sequence[Any]], Awaitable[None]] | None = None
 
@@ -204,9 +213,10 @@ class OutboxRelay:
 
     async def run(self, stop: asyncio.Event) -> None:
         listener = await self._listen() if self.db.is_postgres else None
-        interval = self.fallback_interval_s if listener is not None else self.poll_interval_s
+        woken = listener is not None or self.in_process_writers
+        interval = self.fallback_interval_s if woken else self.poll_interval_s
         last_prune = 0.0
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         try:
             while not stop.is_set():
                 # Clear before draining: a wake-up that arrives mid-drain must not be lost.
@@ -232,11 +242,24 @@ class OutboxRelay:
                 stop_wait.cancel()
                 wake_wait.cancel()
         finally:
+            self._loop = None
             if listener is not None:
                 await listener.close()
 
     def wake(self) -> None:
-        self._wake.set()
+        """Drain soon; callable from any thread (training runs commit from their own)."""
+        loop = self._loop
+        if loop is None:
+            return  # not running: run() drains first thing when it starts
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if here is loop:
+            self._wake.set()
+        else:
+            with contextlib.suppress(RuntimeError):  # its loop closed meanwhile
+                loop.call_soon_threadsafe(self._wake.set)
 
     async def _listen(self) -> asyncpg.Connection | None:
         return await self.db.listen(self.db.notify_channel(), self._wake.set)

@@ -203,6 +203,7 @@ class Bus(ABC):
     """Publish records durably and create consumers. Chosen by URL scheme (see ``open_bus``)."""
 
     url: str
+    in_process = False  # True when only this process can publish to or read from it
 
     @abstractmethod
     async def start(self) -> None: ...

@@ -163,6 +163,8 @@ class EmbeddedConsumer(Consumer):
 
 
 class EmbeddedBus(Bus):
+    in_process = True
+
     def __init__(self, url: str = "embedded://") -> None:
         self.url = url
         name = url.split("://", 1)[1] or "default"
