@@ -89,6 +89,20 @@ async def test_a_commit_on_another_threads_loop_wakes_the_relay(running) -> None
     await eventually(lambda: _published(running) == ids, timeout_s=5)
 
 
+async def test_a_commit_through_another_runtime_of_the_service_wakes_its_relay(  # type: ignore[no-untyped-def]
+    running, tmp_path: Path, unique: str
+) -> None:
+    """Celery tasks and training runs write through runtimes of their own, whose relays do not
+    run: the service's running relay in this process is woken instead."""
+    other = _runtime(tmp_path, unique)  # the same database and bus as ``running``
+    try:
+        async with other.db.transaction() as session:
+            event = await other.emit(session, _ping(), "s")
+        await eventually(lambda: _published(running) == [event.id.encode()], timeout_s=5)
+    finally:
+        await other.db.dispose()
+
+
 def test_a_bus_other_processes_share_keeps_polling() -> None:
     from kiln_core.bus.kafka import KafkaBus
 

@@ -133,6 +133,11 @@ def _to_record(row: Any) -> OutgoingRecord:
     )
 
 
+# The relays running in this process, by the outbox they relay: a commit made through another
+# runtime of the same service (a Celery task's, a training run's) wakes them too.
+_RUNNING: dict[tuple[str, str], set[OutboxRelay]] = {}
+
+
 class OutboxRelay:
     """Publishes pending outbox rows of one service's database, in commit order."""
 
@@ -217,6 +222,8 @@ class OutboxRelay:
         interval = self.fallback_interval_s if woken else self.poll_interval_s
         last_prune = 0.0
         loop = self._loop = asyncio.get_running_loop()
+        running = _RUNNING.setdefault(self._outbox, set())
+        running.add(self)
         try:
             while not stop.is_set():
                 # Clear before draining: a wake-up that arrives mid-drain must not be lost.
@@ -242,15 +249,25 @@ class OutboxRelay:
                 stop_wait.cancel()
                 wake_wait.cancel()
         finally:
+            running.discard(self)
             self._loop = None
             if listener is not None:
                 await listener.close()
 
+    @property
+    def _outbox(self) -> tuple[str, str]:
+        return (self.db.url, self.db.schema)
+
     def wake(self) -> None:
-        """Drain soon; callable from any thread (training runs commit from their own)."""
+        """Drain soon: this relay, or if it is not running, the relays of the same outbox
+        running in this process (a relay that starts drains first thing anyway). Callable
+        from any thread (training runs commit from their own)."""
+        if self._loop is None:
+            for relay in list(_RUNNING.get(self._outbox, ())):
+                if relay._loop is not None:
+                    relay.wake()
+            return
         loop = self._loop
-        if loop is None:
-            return  # not running: run() drains first thing when it starts
         try:
             here = asyncio.get_running_loop()
         except RuntimeError:
