@@ -76,8 +76,8 @@ class Database:
         self._lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-        # Shared by every session of this database (the runtime registers itself here).
-        self.session_info: dict[str, Any] = {}
+        # Copied into every session of this database (the runtime registers itself here).
+        self.session_info: dict[str, Any] = {"kiln_db": self}
         self.sessionmaker = async_sessionmaker(
             self.engine,
             class_=AsyncSession,

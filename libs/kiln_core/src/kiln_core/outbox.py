@@ -1,8 +1,10 @@
 """Transactional outbox: an event row is written in the same transaction as the state change,
 and a relay publishes pending rows to the bus and marks them published.
 
-Several relays may run at once: each claims rows with ``FOR UPDATE SKIP LOCKED``. On PostgreSQL
-the relay wakes on ``NOTIFY`` sent by the writing transaction at commit; on SQLite it polls.
+Several relays may run at once: each claims rows with ``FOR UPDATE SKIP LOCKED``. A commit that
+staged events wakes the relays of that outbox running in this process (whichever runtime or
+thread committed); on PostgreSQL the writing transaction also NOTIFYs relays elsewhere at
+commit; on SQLite relays poll for rows other processes committed.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
-from sqlalchemy import BigInteger, Column, DateTime, Integer, String, Text, insert, update
+from sqlalchemy import BigInteger, Column, DateTime, Integer, String, Text, event, insert, update
 from sqlalchemy import select as sa_select
+from sqlalchemy.orm import Session
 from sqlmodel import Field, SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -104,8 +107,10 @@ OUTBOX = OutboxEvent.__table__  # type: ignore[attr-defined]
 async def add_event(session: AsyncSession, event: CloudEvent) -> None:
     """Stage ``event`` for publication in the caller's transaction.
 
-    On PostgreSQL a statement trigger NOTIFYs the relays when the transaction commits.
+    When the transaction commits, the relays of this outbox running in this process are woken;
+    on PostgreSQL a statement trigger also NOTIFYs the relays of other processes.
     """
+    session.sync_session.info[_STAGED] = True
     headers = [(k, v.decode()) for k, v in inject_headers()]
     headers += [("ce_id", event.id), ("ce_type", event.type)]
     # A Core insert, not an ORM add: this is on every write path, so keep it cheap.
@@ -133,9 +138,32 @@ def _to_record(row: Any) -> OutgoingRecord:
     )
 
 
-# The relays running in this process, by the outbox they relay: a commit made through another
-# runtime of the same service (a Celery task's, a training run's) wakes them too.
+# The relays running in this process, by the outbox they relay (database URL and schema): a
+# commit made through any runtime of the service (a Celery task's, a training run's) wakes them.
 _RUNNING: dict[tuple[str, str], set[OutboxRelay]] = {}
+_STAGED = "kiln_outbox_staged"  # session.info mark: this transaction staged events
+
+
+def _outbox_of(db: Database) -> tuple[str, str]:
+    return (db.url, db.schema)
+
+
+def _wake_relays(outbox: tuple[str, str]) -> None:
+    for relay in list(_RUNNING.get(outbox, ())):
+        relay._wake_soon()
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    if session.info.pop(_STAGED, False):
+        db = session.info.get("kiln_db")
+        if db is not None:
+            _wake_relays(_outbox_of(db))
+
+
+@event.listens_for(Session, "after_rollback")
+def _after_rollback(session: Session) -> None:
+    session.info.pop(_STAGED, None)  # nothing of it was committed
 
 
 class OutboxRelay:
@@ -156,7 +184,7 @@ class OutboxRelay:
         """``poll_interval_s`` is how often a relay without PostgreSQL's NOTIFY looks for
         rows other processes committed. With ``in_process_writers`` (an in-memory bus: no
         other process can share this outbox) every commit that stages an event wakes the relay
-        through :meth:`wake`, so it looks only every ``fallback_interval_s``, as a relay that
+        (see ``add_event``), so it looks only every ``fallback_interval_s``, as a relay that
         listens does."""
         self.db = db
         self.bus = bus
@@ -222,7 +250,7 @@ class OutboxRelay:
         interval = self.fallback_interval_s if woken else self.poll_interval_s
         last_prune = 0.0
         loop = self._loop = asyncio.get_running_loop()
-        running = _RUNNING.setdefault(self._outbox, set())
+        running = _RUNNING.setdefault(_outbox_of(self.db), set())
         running.add(self)
         try:
             while not stop.is_set():
@@ -254,20 +282,11 @@ class OutboxRelay:
             if listener is not None:
                 await listener.close()
 
-    @property
-    def _outbox(self) -> tuple[str, str]:
-        return (self.db.url, self.db.schema)
-
-    def wake(self) -> None:
-        """Drain soon: this relay, or if it is not running, the relays of the same outbox
-        running in this process (a relay that starts drains first thing anyway). Callable
-        from any thread (training runs commit from their own)."""
-        if self._loop is None:
-            for relay in list(_RUNNING.get(self._outbox, ())):
-                if relay._loop is not None:
-                    relay.wake()
-            return
+    def _wake_soon(self) -> None:
+        """Drain soon; callable from any thread (training runs commit on their own)."""
         loop = self._loop
+        if loop is None:
+            return
         try:
             here = asyncio.get_running_loop()
         except RuntimeError:

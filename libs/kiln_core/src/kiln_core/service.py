@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
-from sqlalchemy import event as event_api
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.bus import Bus, open_bus
@@ -141,19 +140,10 @@ class ServiceRuntime:
         self._worker.start()
 
     async def emit(self, session: AsyncSession, data: EventData, subject: str) -> CloudEvent:
-        """Stage an event in ``session``'s transaction; this process's relay is woken when
-        the transaction commits (not before: it would find nothing yet)."""
+        """Stage an event in ``session``'s transaction (the relay wakes when it commits)."""
         event = new_event(data, subject)
         await add_event(session, event)
-        sync = session.sync_session
-        if not sync.info.get("kiln_wakes_relay"):
-            sync.info["kiln_wakes_relay"] = True
-            event_api.listen(sync, "after_commit", self._wake_relay_after_commit, once=True)
         return event
-
-    def _wake_relay_after_commit(self, session: Any) -> None:
-        session.info.pop("kiln_wakes_relay", None)
-        self.relay.wake()
 
     async def run_relay(self, stop: asyncio.Event) -> None:
         await self.relay.run(stop)
