@@ -77,6 +77,7 @@ async def test_promotion_is_served_and_low_confidence_inputs_are_flagged(
     assert missing.status_code == 404
     assert missing.headers["content-type"].startswith("application/problem+json")
     assert missing.json()["instance"] == f"/v1/endpoints/nope-{unique}:predict"
+    assert len(missing.headers["x-request-id"]) == 32  # made up here, on errors too
     # The lean predict route keeps what the edge gives every route: request id and metrics.
     traced = await predict(client, name, [[0.1, 0.2, 0.3, 0.4]], headers={"x-request-id": unique})
     assert traced.headers["x-request-id"] == unique
@@ -270,3 +271,4 @@ async def test_an_oversize_predict_body_is_refused_with_413(service: Service, un
     )
     assert r.status_code == 413, r.text
     assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.headers["x-request-id"]

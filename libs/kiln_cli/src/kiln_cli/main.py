@@ -78,6 +78,10 @@ def serve(
         # Longer than any client's or proxy's idle pool (nginx upstream 60 s, httpx 5 s):
         # the server must not close a connection a client is about to reuse.
         timeout_keep_alive=75,
+        # Requests come from the gateway or other services; nothing reads X-Forwarded-For, and
+        # the Server header only tells a scanner what runs here (both cost on every request).
+        proxy_headers=False,
+        server_header=False,
     )
 
 

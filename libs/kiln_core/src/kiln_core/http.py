@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar
 
 from fastapi import Depends, FastAPI, Request
@@ -210,22 +210,8 @@ class EdgeMiddleware:
                 ]
             await send(message)
 
-        path = scope.get("path", "")
-        if _exporting(trace.get_tracer_provider()):
-            current = self.tracer.start_as_current_span(
-                f"{scope.get('method')} {path}",
-                context=ctx,
-                kind=trace.SpanKind.SERVER,
-                attributes={
-                    "http.request.method": scope.get("method", ""),
-                    "url.path": path,
-                    "kiln.service": self.service,
-                    "kiln.request_id": request_id,
-                },
-            )
-        else:
-            current = trace.use_span(_unrecorded_span(ctx), end_on_exit=True)
-        with current as span:
+        method, path = scope.get("method", ""), scope.get("path", "")
+        with self.server_span(method, path, ctx, request_id) as span:
             try:
                 await self.app(scope, receive_limited, send_wrapper)
             except PayloadTooLarge:
@@ -238,15 +224,38 @@ class EdgeMiddleware:
                 route_path = getattr(route, "path", "unmatched")
                 status = status_holder["status"]
                 span.set_attribute("http.response.status_code", status)
-                key = (scope.get("method", ""), route_path, status)
-                children = self._children.get(key)
-                if children is None:
-                    children = self._children[key] = (
-                        HTTP_REQUESTS.labels(self.service, key[0], route_path, status),
-                        HTTP_SECONDS.labels(self.service, route_path),
-                    )
-                children[0].inc()
-                children[1].observe(time.perf_counter() - started)
+                self.observe(method, route_path, status, started)
+
+    def server_span(
+        self, method: str, path: str, ctx: Context, request_id: str
+    ) -> AbstractContextManager[trace.Span]:
+        """The request's server span, current while the request is served: recorded when
+        spans are exported, otherwise one that only carries ids (see :func:`_unrecorded_span`)."""
+        if _exporting(trace.get_tracer_provider()):
+            return self.tracer.start_as_current_span(
+                f"{method} {path}",
+                context=ctx,
+                kind=trace.SpanKind.SERVER,
+                attributes={
+                    "http.request.method": method,
+                    "url.path": path,
+                    "kiln.service": self.service,
+                    "kiln.request_id": request_id,
+                },
+            )
+        return trace.use_span(_unrecorded_span(ctx), end_on_exit=True)
+
+    def observe(self, method: str, route_path: str, status: int, started: float) -> None:
+        """Count a finished request and its duration (since ``started``, perf_counter)."""
+        key = (method, route_path, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                HTTP_REQUESTS.labels(self.service, method, route_path, status),
+                HTTP_SECONDS.labels(self.service, route_path),
+            )
+        children[0].inc()
+        children[1].observe(time.perf_counter() - started)
 
 
 def _query_names(dependant: Dependant) -> frozenset[str]:
