@@ -320,6 +320,8 @@ class _CountingTriton(TritonGateway):
         s = data.sum(axis=1, keepdims=True)
         return np.concatenate([1 - s, s], axis=1)
 
+    infer_streamed = infer  # shared calls go over the stream; singles (retries) unary
+
 
 async def test_concurrent_requests_share_triton_calls_and_keep_their_own_rows() -> None:
     triton = _CountingTriton()

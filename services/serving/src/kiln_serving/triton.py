@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -16,11 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from prometheus_client import Histogram
-from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.grpc import InferInput, InferRequestedOutput, InferResult
+from tritonclient.grpc._utils import _get_inference_request
 from tritonclient.utils import InferenceServerException
+
+from kiln_serving.model_repository import OUTPUT
 
 log = logging.getLogger(__name__)
 REQUESTS_PER_CALL = Histogram(
@@ -58,6 +63,112 @@ class _ModelLane:
     inflight: int = 0
     waiting: list[_Waiter] = field(default_factory=list)
     flush_soon: bool = False  # a send is scheduled for the end of this event-loop turn
+
+
+class _InferStream:
+    """One bidirectional gRPC stream to Triton (``ModelStreamInfer``) carrying many inference
+    requests, each answer matched to its request by id.
+
+    Measured on the shared-call path (``bench/serving.py``, 3 alternating pairs): a unary call
+    costs this process a call object, its own invocation task and a completion hop per batch;
+    on one open stream a batch is a message each way, so serving's CPU per request fell
+    (196 -> 184 us) and its throughput rose by about 0.05 of direct's. If the stream breaks
+    (Triton restarted, the connection dropped) every request waiting on it fails as
+    unavailable and the next batch opens a new stream."""
+
+    def __init__(self, client: grpcclient.InferenceServerClient) -> None:
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._pending: dict[str, tuple[asyncio.Future[np.ndarray], asyncio.TimerHandle]] = {}
+        self._ids = itertools.count(1)
+        # tritonclient's own stream_infer drops the request id of an error answer, so which
+        # request failed would be unknown; its stub and request builder keep it.
+        self._call = client._client_stub.ModelStreamInfer(self._requests())
+        self._reader = asyncio.ensure_future(self._read())
+
+    @property
+    def broken(self) -> bool:
+        return self._reader.done()
+
+    def infer(
+        self, model: str, tensor: InferInput, outputs: list[InferRequestedOutput], timeout_s: float
+    ) -> asyncio.Future[np.ndarray]:
+        """The class probabilities of one request, as a future."""
+        rid = str(next(self._ids))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[np.ndarray] = loop.create_future()
+        timer = loop.call_later(timeout_s, self._expire, rid, timeout_s)
+        self._pending[rid] = (future, timer)
+        request = _get_inference_request(
+            model_name=model,
+            inputs=[tensor],
+            model_version="",
+            request_id=rid,
+            outputs=outputs,
+            sequence_id=0,
+            sequence_start=False,
+            sequence_end=False,
+            priority=0,
+            timeout=None,
+            parameters=None,
+        )
+        self._queue.put_nowait(request)
+        return future
+
+    async def close(self) -> None:
+        self._queue.put_nowait(None)
+        self._call.cancel()
+        self._reader.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
+
+    async def _requests(self) -> Any:
+        while (request := await self._queue.get()) is not None:
+            yield request
+
+    def _expire(self, rid: str, timeout_s: float) -> None:
+        future, _ = self._pending.pop(rid, (None, None))
+        if future is not None and not future.done():
+            future.set_exception(TritonUnavailable(f"no answer from Triton in {timeout_s:g}s"))
+
+    def _answer(self, rid: str, outcome: np.ndarray | BaseException) -> None:
+        future, timer = self._pending.pop(rid, (None, None))
+        if future is None or timer is None or future.done():
+            return  # expired already
+        timer.cancel()
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+    async def _read(self) -> None:
+        failure: BaseException = TritonUnavailable("the stream to Triton ended")
+        try:
+            while True:
+                response = await self._call.read()
+                if response is grpc.aio.EOF:
+                    break
+                rid = response.infer_response.id
+                message = response.error_message
+                if not message:
+                    out = InferResult(response.infer_response).as_numpy(OUTPUT)
+                    if out is None:
+                        self._answer(rid, InferenceFailed("the model returned no probabilities"))
+                    else:
+                        self._answer(rid, out)
+                elif rid in self._pending:
+                    gone = "not found" in message or "unavailable" in message.lower()
+                    self._answer(rid, (TritonUnavailable if gone else InferenceFailed)(message))
+                else:  # an error Triton could not tie to a request: every one may be hit
+                    failure = InferenceFailed(message)
+                    break
+        except grpc.RpcError as exc:
+            failure = TritonUnavailable(f"{exc.code()}: {exc.details()}")
+        except asyncio.CancelledError:
+            failure = TritonUnavailable("the stream to Triton was closed")
+            raise
+        finally:
+            for rid in list(self._pending):
+                self._answer(rid, failure)
+            self._call.cancel()
 
 
 def free_port() -> int:
@@ -172,9 +283,10 @@ class TritonGateway:
         else:
             raise ValueError(f"unsupported Triton URL {url!r} (use grpc://host:port or managed://)")
         self.client: grpcclient.InferenceServerClient | None = None
-        self._outputs = [InferRequestedOutput("probabilities")]
+        self._outputs = [InferRequestedOutput(OUTPUT)]
         self._lanes: dict[str, _ModelLane] = {}
         self._batches: set[asyncio.Task[None]] = set()
+        self._stream: _InferStream | None = None
 
     async def start(self) -> None:
         if self.managed is not None:
@@ -192,6 +304,9 @@ class TritonGateway:
         for task in list(self._batches):
             task.cancel()
         await asyncio.gather(*self._batches, return_exceptions=True)
+        if self._stream is not None:
+            await self._stream.close()
+            self._stream = None
         if self.client is not None:
             await self.client.close()
             self.client = None
@@ -252,10 +367,22 @@ class TritonGateway:
             if "UNAVAILABLE" in status or "DEADLINE" in status or "not found" in exc.message():
                 raise TritonUnavailable(exc.message()) from exc
             raise InferenceFailed(exc.message()) from exc
-        out = result.as_numpy("probabilities")
+        out = result.as_numpy(OUTPUT)
         if out is None:
             raise InferenceFailed(f"{model} returned no probabilities")
         return out
+
+    async def infer_streamed(
+        self, model: str, input_name: str, datatype: str, data: np.ndarray, timeout_s: float = 30
+    ) -> np.ndarray:
+        """Like :meth:`infer`, over the open stream (opened again if it broke)."""
+        if self.client is None:
+            raise TritonUnavailable("the Triton client is not started")
+        if self._stream is None or self._stream.broken:
+            self._stream = _InferStream(self.client)
+        tensor = InferInput(input_name, list(data.shape), datatype)
+        tensor.set_data_from_numpy(data)
+        return await self._stream.infer(model, tensor, self._outputs, timeout_s)
 
     async def infer_shared(
         self,
@@ -334,7 +461,7 @@ class TritonGateway:
         REQUESTS_PER_CALL.observe(len(batch))
         data = batch[0].data if len(batch) == 1 else np.concatenate([w.data for w in batch])
         try:
-            probs = await self.infer(model, input_name, datatype, data, timeout_s)
+            probs = await self.infer_streamed(model, input_name, datatype, data, timeout_s)
         except InferenceFailed as exc:
             if len(batch) == 1:
                 _settle(batch[0], exc)
