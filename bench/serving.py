@@ -17,7 +17,7 @@ rounds (``*_box_busy``, 1.0 = every core); the requests Kiln answers per Triton 
 1-minute load average at the end.
 Last line: one JSON object.
 
-    .venv/bin/python bench/serving.py [--requests 1000] [--concurrency 16] [--seconds 5]
+    .venv/bin/python bench/serving.py [--requests 1000] [--concurrency 16] [--seconds 12]
         [--client aiohttp|httpx]
 """
 
@@ -363,7 +363,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             print(f"GET /healthz p50 {result['http_floor_p50_ms']:.2f} ms", file=sys.stderr)
             # Alternating rounds, like the latencies: a burst of load from elsewhere on the box
             # lands on both sides instead of deciding the ratio.
-            rounds = 3
+            # Six rounds of 2 s per side by default: with three of 1.7 s the ratio of one run
+            # wandered by ±0.04 around that of the next on this box.
+            rounds = 6
             tput_direct = tput_kiln = 0.0
             # CPU per request of each process: what decides throughput on a box that is full.
             pids = {"client": None, "kiln": api.pid, "triton": triton_pid()}
@@ -465,7 +467,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--seconds", type=float, default=12.0, help="throughput time per side, over 6 rounds"
+    )
     parser.add_argument("--client", choices=("aiohttp", "httpx"), default="aiohttp")
     parser.add_argument(
         "--instances", type=int, default=1, help="model instances in Triton (both sides use them)"
