@@ -15,6 +15,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
@@ -138,6 +139,10 @@ def _exporting(provider: trace.TracerProvider) -> bool:
     return processor is None or bool(getattr(processor, "_span_processors", True))
 
 
+_SAMPLED = trace.TraceFlags(trace.TraceFlags.SAMPLED)
+_NO_STATE = trace.TraceState()
+
+
 def _unrecorded_span(parent_ctx: Context) -> trace.Span:
     """A span that records nothing but has real ids, so logs still carry a trace id and
     events still propagate the caller's trace (or a new, sampled one)."""
@@ -145,11 +150,28 @@ def _unrecorded_span(parent_ctx: Context) -> trace.Span:
     if parent.is_valid:
         trace_id, flags, state = parent.trace_id, parent.trace_flags, parent.trace_state
     else:
-        trace_id, flags = _ids.generate_trace_id(), trace.TraceFlags(trace.TraceFlags.SAMPLED)
-        state = trace.TraceState()
+        trace_id, flags, state = _ids.generate_trace_id(), _SAMPLED, _NO_STATE
     return trace.NonRecordingSpan(
         trace.SpanContext(trace_id, _ids.generate_span_id(), False, flags, state)
     )
+
+
+class _Current:
+    """``trace.use_span`` for a span that records nothing, without its generator: the span is
+    current inside, and there is nothing to record or end (a third of the CPU)."""
+
+    __slots__ = ("_span", "_ctx", "_token")
+
+    def __init__(self, span: trace.Span, parent_ctx: Context) -> None:
+        self._span = span
+        self._ctx = parent_ctx
+
+    def __enter__(self) -> trace.Span:
+        self._token = otel_context.attach(trace.set_span_in_context(self._span, self._ctx))
+        return self._span
+
+    def __exit__(self, *exc: object) -> None:
+        otel_context.detach(self._token)
 
 
 class EdgeMiddleware:
@@ -243,7 +265,7 @@ class EdgeMiddleware:
                     "kiln.request_id": request_id,
                 },
             )
-        return trace.use_span(_unrecorded_span(ctx), end_on_exit=True)
+        return _Current(_unrecorded_span(ctx), ctx)
 
     def observe(self, method: str, route_path: str, status: int, started: float) -> None:
         """Count a finished request and its duration (since ``started``, perf_counter)."""
