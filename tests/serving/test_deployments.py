@@ -81,6 +81,10 @@ async def test_promotion_is_served_and_low_confidence_inputs_are_flagged(
     # The lean predict route keeps what the edge gives every route: request id and metrics.
     traced = await predict(client, name, [[0.1, 0.2, 0.3, 0.4]], headers={"x-request-id": unique})
     assert traced.headers["x-request-id"] == unique
+    # A non-ASCII id comes back byte for byte (headers are latin-1 on the wire).
+    odd = b"caf\xe9-" + unique.encode()
+    echoed = await predict(client, name, [[0.1, 0.2, 0.3, 0.4]], headers={"x-request-id": odd})
+    assert dict(echoed.headers.raw)[b"x-request-id"] == odd
     assert traced.headers["x-kiln-model-version-id"] == promoted.version_id
     metrics = (await client.get("/metrics")).text
     assert 'route="/v1/endpoints/{name}:predict"' in metrics

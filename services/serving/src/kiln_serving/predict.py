@@ -328,7 +328,7 @@ class PredictRoute:
                             (b"content-length", str(len(answer)).encode()),
                             (VERSION_HEADER_B, str(version.version).encode()),
                             (VERSION_ID_HEADER_B, version.version_id.encode()),
-                            (b"x-request-id", request_id.encode()),
+                            (b"x-request-id", request_id.encode("latin-1")),
                         ],
                     }
                 )
@@ -373,7 +373,7 @@ async def _problem(
     status: int | None = None,
 ) -> None:
     response = problem_response(status or exc.status, exc.problem(instance=scope["path"]))
-    response.headers["x-request-id"] = request_id
+    response.headers["x-request-id"] = request_id  # Starlette encodes it as latin-1
     await response(scope, receive, send)
 
 
