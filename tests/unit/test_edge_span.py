@@ -45,3 +45,29 @@ def test_the_span_stops_being_current_when_the_request_fails(edge: http.EdgeMidd
     with pytest.raises(RuntimeError), edge.server_span("POST", "/x", Context(), "rid"):
         raise RuntimeError("the handler failed")
     assert not trace.get_current_span().get_span_context().is_valid
+
+
+async def test_a_request_id_that_is_not_utf8_is_echoed_byte_for_byte() -> None:
+    async def app(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+        assert scope["state"]["request_id"] == "caf\xe9"
+        await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[operator]
+
+    sent: list[dict] = []  # type: ignore[type-arg]
+
+    async def send(message: dict) -> None:  # type: ignore[type-arg]
+        sent.append(message)
+
+    async def receive() -> dict:  # type: ignore[type-arg]
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    edge = http.EdgeMiddleware(app, service="test", max_body=1024)  # type: ignore[arg-type]
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/x",
+        "headers": [(b"x-request-id", b"caf\xe9")],
+    }
+    await edge(scope, receive, send)  # type: ignore[arg-type]
+    assert sent[0]["status"] == 200
+    assert (b"x-request-id", b"caf\xe9") in sent[0]["headers"]

@@ -192,7 +192,9 @@ class EdgeMiddleware:
             return
         headers = {k.decode().lower(): v for k, v in scope.get("headers", [])}
         # 128 random bits as hex, like uuid4().hex without building a UUID (a third the CPU).
-        request_id = headers.get("x-request-id", b"").decode()[:128] or os.urandom(16).hex()
+        request_id = (
+            headers.get("x-request-id", b"").decode("latin-1")[:128] or os.urandom(16).hex()
+        )
         scope.setdefault("state", {})["request_id"] = request_id
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
@@ -228,7 +230,7 @@ class EdgeMiddleware:
                 status_holder["status"] = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = list(message["headers"]) + [
-                    (b"x-request-id", request_id.encode())
+                    (b"x-request-id", request_id.encode("latin-1"))
                 ]
             await send(message)
 
