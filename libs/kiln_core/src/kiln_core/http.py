@@ -174,6 +174,12 @@ class _Current:
         otel_context.detach(self._token)
 
 
+def request_id_of(raw: bytes) -> str:
+    """The caller's ``x-request-id`` (latin-1, as header values are; at most 128 characters),
+    or 128 random bits as hex when it sent none (like uuid4().hex, a third the CPU)."""
+    return raw.decode("latin-1")[:128] or os.urandom(16).hex()
+
+
 class EdgeMiddleware:
     """Request id, server span, metrics and the request size limit, as pure ASGI."""
 
@@ -191,15 +197,10 @@ class EdgeMiddleware:
             await self.app(scope, receive, send)
             return
         headers = {k.decode().lower(): v for k, v in scope.get("headers", [])}
-        # 128 random bits as hex, like uuid4().hex without building a UUID (a third the CPU).
-        request_id = (
-            headers.get("x-request-id", b"").decode("latin-1")[:128] or os.urandom(16).hex()
-        )
+        request_id = request_id_of(headers.get("x-request-id", b""))
         scope.setdefault("state", {})["request_id"] = request_id
-        length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body:
-            err = PayloadTooLarge(f"request body exceeds {self.max_body} bytes")
-            await problem_response(413, err.problem())(scope, receive, send)
+        if self.declares_too_much(headers.get("content-length")):
+            await problem_response(413, self.too_large().problem())(scope, receive, send)
             return
         ctx = extract_context([(k, v) for k, v in headers.items()])
         started = time.perf_counter()
@@ -213,7 +214,7 @@ class EdgeMiddleware:
                 received["bytes"] += len(message.get("body", b""))
                 if received["bytes"] > self.max_body:
                     received["over"] = True
-                    raise PayloadTooLarge(f"request body exceeds {self.max_body} bytes")
+                    raise self.too_large()
             return message
 
         async def send_wrapper(message: Message) -> None:
@@ -221,8 +222,7 @@ class EdgeMiddleware:
                 # Whatever the app answers to a body cut short, the caller learns it was too big.
                 if message["type"] == "http.response.start":
                     status_holder["status"] = 413
-                    err = PayloadTooLarge(f"request body exceeds {self.max_body} bytes")
-                    too_large = problem_response(413, err.problem())
+                    too_large = problem_response(413, self.too_large().problem())
                     too_large.headers["x-request-id"] = request_id
                     await too_large(scope, receive, send)
                 return
@@ -249,6 +249,17 @@ class EdgeMiddleware:
                 status = status_holder["status"]
                 span.set_attribute("http.response.status_code", status)
                 self.observe(method, route_path, status, started)
+
+    def declares_too_much(self, content_length: bytes | None) -> bool:
+        """Whether a request's Content-Length is over the body limit."""
+        return (
+            content_length is not None
+            and content_length.isdigit()
+            and int(content_length) > self.max_body
+        )
+
+    def too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"request body exceeds {self.max_body} bytes")
 
     def server_span(
         self, method: str, path: str, ctx: Context, request_id: str

@@ -18,14 +18,12 @@ import base64
 import binascii
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
-from opentelemetry.context import Context
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kiln_core.auth import principal_from_header
@@ -35,9 +33,8 @@ from kiln_core.errors import (
     Forbidden,
     KilnError,
     NotFound,
-    PayloadTooLarge,
 )
-from kiln_core.http import EdgeMiddleware, problem_response
+from kiln_core.http import EdgeMiddleware, problem_response, request_id_of
 from kiln_core.telemetry import extract_context
 from kiln_serving.models import EndpointConfig
 from kiln_serving.traffic import ROUTE_KEY_HEADER, Route, ServingVersion
@@ -259,9 +256,10 @@ class PredictRoute:
         self.controller = controller
         self.label = _RouteLabel("/v1/endpoints/{name}" + SUFFIX)
         self.settings = app.state.settings
-        self.max_body = int(self.settings.max_request_bytes)
-        # The edge's span and metrics for this route (its own __call__ serves the other routes).
-        self.edge = EdgeMiddleware(inner, service="serving", max_body=self.max_body)
+        # The edge's span, metrics and body limit for this route (its own __call__ serves the
+        # other routes).
+        max_body = int(self.settings.max_request_bytes)
+        self.edge = EdgeMiddleware(inner, service="serving", max_body=max_body)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -281,7 +279,7 @@ class PredictRoute:
         pass over the headers, no wrapped ``receive`` and ``send``."""
         started = time.perf_counter()
         content_type, route_key, authorization = b"application/json", None, ""
-        request_id, length = "", b""
+        request_id, length = b"", None
         trace_headers: list[tuple[str, bytes]] = []
         # uvicorn gives header names in lower case; the last of a repeated header wins, as in
         # the edge, except Authorization (the first, as Headers.get).
@@ -294,21 +292,20 @@ class PredictRoute:
             elif key == _ROUTE_KEY:
                 route_key = value.decode("latin-1")
             elif key == b"x-request-id":
-                request_id = value.decode("latin-1")[:128]
+                request_id = value
             elif key == b"content-length":
                 length = value
             elif key == b"traceparent" or key == b"tracestate":
                 trace_headers.append((key.decode(), value))
-        # 128 random bits as hex, like uuid4().hex without building a UUID.
-        request_id = request_id or os.urandom(16).hex()
-        scope.setdefault("state", {})["request_id"] = request_id
-        ctx = extract_context(trace_headers) if trace_headers else Context()
+        rid = request_id_of(request_id)
+        scope.setdefault("state", {})["request_id"] = rid
+        ctx = extract_context(trace_headers)
         status = 500
         method, path = scope["method"], scope["path"]
-        with self.edge.server_span(method, path, ctx, request_id) as span:
+        with self.edge.server_span(method, path, ctx, rid) as span:
             try:
-                if length.isdigit() and int(length) > self.max_body:
-                    raise PayloadTooLarge(f"request body exceeds {self.max_body} bytes")
+                if self.edge.declares_too_much(length):
+                    raise self.edge.too_large()
                 if not principal_from_header(authorization, self.settings).has(*CALLERS):
                     raise Forbidden(f"requires one of the roles: {', '.join(CALLERS)}")
                 body = await self._body(receive)
@@ -328,7 +325,7 @@ class PredictRoute:
                             (b"content-length", str(len(answer)).encode()),
                             (VERSION_HEADER_B, str(version.version).encode()),
                             (VERSION_ID_HEADER_B, version.version_id.encode()),
-                            (b"x-request-id", request_id.encode("latin-1")),
+                            (b"x-request-id", rid.encode("latin-1")),
                         ],
                     }
                 )
@@ -338,11 +335,11 @@ class PredictRoute:
                 pass  # nobody to answer; counted as the edge counts it (500)
             except KilnError as exc:
                 status = exc.status
-                await _problem(exc, request_id, scope, receive, send)
+                await _problem(exc, rid, scope, receive, send)
             except Exception:  # noqa: BLE001 - answered like the service's catch-all handler
                 log.exception("unhandled error", extra={"path": path})
-                err = KilnError("an unexpected error occurred; it has been logged")
-                await _problem(err, request_id, scope, receive, send, status=500)
+                err = KilnError("an unexpected error occurred; it has been logged")  # a 500
+                await _problem(err, rid, scope, receive, send)
             finally:
                 span.set_attribute("http.response.status_code", status)
                 self.edge.observe(method, self.label.path, status, started)
@@ -357,22 +354,17 @@ class PredictRoute:
                 raise _Disconnected
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body:
-                raise PayloadTooLarge(f"request body exceeds {self.max_body} bytes")
+            if size > self.edge.max_body:
+                raise self.edge.too_large()
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def _problem(
-    exc: KilnError,
-    request_id: str,
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    status: int | None = None,
+    exc: KilnError, request_id: str, scope: Scope, receive: Receive, send: Send
 ) -> None:
-    response = problem_response(status or exc.status, exc.problem(instance=scope["path"]))
+    response = problem_response(exc.status, exc.problem(instance=scope["path"]))
     response.headers["x-request-id"] = request_id  # Starlette encodes it as latin-1
     await response(scope, receive, send)
 

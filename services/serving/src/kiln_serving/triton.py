@@ -125,14 +125,12 @@ class _InferStream:
             yield request
 
     def _expire(self, rid: str, timeout_s: float) -> None:
-        future, _ = self._pending.pop(rid, (None, None))
-        if future is not None and not future.done():
-            future.set_exception(TritonUnavailable(f"no answer from Triton in {timeout_s:g}s"))
+        self._answer(rid, TritonUnavailable(f"no answer from Triton in {timeout_s:g}s"))
 
     def _answer(self, rid: str, outcome: np.ndarray | BaseException) -> None:
         future, timer = self._pending.pop(rid, (None, None))
         if future is None or timer is None or future.done():
-            return  # expired already
+            return  # answered or expired already
         timer.cancel()
         if isinstance(outcome, BaseException):
             future.set_exception(outcome)
@@ -155,8 +153,7 @@ class _InferStream:
                     else:
                         self._answer(rid, out)
                 elif rid in self._pending:
-                    gone = "not found" in message or "unavailable" in message.lower()
-                    self._answer(rid, (TritonUnavailable if gone else InferenceFailed)(message))
+                    self._answer(rid, _failure(message, "unavailable" in message.lower()))
                 else:  # an error Triton could not tie to a request: every one may be hit
                     failure = InferenceFailed(message)
                     break
@@ -169,6 +166,20 @@ class _InferStream:
             for rid in list(self._pending):
                 self._answer(rid, failure)
             self._call.cancel()
+
+
+def _tensor(name: str, datatype: str, data: np.ndarray) -> InferInput:
+    tensor = InferInput(name, list(data.shape), datatype)
+    tensor.set_data_from_numpy(data)
+    return tensor
+
+
+def _failure(message: str, unavailable: bool) -> Exception:
+    """What Triton's error means to serving: the server or the model gone (``unavailable``,
+    or an unknown model) is not the request's fault; anything else is the model failing it."""
+    if unavailable or "not found" in message:
+        return TritonUnavailable(message)
+    return InferenceFailed(message)
 
 
 def free_port() -> int:
@@ -356,17 +367,14 @@ class TritonGateway:
         self, model: str, input_name: str, datatype: str, data: np.ndarray, timeout_s: float = 30
     ) -> np.ndarray:
         """Class probabilities, one row per input row."""
-        tensor = InferInput(input_name, list(data.shape), datatype)
-        tensor.set_data_from_numpy(data)
+        tensor = _tensor(input_name, datatype, data)
         try:
             result = await self._client.infer(
                 model, [tensor], outputs=self._outputs, client_timeout=timeout_s
             )
         except InferenceServerException as exc:
             status = (exc.status() or "").upper()
-            if "UNAVAILABLE" in status or "DEADLINE" in status or "not found" in exc.message():
-                raise TritonUnavailable(exc.message()) from exc
-            raise InferenceFailed(exc.message()) from exc
+            raise _failure(exc.message(), "UNAVAILABLE" in status or "DEADLINE" in status) from exc
         out = result.as_numpy(OUTPUT)
         if out is None:
             raise InferenceFailed(f"{model} returned no probabilities")
@@ -376,12 +384,9 @@ class TritonGateway:
         self, model: str, input_name: str, datatype: str, data: np.ndarray, timeout_s: float = 30
     ) -> np.ndarray:
         """Like :meth:`infer`, over the open stream (opened again if it broke)."""
-        if self.client is None:
-            raise TritonUnavailable("the Triton client is not started")
         if self._stream is None or self._stream.broken:
-            self._stream = _InferStream(self.client)
-        tensor = InferInput(input_name, list(data.shape), datatype)
-        tensor.set_data_from_numpy(data)
+            self._stream = _InferStream(self._client)
+        tensor = _tensor(input_name, datatype, data)
         return await self._stream.infer(model, tensor, self._outputs, timeout_s)
 
     async def infer_shared(
