@@ -502,7 +502,8 @@ async def test_voc_round_trip_keeps_boxes_names_and_flags(tmp_path: Path) -> Non
     assert splits == {"2008_000001": "train", "2008_000002": "val", "2008_000003": "train"}
     dog = next(e for e in result.entries if e.source_name.endswith("2008_000001.jpg")).labels[0]
     assert dog.attributes == {"difficult": False, "truncated": True, "pose": "Left"}
-    assert dog.bbox == [10, 20, 50, 50]  # type: ignore[union-attr]
+    # VOC pixels 10..60 (1-based, inclusive) are x 9 to 60 in continuous 0-based coordinates.
+    assert dog.bbox == [9, 19, 51, 51]  # type: ignore[union-attr]
 
     out = await export_zip("voc", result, tmp_path)
     expected = {

@@ -1,8 +1,11 @@
 """Pascal VOC: ``Annotations/*.xml``, ``JPEGImages/`` and optional ``ImageSets/Main/*.txt`` splits.
 
-Boxes keep VOC's numbers: ``x = xmin``, ``width = xmax - xmin``, so an import then export gives
-the file back unchanged. ``difficult``, ``truncated``, ``occluded`` and ``pose`` become label
-attributes.
+VOC numbers pixels from 1 and its ``xmax``/``ymax`` are inclusive (as the devkit reads them), while
+the manifest's boxes are COCO's continuous ``[x, y, w, h]`` from 0: an import takes
+``x = xmin - 1``, ``width = xmax - xmin + 1``, an export writes the reverse, so an import then
+export gives the file back unchanged. ``difficult``, ``truncated``, ``occluded`` and ``pose``
+become label attributes. Annotation files are parsed by ``defusedxml``, which refuses DTDs
+and entity declarations in any encoding.
 """
 
 from __future__ import annotations
@@ -11,6 +14,9 @@ import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from pathlib import PurePosixPath
 from typing import Any
+
+import defusedxml.ElementTree as SafeET
+from defusedxml import DefusedXmlException
 
 from kiln_core.manifest import BoxLabel, Category, ManifestItem, Split
 from kiln_dataset.formats.common import (
@@ -70,15 +76,16 @@ def _import_xml(
     files: DatasetFiles, xml_path: PurePosixPath, result: ImportResult
 ) -> ImportEntry | None:
     data = files.disk(xml_path).read_bytes()
-    # VOC files never declare entities; refusing them rules out entity-expansion attacks.
-    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+    try:
+        # VOC files never declare a DTD; refusing any rules out entity-expansion attacks,
+        # whatever the encoding the declaration is written in.
+        root = SafeET.fromstring(data, forbid_dtd=True)
+    except DefusedXmlException:
         result.problems.append(
             ItemProblem("bad-annotation", "XML with a DOCTYPE is not allowed", xml_path.as_posix())
         )
         return None
-    try:
-        root = ET.fromstring(data)
-    except ET.ParseError as exc:
+    except (ET.ParseError, ValueError) as exc:  # ValueError: an encoding expat cannot read
         result.problems.append(ItemProblem("bad-annotation", str(exc), xml_path.as_posix()))
         return None
     filename = (root.findtext("filename") or "").strip()
@@ -101,7 +108,7 @@ def _import_xml(
     return entry
 
 
-def _box(obj: ET.Element) -> BoxLabel:
+def _box(obj: Any) -> BoxLabel:
     name = (obj.findtext("name") or "").strip()
     box = obj.find("bndbox")
     if box is None:
@@ -119,7 +126,13 @@ def _box(obj: ET.Element) -> BoxLabel:
     if pose and pose != "Unspecified":
         attributes["pose"] = pose
     label = make_label(
-        {"type": "box", "label": name, "bbox": [x0, y0, x1 - x0, y1 - y0], "attributes": attributes}
+        {
+            "type": "box",
+            "label": name,
+            # 1-based inclusive pixels to 0-based continuous coordinates.
+            "bbox": [x0 - 1, y0 - 1, x1 - x0 + 1, y1 - y0 + 1],
+            "attributes": attributes,
+        }
     )
     assert isinstance(label, BoxLabel)
     return label
@@ -218,7 +231,8 @@ def voc_xml(item: ManifestItem, filename: str, size: tuple[Any, Any] | None) -> 
             ET.SubElement(obj, flag).text = str(int(bool(label.attributes.get(flag, False))))
         box = ET.SubElement(obj, "bndbox")
         x, y, w, h = bbox
-        for key, value in (("xmin", x), ("ymin", y), ("xmax", x + w), ("ymax", y + h)):
+        # Back to VOC's 1-based inclusive pixels.
+        for key, value in (("xmin", x + 1), ("ymin", y + 1), ("xmax", x + w), ("ymax", y + h)):
             ET.SubElement(box, key).text = _num(value)
     ET.indent(root)
     return ET.tostring(root, encoding="utf-8", xml_declaration=False) + b"\n"

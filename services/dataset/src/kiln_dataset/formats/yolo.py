@@ -8,12 +8,11 @@ confidence, or ``class x1 y1 x2 y2 …`` for segmentation polygons; with ``kpt_s
 
 from __future__ import annotations
 
-import ast
-import json
-import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import PurePosixPath
 from typing import Any
+
+import yaml
 
 from kiln_core.manifest import (
     BoxLabel,
@@ -212,72 +211,52 @@ def _class_names(
 
 
 def parse_data_yaml(text: str) -> tuple[list[str] | None, tuple[int, int] | None]:
-    """``names`` and ``kpt_shape`` from an Ultralytics ``data.yaml``.
+    """``names`` and ``kpt_shape`` from an Ultralytics ``data.yaml``, read with a YAML parser.
 
-    Only the shapes those files use: an inline list, a block list or an index-to-name mapping
-    (a full YAML parser is not a dependency of this service).
+    ``names`` may be a list or an index-to-name mapping; indexes must be 0..n-1. Raises
+    ``ValueError`` for a file that is not YAML or holds names in another shape.
     """
-    names: list[str] | None = None
-    kpt_shape: tuple[int, int] | None = None
-    lines = text.splitlines()
-    for i, line in enumerate(lines):
-        key, sep, value = line.partition(":")
-        if line[:1].isspace() or not sep:
-            continue
-        value = _strip_comment(value).strip()
-        if key.strip() == "kpt_shape" and value:
-            shape = _flow_list(value)
-            kpt_shape = (int(shape[0]), int(shape[1]) if len(shape) > 1 else 2)
-        if key.strip() != "names":
-            continue
-        if value:
-            names = _flow_list(value)
-            continue
-        block: dict[int, str] = {}
-        for sub in lines[i + 1 :]:
-            if sub.strip() and not sub[:1].isspace():
-                break
-            item = _strip_comment(sub).strip()
-            if not item:
-                continue
-            if item.startswith("- "):
-                block[len(block)] = _scalar(item[2:])
-            else:
-                index, _, name = item.partition(":")
-                block[int(index.strip())] = _scalar(name)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"data.yaml is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        return None, None
+    return _names(data.get("names")), _kpt_shape(data.get("kpt_shape"))
+
+
+def _names(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [_name(v) for v in value]
+    if isinstance(value, dict):
+        try:
+            block = {int(k): _name(v) for k, v in value.items()}
+        except (TypeError, ValueError):
+            raise ValueError("class indexes in data.yaml names are not integers") from None
         if sorted(block) != list(range(len(block))):
             raise ValueError("class indexes in data.yaml names are not 0..n-1")
-        names = [block[k] for k in range(len(block))]
-    return names, kpt_shape
+        return [block[k] for k in range(len(block))]
+    raise ValueError("data.yaml names is neither a list nor a mapping")
 
 
-def _strip_comment(text: str) -> str:
-    return re.sub(r"\s#.*$", "", text)
+def _name(value: Any) -> str:
+    # YAML reads `1` or `yes` as a number or a boolean; a class name is always its text.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None or isinstance(value, list | dict):
+        raise ValueError(f"class name {value!r} is not a plain value")
+    return str(value)
 
 
-def _flow_list(value: str) -> list[str]:
+def _kpt_shape(value: Any) -> tuple[int, int] | None:
+    if not isinstance(value, list) or not value:
+        return None
     try:
-        parsed = ast.literal_eval(value)
-        if isinstance(parsed, list | tuple):
-            return [str(v) for v in parsed]
-        if isinstance(parsed, dict):
-            return [str(parsed[k]) for k in sorted(parsed)]
-    except (ValueError, SyntaxError):
-        pass
-    text = value.strip()
-    if text.startswith("{"):
-        pairs = [part.partition(":") for part in text[1:].removesuffix("}").split(",")]
-        mapping = {int(k.strip()): _scalar(v) for k, _, v in pairs if k.strip()}
-        return [mapping[k] for k in sorted(mapping)]
-    inner = text.removeprefix("[").removesuffix("]")
-    return [_scalar(part) for part in inner.split(",") if part.strip()]
-
-
-def _scalar(text: str) -> str:
-    text = text.strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        return text[1:-1]
-    return text
+        return (int(value[0]), int(value[1]) if len(value) > 1 else 2)
+    except (TypeError, ValueError):
+        raise ValueError("kpt_shape in data.yaml is not a list of integers") from None
 
 
 # --- export ---------------------------------------------------------------------------------
@@ -345,17 +324,16 @@ def _num(value: float) -> str:
 
 
 def data_yaml(names: list[str], splits: set[str]) -> str:
-    lines = ["path: ."]
+    data: dict[str, Any] = {"path": "."}
     if splits == {""}:
-        lines += ["train: images", "val: images"]
+        data |= {"train": "images", "val": "images"}
     else:
         for split in ("train", "val", "test"):
             if split in splits:
-                lines.append(f"{split}: images/{split}")
+                data[split] = f"images/{split}"
         if "val" not in splits:
-            lines.append("val: images/train")  # Ultralytics refuses a data.yaml without val
-    lines.append(f"nc: {len(names)}")
-    lines.append("names:")
-    # JSON strings are valid YAML scalars and quote whatever a class name holds.
-    lines += [f"  {i}: {json.dumps(name)}" for i, name in enumerate(names)]
-    return "\n".join(lines) + "\n"
+            data["val"] = "images/train"  # Ultralytics refuses a data.yaml without val
+    data["nc"] = len(names)
+    # The YAML emitter quotes or escapes whatever a class name holds.
+    data["names"] = dict(enumerate(names))
+    return yaml.safe_dump(data, allow_unicode=True, sort_keys=False, width=1_000_000)
