@@ -250,3 +250,40 @@ def test_truncated_tar_gz_is_refused_as_corrupt(tmp_path: Path, target: Path) ->
     data = archive.read_bytes()
     archive.write_bytes(data[: len(data) * 2 // 3])
     assert_rejected(archive, target, "corrupt")
+
+
+def test_tar_gz_bomb_is_refused_as_soon_as_it_crosses_the_ratio(
+    tmp_path: Path, target: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gzip
+
+    archive = tmp_path / "bomb.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        for i in range(128):
+            add_tar_file(tf, f"zeros/{i:03}.bin", bytes(1024 * 1024))
+    # Count every byte the gzip decoder hands out, whoever asks for it.
+    decompressed = 0
+    original = gzip._GzipReader.read  # type: ignore[attr-defined]
+
+    def counting(self: object, size: int = -1) -> bytes:
+        nonlocal decompressed
+        data: bytes = original(self, size)
+        decompressed += len(data)
+        return data
+
+    monkeypatch.setattr(gzip._GzipReader, "read", counting)  # type: ignore[attr-defined]
+    error = assert_rejected(archive, target, "compression-ratio")
+    # Refused at the member whose header crosses 100x, long before the 128 MiB end.
+    assert error.member is not None and error.member < "zeros/064.bin"
+    assert decompressed < 64 * 1024 * 1024
+
+
+def test_tar_whose_decompressed_stream_runs_past_the_limits_is_refused(
+    tmp_path: Path, target: Path
+) -> None:
+    # A GNU long-name block is read whole by tarfile before any header can be checked.
+    archive = tmp_path / "longname.tar.gz"
+    with tarfile.open(archive, "w:gz", format=tarfile.GNU_FORMAT) as tf:
+        add_tar_file(tf, "a" * 100 + "/" + "b" * 5_000_000 + ".txt", b"x")
+    assert archive.stat().st_size < 64 * 1024
+    assert_rejected(archive, target, "compression-ratio")

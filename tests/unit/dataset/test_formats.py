@@ -687,3 +687,25 @@ def test_unknown_layout_and_format(tmp_path: Path) -> None:
         import_dataset(tmp_path)
     with pytest.raises(UnknownFormat):
         import_dataset(tmp_path, "labelme")
+
+
+def test_tar_member_whose_name_is_not_utf8_is_a_per_item_problem(tmp_path: Path) -> None:
+    import tarfile
+
+    archive = tmp_path / "upload.tar.gz"
+    good, bad = io.BytesIO(), io.BytesIO()
+    Image.new("RGB", (8, 8)).save(good, "PNG")
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(bad, "PNG")
+    # Latin-1 bytes in a name, as an old archiver writes them: not UTF-8.
+    latin1 = b"cat/caf\xe9.png".decode("utf-8", "surrogateescape")
+    with tarfile.open(archive, "w:gz", encoding="utf-8", errors="surrogateescape") as tf:
+        for name, data in (("cat/good.png", good.getvalue()), (latin1, bad.getvalue())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    extract_archive(archive, tmp_path / "files")
+    result = import_dataset(tmp_path / "files")
+    assert [e.source_name for e in result.entries] == ["cat/good.png"]
+    assert [(p.kind, p.source_name) for p in result.problems] == [("bad-name", "cat/caf\ufffd.png")]
+    # Everything reported can be stored and sent as JSON.
+    json.dumps([vars(p) for p in result.problems]).encode("utf-8")

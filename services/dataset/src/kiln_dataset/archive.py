@@ -1,12 +1,17 @@
 """Safe extraction of user-uploaded archives (zip, tar, tar.gz/bz2/xz).
 
 Every member header is checked before a single byte is written, and the size and ratio limits
-are enforced again while streaming because headers can lie. A rejected archive leaves the
+are enforced again while streaming because headers can lie. A compressed tar is checked as its
+headers are read, and its decompressed stream is bounded, so a bomb is refused as soon as it
+crosses a limit rather than after being decompressed once. A rejected archive leaves the
 target directory empty. Blocking: call it from a worker thread (``asyncio.to_thread``).
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import io
 import lzma
 import shutil
 import stat
@@ -17,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 from kiln_core.errors import ValidationFailed
 
@@ -121,7 +126,7 @@ def extract_archive(archive: Path, target: Path, limits: ArchiveLimits | None = 
     archive_bytes = max(archive.stat().st_size, 1)
     try:
         with ExitStack() as stack:
-            members = _members(archive, kind, limits, stack)
+            members = _members(archive, kind, limits, stack, archive_bytes)
             return _extract(members, target, limits, archive_bytes)
     except BaseException:
         # Disk errors propagate as they are, but never leave a partial extraction behind.
@@ -129,21 +134,89 @@ def extract_archive(archive: Path, target: Path, limits: ArchiveLimits | None = 
         raise
 
 
-def _members(archive: Path, kind: str, limits: ArchiveLimits, stack: ExitStack) -> list[_Member]:
+def _members(
+    archive: Path, kind: str, limits: ArchiveLimits, stack: ExitStack, archive_bytes: int
+) -> list[_Member]:
     try:
         if kind == "zip":
             zf = stack.enter_context(zipfile.ZipFile(archive))
             return list(_zip_members(zf, limits))
-        mode = {"tar": "r:", "gzip": "r:gz", "bzip2": "r:bz2", "xz": "r:xz"}[kind]
+        opener = {"tar": open, "gzip": gzip.open, "bzip2": bz2.open, "xz": lzma.open}[kind]
+        raw = stack.enter_context(opener(archive, "rb"))  # type: ignore[operator]
+        stream = _BoundedStream(raw, limits, archive_bytes)
         try:
-            tf = stack.enter_context(tarfile.open(archive, mode))  # type: ignore[call-overload]
+            tf = stack.enter_context(tarfile.open(fileobj=stream, mode="r:"))  # type: ignore[arg-type]
         except tarfile.ReadError as exc:
             # Opening reads the first header: a compressed stream that holds no tar fails here.
             reason = "compressed file is not a tar archive" if kind != "tar" else str(exc)
             raise ArchiveRejected(reason, kind="not-an-archive") from exc
-        return list(_tar_members(tf, limits))
+        return list(_tar_members(tf, limits, archive_bytes))
     except _DAMAGED as exc:
         raise ArchiveRejected(f"archive is damaged: {exc}", kind="corrupt") from exc
+
+
+class _BoundedStream(io.RawIOBase):
+    """A tar's decompressed stream that refuses to go past what the limits allow.
+
+    Reads (and forward seeks) go in chunks, each checked, so no header, padding or oversized
+    long-name block can make it decompress more than the limits before it is refused.
+    """
+
+    def __init__(self, raw: IO[bytes], limits: ArchiveLimits, archive_bytes: int) -> None:
+        super().__init__()
+        self.raw = raw
+        self.position = 0
+        # Headers and padding take up to about 1 KiB per member beyond the members' own bytes.
+        self.max_bytes = limits.max_total_bytes + 1024 * limits.max_members
+        self.max_ratio_bytes = max(limits.ratio_floor_bytes, 2 * limits.max_ratio * archive_bytes)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def read(self, size: int | None = -1) -> bytes:
+        parts = []
+        wanted = size if size is not None and size >= 0 else None
+        while wanted is None or wanted > 0:
+            chunk = self.raw.read(CHUNK if wanted is None else min(wanted, CHUNK))
+            if not chunk:
+                break
+            self._advance(len(chunk))
+            parts.append(chunk)
+            if wanted is not None:
+                wanted -= len(chunk)
+        return b"".join(parts)
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        target = {io.SEEK_SET: offset, io.SEEK_CUR: self.position + offset}.get(whence)
+        if target is None:
+            raise OSError("a tar stream cannot seek from its end")
+        if target < self.position:
+            self.raw.seek(target)  # backwards: re-reads what was already checked
+            self.position = target
+        while self.position < target:
+            if not self.read(min(CHUNK, target - self.position)):
+                break
+        return self.position
+
+    def _advance(self, count: int) -> None:
+        self.position += count
+        if self.position > self.max_bytes:
+            raise ArchiveRejected("archive expands past the total size limit", kind="too-large")
+        if self.position > self.max_ratio_bytes:
+            raise ArchiveRejected(
+                "archive expands past the compression ratio limit", kind="compression-ratio"
+            )
 
 
 def _chunks(m: _Member) -> Iterator[bytes]:
@@ -201,8 +274,10 @@ def _zip_members(zf: zipfile.ZipFile, limits: ArchiveLimits) -> Iterator[_Member
         )
 
 
-def _tar_members(tf: tarfile.TarFile, limits: ArchiveLimits) -> Iterator[_Member]:
-    count = 0
+def _tar_members(
+    tf: tarfile.TarFile, limits: ArchiveLimits, archive_bytes: int
+) -> Iterator[_Member]:
+    count = total = 0
     # next() rather than getmembers() so a tar of a million headers stops at the limit.
     while (info := tf.next()) is not None:
         count += 1
@@ -219,6 +294,9 @@ def _tar_members(tf: tarfile.TarFile, limits: ArchiveLimits) -> Iterator[_Member
             raise ArchiveRejected(
                 "only files and folders are allowed", info.name, kind="special-file"
             )
+        # Checked at each header, before the member's bytes are read past (a tar has no index).
+        total += info.size
+        _check_declared(info.name, info.size, total, limits, archive_bytes)
         yield _Member(
             name=info.name,
             path=path,
@@ -249,6 +327,25 @@ def _safe_path(name: str) -> PurePosixPath:
     if any(len(p.encode("utf-8", "surrogateescape")) > _MAX_NAME_BYTES for p in parts):
         raise ArchiveRejected("a path component is longer than 255 bytes", name, kind="bad-name")
     return PurePosixPath(*parts)
+
+
+def _check_declared(
+    name: str, size: int, total: int, limits: ArchiveLimits, archive_bytes: int
+) -> None:
+    if size > limits.max_member_bytes:
+        raise ArchiveRejected(
+            f"member is {size} bytes, over the {limits.max_member_bytes} byte limit",
+            name,
+            kind="too-large",
+        )
+    if total > limits.max_total_bytes:
+        raise ArchiveRejected(
+            f"archive expands to over {limits.max_total_bytes} bytes", name, kind="too-large"
+        )
+    if _ratio_exceeded(total, archive_bytes, limits):
+        raise ArchiveRejected(
+            f"archive expands over {limits.max_ratio:g}x", name, kind="compression-ratio"
+        )
 
 
 def _plan(members: list[_Member], limits: ArchiveLimits, archive_bytes: int) -> list[_Member]:

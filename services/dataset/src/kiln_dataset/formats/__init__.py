@@ -110,7 +110,12 @@ def import_dataset(directory: Path, fmt: str | None = None) -> ImportResult:
         raise UnknownFormat("no images or annotations in a layout Kiln can import")
     if fmt not in IMPORTERS:
         raise UnknownFormat(f"unknown import format {fmt!r}; known: {', '.join(IMPORTERS)}")
-    return IMPORTERS[fmt](files)
+    result = IMPORTERS[fmt](files)
+    result.problems += [
+        ItemProblem("bad-name", "file name is not valid UTF-8; the file was skipped", name)
+        for name in files.bad_names
+    ]
+    return result
 
 
 def export_stream(

@@ -80,6 +80,9 @@ class DatasetFiles:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.files: list[PurePosixPath] = []
+        # Files skipped because their names are not UTF-8 (tar keeps names as raw bytes), shown
+        # with replacement characters; each is reported as a problem of its own.
+        self.bad_names: list[str] = []
         for dirpath, dirnames, filenames in os.walk(self.root):
             rel = PurePosixPath(Path(dirpath).relative_to(self.root).as_posix())
             dirnames[:] = sorted(d for d in dirnames if not is_junk(rel / d))
@@ -87,7 +90,10 @@ class DatasetFiles:
                 path = rel / name
                 full = os.path.join(dirpath, name)
                 if not is_junk(path) and os.path.isfile(full) and not os.path.islink(full):
-                    self.files.append(path)
+                    if _is_text(path.as_posix()):
+                        self.files.append(path)
+                    else:
+                        self.bad_names.append(_printable(path.as_posix()))
         self._by_name: dict[str, list[PurePosixPath]] = {}
         for path in self.files:
             self._by_name.setdefault(path.name.lower(), []).append(path)
@@ -122,6 +128,18 @@ class DatasetFiles:
         if not matches:
             matches = self._by_name.get(clean.name.lower(), [])
         return matches[0] if len(matches) == 1 else None
+
+
+def _is_text(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes, kept by the OS as lone surrogates
+        return False
+    return True
+
+
+def _printable(name: str) -> str:
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _clean(name: str) -> PurePosixPath | None:
