@@ -8,6 +8,7 @@ import stat
 import tarfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -265,7 +266,7 @@ def test_tar_gz_bomb_is_refused_as_soon_as_it_crosses_the_ratio(
     decompressed = 0
     original = gzip._GzipReader.read  # type: ignore[attr-defined]
 
-    def counting(self: object, size: int = -1) -> bytes:
+    def counting(self: Any, size: int = -1) -> bytes:
         nonlocal decompressed
         data: bytes = original(self, size)
         decompressed += len(data)
