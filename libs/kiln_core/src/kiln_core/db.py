@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from sqlalchemy import event, text
+from sqlalchemy import DateTime, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -28,9 +28,16 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.types import TypeDecorator
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from kiln_core.errors import InvalidValue
+
 log = logging.getLogger(__name__)
+
+# The largest integer either database stores (SQLite INTEGER, PostgreSQL BIGINT): request
+# parameters that reach a query declare it as their maximum.
+INT64_MAX = 2**63 - 1
 
 
 def utcnow() -> datetime:
@@ -41,6 +48,22 @@ def utcnow() -> datetime:
 def aware(value: datetime) -> datetime:
     """SQLite hands back naive datetimes; every stored time is UTC."""
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp column that always reads back as an aware UTC datetime.
+
+    PostgreSQL's ``timestamptz`` keeps the offset; SQLite stores text without one and hands
+    back naive values, which would reach clients as times with no offset."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return value.astimezone(UTC) if value is not None and value.tzinfo else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return aware(value).astimezone(UTC) if value is not None else None
 
 
 def new_id() -> str:
@@ -76,6 +99,7 @@ class Database:
         self._lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine.sync_engine, "handle_error", _sqlite_value_refused)
         # Copied into every session of this database (the runtime registers itself here).
         self.session_info: dict[str, Any] = {"kiln_db": self}
         self.sessionmaker = async_sessionmaker(
@@ -142,6 +166,15 @@ class Database:
         except Exception:  # noqa: BLE001 - polling still works, only later
             log.warning("LISTEN failed; falling back to polling", extra={"channel": channel})
             return None
+
+
+def _sqlite_value_refused(context: Any) -> None:
+    # sqlite3 raises a bare OverflowError for an integer past 64 bits (PostgreSQL answers
+    # SQLSTATE 22003, handled by the HTTP layer): the caller's value, not a server fault.
+    if isinstance(context.original_exception, OverflowError):
+        raise InvalidValue(
+            f"a number is out of range: integers are at most {INT64_MAX}"
+        ) from context.original_exception
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -53,6 +53,12 @@ class ValidationFailed(KilnError):
     status, type, title = 422, "validation-failed", "Request validation failed"
 
 
+class InvalidValue(ValidationFailed):
+    """A value the store cannot hold (a number out of its column's range, a NUL in text)."""
+
+    type, title = "invalid-value", "Invalid value"
+
+
 class Unauthorized(KilnError):
     status, type, title = 401, "unauthorized", "Authentication required"
 

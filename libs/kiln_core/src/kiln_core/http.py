@@ -14,7 +14,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, iter_route_contexts
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError
 from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kiln_core.errors import PROBLEM_BASE, KilnError, PayloadTooLarge, ValidationFailed
@@ -85,9 +86,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
-        return _problem(
+        response = _problem(
             exc.status_code, slug, str(exc.detail), str(exc.detail), instance=request.url.path
         )
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:
+            response.headers["allow"] = ", ".join(_allowed_methods(request))  # RFC 9110 15.5.6
+        return response
 
     @app.exception_handler(DBAPIError)
     async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:
@@ -112,6 +117,18 @@ def install_error_handlers(app: FastAPI) -> None:
             "an unexpected error occurred; it has been logged",
             instance=request.url.path,
         )
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at the request's path (Starlette names only the first
+    route's when several share a path)."""
+    methods: set[str] = set()
+    for route in iter_route_contexts(request.app.routes):
+        if route.path and route.methods:
+            regex, _, _ = compile_path(route.path)
+            if regex.match(request.url.path):
+                methods |= route.methods
+    return sorted(methods)
 
 
 def _bad_value(exc: DBAPIError) -> bool:

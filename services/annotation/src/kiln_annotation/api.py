@@ -23,7 +23,7 @@ from kiln_annotation.workflow import (
     submit,
 )
 from kiln_core.auth import Principal, require_roles
-from kiln_core.db import new_id
+from kiln_core.db import INT64_MAX, new_id
 from kiln_core.errors import Conflict, NotFound, ValidationFailed
 from kiln_core.http import SessionDep, get_runtime
 from kiln_core.manifest import read_manifest
@@ -127,7 +127,7 @@ async def read_project(project_id: str, session: SessionDep, _who: Anyone) -> di
 
 
 class TasksRequest(BaseModel):
-    dataset_version: int = PydField(ge=1)
+    dataset_version: int = PydField(ge=1, le=INT64_MAX)
     manifest_key: str = PydField(min_length=1, max_length=500)
     priority: int = 0
 
@@ -168,7 +168,7 @@ async def list_tasks(
     who: Anyone,
     status_: Annotated[str | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
 ) -> dict[str, Any]:
     """Tasks of a project; annotators see only their own."""
     query = select(Task).where(Task.project_id == project_id)
@@ -261,7 +261,7 @@ async def task_audit(task_id: str, session: SessionDep, who: Anyone) -> list[dic
 
 
 class CommitRequest(BaseModel):
-    dataset_version: int = PydField(ge=1)
+    dataset_version: int = PydField(ge=1, le=INT64_MAX)
 
 
 @router.post("/projects/{project_id}/commits", status_code=201)
@@ -367,7 +367,7 @@ class GoldItem(BaseModel):
 
 
 class GoldRequest(BaseModel):
-    dataset_version: int = PydField(ge=1)
+    dataset_version: int = PydField(ge=1, le=INT64_MAX)
     items: list[GoldItem] = PydField(min_length=1, max_length=1000)
 
 

@@ -6,10 +6,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Column, DateTime, Integer, String, Text
+from sqlalchemy import JSON, Boolean, Column, Integer, String, Text
 from sqlmodel import Field, SQLModel
 
-from kiln_core.db import new_id, utcnow
+from kiln_core.db import UtcDateTime, new_id, utcnow
 
 
 class TaskStatus(StrEnum):
@@ -22,7 +22,7 @@ class TaskStatus(StrEnum):
 
 
 def _ts(nullable: bool = False) -> Any:
-    return Column(DateTime(timezone=True), nullable=nullable)
+    return Column(UtcDateTime(), nullable=nullable)
 
 
 class Project(SQLModel, table=True):

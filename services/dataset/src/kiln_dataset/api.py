@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile, status
+from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from pydantic import Field as PydField
@@ -23,7 +24,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.auth import Principal, require_roles
 from kiln_core.catalog import VersionLineage
-from kiln_core.db import aware, utcnow
+from kiln_core.db import INT64_MAX, aware, utcnow
 from kiln_core.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, ValidationFailed
 from kiln_core.http import SessionDep, get_runtime
 from kiln_core.manifest import Category, Label, ManifestItem
@@ -61,7 +62,8 @@ READERS = ("viewer", "data-engineer", "ml-engineer", "annotator", "reviewer", "a
 Writer = Annotated[Principal, require_roles(*WRITERS)]
 Reader = Annotated[Principal, require_roles(*READERS)]
 Limit = Annotated[int, Query(ge=1, le=500, description="page size")]
-Offset = Annotated[int, Query(ge=0, description="items to skip")]
+Offset = Annotated[int, Query(ge=0, le=INT64_MAX, description="items to skip")]
+VersionNumber = Annotated[int, PathParam(ge=1, le=INT64_MAX, description="version number")]
 ImportFormat = Literal["coco", "yolo", "voc", "imagefolder", "csv", "jsonl", "auto"]
 ExportFormat = Literal["coco", "yolo", "voc", "imagefolder", "jsonl"]
 
@@ -309,7 +311,9 @@ async def restore_dataset(
 
 
 class DraftCreate(BaseModel):
-    base_version: int | None = PydField(default=None, ge=1, description="start from a version")
+    base_version: int | None = PydField(
+        default=None, ge=1, le=INT64_MAX, description="start from a version"
+    )
 
 
 class DraftPublic(BaseModel):
@@ -417,7 +421,7 @@ async def upload_items(
     blobs (recorded before their bytes land, so a purge never races them) and one for the
     draft items."""
     from kiln_core.storage import SMALL_BLOB, SpooledBlob
-    from kiln_dataset.media import UnreadableImage, extension_matches, image_size, sniff
+    from kiln_dataset.media import UnreadableImage, extension_matches, sniff, verify_image
 
     runtime = get_runtime(request)
     if len(files) > MAX_FILES_PER_REQUEST:
@@ -453,9 +457,10 @@ async def upload_items(
             except PayloadTooLarge:
                 return {"file": name, "reason": f"larger than {MAX_FILE_BYTES} bytes"}
             try:
-                # The header must parse and give a size; a full decode is the quality
-                # report's job, so uploads stay fast.
-                width, height = image_size(spooled.data or Path(spooled.path))
+                # Fully decoded, so a truncated or corrupt body is refused now, not in a version.
+                width, height = await asyncio.to_thread(
+                    verify_image, spooled.data or Path(spooled.path)
+                )
                 item = ManifestItem(
                     item_id=name,
                     blob=spooled.sha256,
@@ -727,7 +732,7 @@ async def list_versions(
 
 @router.get("/datasets/{dataset_id}/versions/{version}", response_model=VersionPublic)
 async def read_version(
-    dataset_id: str, version: int, session: SessionDep, _who: Reader
+    dataset_id: str, version: VersionNumber, session: SessionDep, _who: Reader
 ) -> VersionPublic:
     return await _version_out(session, await get_version(session, dataset_id, version))
 
@@ -735,7 +740,7 @@ async def read_version(
 @router.get("/datasets/{dataset_id}/versions/{version}/items", response_model=Page[ManifestItem])
 async def list_items(
     dataset_id: str,
-    version: int,
+    version: VersionNumber,
     request: Request,
     session: SessionDep,
     _who: Reader,
@@ -759,7 +764,7 @@ async def list_items(
     responses={200: {"content": {"application/x-ndjson": {}}}},
 )
 async def download_manifest(
-    dataset_id: str, version: int, request: Request, session: SessionDep, _who: Reader
+    dataset_id: str, version: VersionNumber, request: Request, session: SessionDep, _who: Reader
 ) -> StreamingResponse:
     """The version's JSONL manifest, streamed."""
     row = await get_version(session, dataset_id, version)
@@ -774,11 +779,13 @@ async def download_manifest(
 @router.get("/datasets/{dataset_id}/versions/{version}/diff")
 async def diff_version(
     dataset_id: str,
-    version: int,
+    version: VersionNumber,
     request: Request,
     session: SessionDep,
     _who: Reader,
-    against: Annotated[int, Query(ge=1, description="the other version (the 'before')")],
+    against: Annotated[
+        int, Query(ge=1, le=INT64_MAX, description="the other version (the 'before')")
+    ],
 ) -> dict[str, Any]:
     """Items added, removed, relabelled between ``against`` and this version."""
     store = get_runtime(request).store
@@ -801,7 +808,7 @@ class SplitRequest(BaseModel):
     response_model=VersionPublic,
 )
 async def split_version(
-    dataset_id: str, version: int, body: SplitRequest, request: Request, who: Writer
+    dataset_id: str, version: VersionNumber, body: SplitRequest, request: Request, who: Writer
 ) -> VersionPublic:
     """A derived version whose items carry deterministic train/val/test splits."""
     from kiln_dataset.splits import assign_splits
@@ -838,7 +845,7 @@ async def split_version(
 
 @router.get("/datasets/{dataset_id}/versions/{version}/stats")
 async def version_stats(
-    dataset_id: str, version: int, session: SessionDep, _who: Reader
+    dataset_id: str, version: VersionNumber, session: SessionDep, _who: Reader
 ) -> dict[str, Any]:
     """Items per label and split, image sizes, media types."""
     return (await get_version(session, dataset_id, version)).stats or {}
@@ -851,7 +858,7 @@ async def version_stats(
 )
 async def export_version(
     dataset_id: str,
-    version: int,
+    version: VersionNumber,
     request: Request,
     session: SessionDep,
     _who: Reader,
@@ -884,7 +891,7 @@ async def export_version(
 @router.delete("/datasets/{dataset_id}/versions/{version}", status_code=204)
 async def delete_dataset_version(
     dataset_id: str,
-    version: int,
+    version: VersionNumber,
     request: Request,
     _who: Writer,
     reason: Annotated[str, Query(max_length=500)] = "",
@@ -908,7 +915,7 @@ class AugmentRequest(BaseModel):
     response_model=Accepted,
 )
 async def augment_version(
-    dataset_id: str, version: int, body: AugmentRequest, request: Request, who: Writer
+    dataset_id: str, version: VersionNumber, body: AugmentRequest, request: Request, who: Writer
 ) -> Accepted:
     """Start a job producing a derived, augmented version (reproducible by seed)."""
     from kiln_dataset.augment import Recipe
@@ -931,7 +938,7 @@ async def augment_version(
     "/datasets/{dataset_id}/versions/{version}/quality", status_code=202, response_model=Accepted
 )
 async def evaluate_quality(
-    dataset_id: str, version: int, request: Request, who: Writer
+    dataset_id: str, version: VersionNumber, request: Request, who: Writer
 ) -> Accepted:
     """Start a quality evaluation; the report is stored with the version."""
     return await _start_job(request, who, dataset_id, version, "quality", {})
@@ -939,7 +946,7 @@ async def evaluate_quality(
 
 @router.get("/datasets/{dataset_id}/versions/{version}/quality")
 async def read_quality(
-    dataset_id: str, version: int, session: SessionDep, _who: Reader
+    dataset_id: str, version: VersionNumber, session: SessionDep, _who: Reader
 ) -> dict[str, Any]:
     row = await get_version(session, dataset_id, version)
     if row.quality is None:
@@ -951,7 +958,7 @@ async def _start_job(
     request: Request,
     who: Principal,
     dataset_id: str,
-    version: int,
+    version: VersionNumber,
     kind: str,
     params: dict[str, Any],
 ) -> Accepted:

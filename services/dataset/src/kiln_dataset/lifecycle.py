@@ -27,6 +27,8 @@ from kiln_dataset.models import (
     DatasetVersion,
     Draft,
     DraftItem,
+    Job,
+    JobStatus,
     VersionBlob,
 )
 
@@ -209,4 +211,26 @@ async def purge(
         "expired_versions": expired_versions,
         "deleted_blobs": deleted,
         "candidates": len(candidates),
+        "deleted_archives": await _purge_import_archives(runtime),
     }
+
+
+async def _purge_import_archives(runtime: ServiceRuntime) -> int:
+    """Delete uploaded archives (``imports/<job id>/archive``) of imports that are over: an
+    import deletes its own, but one that failed before that was done left it behind."""
+    keys = await runtime.store.list("imports/")
+    by_job = {key.split("/")[1]: key for key in keys if key.count("/") == 2}
+    if not by_job:
+        return 0
+    async with runtime.db.session() as session:
+        over = (
+            await session.exec(
+                select(Job.id).where(
+                    col(Job.id).in_(sorted(by_job)),
+                    col(Job.status).in_([JobStatus.succeeded, JobStatus.failed]),
+                )
+            )
+        ).all()
+    for job_id in over:
+        await runtime.store.delete(by_job[job_id])
+    return len(over)

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, StringConstraints, field_validator
 from pydantic import Field as PydField
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
     Column,
-    DateTime,
     Integer,
     String,
     Text,
@@ -21,7 +20,7 @@ from sqlalchemy import (
 )
 from sqlmodel import Field, SQLModel
 
-from kiln_core.db import new_id, utcnow
+from kiln_core.db import UtcDateTime, new_id, utcnow
 from kiln_core.http import Page  # noqa: F401 - the list shape every API shares
 from kiln_core.manifest import Category, TaskType
 
@@ -51,7 +50,7 @@ class JobStatus(StrEnum):
 
 
 def _ts(nullable: bool = False) -> Any:
-    return Column(DateTime(timezone=True), nullable=nullable)
+    return Column(UtcDateTime(), nullable=nullable)
 
 
 class Dataset(SQLModel, table=True):
@@ -185,6 +184,10 @@ class FlaggedInput(SQLModel, table=True):
 # --- API schemas --------------------------------------------------------------------------------
 
 
+# What the service enforces on each tag, declared in the schema so clients know it.
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+
+
 class DatasetCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -195,26 +198,25 @@ class DatasetCreate(BaseModel):
     product_standard: str | None = PydField(default=None, pattern=r"^(standard|non-standard)$")
     media_format: str | None = PydField(default=None, max_length=50)
     usability: Usability | None = None
-    tags: list[str] = PydField(default_factory=list, max_length=50)
+    tags: list[Tag] = PydField(default_factory=list, max_length=50)
 
     @field_validator("tags")
     @classmethod
     def _tags(cls, v: list[str]) -> list[str]:
-        for tag in v:
-            if not 0 < len(tag) <= 100:
-                raise ValueError("each tag must be 1 to 100 characters")
         return sorted(set(v))
 
 
 class DatasetUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    description: str | None = PydField(default=None, max_length=5000)
+    # Left out means unchanged. A field the dataset always has takes no null (the schema says
+    # so); the optional ones take null to clear them.
+    description: str = PydField(default=None, max_length=5000)  # type: ignore[assignment]
     source_channel: str | None = PydField(default=None, max_length=100)
     product_standard: str | None = PydField(default=None, pattern=r"^(standard|non-standard)$")
     media_format: str | None = PydField(default=None, max_length=50)
     usability: Usability | None = None
-    tags: list[str] | None = PydField(default=None, max_length=50)
+    tags: list[Tag] = PydField(default=None, max_length=50)  # type: ignore[arg-type]
 
 
 class DatasetPublic(BaseModel):

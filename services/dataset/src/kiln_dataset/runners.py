@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from kiln_dataset.jobs import Progress, finish, runner
 from kiln_dataset.lifecycle import store_blobs
 from kiln_dataset.models import Job
 from kiln_dataset.versions import create_version, get_version, latest_version, version_items
+
+log = logging.getLogger(__name__)
 
 MAX_PROBLEMS_KEPT = 1000
 STORE_BATCH = 64  # blobs recorded and written together during an import
@@ -40,6 +43,19 @@ def validate_archive(path: Path) -> None:
 
 @runner("import")
 async def run_import(runtime: ServiceRuntime, job: Job, progress: Progress) -> dict[str, Any]:
+    try:
+        return await _import(runtime, job, progress)
+    except Exception:
+        # A failed import keeps nothing: its uploaded archive goes with it (or with a purge,
+        # should the store refuse now).
+        try:
+            await runtime.store.delete(job.params["archive_key"])
+        except Exception:  # noqa: BLE001 - the import's own failure is what gets recorded
+            log.warning("could not delete a failed import's archive", extra={"job_id": job.id})
+        raise
+
+
+async def _import(runtime: ServiceRuntime, job: Job, progress: Progress) -> dict[str, Any]:
     from kiln_dataset.archive import extract_archive
     from kiln_dataset.formats import UnknownFormat, import_dataset
     from kiln_dataset.media import UnreadableImage, extension_matches, sniff, verify_image

@@ -8,11 +8,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 from pydantic import Field as PydField
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Integer, String, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from kiln_core.catalog import ModelArtifact, ModelSignature, Preprocessing
-from kiln_core.db import new_id, utcnow
+from kiln_core.db import UtcDateTime, new_id, utcnow
 from kiln_core.http import Page  # noqa: F401 - the list shape every API shares
 
 NAME_PATTERN = r"^[A-Za-z0-9][\w.\-]*$"
@@ -35,7 +35,7 @@ class JobStatus(StrEnum):
 
 
 def _ts(nullable: bool = False) -> Any:
-    return Column(DateTime(timezone=True), nullable=nullable)
+    return Column(UtcDateTime(), nullable=nullable)
 
 
 # --- tables -------------------------------------------------------------------------------------

@@ -9,10 +9,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, field_validator, model_validator
 from pydantic import Field as PydField
-from sqlalchemy import JSON, Column, DateTime, Float, Integer, String, Text
+from sqlalchemy import JSON, Column, Float, Integer, String, Text
 from sqlmodel import Field, SQLModel
 
-from kiln_core.db import new_id, utcnow
+from kiln_core.db import UtcDateTime, new_id, utcnow
 
 Strategy = Literal["direct", "canary", "shadow", "ab"]
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -35,7 +35,7 @@ LOADED_STATES = (DeploymentState.candidate, DeploymentState.stable, DeploymentSt
 
 
 def _ts(nullable: bool = False) -> Any:
-    return Column(DateTime(timezone=True), nullable=nullable)
+    return Column(UtcDateTime(), nullable=nullable)
 
 
 # --- tables -------------------------------------------------------------------------------------

@@ -8,10 +8,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 from pydantic import Field as PydField
-from sqlalchemy import JSON, Boolean, Column, DateTime, Float, Integer, String, Text
+from sqlalchemy import JSON, Boolean, Column, Float, Integer, String, Text
 from sqlmodel import Field, SQLModel
 
-from kiln_core.db import new_id, utcnow
+from kiln_core.db import UtcDateTime, new_id, utcnow
 from kiln_core.http import Page  # noqa: F401 - the list shape every API shares
 
 
@@ -33,7 +33,7 @@ class JobKind(StrEnum):
 
 
 def _ts(nullable: bool = False) -> Any:
-    return Column(DateTime(timezone=True), nullable=nullable)
+    return Column(UtcDateTime(), nullable=nullable)
 
 
 def _json(nullable: bool = True) -> Any:
