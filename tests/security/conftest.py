@@ -13,6 +13,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,6 +137,33 @@ def _wait_ready(urls: dict[str, str], servers: _Servers, timeout_s: float = 120)
         time.sleep(0.2)
 
 
+@contextmanager
+def _serving(settings: Settings) -> Iterator[Stack]:
+    """The five services on ``settings``, live on loopback ports, with every log record kept."""
+    capture = LogCapture()
+    root = logging.getLogger()
+    previous_level = root.level
+    root.addHandler(capture)
+    root.setLevel(logging.DEBUG)
+    # The Kafka client's debug chatter (every fetch) is noise and costs seconds per test.
+    quiet = {name: logging.getLogger(name).level for name in ("aiokafka", "kafka")}
+    for name in quiet:
+        logging.getLogger(name).setLevel(logging.INFO)
+    ports = {name: free_port() for name in SERVICES}
+    servers = _Servers(settings, ports)
+    servers.start()
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    try:
+        _wait_ready(urls, servers)
+        yield Stack(settings, urls, capture)
+    finally:
+        servers.stop()
+        root.removeHandler(capture)
+        root.setLevel(previous_level)
+        for name, level in quiet.items():
+            logging.getLogger(name).setLevel(level)
+
+
 # Package scope: the servers stop once the security suite is done, not at the end of a CI run.
 @pytest.fixture(scope="package")
 def stack() -> Iterator[Stack]:
@@ -160,32 +188,35 @@ def stack() -> Iterator[Stack]:
         # A secret of this run only, so the log check can look for it verbatim.
         jwt_secret=f"jwt-secret-{uuid.uuid4().hex}",
     )
-    capture = LogCapture()
-    root = logging.getLogger()
-    previous_level = root.level
-    root.addHandler(capture)
-    root.setLevel(logging.DEBUG)
-    # The Kafka client's debug chatter (every fetch) is noise and costs seconds per test.
-    quiet = {name: logging.getLogger(name).level for name in ("aiokafka", "kafka")}
-    for name in quiet:
-        logging.getLogger(name).setLevel(logging.INFO)
-    ports = {name: free_port() for name in SERVICES}
-    servers = _Servers(settings, ports)
-    servers.start()
-    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     try:
-        _wait_ready(urls, servers)
-        yield Stack(settings, urls, capture)
+        with _serving(settings) as running:
+            yield running
     finally:
-        servers.stop()
-        root.removeHandler(capture)
-        root.setLevel(previous_level)
-        for name, level in quiet.items():
-            logging.getLogger(name).setLevel(level)
         # Teardown may run inside the test session's event loop: clean up from a thread.
         cleaner = threading.Thread(target=lambda: asyncio.run(_drop(settings, bus, f"sec{unique}")))
         cleaner.start()
         cleaner.join(60)
+
+
+@pytest.fixture(scope="package")
+def embedded_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The five services on the embedded defaults (SQLite, a local directory store, the
+    in-process bus), with Triton from the local stack: serving needs one either way."""
+    triton = stack_url("triton_url")
+    require_service("Triton", triton.replace("grpc://", "http://"))
+    state = tmp_path_factory.mktemp("embedded-stack")
+    settings = Settings(
+        database_url=f"sqlite+aiosqlite:///{state}/{{service}}.db",
+        bus_url=f"embedded://sec{uuid.uuid4().hex[:10]}",
+        storage_url=f"file://{state}/store",
+        triton_url=triton,
+        celery_broker_url="memory://",
+        auth_required=True,
+        max_request_bytes=4 * 1024 * 1024,
+        jwt_secret=f"jwt-secret-{uuid.uuid4().hex}",
+    )
+    with _serving(settings) as running:
+        yield running
 
 
 async def _drop(settings: Settings, bus: str, namespace: str) -> None:

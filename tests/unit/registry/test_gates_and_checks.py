@@ -79,7 +79,7 @@ def test_without_production_only_metric_gates_apply() -> None:
 
 
 def test_policy_refuses_unknown_roles() -> None:
-    with pytest.raises(ValueError, match="unknown roles"):
+    with pytest.raises(ValueError, match="promoter_roles"):
         PolicyBody.model_validate({"promoter_roles": ["wizard"]})
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Literal, get_args
 
 import jwt
 from fastapi import Depends, Request
@@ -13,6 +13,9 @@ from kiln_core.errors import Forbidden, Unauthorized
 from kiln_core.settings import Settings, get_settings
 
 ROLES = ("admin", "data-engineer", "annotator", "reviewer", "ml-engineer", "viewer")
+# The same roles as a type, so request schemas declare which names they take.
+Role = Literal["admin", "data-engineer", "annotator", "reviewer", "ml-engineer", "viewer"]
+assert get_args(Role) == ROLES
 
 
 @dataclass(frozen=True)

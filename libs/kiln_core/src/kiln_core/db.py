@@ -35,9 +35,11 @@ from kiln_core.errors import InvalidValue
 
 log = logging.getLogger(__name__)
 
-# The largest integer either database stores (SQLite INTEGER, PostgreSQL BIGINT): request
-# parameters that reach a query declare it as their maximum.
+# The largest integer either database stores (SQLite INTEGER, PostgreSQL BIGINT).
 INT64_MAX = 2**63 - 1
+# The maximum request parameters declare (offsets, version numbers): the largest integer a
+# JSON client reads exactly (JavaScript's Number.MAX_SAFE_INTEGER), well inside INT64_MAX.
+MAX_PARAM_INT = 2**53 - 1
 
 
 def utcnow() -> datetime:

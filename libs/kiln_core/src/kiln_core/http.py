@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager, asynccontextmanager
@@ -120,15 +121,19 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    """Every method some route serves at the request's path (Starlette names only the first
-    route's when several share a path)."""
-    methods: set[str] = set()
+    """The methods served at the request's path by its most specific path template (Starlette
+    names only the first route's; ``/x/{name}`` also matches ``/x/a:predict``, whose own
+    template is the one a client reads in the document)."""
+    by_template: dict[str, set[str]] = {}
     for route in iter_route_contexts(request.app.routes):
         if route.path and route.methods:
             regex, _, _ = compile_path(route.path)
             if regex.match(request.url.path):
-                methods |= route.methods
-    return sorted(methods)
+                by_template.setdefault(route.path, set()).update(route.methods)
+    if not by_template:
+        return []
+    best = max(by_template, key=lambda template: len(re.sub(r"{[^}]*}", "", template)))
+    return sorted(by_template[best])
 
 
 def _bad_value(exc: DBAPIError) -> bool:

@@ -12,13 +12,13 @@ from typing import Any
 from fastapi import APIRouter, Query, Request, status
 from pydantic import BaseModel
 from pydantic import Field as PydField
-from sqlalchemy import Column, DateTime, String, Text
+from sqlalchemy import Column, String, Text
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.auth import require_roles
 from kiln_core.catalog import PING_EVENTS, PingSent
-from kiln_core.db import utcnow
+from kiln_core.db import UtcDateTime, utcnow
 from kiln_core.events import SERVICES, CloudEvent
 from kiln_core.http import SessionDep, get_runtime
 from kiln_core.inbox import EventHandler
@@ -35,7 +35,7 @@ class PingReceived(SQLModel, table=True):
     trace_id: str | None = Field(default=None, sa_column=Column(String(32)))
     received_at: datetime = Field(
         default_factory=utcnow,
-        sa_column=Column(DateTime(timezone=True), nullable=False),
+        sa_column=Column(UtcDateTime(), nullable=False),
     )
 
 

@@ -12,6 +12,7 @@ from pydantic import Field as PydField
 from sqlalchemy import func
 from sqlmodel import col, select
 
+from kiln_annotation.label_schema import LabelSchema
 from kiln_annotation.models import AuditEntry, LabelsCommit, Project, Task, TaskStatus
 from kiln_annotation.workflow import (
     commit_labels,
@@ -23,7 +24,7 @@ from kiln_annotation.workflow import (
     submit,
 )
 from kiln_core.auth import Principal, require_roles
-from kiln_core.db import INT64_MAX, new_id
+from kiln_core.db import MAX_PARAM_INT, new_id
 from kiln_core.errors import Conflict, NotFound, ValidationFailed
 from kiln_core.http import SessionDep, get_runtime
 from kiln_core.manifest import read_manifest
@@ -45,7 +46,7 @@ class ProjectCreate(BaseModel):
 
     name: str = PydField(min_length=1, max_length=200)
     dataset_id: str = PydField(min_length=1, max_length=32)
-    label_schema: dict[str, Any]
+    label_schema: LabelSchema  # its shape is in the document, so clients know it
     auto_annotate: bool = True
     batch_size: int = PydField(default=1, ge=1, le=1000)
     overlap: int = PydField(default=1, ge=1, le=10)
@@ -127,7 +128,7 @@ async def read_project(project_id: str, session: SessionDep, _who: Anyone) -> di
 
 
 class TasksRequest(BaseModel):
-    dataset_version: int = PydField(ge=1, le=INT64_MAX)
+    dataset_version: int = PydField(ge=1, le=MAX_PARAM_INT)
     manifest_key: str = PydField(min_length=1, max_length=500)
     priority: int = 0
 
@@ -168,7 +169,7 @@ async def list_tasks(
     who: Anyone,
     status_: Annotated[str | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_PARAM_INT)] = 0,
 ) -> dict[str, Any]:
     """Tasks of a project; annotators see only their own."""
     query = select(Task).where(Task.project_id == project_id)
@@ -261,7 +262,7 @@ async def task_audit(task_id: str, session: SessionDep, who: Anyone) -> list[dic
 
 
 class CommitRequest(BaseModel):
-    dataset_version: int = PydField(ge=1, le=INT64_MAX)
+    dataset_version: int = PydField(ge=1, le=MAX_PARAM_INT)
 
 
 @router.post("/projects/{project_id}/commits", status_code=201)
@@ -367,7 +368,7 @@ class GoldItem(BaseModel):
 
 
 class GoldRequest(BaseModel):
-    dataset_version: int = PydField(ge=1, le=INT64_MAX)
+    dataset_version: int = PydField(ge=1, le=MAX_PARAM_INT)
     items: list[GoldItem] = PydField(min_length=1, max_length=1000)
 
 

@@ -24,12 +24,13 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.auth import Principal, require_roles
 from kiln_core.catalog import VersionLineage
-from kiln_core.db import INT64_MAX, aware, utcnow
+from kiln_core.db import MAX_PARAM_INT, aware, utcnow
 from kiln_core.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, ValidationFailed
 from kiln_core.http import SessionDep, get_runtime
 from kiln_core.manifest import Category, Label, ManifestItem
 from kiln_core.service import ServiceRuntime
 from kiln_dataset import jobs
+from kiln_dataset.augment import Recipe
 from kiln_dataset.lifecycle import delete_version, store_blobs
 from kiln_dataset.models import (
     Dataset,
@@ -62,8 +63,8 @@ READERS = ("viewer", "data-engineer", "ml-engineer", "annotator", "reviewer", "a
 Writer = Annotated[Principal, require_roles(*WRITERS)]
 Reader = Annotated[Principal, require_roles(*READERS)]
 Limit = Annotated[int, Query(ge=1, le=500, description="page size")]
-Offset = Annotated[int, Query(ge=0, le=INT64_MAX, description="items to skip")]
-VersionNumber = Annotated[int, PathParam(ge=1, le=INT64_MAX, description="version number")]
+Offset = Annotated[int, Query(ge=0, le=MAX_PARAM_INT, description="items to skip")]
+VersionNumber = Annotated[int, PathParam(ge=1, le=MAX_PARAM_INT, description="version number")]
 ImportFormat = Literal["coco", "yolo", "voc", "imagefolder", "csv", "jsonl", "auto"]
 ExportFormat = Literal["coco", "yolo", "voc", "imagefolder", "jsonl"]
 
@@ -312,7 +313,7 @@ async def restore_dataset(
 
 class DraftCreate(BaseModel):
     base_version: int | None = PydField(
-        default=None, ge=1, le=INT64_MAX, description="start from a version"
+        default=None, ge=1, le=MAX_PARAM_INT, description="start from a version"
     )
 
 
@@ -784,7 +785,7 @@ async def diff_version(
     session: SessionDep,
     _who: Reader,
     against: Annotated[
-        int, Query(ge=1, le=INT64_MAX, description="the other version (the 'before')")
+        int, Query(ge=1, le=MAX_PARAM_INT, description="the other version (the 'before')")
     ],
 ) -> dict[str, Any]:
     """Items added, removed, relabelled between ``against`` and this version."""
@@ -904,8 +905,8 @@ async def delete_dataset_version(
 
 
 class AugmentRequest(BaseModel):
-    recipe: dict[str, Any]
-    seed: int = 0
+    recipe: Recipe  # its steps and keys are in the document, so clients know them
+    seed: int = PydField(default=0, ge=0, le=MAX_PARAM_INT)
     message: str = PydField(default="", max_length=2000)
 
 
@@ -918,12 +919,7 @@ async def augment_version(
     dataset_id: str, version: VersionNumber, body: AugmentRequest, request: Request, who: Writer
 ) -> Accepted:
     """Start a job producing a derived, augmented version (reproducible by seed)."""
-    from kiln_dataset.augment import Recipe
-
-    try:
-        recipe = Recipe.model_validate(body.recipe)
-    except ValueError as exc:
-        raise ValidationFailed(f"recipe: {exc}", field="recipe") from None
+    recipe = body.recipe
     return await _start_job(
         request,
         who,

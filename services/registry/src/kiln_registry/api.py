@@ -17,7 +17,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.auth import Principal, require_roles
 from kiln_core.catalog import ModelArtifact, ModelVersionLineage
-from kiln_core.db import INT64_MAX, utcnow
+from kiln_core.db import MAX_PARAM_INT, utcnow
 from kiln_core.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
 from kiln_core.http import SessionDep, get_runtime
 from kiln_registry import jobs, torchscript
@@ -72,10 +72,10 @@ Writer = Annotated[Principal, require_roles(*WRITERS)]
 Reader = Annotated[Principal, require_roles(*READERS)]
 Admin = Annotated[Principal, require_roles("admin")]
 Limit = Annotated[int, Query(ge=1, le=500, description="page size")]
-Offset = Annotated[int, Query(ge=0, le=INT64_MAX, description="items to skip")]
+Offset = Annotated[int, Query(ge=0, le=MAX_PARAM_INT, description="items to skip")]
 ModelName = Annotated[str, Path(description="registered model name")]
 VersionNumber = Annotated[
-    int, Path(ge=1, le=INT64_MAX, description="version number within the model")
+    int, Path(ge=1, le=MAX_PARAM_INT, description="version number within the model")
 ]
 AliasName = Annotated[str, Path(pattern=ALIAS_PATTERN, description="staging, canary, ...")]
 
@@ -507,7 +507,7 @@ async def read_policy(name: ModelName, session: SessionDep, _who: Reader) -> Pol
     if row is None:
         return PolicyPublic(
             gated_aliases=[],
-            promoter_roles=list(WRITERS),
+            promoter_roles=["ml-engineer", "admin"],  # WRITERS
             model_name=model.name,
             updated_by="",
             updated_at=None,

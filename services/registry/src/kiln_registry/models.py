@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, StringConstraints, field_validator
 from pydantic import Field as PydField
 from sqlalchemy import JSON, BigInteger, Column, Integer, String, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from kiln_core.auth import Role
 from kiln_core.catalog import ModelArtifact, ModelSignature, Preprocessing
 from kiln_core.db import UtcDateTime, new_id, utcnow
 from kiln_core.http import Page  # noqa: F401 - the list shape every API shares
@@ -148,10 +149,11 @@ class Job(SQLModel, table=True):
 # --- API schemas --------------------------------------------------------------------------------
 
 
+# What the registry enforces on each tag, declared in the schema so clients know it.
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+
+
 def _clean_tags(tags: list[str]) -> list[str]:
-    for tag in tags:
-        if not 0 < len(tag) <= 100:
-            raise ValueError("each tag must be 1 to 100 characters")
     return sorted(set(tags))
 
 
@@ -161,7 +163,7 @@ class ModelCreate(BaseModel):
     name: str = PydField(min_length=1, max_length=200, pattern=NAME_PATTERN)
     description: str = PydField(default="", max_length=5000)
     task_type: str | None = PydField(default=None, max_length=30)
-    tags: list[str] = PydField(default_factory=list, max_length=50)
+    tags: list[Tag] = PydField(default_factory=list, max_length=50)
 
     @field_validator("tags")
     @classmethod
@@ -175,7 +177,7 @@ class MetadataUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     description: str | None = PydField(default=None, max_length=5000)
-    tags: list[str] | None = PydField(default=None, max_length=50)
+    tags: list[Tag] | None = PydField(default=None, max_length=50)
 
     @field_validator("tags")
     @classmethod
@@ -207,7 +209,7 @@ class ImportMetadata(BaseModel):
     metrics: dict[str, float] = PydField(default_factory=dict)
     params: dict[str, Any] = PydField(default_factory=dict)
     evaluation_split: str | None = None
-    tags: list[str] = PydField(default_factory=list, max_length=50)
+    tags: list[Tag] = PydField(default_factory=list, max_length=50)
     description: str = PydField(default="", max_length=5000)
     dataset_id: str | None = None
     dataset_version: int | None = None
@@ -275,8 +277,8 @@ class PolicyBody(BaseModel):
         description="alias a version trained by Kiln moves to on registration when it passes "
         "the gates (continuous delivery: production, or canary for a gradual roll-out)",
     )
-    promoter_roles: list[str] = PydField(
-        default_factory=lambda: ["ml-engineer"],
+    promoter_roles: list[Role] = PydField(
+        default_factory=lambda: list[Role](["ml-engineer"]),
         min_length=1,
         description="roles allowed to move a gated alias (admin always may)",
     )
@@ -284,11 +286,6 @@ class PolicyBody(BaseModel):
     @field_validator("promoter_roles")
     @classmethod
     def _roles(cls, v: list[str]) -> list[str]:
-        from kiln_core.auth import ROLES
-
-        unknown = sorted(set(v) - set(ROLES))
-        if unknown:
-            raise ValueError(f"unknown roles {unknown}; known: {', '.join(ROLES)}")
         return sorted(set(v))
 
 

@@ -18,7 +18,7 @@ from kiln_core.errors import (
     NotFound,
     ValidationFailed,
 )
-from kiln_core.http import SessionDep, get_runtime
+from kiln_core.http import PROBLEM_JSON, SessionDep, get_runtime
 from kiln_serving import canary
 from kiln_serving.controller import Controller, _endpoint_for_update, _pair
 from kiln_serving.handlers import request_deployment
@@ -242,6 +242,13 @@ async def rollback_candidate(
 
 @router.post(
     "/endpoints/{name}:predict",
+    responses={
+        502: {"description": "The model failed on this input", "content": {PROBLEM_JSON: {}}},
+        503: {
+            "description": "No model version is deployed yet, or the model server is down",
+            "content": {PROBLEM_JSON: {}},
+        },
+    },
     openapi_extra={
         "requestBody": {
             "content": {

@@ -134,7 +134,12 @@ class EndpointConfig(BaseModel):
 
 
 class EndpointCreate(EndpointConfig):
-    name: str = PydField(description="lower-case letters, digits and dashes")
+    name: str = PydField(
+        max_length=63,
+        # NAME_RE without a double dash, in a form the document can carry.
+        pattern=r"^[a-z0-9](-?[a-z0-9])*-?$",
+        description="1-63 lower-case letters, digits and single dashes",
+    )
     model_name: str = PydField(min_length=1, max_length=200)
     alias: str = PydField(default="production", min_length=1, max_length=100)
     candidate_alias: str = PydField(default="canary", min_length=1, max_length=100)

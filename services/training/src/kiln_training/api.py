@@ -15,7 +15,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.auth import Principal, require_roles
-from kiln_core.db import INT64_MAX, utcnow
+from kiln_core.db import MAX_PARAM_INT, utcnow
 from kiln_core.errors import Conflict, NotFound
 from kiln_core.http import SessionDep, get_runtime
 from kiln_training import lifecycle
@@ -50,7 +50,7 @@ Submitter = Annotated[Principal, require_roles(*SUBMITTERS)]
 Reader = Annotated[Principal, require_roles(*READERS)]
 Admin = Annotated[Principal, require_roles("admin")]
 Limit = Annotated[int, Query(ge=1, le=500, description="page size")]
-Offset = Annotated[int, Query(ge=0, le=INT64_MAX, description="items to skip")]
+Offset = Annotated[int, Query(ge=0, le=MAX_PARAM_INT, description="items to skip")]
 StatusFilter = Literal["queued", "running", "paused", "succeeded", "failed", "cancelled"]
 # How often the event stream looks for new progress.
 STREAM_POLL_S = 0.5

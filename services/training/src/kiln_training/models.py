@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict
 from pydantic import Field as PydField
 from sqlalchemy import JSON, Boolean, Column, Float, Integer, String, Text
 from sqlmodel import Field, SQLModel
@@ -207,29 +207,15 @@ class ResourcesIn(BaseModel):
 
     cpu: float = PydField(default=1.0, ge=0, le=1024, description="cores")
     memory: float = PydField(default=1.0, ge=0, le=4096, description="GiB")
-    gpu: float = PydField(default=0.0, ge=0, le=64, description="devices")
-
-    @field_validator("gpu")
-    @classmethod
-    def _whole_gpus(cls, v: float) -> float:
-        if v != int(v):
-            raise ValueError("gpu must be a whole number of devices")
-        return v
+    gpu: float = PydField(default=0.0, ge=0, le=64, multiple_of=1, description="whole devices")
 
 
 class TeamIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     weight: float = PydField(default=1.0, gt=0, le=1000)
-    quota: dict[ResourceName, float] = PydField(default_factory=dict)
-
-    @field_validator("quota")
-    @classmethod
-    def _quota(cls, v: dict[str, float]) -> dict[str, float]:
-        for name, amount in v.items():
-            if amount < 0:
-                raise ValueError(f"quota {name} must be >= 0")
-        return v
+    # Amounts are never negative; the schema says so.
+    quota: dict[ResourceName, Annotated[float, PydField(ge=0)]] = PydField(default_factory=dict)
 
 
 class TeamCreate(TeamIn):
