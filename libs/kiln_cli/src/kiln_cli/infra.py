@@ -1344,6 +1344,9 @@ class _Triton(_Component):
                 str(dist / "bin" / "tritonserver"),
                 f"--model-repository={models}",
                 "--model-control-mode=explicit",  # models arrive via load_model, not the disk
+                # Ready means the server answers: one model that failed to load (a test's bad
+                # model, say) must not make the whole server unready; serving checks each model.
+                "--strict-readiness=false",
                 # Serving sends complete model configs; auto-completion only slows every load.
                 "--disable-auto-complete-config",
                 f"--backend-directory={self.backends}",
