@@ -29,9 +29,11 @@ from kiln_core.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, Va
 from kiln_core.http import SessionDep, get_runtime
 from kiln_core.manifest import Category, Label, ManifestItem
 from kiln_core.service import ServiceRuntime
-from kiln_dataset import jobs
+from kiln_core.storage import SMALL_BLOB, SpooledBlob, blob_key
 from kiln_dataset.augment import Recipe
+from kiln_dataset.formats import export_stream
 from kiln_dataset.lifecycle import delete_version, store_blobs
+from kiln_dataset.media import UnreadableImage, extension_matches, sniff, verify_image
 from kiln_dataset.models import (
     Dataset,
     DatasetCreate,
@@ -47,6 +49,7 @@ from kiln_dataset.models import (
     VersionPublic,
 )
 from kiln_dataset.runners import validate_archive
+from kiln_dataset.splits import assign_splits
 from kiln_dataset.versions import (
     create_version,
     diff_versions,
@@ -421,9 +424,6 @@ async def upload_items(
     Files are checked and stored concurrently; the database work is one transaction for the
     blobs (recorded before their bytes land, so a purge never races them) and one for the
     draft items."""
-    from kiln_core.storage import SMALL_BLOB, SpooledBlob
-    from kiln_dataset.media import UnreadableImage, extension_matches, sniff, verify_image
-
     runtime = get_runtime(request)
     if len(files) > MAX_FILES_PER_REQUEST:
         raise PayloadTooLarge(f"at most {MAX_FILES_PER_REQUEST} files per request")
@@ -660,7 +660,7 @@ async def import_archive(
     job.params["archive_bytes"] = size
     async with runtime.db.transaction() as session:
         session.add(job)
-    jobs.enqueue(runtime, job)
+    runtime.enqueue(job.id)
     return Accepted(
         import_id=job.id, job_id=job.id, status=job.status, status_url=f"/v1/imports/{job.id}"
     )
@@ -812,8 +812,6 @@ async def split_version(
     dataset_id: str, version: VersionNumber, body: SplitRequest, request: Request, who: Writer
 ) -> VersionPublic:
     """A derived version whose items carry deterministic train/val/test splits."""
-    from kiln_dataset.splits import assign_splits
-
     runtime = get_runtime(request)
     async with runtime.db.transaction() as session:
         parent = await get_version(session, dataset_id, version)
@@ -866,8 +864,6 @@ async def export_version(
     format: Annotated[ExportFormat, Query(description="output layout")] = "jsonl",
 ) -> StreamingResponse:
     """The version in a standard layout, streamed (zip for image formats)."""
-    from kiln_dataset.formats import export_stream
-
     runtime = get_runtime(request)
     row = await get_version(session, dataset_id, version)
     dataset = await get_dataset(session, dataset_id)
@@ -875,8 +871,6 @@ async def export_version(
     categories = [Category.model_validate(c) for c in row.categories or []]
 
     def read_blob(sha: str) -> AsyncIterator[bytes]:
-        from kiln_core.storage import blob_key
-
         return runtime.store.stream(blob_key(sha))
 
     media = "application/x-ndjson" if format == "jsonl" else "application/zip"
@@ -968,7 +962,7 @@ async def _start_job(
             params={**params, "version": row.number},
         )
         session.add(job)
-    jobs.enqueue(runtime, job)
+    runtime.enqueue(job.id)
     return Accepted(job_id=job.id, status=job.status, status_url=f"/v1/jobs/{job.id}")
 
 
@@ -985,7 +979,7 @@ async def start_purge(
     job = Job(kind="purge", created_by=who.subject, params={"grace_minutes": body.grace_minutes})
     async with runtime.db.transaction() as session:
         session.add(job)
-    jobs.enqueue(runtime, job)
+    runtime.enqueue(job.id)
     return Accepted(job_id=job.id, status=job.status, status_url=f"/v1/jobs/{job.id}")
 
 

@@ -20,7 +20,7 @@ from kiln_core.catalog import ModelArtifact, ModelVersionLineage
 from kiln_core.db import MAX_PARAM_INT, utcnow
 from kiln_core.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
 from kiln_core.http import SessionDep, get_runtime
-from kiln_registry import jobs, torchscript
+from kiln_registry import torchscript
 from kiln_registry.models import (
     ALIAS_PATTERN,
     Accepted,
@@ -667,7 +667,7 @@ async def compress_version(
         await log_operation(
             session, model, "compression.requested", who.subject, {"job_id": job.id}, row
         )
-    jobs.enqueue(runtime, job)
+    runtime.enqueue(job.id)
     return Accepted(job_id=job.id, status_url=f"/v1/jobs/{job.id}")
 
 

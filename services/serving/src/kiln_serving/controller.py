@@ -24,6 +24,7 @@ from kiln_serving import canary
 from kiln_serving.model_repository import build_model, request_input, warmup_input
 from kiln_serving.models import Deployment, DeploymentState, Endpoint, EndpointConfig
 from kiln_serving.predictions import PredictionLog
+from kiln_serving.reconcile import reconcile
 from kiln_serving.traffic import RoutingTable
 from kiln_serving.triton import TritonGateway, TritonUnavailable
 
@@ -60,8 +61,6 @@ class Controller:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Reconcile, then tick until ``stop``."""
-        from kiln_serving.reconcile import reconcile
-
         logger = asyncio.ensure_future(self.predictions.run(stop))
         try:
             await self._retry(lambda: reconcile(self, startup=True), stop)
@@ -91,8 +90,6 @@ class Controller:
                     await asyncio.wait_for(stop.wait(), 1.0)
 
     async def tick(self, now: float, last: dict[str, float]) -> None:
-        from kiln_serving.reconcile import reconcile
-
         # One autocommitted statement per tick (not BEGIN, two queries, ROLLBACK): it runs five
         # times a second in every API process, under load too.
         watch = union_all(
