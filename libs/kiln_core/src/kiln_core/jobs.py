@@ -57,12 +57,8 @@ class JobColumns(SQLModel):
     id: str = Field(default_factory=new_id, primary_key=True, sa_type=String(32))
     status: str = Field(default=JobStatus.queued, sa_type=String(20), nullable=False)
     created_by: str = Field(default="", sa_type=String(200), nullable=False)
-    created_at: datetime = Field(
-        default_factory=utcnow, sa_type=UtcDateTime(), nullable=False
-    )
-    updated_at: datetime = Field(
-        default_factory=utcnow, sa_type=UtcDateTime(), nullable=False
-    )
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime(), nullable=False)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime(), nullable=False)
 
     def record_claim(self) -> None:
         """A worker starts (or, after a lost worker, restarts) the job."""

@@ -14,10 +14,10 @@ from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from kiln_core.auth import Principal, require_roles
-from kiln_core.db import MAX_PARAM_INT, utcnow
+from kiln_core.auth import Admin, Principal, Reader, require_roles
+from kiln_core.db import utcnow
 from kiln_core.errors import Conflict, NotFound, ValidationFailed
-from kiln_core.http import SessionDep, get_runtime
+from kiln_core.http import Limit, Offset, SessionDep, get_runtime
 from kiln_training import lifecycle, search
 from kiln_training.executor import queue_view
 from kiln_training.models import (
@@ -46,12 +46,7 @@ from kiln_training.templates import TEMPLATES, get_template
 router = APIRouter(prefix="/v1", tags=["training"])
 
 SUBMITTERS = ("ml-engineer", "admin")
-READERS = ("viewer", "data-engineer", "ml-engineer", "annotator", "reviewer", "admin")
 Submitter = Annotated[Principal, require_roles(*SUBMITTERS)]
-Reader = Annotated[Principal, require_roles(*READERS)]
-Admin = Annotated[Principal, require_roles("admin")]
-Limit = Annotated[int, Query(ge=1, le=500, description="page size")]
-Offset = Annotated[int, Query(ge=0, le=MAX_PARAM_INT, description="items to skip")]
 StatusFilter = Literal["queued", "running", "paused", "succeeded", "failed", "cancelled"]
 # How often the event stream looks for new progress.
 STREAM_POLL_S = 0.5
