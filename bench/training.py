@@ -99,9 +99,9 @@ async def platform_job(
 
     from kiln_core.http import create_app
     from kiln_core.service import ServiceRuntime
-    from kiln_training import SERVICE
     from kiln_training.handlers import on_version_created
     from kiln_training.models import TrainingJob
+    from kiln_training.service import SERVICE
 
     runtime = ServiceRuntime(SERVICE, settings)
     app = create_app(runtime, background=[runtime.run_events])

@@ -18,8 +18,8 @@ from tests.support.apps import running_service
 
 @pytest.fixture
 async def services(service_settings: Settings) -> AsyncIterator[dict[str, Any]]:  # noqa: F811
-    from kiln_annotation import SERVICE as ANNOTATION
-    from kiln_dataset import SERVICE as DATASET
+    from kiln_annotation.service import SERVICE as ANNOTATION
+    from kiln_dataset.service import SERVICE as DATASET
 
     async with AsyncExitStack() as stack:
         dataset = await stack.enter_async_context(running_service(DATASET, service_settings))

@@ -52,9 +52,9 @@ async def stack(
     unique: str,
     triton_url: str,  # noqa: F811
 ) -> AsyncIterator[dict[str, Any]]:
-    from kiln_annotation import SERVICE as ANNOTATION
-    from kiln_dataset import SERVICE as DATASET
-    from kiln_serving import SERVICE as SERVING
+    from kiln_annotation.service import SERVICE as ANNOTATION
+    from kiln_dataset.service import SERVICE as DATASET
+    from kiln_serving.service import SERVICE as SERVING
 
     port = free_port()
     settings = stack_settings(request, unique, triton_url).model_copy(

@@ -55,7 +55,7 @@ def service_settings(request: pytest.FixtureRequest, tmp_path: Path, unique: str
 async def dataset_service(
     service_settings: Settings,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, ServiceRuntime]]:
-    from kiln_dataset import SERVICE
+    from kiln_dataset.service import SERVICE
 
     async with running_service(SERVICE, service_settings) as pair:
         yield pair

@@ -17,9 +17,9 @@ from kiln_core.manifest import ManifestItem
 from kiln_core.service import ServiceRuntime
 from kiln_core.settings import Settings
 from kiln_core.storage import blob_key
-from kiln_dataset import SERVICE
 from kiln_dataset.lifecycle import delete_version, purge, store_blobs
 from kiln_dataset.models import Dataset, DatasetVersion, VersionBlob
+from kiln_dataset.service import SERVICE
 from kiln_dataset.versions import create_version
 
 POOL = [f"blob-{i}".encode() for i in range(8)]

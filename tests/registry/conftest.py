@@ -196,7 +196,7 @@ def service_settings(request: pytest.FixtureRequest, tmp_path: Path, unique: str
 
 @pytest.fixture
 async def registry_service(service_settings: Settings) -> AsyncIterator[Service]:
-    from kiln_registry import SERVICE
+    from kiln_registry.service import SERVICE
 
     async with running_service(SERVICE, service_settings) as pair:
         yield pair

@@ -203,7 +203,7 @@ async def drop_schema(settings: Settings) -> None:
 
 @asynccontextmanager
 async def serving(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, ServiceRuntime]]:
-    from kiln_serving import SERVICE
+    from kiln_serving.service import SERVICE
 
     async with running_service(SERVICE, settings) as pair:
         yield pair

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from kiln_core.db import utcnow
 from kiln_core.errors import BadRequest
 from kiln_serving import canary
-from kiln_serving.model_repository import InputShape
+from kiln_serving.model_repository import PREPROCESSING_FILE, PREPROCESSING_SOURCE, InputShape
 from kiln_serving.models import EndpointConfig, EndpointCreate
 from kiln_serving.predict import parse_inputs
 from kiln_serving.traffic import Outcomes, Route, RoutingTable, ServingVersion
@@ -228,19 +228,31 @@ def backend(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     return module
 
 
-def test_image_preprocessing_resizes_normalises_and_is_chw(backend: types.ModuleType) -> None:
+def _model_folder(tmp_path: Path) -> Path:
+    """A model version's folder as serving ships it: the backend loads preprocessing from it."""
+    folder = tmp_path / "1"
+    folder.mkdir()
+    (folder / PREPROCESSING_FILE).write_bytes(PREPROCESSING_SOURCE)
+    return folder
+
+
+def test_image_preprocessing_resizes_normalises_and_is_chw(
+    backend: types.ModuleType, tmp_path: Path
+) -> None:
+    shipped = backend.load_preprocessing(str(_model_folder(tmp_path)))
     buf = io.BytesIO()
     Image.new("RGB", (40, 30), (255, 0, 0)).save(buf, format="PNG")
-    spec = {"size": [8, 6], "mode": "RGB", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
-    x = backend.preprocess_image(buf.getvalue(), spec)
+    spec = {"kind": "image", "size": [8, 6], "mode": "RGB", "mean": [0.5] * 3, "std": [0.5] * 3}
+    x = shipped.preprocess(spec, buf.getvalue())
     assert x.shape == (3, 8, 6) and x.dtype == np.float32
     assert np.allclose(x[0], 1.0) and np.allclose(x[1], -1.0)
-    grey = backend.preprocess_image(buf.getvalue(), {"size": [4, 4], "mode": "L"})
+    grey = shipped.preprocess({"kind": "image", "size": [4, 4], "mode": "L"}, buf.getvalue())
     assert grey.shape == (1, 4, 4)
 
 
-def test_text_tokens_hash_with_crc32(backend: types.ModuleType) -> None:
-    ids = backend.text_ids("Hello  world", {"buckets": 1000})
+def test_text_tokens_hash_with_crc32(backend: types.ModuleType, tmp_path: Path) -> None:
+    shipped = backend.load_preprocessing(str(_model_folder(tmp_path)))
+    ids = shipped.tokenize("Hello  world", 1000)
     assert ids.tolist() == [zlib.crc32(b"hello") % 1000, zlib.crc32(b"world") % 1000]
 
 
@@ -249,8 +261,7 @@ def test_a_failing_input_fails_only_its_own_request(
 ) -> None:
     import json
 
-    folder = tmp_path / "1"
-    folder.mkdir()
+    folder = _model_folder(tmp_path)
     (folder / "model.pt").write_bytes(torchscript(favour=1, fail_above=0.5))
     meta = {
         "input_name": "features",
@@ -283,8 +294,7 @@ def test_text_requests_are_tokenised_and_right_padded_into_one_batch(
 ) -> None:
     import json
 
-    folder = tmp_path / "1"
-    folder.mkdir()
+    folder = _model_folder(tmp_path)
     torch.jit.save(torch.jit.script(_TextNet()), str(folder / "model.pt"))
     meta = {
         "input_name": "text",

@@ -75,8 +75,8 @@ async def drop_schemas(settings: Settings, *services: str) -> None:
 async def services(service_settings: Settings) -> AsyncIterator[tuple[Service, Service]]:
     """(training, dataset), each an httpx client and its runtime."""
     async with AsyncExitStack() as stack:
-        from kiln_dataset import SERVICE as DATASET
-        from kiln_training import SERVICE as TRAINING
+        from kiln_dataset.service import SERVICE as DATASET
+        from kiln_training.service import SERVICE as TRAINING
 
         dataset = await stack.enter_async_context(running_service(DATASET, service_settings))
         training = await stack.enter_async_context(running_service(TRAINING, service_settings))

@@ -11,9 +11,9 @@ import pytest
 
 from kiln_core.service import ServiceRuntime
 from kiln_core.settings import Settings
-from kiln_training import SERVICE
 from kiln_training.executor import register_worker
 from kiln_training.models import Team
+from kiln_training.service import SERVICE
 from kiln_training.wake import Wake, channel, register, unregister
 from tests.training.conftest import (
     drop_schemas,

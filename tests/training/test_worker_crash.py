@@ -56,8 +56,8 @@ async def stack_services(
     # The scheduler forgets a silent worker's capacity quickly.
     monkeypatch.setenv("KILN_TRAINING_WORKER_TTL_S", "2")
     async with AsyncExitStack() as stack:
-        from kiln_dataset import SERVICE as DATASET
-        from kiln_training import SERVICE as TRAINING
+        from kiln_dataset.service import SERVICE as DATASET
+        from kiln_training.service import SERVICE as TRAINING
 
         dataset = await stack.enter_async_context(running_service(DATASET, redis_settings))
         training = await stack.enter_async_context(running_service(TRAINING, redis_settings))

@@ -12,7 +12,7 @@ from kiln_core.auth import issue_token
 from kiln_core.http import create_app
 from kiln_core.service import ServiceRuntime
 from kiln_core.settings import Settings
-from kiln_dataset import SERVICE
+from kiln_dataset.service import SERVICE
 
 
 @pytest.fixture

@@ -43,7 +43,13 @@ import numpy as np
 import typer
 
 from kiln_cli.gateway import Gateway
+from kiln_cli.services import DEFAULT_PORTS, load_spec
+from kiln_core.auth import issue_token
 from kiln_core.events import SERVICES
+from kiln_core.http import create_app
+from kiln_core.service import ServiceRuntime
+from kiln_core.settings import Settings, get_settings, state_dir
+from kiln_core.telemetry import EVENTS_PUBLISHED
 
 T = TypeVar("T")
 
@@ -111,7 +117,6 @@ class Kiln:
         self.requests = 0
 
     def headers(self, who: str, *roles: str) -> dict[str, str]:
-        from kiln_core.auth import issue_token
 
         return {"authorization": f"Bearer {issue_token(who, list(roles), self.settings)}"}
 
@@ -163,10 +168,6 @@ async def embedded_services(
     out_dir: Path,
 ) -> AsyncIterator[tuple[dict[str, httpx.AsyncClient], Any]]:
     """Every service in this process, each with its API (lifespan included) and event loop."""
-    from kiln_cli.services import load_spec
-    from kiln_core.http import create_app
-    from kiln_core.service import ServiceRuntime
-    from kiln_core.settings import Settings
 
     settings = Settings(
         database_url=f"sqlite+aiosqlite:///{out_dir}/data/{{service}}.db",
@@ -198,7 +199,6 @@ async def embedded_services(
 @asynccontextmanager
 async def stack_services() -> AsyncIterator[tuple[dict[str, httpx.AsyncClient], Any]]:
     """The services of the local stack (``kiln up``) over HTTP, through its gateway."""
-    from kiln_core.settings import get_settings
 
     async with AsyncExitStack() as stack:
         clients = {
@@ -710,8 +710,6 @@ async def count_events(stack: str) -> int:
     """Events the services published: this process's counter on the embedded defaults, each
     API's ``/metrics`` on the local stack (the gateway does not expose them)."""
     if stack == "embedded":
-        from kiln_core.telemetry import EVENTS_PUBLISHED
-
         return int(
             sum(
                 s.value
@@ -720,7 +718,6 @@ async def count_events(stack: str) -> int:
                 if s.name.endswith("_total")
             )
         )
-    from kiln_cli.services import DEFAULT_PORTS
 
     total = 0.0
     async with httpx.AsyncClient(timeout=10) as client:
@@ -814,7 +811,6 @@ async def run_demo(
 
 
 def default_out_dir() -> Path:
-    from kiln_core.settings import state_dir
 
     return state_dir() / "demo" / time.strftime("%Y%m%d-%H%M%S")
 

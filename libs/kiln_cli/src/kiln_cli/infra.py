@@ -23,20 +23,19 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
-import sysconfig
 import threading
 import time
-import tomllib
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from kiln_core.settings import is_workspace_root, kiln_home, state_dir
 
 if TYPE_CHECKING:
     from minio import Minio
@@ -104,34 +103,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("KILN_CACHE_DIR") or "~/.cache/kiln").expanduser().resolve()
 
 
-def _is_workspace_root(directory: Path) -> bool:
-    pyproject = directory / "pyproject.toml"
-    if not pyproject.is_file():
-        return False
-    try:
-        data = tomllib.loads(pyproject.read_text())
-    except (OSError, tomllib.TOMLDecodeError):
-        return False
-    return "workspace" in data.get("tool", {}).get("uv", {})
-
-
 def repo_root() -> Path:
-    if home := os.environ.get("KILN_HOME"):
-        return Path(home).expanduser().resolve()
-    # Walk up from cwd first (the usual case); fall back to this file's location so the commands
-    # also work when invoked from outside the checkout with the workspace's own interpreter.
-    for start in (Path.cwd().resolve(), Path(__file__).resolve().parent):
-        for candidate in (start, *start.parents):
-            if _is_workspace_root(candidate):
-                return candidate
+    """The checkout (see :func:`kiln_core.settings.kiln_home`); the infrastructure's tools
+    and state live in one, so running outside any is an error here."""
+    home = kiln_home()
+    if "KILN_HOME" in os.environ or is_workspace_root(home):
+        return home
     raise InfraError(
         "cannot find the Kiln repository root (a pyproject.toml with [tool.uv.workspace]) above "
         f"{Path.cwd()}; run from inside the checkout or set KILN_HOME"
     )
-
-
-def state_dir() -> Path:
-    return repo_root() / ".kiln"
 
 
 @dataclass(frozen=True)
@@ -1249,99 +1230,33 @@ class _Triton(_Component):
     marker = "tritonserver"
 
     @staticmethod
-    def _dist() -> tuple[Path, Path]:
-        """(pytriton's tritonserver dir, the wheel's bundled shared libraries dir)."""
-        spec = importlib.util.find_spec("pytriton")
-        if spec is None or spec.origin is None:
-            raise InfraError(
-                "triton: the nvidia-pytriton package is not installed in this Python environment "
-                f"({sys.prefix}); run `uv sync --frozen` in the repository"
-            )
-        package = Path(spec.origin).parent
-        return package / "tritonserver", package.parent / "nvidia_pytriton.libs"
+    def _launcher() -> Any:
+        # Serving owns how tritonserver is launched; loaded by name so that no other command
+        # depends on the serving service (its module needs only the standard library).
+        return importlib.import_module("kiln_serving.launcher")
 
     @property
     def backends(self) -> Path:
         return self.base / "backends"
 
-    def _stub(self, dist: Path) -> Path:
-        version = f"{sys.version_info.major}.{sys.version_info.minor}"
-        return dist / "python_backend_stubs" / version / "triton_python_backend_stub"
-
     def install(self, echo: Echo) -> None:
-        dist, libs = self._dist()
-        stub = self._stub(dist)
-        backend = dist / "backends" / "python"
-        sources = {
-            backend / "libtriton_python.so": "libtriton_python.so",
-            backend / "triton_python_backend_utils.py": "triton_python_backend_utils.py",
-            # The Python backend runs models in this stub, which embeds libpython: it must match
-            # the interpreter whose packages (numpy, kiln) the models import.
-            stub: "triton_python_backend_stub",
-        }
-        for source in (dist / "bin" / "tritonserver", libs, *sources):
-            if not source.exists():
-                raise InfraError(
-                    f"triton: {source} is missing from the nvidia-pytriton wheel "
-                    f"(reinstall it with `uv sync --frozen --reinstall-package "
-                    f"nvidia-pytriton`)"
-                )
-        if not (Path(sys.executable).parent / "python3").exists():
-            raise InfraError(
-                f"triton: {Path(sys.executable).parent} has no `python3`; the Python backend "
-                "stub finds its environment through it (run kiln from the project's .venv)"
-            )
-        if importlib.util.find_spec("numpy") is None:
-            raise InfraError(
-                "triton: numpy must be installed in the environment: Python-backend "
-                "models get their tensors as numpy arrays"
-            )
-        # Copies rather than symlinks: the backend resolves the stub next to its own .so, and a
-        # copy keeps working if the venv is rebuilt under a running server.
-        target = self.backends / "python"
-        target.mkdir(parents=True, exist_ok=True)
-        for source, name in sources.items():
-            dest = target / name
-            stat = source.stat()
-            if dest.exists() and (dest.stat().st_size, int(dest.stat().st_mtime)) == (
-                stat.st_size,
-                int(stat.st_mtime),
-            ):
-                continue
-            shutil.copy2(source, dest.with_suffix(dest.suffix + ".tmp"))
-            dest.with_suffix(dest.suffix + ".tmp").replace(dest)
-
-    def server_env(self) -> dict[str, str]:
-        _, libs = self._dist()
-        env = dict(os.environ)
-        # tritonserver's own libraries ship in the wheel; the stub links libpython3.11.so.1.0 and
-        # must load the one of *this* interpreter (pyenv), not whatever /usr/lib has, or stdlib
-        # and compiled extensions (numpy) come from different Python builds.
-        lib_dirs = [str(libs)]
-        py_libdir = sysconfig.get_config_var("LIBDIR")
-        py_soname = sysconfig.get_config_var("INSTSONAME")
-        if py_libdir and py_soname and (Path(py_libdir) / py_soname).is_file():
-            lib_dirs.insert(0, py_libdir)
-        if env.get("LD_LIBRARY_PATH"):
-            lib_dirs.append(env["LD_LIBRARY_PATH"])
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(lib_dirs)
-        # The stub's embedded interpreter ignores PYTHONPATH (checked: it never reaches its
-        # sys.path) and locates its prefix by looking `python3` up on PATH. Putting
-        # this interpreter's bin dir first makes it resolve the venv itself (pyvenv.cfg and the
-        # .pth files of the editable kiln packages), so models import numpy and kiln like we do.
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-        env.pop("PYTHONHOME", None)  # defensively: a stray one would pick another stdlib
-        # CPU only: there is no GPU on these boxes and CUDA probing only adds noise to the log.
-        env.setdefault("CUDA_VISIBLE_DEVICES", "")
-        return env
+        launcher = self._launcher()
+        try:
+            launcher.install_backends(self.backends)
+        except launcher.TritonNotInstalled as exc:
+            raise InfraError(str(exc)) from None
 
     def start(self, echo: Echo) -> subprocess.Popen[bytes] | None:
-        dist, _ = self._dist()
+        launcher = self._launcher()
+        try:
+            binary, env = launcher.server_binary(), launcher.server_env()
+        except launcher.TritonNotInstalled as exc:
+            raise InfraError(str(exc)) from None
         models = self.base / "models"
         models.mkdir(parents=True, exist_ok=True)
         return _spawn(
             [
-                str(dist / "bin" / "tritonserver"),
+                str(binary),
                 f"--model-repository={models}",
                 "--model-control-mode=explicit",  # models arrive via load_model, not the disk
                 # Ready means the server answers: one model that failed to load (a test's bad
@@ -1367,7 +1282,7 @@ class _Triton(_Component):
             ],
             log=self.log,
             pid_file=self.pid_file,
-            env=self.server_env(),
+            env=env,
             cwd=self.base,
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
 import signal
@@ -25,18 +26,31 @@ app.add_typer(events_app, name="events")
 
 from kiln_cli.infra import infra_app  # noqa: E402
 from kiln_cli.stack import stack_app  # noqa: E402
-from kiln_training.simulate import scheduler_app  # noqa: E402
 
 app.add_typer(infra_app, name="infra", help="Install, start and check the local infrastructure.")
 app.add_typer(stack_app, name="stack", help="Run every service as its own processes.")
-app.add_typer(scheduler_app, name="scheduler", help="Fair-share (DRF) scheduler tools.")
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def scheduler(ctx: typer.Context) -> None:
+    """Fair-share (DRF) scheduler tools (``kiln scheduler --help``)."""
+    # Loaded by name when used, so no other command pulls in the training service.
+    tools = importlib.import_module("kiln_training.simulate").scheduler_app
+    tools(args=ctx.args, prog_name="kiln scheduler")
+
 
 ServiceArg = Annotated[str, typer.Argument(help=f"one of: {', '.join(SERVICES)}")]
 
 
 def _setup(service: str) -> None:
-    from kiln_core.settings import get_settings
-    from kiln_core.telemetry import setup_logging, setup_tracing
+    from kiln_core.settings import get_settings  # heavy: loaded by the command that uses it
+    from kiln_core.telemetry import (  # heavy: loaded by the command that uses it
+        setup_logging,
+        setup_tracing,
+    )
 
     settings = get_settings()
     setup_logging(service, settings.log_level, settings.log_json)
@@ -44,8 +58,8 @@ def _setup(service: str) -> None:
 
 
 def _runtime(service: str):  # type: ignore[no-untyped-def]
-    from kiln_cli.services import load_spec
-    from kiln_core.service import ServiceRuntime
+    from kiln_cli.services import load_spec  # heavy: loaded by the command that uses it
+    from kiln_core.service import ServiceRuntime  # heavy: loaded by the command that uses it
 
     try:
         spec = load_spec(service)
@@ -63,8 +77,8 @@ def serve(
     """Run a service's HTTP API (it migrates its schema first and relays its outbox)."""
     import uvicorn
 
-    from kiln_cli.services import DEFAULT_PORTS
-    from kiln_core.http import create_app
+    from kiln_cli.services import DEFAULT_PORTS  # heavy: loaded by the command that uses it
+    from kiln_core.http import create_app  # heavy: loaded by the command that uses it
 
     runtime = _runtime(service)
     _setup(service)
@@ -113,10 +127,11 @@ def worker(
     """Run a service's Celery worker for its long work (imports, training runs, …)."""
     runtime = _runtime(service)
     _setup(service)
-    if runtime.spec.celery is None:
+    if runtime.jobs is None:
         typer.echo(f"the {service} service has no long work to run", err=True)
         raise typer.Exit(2)
-    runtime.spec.celery.worker_main(
+    # The app is bound to this runtime's settings: each task builds its runtime from them.
+    runtime.jobs.app.worker_main(
         ["worker", "-Q", service, "--pool", "threads", "-c", str(concurrency), "-l", "INFO"]
     )
 
@@ -148,13 +163,18 @@ def demo(
 ) -> None:
     """The main job: the closed loop (data → labels → model → serving → flagged → retrained
     canary) on scikit-learn's handwritten digits."""
-    from kiln_cli.demo import DemoFailed, default_out_dir, run_demo, with_out_env
+    from kiln_cli.demo import (  # heavy: loaded by the command that uses it
+        DemoFailed,
+        default_out_dir,
+        run_demo,
+        with_out_env,
+    )
 
     if stack not in ("embedded", "local"):
         raise typer.BadParameter("--stack is embedded or local")
     out_dir = (out or default_out_dir()).resolve()
     with_out_env(out_dir)
-    from kiln_core.telemetry import setup_tracing
+    from kiln_core.telemetry import setup_tracing  # heavy: loaded by the command that uses it
 
     setup_tracing("demo", f"file:{out_dir / 'traces.jsonl'}")
     _setup("demo")
@@ -180,8 +200,8 @@ def gateway(
     """The local stack's API gateway: /api/<service>/… to each service's API."""
     import uvicorn
 
-    from kiln_cli.gateway import Gateway
-    from kiln_cli.services import DEFAULT_PORTS
+    from kiln_cli.gateway import Gateway  # heavy: loaded by the command that uses it
+    from kiln_cli.services import DEFAULT_PORTS  # heavy: loaded by the command that uses it
 
     _setup("gateway")
     targets = {name: f"http://127.0.0.1:{p}" for name, p in DEFAULT_PORTS.items()}
@@ -192,7 +212,7 @@ def gateway(
 def up(wait: float = typer.Option(90.0, help="seconds to wait for every API")) -> None:
     """The local real stack in one command: infrastructure, every service's API, event and
     worker processes, and the gateway on :8100 (same as `kiln stack up`)."""
-    from kiln_cli.stack import stack_up
+    from kiln_cli.stack import stack_up  # heavy: loaded by the command that uses it
 
     stack_up(wait)
 
@@ -200,7 +220,7 @@ def up(wait: float = typer.Option(90.0, help="seconds to wait for every API")) -
 @app.command()
 def down() -> None:
     """Stop what `kiln up` started (the infrastructure keeps running: `kiln infra down`)."""
-    from kiln_cli.stack import stack_down
+    from kiln_cli.stack import stack_down  # heavy: loaded by the command that uses it
 
     stack_down()
 
@@ -212,7 +232,7 @@ def token(
     ttl: int = typer.Option(3600, help="seconds the token is valid"),
 ) -> None:
     """Mint a bearer token signed with KILN_JWT_SECRET (for local use and tests)."""
-    from kiln_core.auth import issue_token
+    from kiln_core.auth import issue_token  # heavy: loaded by the command that uses it
 
     try:
         typer.echo(issue_token(subject, role, ttl_s=ttl))
@@ -227,9 +247,9 @@ def events_replay(
     event_id: str = typer.Option(None, help="only this event id"),
 ) -> None:
     """Re-feed dead-lettered events of TOPIC (from TOPIC.dlq) to TOPIC."""
-    from kiln_core.bus import open_bus
-    from kiln_core.inbox import replay_dead_letters
-    from kiln_core.settings import get_settings
+    from kiln_core.bus import open_bus  # heavy: loaded by the command that uses it
+    from kiln_core.inbox import replay_dead_letters  # heavy: loaded by the command that uses it
+    from kiln_core.settings import get_settings  # heavy: loaded by the command that uses it
 
     settings = get_settings()
 
@@ -257,7 +277,7 @@ def events_schemas(
     allow_breaking: bool = typer.Option(False, help="write even a backward-incompatible change"),
 ) -> None:
     """Export every event type as JSON Schema plus one AsyncAPI 3.0 document."""
-    from kiln_cli.schemas import write_or_check
+    from kiln_cli.schemas import write_or_check  # heavy: loaded by the command that uses it
 
     problems = write_or_check(out, check=check, allow_breaking=allow_breaking)
     for p in problems:
@@ -270,7 +290,11 @@ def events_schemas(
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def test(ctx: typer.Context) -> None:
     """Install and start the local infrastructure, then run the whole test suite."""
-    from kiln_cli.infra import InfraError, local_stack_env, up
+    from kiln_cli.infra import (  # heavy: loaded by the command that uses it
+        InfraError,
+        local_stack_env,
+        up,
+    )
 
     try:
         up()

@@ -19,6 +19,7 @@ DEFAULT_PORTS = {
 def load_spec(name: str) -> ServiceSpec:
     if name not in SERVICES:
         raise ValueError(f"unknown service {name!r}; one of: {', '.join(SERVICES)}")
-    module = importlib.import_module(f"kiln_{name}")
+    # Loaded by name: the command depends on no service package.
+    module = importlib.import_module(f"kiln_{name}.service")
     spec: ServiceSpec = module.SERVICE
     return spec

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import httpx
 import typer
 
+from kiln_cli.infra import local_stack_env, up
 from kiln_cli.services import DEFAULT_PORTS, load_spec
 from kiln_core.events import SERVICES
 from kiln_core.settings import state_dir
@@ -44,7 +45,7 @@ def service_processes(ports: Mapping[str, int] = DEFAULT_PORTS) -> list[tuple[st
     for name in SERVICES:
         procs.append((f"{name}-api", ["serve", name, "--port", str(ports[name])]))
         procs.append((f"{name}-events", ["consume", name]))
-        if load_spec(name).celery is not None:
+        if load_spec(name).long_work is not None:
             procs.append((f"{name}-worker", ["worker", name]))
     return procs
 
@@ -56,8 +57,6 @@ def _processes() -> list[tuple[str, list[str]]]:
 @stack_app.command("up")
 def stack_up(wait: float = typer.Option(60.0, help="seconds to wait for /readyz")) -> None:
     """Start every service's API and event process against the local infrastructure."""
-    from kiln_cli.infra import local_stack_env, up
-
     up()
     env = {**os.environ, **local_stack_env()}
     for name, args in _processes():

@@ -112,3 +112,9 @@ def require_roles(*roles: str):  # type: ignore[no-untyped-def]
         return principal
 
     return Depends(check)
+
+
+# Everyone who signs in may read the catalogue of datasets, jobs and models.
+READERS = ("viewer", "data-engineer", "ml-engineer", "annotator", "reviewer", "admin")
+Reader = Annotated[Principal, require_roles(*READERS)]
+Admin = Annotated[Principal, require_roles("admin")]

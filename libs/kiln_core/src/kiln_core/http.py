@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from kiln_core.db import MAX_PARAM_INT
 from kiln_core.errors import PROBLEM_BASE, KilnError, PayloadTooLarge, ValidationFailed
 from kiln_core.telemetry import HTTP_REQUESTS, HTTP_SECONDS, extract_context, tracer
 
@@ -48,6 +49,11 @@ class Page(BaseModel, Generic[T]):
     total: int
     limit: int
     offset: int
+
+
+# The paging parameters of every list endpoint.
+Limit = Annotated[int, Query(ge=1, le=500, description="page size")]
+Offset = Annotated[int, Query(ge=0, le=MAX_PARAM_INT, description="items to skip")]
 
 
 def problem_response(status: int, body: dict[str, Any]) -> JSONResponse:

@@ -9,7 +9,6 @@ backoff; events that can never succeed go to ``<topic>.dlq`` with the reason.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,6 +23,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlmodel import Field, SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from kiln_core.backoff import Backoff
 from kiln_core.bus import Bus, Consumer, OutgoingRecord, Record, dlq_topic
 from kiln_core.db import Database, utcnow
 from kiln_core.errors import EventRejected
@@ -207,7 +207,7 @@ class InboxConsumer:
         self, record: Record, envelope: CloudEvent, data: EventData, handler: EventHandler
     ) -> None:
         attempt = 0
-        backoff = self.backoff_initial_s
+        backoff = Backoff(self.backoff_initial_s, self.backoff_max_s)
         while True:
             attempt += 1
             started = time.perf_counter()
@@ -232,8 +232,7 @@ class InboxConsumer:
                         "error": repr(exc),
                     },
                 )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.backoff_max_s)
+                await backoff.sleep()
                 continue
             EVENT_HANDLE_SECONDS.labels(self.name).observe(time.perf_counter() - started)
             EVENTS_HANDLED.labels(self.name, "applied" if applied else "duplicate").inc()
@@ -299,18 +298,16 @@ class InboxConsumer:
     async def _start_when_reachable(self, stop: asyncio.Event) -> Consumer | None:
         """Start the consumer, retrying with backoff while the broker is unreachable, so a
         consumer process started during a broker outage waits for it instead of exiting."""
-        delay = max(0.5, self.backoff_initial_s)
+        backoff = Backoff(max(0.5, self.backoff_initial_s), max(5.0, self.backoff_max_s))
         while not stop.is_set():
             try:
                 return await self.start()
             except Exception as exc:  # noqa: BLE001 - retried until the broker answers
                 log.warning(
                     "event consumer cannot start yet; retrying",
-                    extra={"consumer": self.name, "error": str(exc), "retry_in_s": delay},
+                    extra={"consumer": self.name, "error": str(exc)},
                 )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-            delay = min(delay * 2, max(5.0, self.backoff_max_s))
+            await backoff.sleep(stop)
         return None
 
     async def run(self, stop: asyncio.Event) -> None:

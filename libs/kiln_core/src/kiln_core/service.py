@@ -18,6 +18,7 @@ from kiln_core.bus import Bus, open_bus
 from kiln_core.db import Database
 from kiln_core.events import CloudEvent, EventData, new_event
 from kiln_core.inbox import EventHandler, InboxConsumer
+from kiln_core.jobs import JobContext, JobQueue, LongWork
 from kiln_core.outbox import OutboxRelay, add_event
 from kiln_core.settings import Settings, get_settings
 from kiln_core.storage import ObjectStore, open_store
@@ -53,8 +54,8 @@ class ServiceSpec:
     handlers: dict[str, EventHandler] = field(default_factory=dict)
     # Extra long-running loops of the event process (schedulers, watchers), beside the inbox.
     workers: list[Callable[[ServiceRuntime, asyncio.Event], object]] = field(default_factory=list)
-    # The service's Celery app for long work, if it has any (see kiln_core.tasks).
-    celery: Any = None
+    # The service's long work on Celery, if it has any (see kiln_core.jobs).
+    long_work: LongWork | None = None
 
 
 def runtime_of(session: AsyncSession) -> ServiceRuntime:
@@ -96,7 +97,16 @@ class ServiceRuntime:
             backoff_max_s=s.consumer_backoff_max_s,
         )
         self.db.session_info["kiln_runtime"] = self
-        self._worker: Any = None
+        # Tasks build their own runtime (for their own event loop) from this process's settings.
+        self.jobs: JobQueue | None = (
+            JobQueue(
+                spec.name,
+                spec.long_work,
+                JobContext(self.settings, lambda: ServiceRuntime(spec, self.settings)),
+            )
+            if spec.long_work is not None
+            else None
+        )
         self._started = False
 
     @property
@@ -123,21 +133,16 @@ class ServiceRuntime:
         if not self._started:
             return
         self._started = False
-        if self._worker is not None:
-            await asyncio.to_thread(self._worker.stop)
+        if self.jobs is not None:
+            await asyncio.to_thread(self.jobs.stop)
         await self.bus.stop()
         await self.db.dispose()
 
-    def ensure_embedded_worker(self) -> None:
-        """On the embedded broker (``memory://``) run this service's Celery worker in-process,
-        started on first use so processes that never enqueue work never pay for it."""
-        from kiln_core.tasks import BackgroundWorker, is_embedded_broker
-
-        if self.spec.celery is None or not is_embedded_broker(self.spec.celery):
-            return
-        if self._worker is None:
-            self._worker = BackgroundWorker(self.spec.celery)
-        self._worker.start()
+    def enqueue(self, *args: Any, queue: str | None = None) -> None:
+        """Hand a job (its id, and what else the task takes) to the service's workers."""
+        if self.jobs is None:
+            raise RuntimeError(f"the {self.name} service has no long work")
+        self.jobs.enqueue(*args, queue=queue)
 
     async def emit(self, session: AsyncSession, data: EventData, subject: str) -> CloudEvent:
         """Stage an event in ``session``'s transaction (the relay wakes when it commits)."""

@@ -7,6 +7,8 @@ embedded://, ``KILN_STORAGE_URL`` s3:// or file://, ``KILN_TRITON_URL`` grpc:// 
 
 from __future__ import annotations
 
+import os
+import tomllib
 from functools import lru_cache
 from pathlib import Path
 
@@ -14,14 +16,34 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-def kiln_home() -> Path:
-    """The directory that holds ``.kiln/`` state: ``KILN_HOME`` or the current directory."""
-    import os
+def is_workspace_root(directory: Path) -> bool:
+    """Whether ``directory`` is a Kiln checkout's root (its pyproject.toml has a uv workspace)."""
+    pyproject = directory / "pyproject.toml"
+    if not pyproject.is_file():
+        return False
+    try:
+        data = tomllib.loads(pyproject.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+    return "workspace" in data.get("tool", {}).get("uv", {})
 
-    return Path(os.environ.get("KILN_HOME") or Path.cwd()).resolve()
+
+def kiln_home() -> Path:
+    """The directory that holds ``.kiln/`` state: ``KILN_HOME``, else the checkout the current
+    directory is in, else the checkout this code runs from (editable installs), else the
+    current directory (an installed service has no checkout)."""
+    if home := os.environ.get("KILN_HOME"):
+        return Path(home).expanduser().resolve()
+    cwd = Path.cwd().resolve()
+    for start in (cwd, Path(__file__).resolve().parent):
+        for candidate in (start, *start.parents):
+            if is_workspace_root(candidate):
+                return candidate
+    return cwd
 
 
 def state_dir() -> Path:
+    """Where Kiln keeps local state: the infrastructure, the embedded databases, demo runs."""
     return kiln_home() / ".kiln"
 
 

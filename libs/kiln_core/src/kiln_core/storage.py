@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from kiln_core.errors import PayloadTooLarge
+
 CHUNK = 1024 * 1024
 Source = bytes | BinaryIO | AsyncIterable[bytes] | Iterable[bytes]
 
@@ -61,8 +63,6 @@ class ObjectStore(ABC):
         already in memory, keep them there), so the caller can record the hash (e.g. protect
         it from a purge) before the bytes land."""
         if isinstance(source, bytes | bytearray) and len(source) <= SMALL_BLOB:
-            from kiln_core.errors import PayloadTooLarge
-
             if max_bytes is not None and len(source) > max_bytes:
                 raise PayloadTooLarge(f"object exceeds the limit of {max_bytes} bytes")
             data = bytes(source)
@@ -168,8 +168,6 @@ class ObjectNotFound(KeyError):
 
 async def _spool(source: Source, *, max_bytes: int | None = None) -> tuple[str, str, int]:
     """Copy ``source`` to a temporary file, hashing as it goes."""
-    from kiln_core.errors import PayloadTooLarge
-
     digest = hashlib.sha256()
     size = 0
     fd, path = tempfile.mkstemp(prefix="kiln-spool-")

@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+from kiln_core.backoff import Backoff
 from kiln_core.errors import KilnError
 from kiln_core.storage import ObjectStore, blob_key
 
@@ -93,7 +94,7 @@ class BlobCache:
         lock_fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o644)
         locked = False
         try:
-            delay = 0.005
+            backoff = Backoff(0.005, 0.1)
             while True:
                 try:
                     # POSIX record locks belong to a process, so a DataLoader worker forked while
@@ -108,8 +109,7 @@ class BlobCache:
                 # EDEADLK on blocking POSIX locks taken by several threads of two processes.
                 if self.contains(sha256):
                     return final
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.1)
+                await backoff.sleep()
             if self.contains(sha256):
                 return final
             size = await self._download(store, sha256, final)

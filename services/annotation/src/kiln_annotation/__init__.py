@@ -1,5 +1,5 @@
-"""The Kiln annotation service (see ``service.py`` for its parts)."""
+"""The Kiln annotation service.
 
-from kiln_annotation.service import SERVICE
-
-__all__ = ["SERVICE"]
+Its parts are listed in ``kiln_annotation.service``, which only entry points import, so importing
+any submodule loads neither the API nor Celery.
+"""

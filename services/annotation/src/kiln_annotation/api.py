@@ -12,8 +12,17 @@ from pydantic import Field as PydField
 from sqlalchemy import func
 from sqlmodel import col, select
 
-from kiln_annotation.label_schema import LabelSchema
-from kiln_annotation.models import AuditEntry, LabelsCommit, Project, Task, TaskStatus
+from kiln_annotation.label_schema import LabelSchema, validate_annotation
+from kiln_annotation.models import (
+    AuditEntry,
+    LabelsCommit,
+    PrelabelJob,
+    Project,
+    Task,
+    TaskStatus,
+)
+from kiln_annotation.performance import annotator_statistics
+from kiln_annotation.prelabel import acceptance
 from kiln_annotation.workflow import (
     commit_labels,
     create_tasks,
@@ -82,8 +91,6 @@ def task_public(task: Task) -> TaskPublic:
 @router.post("/projects", status_code=201)
 async def create_project(body: ProjectCreate, request: Request, who: Manager) -> dict[str, Any]:
     """A labelling project on a dataset, with the schema every annotation is checked against."""
-    from kiln_annotation.label_schema import LabelSchema
-
     try:
         schema = LabelSchema.model_validate(body.label_schema)
     except ValueError as exc:
@@ -307,9 +314,6 @@ async def start_prelabelling(
 ) -> dict[str, Any]:
     """Ask a served model for suggestions on every waiting task without any (Celery job;
     follow it at ``/v1/prelabel-jobs/{id}``)."""
-    from kiln_annotation.models import PrelabelJob
-    from kiln_annotation.prelabel import enqueue
-
     runtime = get_runtime(request)
     async with runtime.db.transaction() as session:
         project = await get_project(session, project_id)
@@ -320,14 +324,12 @@ async def start_prelabelling(
             )
         job = PrelabelJob(project_id=project_id, endpoint=endpoint, created_by=who.subject)
         session.add(job)
-    enqueue(runtime, job)
+    runtime.enqueue(job.id)
     return job.model_dump(mode="json")
 
 
 @router.get("/prelabel-jobs/{job_id}")
 async def get_prelabel_job(job_id: str, session: SessionDep, _who: Anyone) -> dict[str, Any]:
-    from kiln_annotation.models import PrelabelJob
-
     job = await session.get(PrelabelJob, job_id)
     if job is None:
         raise NotFound(f"no pre-labelling job {job_id!r}")
@@ -339,8 +341,6 @@ async def prelabel_acceptance(
     project_id: str, request: Request, session: SessionDep, _who: Anyone
 ) -> dict[str, Any]:
     """How often annotators kept the model's suggestions (latest submission per task)."""
-    from kiln_annotation.prelabel import acceptance
-
     await get_project(session, project_id)
     return await acceptance(get_runtime(request), project_id)
 
@@ -356,8 +356,6 @@ async def annotators(
 ) -> list[dict[str, Any]]:
     """Per annotator: throughput, acceptance rate, agreement with overlapping annotators, and
     accuracy on hidden gold tasks."""
-    from kiln_annotation.performance import annotator_statistics
-
     await get_project(session, project_id)
     return await annotator_statistics(session, project_id)
 
@@ -378,8 +376,6 @@ async def add_gold_tasks(
 ) -> dict[str, int]:
     """Hidden gold tasks: annotators see ordinary tasks; their answers are scored against the
     known labels and never committed."""
-    from kiln_annotation.label_schema import LabelSchema, validate_annotation
-
     runtime = get_runtime(request)
     async with runtime.db.transaction() as session:
         project = await get_project(session, project_id)

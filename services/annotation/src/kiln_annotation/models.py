@@ -10,6 +10,7 @@ from sqlalchemy import JSON, Boolean, Column, Integer, String, Text
 from sqlmodel import Field, SQLModel
 
 from kiln_core.db import UtcDateTime, new_id, utcnow
+from kiln_core.jobs import JobColumns
 
 
 class TaskStatus(StrEnum):
@@ -78,22 +79,21 @@ class ProjectItem(SQLModel, table=True):
     item_id: str = Field(sa_column=Column(String(500), primary_key=True))
 
 
-class PrelabelJob(SQLModel, table=True):
+class PrelabelJob(JobColumns, table=True):
     """Asking a served model for suggestions on a project's waiting tasks."""
 
     __tablename__ = "prelabel_jobs"
 
-    id: str = Field(default_factory=new_id, sa_column=Column(String(32), primary_key=True))
     project_id: str = Field(sa_column=Column(String(32), nullable=False, index=True))
     endpoint: str = Field(sa_column=Column(String(200), nullable=False))
-    status: str = Field(default="queued", sa_column=Column(String(20), nullable=False))
     done: int = Field(default=0, sa_column=Column(Integer, nullable=False))
     total: int = Field(default=0, sa_column=Column(Integer, nullable=False))
     failed_items: int = Field(default=0, sa_column=Column(Integer, nullable=False))
     error: str = Field(default="", sa_column=Column(Text, nullable=False))
-    created_by: str = Field(default="", sa_column=Column(String(200), nullable=False))
-    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
-    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+    def record_failure(self, problem: dict[str, Any]) -> None:
+        super().record_failure(problem)
+        self.error = str(problem["detail"])[:2000]
 
 
 class AuditEntry(SQLModel, table=True):

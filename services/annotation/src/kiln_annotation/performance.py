@@ -10,6 +10,7 @@ from pydantic import TypeAdapter
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from kiln_annotation.agreement import shape_agreement
 from kiln_annotation.models import AuditEntry, Task
 from kiln_core.db import aware
 from kiln_core.manifest import Label
@@ -19,8 +20,6 @@ _LABELS = TypeAdapter(list[Label])
 
 def label_agreement(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> float:
     """1.0 for the same classes; shape agreement (matched IoU) for drawn shapes."""
-    from kiln_annotation.agreement import shape_agreement
-
     left, right = _LABELS.validate_python(a), _LABELS.validate_python(b)
     if all(x.type == "class" for x in left + right):
         return 1.0 if sorted(x.label for x in left) == sorted(x.label for x in right) else 0.0

@@ -8,7 +8,6 @@ is counted at submission (:func:`kiln_annotation.workflow.prelabel_acceptance`).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 import time
@@ -20,16 +19,13 @@ from sqlmodel import col, select
 from kiln_annotation.models import AuditEntry, PrelabelJob, Project, Task, TaskStatus
 from kiln_core.auth import issue_token
 from kiln_core.db import utcnow
-from kiln_core.errors import DependencyUnavailable, KilnError, failure_problem
+from kiln_core.errors import DependencyUnavailable
+from kiln_core.jobs import LongWork, Progress, tracked_jobs
 from kiln_core.service import ServiceRuntime
-from kiln_core.settings import Settings
 from kiln_core.storage import blob_key
-from kiln_core.tasks import make_celery
 
 log = logging.getLogger(__name__)
 
-celery_app = make_celery("annotation")
-_process_settings: Settings | None = None
 BATCH = 16  # images per :predict call
 
 
@@ -47,98 +43,71 @@ def class_suggestion(label: Any, confidence: Any, source: str) -> dict[str, Any]
     }
 
 
-def enqueue(runtime: ServiceRuntime, job: PrelabelJob) -> None:
-    global _process_settings
-    _process_settings = runtime.settings
-    runtime.ensure_embedded_worker()
-    run_prelabel_task.apply_async(args=[job.id], queue="annotation")
-
-
-@celery_app.task(name="kiln.annotation.prelabel")
-def run_prelabel_task(job_id: str) -> None:
-    asyncio.run(run_prelabel(job_id))
-
-
-async def run_prelabel(job_id: str, settings: Settings | None = None) -> None:
-    """Run a pre-labelling job; a redelivered job only fills tasks still without
-    suggestions."""
-    from kiln_annotation.service import SERVICE
-
-    runtime = ServiceRuntime(SERVICE, settings or _process_settings)
-    try:
-        async with runtime.db.transaction() as session:
-            job = await session.get(PrelabelJob, job_id)
-            if job is None or job.status in ("succeeded", "failed"):
-                return
-            job.status, job.updated_at = "running", utcnow()
-            session.add(job)
-            tasks = (
-                await session.exec(
-                    select(Task)
-                    .where(
-                        Task.project_id == job.project_id,
-                        col(Task.status).in_([TaskStatus.queued, TaskStatus.leased]),
-                    )
-                    .order_by(col(Task.priority).desc(), col(Task.created_at))
+async def prelabel(runtime: ServiceRuntime, job: PrelabelJob, _progress: Progress) -> None:
+    """Run a pre-labelling job (claimed by :func:`kiln_core.jobs.run_job`); a redelivered job
+    only fills tasks still without suggestions."""
+    async with runtime.db.transaction() as session:
+        tasks = (
+            await session.exec(
+                select(Task)
+                .where(
+                    Task.project_id == job.project_id,
+                    col(Task.status).in_([TaskStatus.queued, TaskStatus.leased]),
                 )
-            ).all()
-            # Filtered here: an empty JSON column may be SQL NULL or JSON null.
-            tasks = [t for t in tasks if not t.prelabels]
-            job.total = sum(len(t.items) for t in tasks)
-            endpoint = job.endpoint
-        token = issue_token("svc:annotation", ["ml-engineer"], runtime.settings)
-        async with httpx.AsyncClient(
-            base_url=runtime.settings.serving_url,
-            headers={"authorization": f"Bearer {token}"},
-            timeout=60,
-        ) as client:
-            done = failed = 0
-            last = 0.0
-            for task in tasks:
-                suggestions, misses = await _suggest(runtime, client, endpoint, task.items)
-                failed += misses
-                done += len(task.items)
-                async with runtime.db.transaction() as session:
-                    row = await session.get(Task, task.id)
-                    # Only tasks nobody has labelled yet take suggestions.
-                    if row is not None and not row.prelabels and not row.labels:
-                        row.prelabels = suggestions or None
-                        row.updated_at = utcnow()
-                        session.add(row)
-                        if suggestions:
-                            session.add(
-                                AuditEntry(
-                                    task_id=row.id,
-                                    actor=f"model:{endpoint}",
-                                    action="prelabelled",
-                                    detail={"items": len(suggestions), "job_id": job_id},
-                                )
+                .order_by(col(Task.priority).desc(), col(Task.created_at))
+            )
+        ).all()
+        # Filtered here: an empty JSON column may be SQL NULL or JSON null.
+        tasks = [t for t in tasks if not t.prelabels]
+        claimed = await session.get(PrelabelJob, job.id)
+        if claimed is not None:
+            claimed.total = sum(len(t.items) for t in tasks)
+            session.add(claimed)
+    endpoint, job_id = job.endpoint, job.id
+    token = issue_token("svc:annotation", ["ml-engineer"], runtime.settings)
+    async with httpx.AsyncClient(
+        base_url=runtime.settings.serving_url,
+        headers={"authorization": f"Bearer {token}"},
+        timeout=60,
+    ) as client:
+        done = failed = 0
+        last = 0.0
+        for task in tasks:
+            suggestions, misses = await _suggest(runtime, client, endpoint, task.items)
+            failed += misses
+            done += len(task.items)
+            async with runtime.db.transaction() as session:
+                row = await session.get(Task, task.id)
+                # Only tasks nobody has labelled yet take suggestions.
+                if row is not None and not row.prelabels and not row.labels:
+                    row.prelabels = suggestions or None
+                    row.updated_at = utcnow()
+                    session.add(row)
+                    if suggestions:
+                        session.add(
+                            AuditEntry(
+                                task_id=row.id,
+                                actor=f"model:{endpoint}",
+                                action="prelabelled",
+                                detail={"items": len(suggestions), "job_id": job_id},
                             )
-                    if time.monotonic() - last > 0.25 or task is tasks[-1]:
-                        last = time.monotonic()
-                        progress = await session.get(PrelabelJob, job_id)
-                        if progress is not None:
-                            progress.done, progress.failed_items = done, failed
-                            progress.updated_at = utcnow()
-                            session.add(progress)
-        async with runtime.db.transaction() as session:
-            final = await session.get(PrelabelJob, job_id)
-            if final is not None:
-                final.status, final.done, final.failed_items = "succeeded", done, failed
-                final.updated_at = utcnow()
-                session.add(final)
-    except Exception as exc:  # noqa: BLE001 - recorded on the job, never lost
-        if not isinstance(exc, KilnError):
-            log.exception("pre-labelling failed", extra={"job_id": job_id})
-        async with runtime.db.transaction() as session:
-            failed_job = await session.get(PrelabelJob, job_id)
-            if failed_job is not None:
-                failed_job.status = "failed"
-                failed_job.error = str(failure_problem(exc)["detail"])[:2000]
-                failed_job.updated_at = utcnow()
-                session.add(failed_job)
-    finally:
-        await runtime.db.dispose()
+                        )
+                if time.monotonic() - last > 0.25 or task is tasks[-1]:
+                    last = time.monotonic()
+                    progress = await session.get(PrelabelJob, job_id)
+                    if progress is not None:
+                        progress.done, progress.failed_items = done, failed
+                        progress.updated_at = utcnow()
+                        session.add(progress)
+    async with runtime.db.transaction() as session:
+        final = await session.get(PrelabelJob, job_id)
+        if final is not None:
+            final.record_success({}, "")
+            final.done, final.failed_items = done, failed
+            session.add(final)
+
+
+LONG_WORK: LongWork = tracked_jobs("kiln.annotation.prelabel", "annotation", PrelabelJob, prelabel)
 
 
 async def _suggest(

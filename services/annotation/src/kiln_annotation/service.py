@@ -3,8 +3,9 @@ statistics and pre-labels."""
 
 from pathlib import Path
 
-from kiln_annotation import api, prelabel
+from kiln_annotation import api
 from kiln_annotation.handlers import HANDLERS
+from kiln_annotation.prelabel import LONG_WORK
 from kiln_annotation.workflow import sweep_uncommitted_versions
 from kiln_core.ping import ping_router
 from kiln_core.service import ServiceSpec
@@ -15,6 +16,6 @@ SERVICE = ServiceSpec(
     migrations=Path(__file__).parent / "migrations",
     routers=[ping_router("annotation"), api.router],
     handlers=HANDLERS,
-    celery=prelabel.celery_app,
+    long_work=LONG_WORK,
     workers=[sweep_uncommitted_versions],
 )

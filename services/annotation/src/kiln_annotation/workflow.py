@@ -9,16 +9,20 @@ import logging
 from datetime import timedelta
 from typing import Any
 
+from pydantic import TypeAdapter
 from sqlalchemy import and_, case, exists, func, or_
 from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from kiln_annotation.agreement import consensus
+from kiln_annotation.label_schema import AnnotationInvalid, LabelSchema, validate_annotation
 from kiln_annotation.models import AuditEntry, LabelsCommit, Project, Task, TaskStatus
+from kiln_annotation.performance import label_agreement
 from kiln_core.catalog import LabelsCommitted
 from kiln_core.db import aware, new_id, utcnow
 from kiln_core.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from kiln_core.manifest import ManifestItem
+from kiln_core.manifest import Label, ManifestItem
 from kiln_core.service import ServiceRuntime, every
 
 log = logging.getLogger(__name__)
@@ -39,8 +43,6 @@ def prelabel_acceptance(
 ) -> tuple[int, int]:
     """How many suggested items the annotator kept as suggested (same classes, or shapes
     matching at IoU 0.5 or better): ``(offered, accepted)``."""
-    from kiln_annotation.performance import label_agreement
-
     offered = accepted = 0
     for item_id, suggestion in (prelabels or {}).items():
         if item_id not in labels:
@@ -178,8 +180,6 @@ async def lease_next(runtime: ServiceRuntime, project_id: str, annotator: str) -
 
 def validate_labels(project: Project, task: Task, labels: dict[str, Any]) -> dict[str, Any]:
     """Check submitted labels item by item against the project's schema."""
-    from kiln_annotation.label_schema import AnnotationInvalid, LabelSchema, validate_annotation
-
     schema = LabelSchema.model_validate(project.label_schema)
     sizes = {i["item_id"]: (i.get("width") or 0, i.get("height") or 0) for i in task.items}
     unknown = sorted(set(labels) - set(sizes))
@@ -357,10 +357,6 @@ def merge_overlap(project: Project, versions: list[list[dict[str, Any]]]) -> lis
     """One label set per item: the only one, or the consensus of overlapping annotators."""
     if len(versions) == 1:
         return versions[0]
-    from pydantic import TypeAdapter
-
-    from kiln_annotation.agreement import consensus
-    from kiln_core.manifest import Label
 
     adapter = TypeAdapter(list[Label])
     result = consensus(

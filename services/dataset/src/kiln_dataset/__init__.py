@@ -1,5 +1,5 @@
-"""The Kiln dataset service (see ``service.py`` for its parts)."""
+"""The Kiln dataset service.
 
-from kiln_dataset.service import SERVICE
-
-__all__ = ["SERVICE"]
+Its parts are listed in ``kiln_dataset.service``, which only entry points import, so importing
+any submodule loads neither the API nor Celery.
+"""

@@ -18,6 +18,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.catalog import DatasetVersionDeleted
 from kiln_core.db import utcnow
+from kiln_core.jobs import JobStatus
 from kiln_core.service import ServiceRuntime
 from kiln_core.storage import SpooledBlob, blob_key
 from kiln_dataset.models import (
@@ -28,7 +29,6 @@ from kiln_dataset.models import (
     Draft,
     DraftItem,
     Job,
-    JobStatus,
     VersionBlob,
 )
 

@@ -22,6 +22,7 @@ from sqlmodel import Field, SQLModel
 
 from kiln_core.db import UtcDateTime, new_id, utcnow
 from kiln_core.http import Page  # noqa: F401 - the list shape every API shares
+from kiln_core.jobs import JobRecord
 from kiln_core.manifest import Category, TaskType
 
 
@@ -37,13 +38,6 @@ class Usability(StrEnum):
     validation = "validation"
     anomaly = "anomaly"
     custom = "custom"
-
-
-class JobStatus(StrEnum):
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
 
 
 # --- tables -------------------------------------------------------------------------------------
@@ -142,25 +136,18 @@ class DraftItem(SQLModel, table=True):
     record: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
 
 
-class Job(SQLModel, table=True):
+class Job(JobRecord, table=True):
     """Long work (imports, augmentation, quality, purge) and its progress."""
 
     __tablename__ = "jobs"
 
-    id: str = Field(default_factory=new_id, sa_column=Column(String(32), primary_key=True))
-    kind: str = Field(sa_column=Column(String(30), nullable=False))
     dataset_id: str | None = Field(default=None, sa_column=Column(String(32), index=True))
-    status: str = Field(default=JobStatus.queued, sa_column=Column(String(20), nullable=False))
     done: int = Field(default=0, sa_column=Column(Integer, nullable=False))
     total: int = Field(default=0, sa_column=Column(Integer, nullable=False))
-    message: str = Field(default="", sa_column=Column(Text, nullable=False))
-    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    result: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
-    attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False))
-    created_by: str = Field(default="", sa_column=Column(String(200), nullable=False))
-    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
-    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+    def record_progress(self, done: int, total: int, message: str) -> None:
+        super().record_progress(done, total, message)
+        self.done, self.total = done, total
 
 
 class FlaggedInput(SQLModel, table=True):

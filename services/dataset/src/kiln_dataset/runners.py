@@ -1,4 +1,10 @@
-"""Job runners: import, augmentation and quality (purge lives with the lifecycle)."""
+"""The dataset service's long work: one runner per job kind (import, augmentation, quality,
+purge), run by :func:`kiln_core.jobs.run_job`.
+
+The job row is the source of truth: a redelivered task (worker killed, acks late) finds the job
+``running`` and runs it again from the start — every step is idempotent (content-addressed
+blobs; the version and the job's success commit in one transaction).
+"""
 
 from __future__ import annotations
 
@@ -6,25 +12,44 @@ import asyncio
 import io
 import logging
 import tempfile
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from kiln_core.catalog import VersionLineage
-from kiln_core.errors import ValidationFailed
+from kiln_core.errors import KilnError, ValidationFailed
+from kiln_core.jobs import LongWork, Progress, tracked_jobs
 from kiln_core.manifest import Category, ManifestItem
 from kiln_core.service import ServiceRuntime
-from kiln_core.storage import SpooledBlob, blob_key
-from kiln_dataset.jobs import Progress, finish, runner
-from kiln_dataset.lifecycle import store_blobs
+from kiln_core.storage import ObjectNotFound, SpooledBlob, blob_key
+from kiln_dataset.archive import extract_archive
+from kiln_dataset.augment import Recipe, apply_recipe, item_seed
+from kiln_dataset.formats import UnknownFormat, import_dataset
+from kiln_dataset.lifecycle import purge, store_blobs
+from kiln_dataset.media import UnreadableImage, extension_matches, sniff, verify_image
 from kiln_dataset.models import Job
+from kiln_dataset.quality import QualityChecker
 from kiln_dataset.versions import create_version, get_version, latest_version, version_items
 
 log = logging.getLogger(__name__)
 
 MAX_PROBLEMS_KEPT = 1000
 STORE_BATCH = 64  # blobs recorded and written together during an import
+
+
+class JobFailed(KilnError):
+    status, type, title = 422, "job-failed", "The job failed"
+
+
+async def finish(session: Any, job: Job, result: dict[str, Any], message: str = "") -> None:
+    """Mark ``job`` succeeded inside the caller's transaction (with the work it produced)."""
+    row = await session.get(Job, job.id)
+    row.record_success(result, message)
+    row.done = row.total = max(row.total, row.done)
+    session.add(row)
 
 
 async def _download(runtime: ServiceRuntime, key: str, path: Path) -> None:
@@ -35,13 +60,10 @@ async def _download(runtime: ServiceRuntime, key: str, path: Path) -> None:
 
 def validate_archive(path: Path) -> None:
     """Extract into a throw-away directory to refuse unsafe archives before accepting them."""
-    from kiln_dataset.archive import extract_archive
-
     with tempfile.TemporaryDirectory(prefix="kiln-check-") as tmp:
         extract_archive(path, Path(tmp) / "x")
 
 
-@runner("import")
 async def run_import(runtime: ServiceRuntime, job: Job, progress: Progress) -> dict[str, Any]:
     try:
         return await _import(runtime, job, progress)
@@ -56,10 +78,6 @@ async def run_import(runtime: ServiceRuntime, job: Job, progress: Progress) -> d
 
 
 async def _import(runtime: ServiceRuntime, job: Job, progress: Progress) -> dict[str, Any]:
-    from kiln_dataset.archive import extract_archive
-    from kiln_dataset.formats import UnknownFormat, import_dataset
-    from kiln_dataset.media import UnreadableImage, extension_matches, sniff, verify_image
-
     params = job.params
     fmt = params.get("format") or "auto"
     problems: list[dict[str, str]] = []
@@ -177,10 +195,7 @@ def _encode(image: Image.Image, media_type: str) -> tuple[bytes, str]:
     return buf.getvalue(), "image/png"
 
 
-@runner("augmentation")
 async def run_augmentation(runtime: ServiceRuntime, job: Job, progress: Progress) -> dict[str, Any]:
-    from kiln_dataset.augment import Recipe, apply_recipe, item_seed
-
     recipe = Recipe.model_validate(job.params["recipe"])
     seed = int(job.params.get("seed", 0))
     async with runtime.db.session() as session:
@@ -239,10 +254,7 @@ async def run_augmentation(runtime: ServiceRuntime, job: Job, progress: Progress
     return outcome
 
 
-@runner("quality")
 async def run_quality(runtime: ServiceRuntime, job: Job, progress: Progress) -> dict[str, Any]:
-    from kiln_dataset.quality import QualityChecker
-
     async with runtime.db.session() as session:
         version = await get_version(session, job.dataset_id or "", int(job.params["version"]))
     items = await version_items(runtime.store, version)
@@ -265,9 +277,37 @@ async def run_quality(runtime: ServiceRuntime, job: Job, progress: Progress) -> 
 
 
 async def _read_or_empty(runtime: ServiceRuntime, sha: str) -> bytes:
-    from kiln_core.storage import ObjectNotFound
-
     try:
         return await runtime.store.read_bytes(blob_key(sha))
     except ObjectNotFound:
         return b""  # reported as unreadable by the checker
+
+
+async def run_purge(runtime: ServiceRuntime, job: Job, progress: Progress) -> dict[str, Any]:
+    result = await purge(
+        runtime,
+        grace=timedelta(minutes=int(job.params.get("grace_minutes", 60))),
+        progress=progress,
+    )
+    async with runtime.db.transaction() as session:
+        await finish(session, job, result, f"deleted {result['deleted_blobs']} blobs")
+    return result
+
+
+RUNNERS: dict[str, Callable[[ServiceRuntime, Job, Progress], Awaitable[dict[str, Any]]]] = {
+    "import": run_import,
+    "augmentation": run_augmentation,
+    "quality": run_quality,
+    "purge": run_purge,
+}
+
+
+async def run(runtime: ServiceRuntime, job: Job, progress: Progress) -> None:
+    """Run one job by its kind."""
+    work = RUNNERS.get(job.kind)
+    if work is None:
+        raise JobFailed(f"no runner for job kind {job.kind!r}")
+    await work(runtime, job, progress)
+
+
+LONG_WORK: LongWork = tracked_jobs("kiln.dataset.run_job", "dataset", Job, run)

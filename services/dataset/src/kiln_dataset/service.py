@@ -7,9 +7,10 @@ from pathlib import Path
 
 from kiln_core.ping import ping_router
 from kiln_core.service import ServiceSpec
-from kiln_dataset import api, jobs, runners  # noqa: F401 - runners register job kinds
+from kiln_dataset import api
 from kiln_dataset.active_learning import flush_flagged_inputs
 from kiln_dataset.handlers import HANDLERS
+from kiln_dataset.runners import LONG_WORK
 
 SERVICE = ServiceSpec(
     name="dataset",
@@ -18,5 +19,5 @@ SERVICE = ServiceSpec(
     routers=[ping_router("dataset"), api.router],
     handlers=HANDLERS,
     workers=[flush_flagged_inputs],
-    celery=jobs.celery_app,
+    long_work=LONG_WORK,
 )

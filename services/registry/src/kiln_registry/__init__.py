@@ -1,5 +1,5 @@
-"""The Kiln registry service (see ``service.py`` for its parts)."""
+"""The Kiln registry service.
 
-from kiln_registry.service import SERVICE
-
-__all__ = ["SERVICE"]
+Its parts are listed in ``kiln_registry.service``, which only entry points import, so importing
+any submodule loads neither the API nor Celery.
+"""

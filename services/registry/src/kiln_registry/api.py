@@ -15,12 +15,12 @@ from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from kiln_core.auth import Principal, require_roles
+from kiln_core.auth import Admin, Principal, Reader, require_roles
 from kiln_core.catalog import ModelArtifact, ModelVersionLineage
 from kiln_core.db import MAX_PARAM_INT, utcnow
 from kiln_core.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
-from kiln_core.http import SessionDep, get_runtime
-from kiln_registry import jobs, torchscript
+from kiln_core.http import Limit, Offset, SessionDep, get_runtime
+from kiln_registry import torchscript
 from kiln_registry.models import (
     ALIAS_PATTERN,
     Accepted,
@@ -67,12 +67,7 @@ from kiln_registry.versions import (
 router = APIRouter(prefix="/v1", tags=["registry"])
 
 WRITERS = ("ml-engineer", "admin")
-READERS = ("viewer", "data-engineer", "ml-engineer", "annotator", "reviewer", "admin")
 Writer = Annotated[Principal, require_roles(*WRITERS)]
-Reader = Annotated[Principal, require_roles(*READERS)]
-Admin = Annotated[Principal, require_roles("admin")]
-Limit = Annotated[int, Query(ge=1, le=500, description="page size")]
-Offset = Annotated[int, Query(ge=0, le=MAX_PARAM_INT, description="items to skip")]
 ModelName = Annotated[str, Path(description="registered model name")]
 VersionNumber = Annotated[
     int, Path(ge=1, le=MAX_PARAM_INT, description="version number within the model")
@@ -667,7 +662,7 @@ async def compress_version(
         await log_operation(
             session, model, "compression.requested", who.subject, {"job_id": job.id}, row
         )
-    jobs.enqueue(runtime, job)
+    runtime.enqueue(job.id)
     return Accepted(job_id=job.id, status_url=f"/v1/jobs/{job.id}")
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from kiln_core.auth import Principal
 from kiln_core.catalog import ModelVersionLineage, TrainingJobSucceeded
 from kiln_core.errors import EventRejected, NotFound
 from kiln_core.events import CloudEvent
@@ -18,8 +19,15 @@ from kiln_core.ping import ping_handlers
 from kiln_core.service import runtime_of
 from kiln_core.storage import ObjectNotFound
 from kiln_registry import torchscript
-from kiln_registry.models import ModelVersion
-from kiln_registry.versions import create_model, get_model, register_version, store_artifact
+from kiln_registry.models import ModelVersion, PolicyBody, PromotionPolicy
+from kiln_registry.promotion import PromotionRefused, promote
+from kiln_registry.versions import (
+    create_model,
+    get_model,
+    log_operation,
+    register_version,
+    store_artifact,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +111,6 @@ async def auto_promote(
     """Continuous delivery: move the policy's ``auto_promote`` alias to a new trained version
     if it passes the gates. A refusal is logged, never an error: the version stays registered
     for a person to look at."""
-    from kiln_core.auth import Principal
-    from kiln_registry.models import PolicyBody, PromotionPolicy
-    from kiln_registry.promotion import PromotionRefused, promote
-    from kiln_registry.versions import log_operation
-
     row = await session.get(PromotionPolicy, model.id)
     policy = PolicyBody.model_validate(row.rules) if row else None
     if policy is None or not policy.auto_promote:

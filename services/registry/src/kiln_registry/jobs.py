@@ -12,66 +12,22 @@ import logging
 from typing import Any
 
 from kiln_core.catalog import ModelArtifact, ModelVersionLineage
-from kiln_core.db import utcnow
-from kiln_core.errors import KilnError, failure_problem
+from kiln_core.errors import KilnError
+from kiln_core.jobs import LongWork, Progress, tracked_jobs
 from kiln_core.service import ServiceRuntime
-from kiln_core.settings import Settings
-from kiln_core.tasks import make_celery
 from kiln_registry import torchscript
-from kiln_registry.models import Job, JobStatus, ModelVersion, RegisteredModel
+from kiln_registry.models import Job, ModelVersion, RegisteredModel
 from kiln_registry.versions import register_version, store_artifact
 
 log = logging.getLogger(__name__)
 
-celery_app = make_celery("registry")
-# Settings of the process that runs an in-process worker (embedded mode); else from the env.
-_process_settings: Settings | None = None
+
+async def compress_job(runtime: ServiceRuntime, job: Job, progress: Progress) -> None:
+    """The one kind of registry job, run by :func:`kiln_core.jobs.run_job`."""
+    await compress(runtime, job)
 
 
-def enqueue(runtime: ServiceRuntime, job: Job) -> None:
-    global _process_settings
-    _process_settings = runtime.settings
-    runtime.ensure_embedded_worker()
-    run_job_task.apply_async(args=[job.id], queue="registry")
-
-
-@celery_app.task(name="kiln.registry.run_job")
-def run_job_task(job_id: str) -> None:
-    asyncio.run(run_job(job_id))
-
-
-async def run_job(job_id: str, settings: Settings | None = None) -> None:
-    """Run job ``job_id`` to its end, recording success or the problem on the row."""
-    from kiln_registry.service import SERVICE
-
-    runtime = ServiceRuntime(SERVICE, settings or _process_settings)
-    try:
-        async with runtime.db.transaction() as session:
-            job = await session.get(Job, job_id)
-            if job is None:
-                log.warning("job vanished", extra={"job_id": job_id})
-                return
-            if job.status in (JobStatus.succeeded, JobStatus.failed):
-                return  # a duplicate delivery of finished work
-            job.status = JobStatus.running
-            job.attempts += 1
-            job.updated_at = utcnow()
-            session.add(job)
-        await compress(runtime, job)
-    except Exception as exc:  # noqa: BLE001 - recorded on the job, never lost
-        problem = failure_problem(exc)
-        if not isinstance(exc, KilnError):
-            log.exception("job failed", extra={"job_id": job_id})
-        async with runtime.db.transaction() as session:
-            row = await session.get(Job, job_id)
-            if row is not None and row.status != JobStatus.succeeded:
-                row.status = JobStatus.failed
-                row.error = problem
-                row.message = str(problem["detail"])
-                row.updated_at = utcnow()
-                session.add(row)
-    finally:
-        await runtime.db.dispose()
+LONG_WORK: LongWork = tracked_jobs("kiln.registry.run_job", "registry", Job, compress_job)
 
 
 async def compress(runtime: ServiceRuntime, job: Job) -> dict[str, Any]:
@@ -138,12 +94,10 @@ async def compress(runtime: ServiceRuntime, job: Job) -> dict[str, Any]:
         result = {**report, "version": version.number, "version_id": version.id}
         row = await session.get(Job, job.id)
         if row is not None:
-            row.status = JobStatus.succeeded
-            row.result = result
-            row.message = (
+            row.record_success(
+                result,
                 f"version {version.number}: {report['size_ratio']:.2f}x size, "
-                f"top-1 agreement {agreement['top1_agreement']:.3f}"
+                f"top-1 agreement {agreement['top1_agreement']:.3f}",
             )
-            row.updated_at = utcnow()
             session.add(row)
     return result

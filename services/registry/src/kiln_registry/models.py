@@ -15,6 +15,7 @@ from kiln_core.auth import Role
 from kiln_core.catalog import ModelArtifact, ModelSignature, Preprocessing
 from kiln_core.db import UtcDateTime, new_id, utcnow
 from kiln_core.http import Page  # noqa: F401 - the list shape every API shares
+from kiln_core.jobs import JobRecord
 
 NAME_PATTERN = r"^[A-Za-z0-9][\w.\-]*$"
 ALIAS_PATTERN = r"^[a-z][a-z0-9\-]{0,62}$"
@@ -26,13 +27,6 @@ class VersionStatus(StrEnum):
     staged = "staged"
     production = "production"
     archived = "archived"
-
-
-class JobStatus(StrEnum):
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
 
 
 def _ts(nullable: bool = False) -> Any:
@@ -126,24 +120,13 @@ class Operation(SQLModel, table=True):
     at: datetime = Field(default_factory=utcnow, sa_column=_ts())
 
 
-class Job(SQLModel, table=True):
+class Job(JobRecord, table=True):
     """Long work (compression) and its outcome; the row is the truth, not Celery."""
 
     __tablename__ = "registry_jobs"
 
-    id: str = Field(default_factory=new_id, sa_column=Column(String(32), primary_key=True))
-    kind: str = Field(sa_column=Column(String(30), nullable=False))
     model_id: str = Field(sa_column=Column(String(32), nullable=False, index=True))
     version_id: str = Field(sa_column=Column(String(32), nullable=False))
-    status: str = Field(default=JobStatus.queued, sa_column=Column(String(20), nullable=False))
-    message: str = Field(default="", sa_column=Column(Text, nullable=False))
-    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    result: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
-    attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False))
-    created_by: str = Field(default="", sa_column=Column(String(200), nullable=False))
-    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
-    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
 
 
 # --- API schemas --------------------------------------------------------------------------------

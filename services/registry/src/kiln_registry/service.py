@@ -7,8 +7,9 @@ from pathlib import Path
 
 from kiln_core.ping import ping_router
 from kiln_core.service import ServiceSpec
-from kiln_registry import api, jobs
+from kiln_registry import api
 from kiln_registry.handlers import HANDLERS
+from kiln_registry.jobs import LONG_WORK
 
 SERVICE = ServiceSpec(
     name="registry",
@@ -16,5 +17,5 @@ SERVICE = ServiceSpec(
     migrations=Path(__file__).parent / "migrations",
     routers=[ping_router("registry"), api.router],
     handlers=HANDLERS,
-    celery=jobs.celery_app,
+    long_work=LONG_WORK,
 )

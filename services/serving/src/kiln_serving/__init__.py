@@ -1,5 +1,5 @@
-"""The Kiln serving service (see ``service.py`` for its parts)."""
+"""The Kiln serving service.
 
-from kiln_serving.service import SERVICE
-
-__all__ = ["SERVICE"]
+Its parts are listed in ``kiln_serving.service``, which only entry points import, so importing
+any submodule loads neither the API nor Celery.
+"""

@@ -20,10 +20,20 @@ from kiln_core.catalog import DeploymentFailed, DeploymentReady, ModelArtifact
 from kiln_core.db import aware, utcnow
 from kiln_core.service import ServiceRuntime
 from kiln_core.storage import ObjectNotFound
+from kiln_core.wake import Wake
+from kiln_core.wake import register as register_wake
+from kiln_core.wake import unregister as unregister_wake
 from kiln_serving import canary
 from kiln_serving.model_repository import build_model, request_input, warmup_input
-from kiln_serving.models import Deployment, DeploymentState, Endpoint, EndpointConfig
+from kiln_serving.models import (
+    Deployment,
+    DeploymentState,
+    Endpoint,
+    EndpointConfig,
+    deployments_channel,
+)
 from kiln_serving.predictions import PredictionLog
+from kiln_serving.reconcile import reconcile
 from kiln_serving.traffic import RoutingTable
 from kiln_serving.triton import TritonGateway, TritonUnavailable
 
@@ -59,10 +69,15 @@ class Controller:
     # --- lifecycle -----------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Reconcile, then tick until ``stop``."""
-        from kiln_serving.reconcile import reconcile
-
+        """Reconcile, then tick until ``stop``: at once when a deployment is requested (a
+        promotion's handler wakes it, in this process or by NOTIFY from another), else every
+        ``TICK_S`` for what nothing announces (routes changed elsewhere, health, canaries)."""
         logger = asyncio.ensure_future(self.predictions.run(stop))
+        woken = Wake()
+        channel = deployments_channel(self.runtime.db.schema)
+        register_wake(channel, woken)
+        db = self.runtime.db
+        listener = await db.listen(channel, woken.set) if db.is_postgres else None
         try:
             await self._retry(lambda: reconcile(self, startup=True), stop)
             last = {"health": 0.0, "analysis": 0.0, "reconcile": time.monotonic()}
@@ -72,9 +87,11 @@ class Controller:
                     await self.tick(now, last)
                 except Exception:  # noqa: BLE001 - keep controlling; the next tick retries
                     log.exception("serving controller tick failed")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), TICK_S)
+                await woken.wait(stop, TICK_S)
         finally:
+            unregister_wake(channel, woken)
+            if listener is not None:
+                await listener.close()
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -91,8 +108,6 @@ class Controller:
                     await asyncio.wait_for(stop.wait(), 1.0)
 
     async def tick(self, now: float, last: dict[str, float]) -> None:
-        from kiln_serving.reconcile import reconcile
-
         # One autocommitted statement per tick (not BEGIN, two queries, ROLLBACK): it runs five
         # times a second in every API process, under load too.
         watch = union_all(

@@ -12,8 +12,16 @@ from kiln_core.db import aware, new_id
 from kiln_core.events import CloudEvent
 from kiln_core.inbox import EventHandler
 from kiln_core.ping import ping_handlers
+from kiln_core.service import runtime_of
+from kiln_core.wake import wake_on_commit
 from kiln_serving.model_repository import triton_model_name
-from kiln_serving.models import Deployment, DeploymentState, Endpoint, Promotion
+from kiln_serving.models import (
+    Deployment,
+    DeploymentState,
+    Endpoint,
+    Promotion,
+    deployments_channel,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +69,8 @@ async def request_deployment(session: AsyncSession, endpoint: Endpoint, p: Promo
             event_id=p.event_id,
         )
     )
+    # The controller deploys it as soon as this commits, not at its next poll.
+    await wake_on_commit(session, deployments_channel(runtime_of(session).db.schema))
     log.info(
         "deployment requested",
         extra={"endpoint": endpoint.name, "model": p.model_name, "version": p.version},

@@ -11,9 +11,13 @@ from typing import Any
 
 import numpy as np
 
+from kiln_core import preprocessing
 from kiln_core.catalog import ModelArtifact
 
 BACKEND_SOURCE = (Path(__file__).with_name("triton_backend.py")).read_bytes()
+# The one preprocessing definition (training builds its tensors with it), shipped with the model.
+PREPROCESSING_SOURCE = Path(preprocessing.__file__).read_bytes()
+PREPROCESSING_FILE = "kiln_preprocessing.py"  # the name triton_backend loads it by
 OUTPUT = "probabilities"
 
 
@@ -73,6 +77,7 @@ def build_model(
     }
     files = {
         "file:1/model.py": BACKEND_SOURCE,
+        f"file:1/{PREPROCESSING_FILE}": PREPROCESSING_SOURCE,
         "file:1/model.pt": model_bytes,
         "file:1/kiln.json": json.dumps(meta).encode(),
     }

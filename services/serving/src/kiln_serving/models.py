@@ -61,6 +61,11 @@ class Endpoint(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
 
 
+def deployments_channel(schema: str) -> str:
+    """Where a new pending deployment wakes the controllers of the service in ``schema``."""
+    return f"kiln_serving_deploy_{schema}"
+
+
 class Deployment(SQLModel, table=True):
     """One model version on one endpoint, with the artifact to (re)load it from."""
 

@@ -25,6 +25,8 @@ from tritonclient.grpc import InferInput, InferRequestedOutput, InferResult
 from tritonclient.grpc._utils import _get_inference_request
 from tritonclient.utils import InferenceServerException
 
+from kiln_core.settings import state_dir
+from kiln_serving import launcher
 from kiln_serving.model_repository import OUTPUT
 
 log = logging.getLogger(__name__)
@@ -208,21 +210,18 @@ class ManagedTriton:
 
     def start(self) -> None:
         """Spawn tritonserver (returns at once; wait with :meth:`wait_ready`)."""
-        from kiln_cli.infra import _Triton  # the launcher `kiln infra up` uses
-
-        launcher = _Triton()
-        launcher.install(lambda _msg: None)
-        dist, _ = launcher._dist()
+        backends = state_dir() / "triton" / "backends"  # shared with `kiln infra up`
+        launcher.install_backends(backends)
         repo = Path(self._dir) / "models"
         repo.mkdir(parents=True, exist_ok=True)
         log_file = open(Path(self._dir) / "triton.log", "ab")  # noqa: SIM115 - owned by the child
         try:
             self.proc = subprocess.Popen(
                 [
-                    str(dist / "bin" / "tritonserver"),
+                    str(launcher.server_binary()),
                     f"--model-repository={repo}",
                     "--model-control-mode=explicit",
-                    f"--backend-directory={launcher.backends}",
+                    f"--backend-directory={backends}",
                     "--http-address=127.0.0.1",
                     f"--http-port={self.http_port}",
                     "--grpc-address=127.0.0.1",

@@ -1,8 +1,9 @@
 """The Python-backend ``model.py`` every Kiln model runs as inside Triton (shipped as a file).
 
-It loads the TorchScript model, turns raw request inputs into the model's tensor exactly as
-training did (``kiln.json`` holds the preprocessing and signature) and answers class
-probabilities. It imports only numpy, Pillow and torch: it runs in Triton's stub process.
+It loads the TorchScript model, turns raw request inputs into the model's tensor with the
+preprocessing module training used (shipped beside it; ``kiln.json`` holds the model's
+preprocessing spec and signature) and answers class probabilities. It imports only numpy,
+Pillow and torch: it runs in Triton's stub process.
 
 torch is imported in ``initialize``, not at module level: Triton's Python backend imports this
 file twice per load (once in a throw-away stub that only asks for ``auto_complete_config``, once
@@ -11,10 +12,10 @@ in the instance's stub), and importing torch costs about two seconds each time.
 
 from __future__ import annotations
 
-import io
+import importlib.util
 import json
 import os
-import zlib
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,41 +24,20 @@ import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
 if TYPE_CHECKING:
     import torch
 
-
-def preprocess_image(data: bytes, spec: dict[str, Any]) -> np.ndarray:
-    """Decode, convert to ``mode``, resize to [h, w], scale to 0..1, normalise, CHW."""
-    from PIL import Image
-
-    h, w = spec["size"]
-    image = Image.open(io.BytesIO(data)).convert(spec.get("mode") or "RGB").resize((w, h))
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    if array.ndim == 2:
-        array = array[:, :, None]
-    array = array.transpose(2, 0, 1)
-    return _normalise(array, spec, axis=0)
+# Shipped beside this file by ``model_repository.build_model``.
+PREPROCESSING_FILE = "kiln_preprocessing.py"
 
 
-def preprocess_tabular(row: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
-    """Float features normalised by the training mean/std."""
-    return _normalise(row.astype(np.float32), spec, axis=-1)
-
-
-def text_ids(text: str, spec: dict[str, Any]) -> np.ndarray:
-    """Lower-case, split on whitespace, crc32 of each token modulo ``buckets``."""
-    buckets = int(spec.get("buckets") or 1)
-    tokens = text.lower().split() or [""]
-    return np.array([zlib.crc32(t.encode()) % buckets for t in tokens], dtype=np.int64)
-
-
-def _normalise(array: np.ndarray, spec: dict[str, Any], axis: int) -> np.ndarray:
-    mean, std = spec.get("mean"), spec.get("std")
-    if mean is None or std is None:
-        return array
-    shape = [1] * array.ndim
-    shape[axis] = -1
-    m = np.asarray(mean, dtype=np.float32).reshape(shape)
-    s = np.asarray(std, dtype=np.float32).reshape(shape)
-    return ((array - m) / s).astype(np.float32)
+def load_preprocessing(folder: str) -> ModuleType:
+    """The preprocessing shipped beside this file (``kiln_core.preprocessing``, the module
+    training built its tensors with), loaded from the model's own folder."""
+    path = os.path.join(folder, PREPROCESSING_FILE)
+    spec = importlib.util.spec_from_file_location("kiln_model_preprocessing", path)
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"no preprocessing module at {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class TritonPythonModel:
@@ -71,6 +51,7 @@ class TritonPythonModel:
         folder = os.path.join(args["model_repository"], args["model_version"])
         with open(os.path.join(folder, "kiln.json")) as f:
             meta = json.load(f)
+        self.preprocessing = load_preprocessing(folder)
         self.pre: dict[str, Any] = meta["preprocessing"]
         self.kind: str = self.pre["kind"]
         self.input_name: str = meta["input_name"]
@@ -80,11 +61,18 @@ class TritonPythonModel:
 
     def _features(self, request: Any) -> list[np.ndarray]:
         raw = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
+        pre = self.preprocessing
         if self.kind == "image":
-            return [preprocess_image(bytes(item.reshape(-1)[0]), self.pre) for item in raw]
+            return [pre.preprocess(self.pre, bytes(item.reshape(-1)[0])) for item in raw]
         if self.kind == "text":
-            return [text_ids(_text(item.reshape(-1)[0]), self.pre) for item in raw]
-        return [preprocess_tabular(row, self.pre) for row in raw]
+            # An empty text is one padding id (ignored by the model), so no row is empty.
+            ids = [
+                pre.tokenize(_text(item.reshape(-1)[0]), int(self.pre["buckets"])) for item in raw
+            ]
+            return [i if len(i) else np.zeros(1, dtype=np.int64) for i in ids]
+        mean, std = self.pre.get("mean"), self.pre.get("std")
+        rows = [row.astype(np.float32) for row in raw]
+        return rows if mean is None or std is None else [pre.normalize(r, mean, std) for r in rows]
 
     def _run(self, items: list[np.ndarray]) -> np.ndarray:
         with torch.inference_mode():

@@ -1,5 +1,5 @@
-"""The Kiln training service (see ``service.py`` for its parts)."""
+"""The Kiln training service.
 
-from kiln_training.service import SERVICE
-
-__all__ = ["SERVICE"]
+Its parts are listed in ``kiln_training.service``, which only entry points import, so importing
+any submodule loads neither the API nor Celery.
+"""

@@ -14,11 +14,11 @@ from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from kiln_core.auth import Principal, require_roles
-from kiln_core.db import MAX_PARAM_INT, utcnow
-from kiln_core.errors import Conflict, NotFound
-from kiln_core.http import SessionDep, get_runtime
-from kiln_training import lifecycle
+from kiln_core.auth import Admin, Principal, Reader, require_roles
+from kiln_core.db import utcnow
+from kiln_core.errors import Conflict, NotFound, ValidationFailed
+from kiln_core.http import Limit, Offset, SessionDep, get_runtime
+from kiln_training import lifecycle, search
 from kiln_training.executor import queue_view
 from kiln_training.models import (
     TERMINAL,
@@ -41,16 +41,12 @@ from kiln_training.models import (
     TriggerPublic,
     TriggerUpdate,
 )
+from kiln_training.templates import TEMPLATES, get_template
 
 router = APIRouter(prefix="/v1", tags=["training"])
 
 SUBMITTERS = ("ml-engineer", "admin")
-READERS = ("viewer", "data-engineer", "ml-engineer", "annotator", "reviewer", "admin")
 Submitter = Annotated[Principal, require_roles(*SUBMITTERS)]
-Reader = Annotated[Principal, require_roles(*READERS)]
-Admin = Annotated[Principal, require_roles("admin")]
-Limit = Annotated[int, Query(ge=1, le=500, description="page size")]
-Offset = Annotated[int, Query(ge=0, le=MAX_PARAM_INT, description="items to skip")]
 StatusFilter = Literal["queued", "running", "paused", "succeeded", "failed", "cancelled"]
 # How often the event stream looks for new progress.
 STREAM_POLL_S = 0.5
@@ -85,8 +81,6 @@ def _plain(value: Any) -> Any:
 async def list_templates(_who: Reader) -> dict[str, Any]:
     """The template catalogue: each template's task and its hyperparameters (types, ranges,
     defaults), which every submitted job is validated against."""
-    from kiln_training.templates import TEMPLATES
-
     entries = TEMPLATES.values() if isinstance(TEMPLATES, dict) else TEMPLATES
     return {"items": [_plain(t) for t in entries]}
 
@@ -94,8 +88,6 @@ async def list_templates(_who: Reader) -> dict[str, Any]:
 @router.get("/templates/{name}", tags=["templates"])
 async def get_template_entry(name: str, _who: Reader) -> dict[str, Any]:
     """One template of the catalogue."""
-    from kiln_training.templates import get_template
-
     return _plain(get_template(name))  # type: ignore[no-any-return]
 
 
@@ -180,8 +172,6 @@ async def delete_team(name: str, request: Request, _who: Admin) -> Response:
 
 async def _require_team(session: AsyncSession, name: str) -> None:
     if await session.get(Team, name) is None:
-        from kiln_core.errors import ValidationFailed
-
         raise ValidationFailed(f"team {name} does not exist; an admin creates it first")
 
 
@@ -382,11 +372,9 @@ async def job_events(job_id: str, request: Request, _who: Reader) -> StreamingRe
 async def create_search(body: SearchCreate, request: Request, who: Submitter) -> JobPublic:
     """Start a grid or random hyperparameter search: a parent job whose trials queue like any
     job; the parent ranks them by the target metric and names the best."""
-    from kiln_training.search import create_search as make
-
     async with get_runtime(request).db.transaction() as session:
         await _require_team(session, body.base.team)
-        parent, _trials = await make(session, body, who.subject)
+        parent, _trials = await search.create_search(session, body, who.subject)
     return job_public(parent)
 
 
@@ -424,9 +412,7 @@ def _trigger_public(trigger: Trigger) -> TriggerPublic:
 )
 async def create_trigger(body: TriggerCreate, request: Request, who: Submitter) -> TriggerPublic:
     """A rule: when a labelled version of ``dataset_id`` is created, submit ``job`` on it."""
-    from kiln_training.lifecycle import checked_params
-
-    checked_params(body.job.template, body.job.params)
+    lifecycle.checked_params(body.job.template, body.job.params)
     async with get_runtime(request).db.transaction() as session:
         await _require_team(session, body.job.team)
         trigger = Trigger(
@@ -473,9 +459,7 @@ async def update_trigger(
 ) -> TriggerPublic:
     """Rename, enable or disable a rule, or replace the job it submits."""
     if body.job is not None:
-        from kiln_training.lifecycle import checked_params
-
-        checked_params(body.job.template, body.job.params)
+        lifecycle.checked_params(body.job.template, body.job.params)
     async with get_runtime(request).db.transaction() as session:
         trigger = await _get_trigger(session, trigger_id)
         if body.name is not None:

@@ -32,8 +32,9 @@ import torch
 from kiln_core.catalog import Preprocessing
 from kiln_core.errors import KilnError
 from kiln_core.manifest import ClassLabel, ManifestItem
+from kiln_core.preprocessing import decode_image, normalize, parse_tabular, tokenize
 from kiln_data import VersionDataset, load_manifest
-from kiln_training.export import decode_image, normalize, pad_tokens, parse_tabular, tokenize
+from kiln_training.export import pad_tokens
 
 READ_CHUNK = 256
 

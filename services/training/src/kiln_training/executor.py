@@ -29,10 +29,13 @@ from kiln_training.lifecycle import (
     default_worker_id,
     lease_until,
     reclaim_expired,
+    register_worker,
     training_settings,
+    unregister_worker,
     worker_capacity,
 )
 from kiln_training.models import JobKind, JobStatus, Team, TrainingJob, Worker
+from kiln_training.tasks import warm_up_once
 from kiln_training.wake import QUIET, Wake, channel
 from kiln_training.wake import register as register_wake
 from kiln_training.wake import unregister as unregister_wake
@@ -139,8 +142,6 @@ async def schedule_once(
     runtime: ServiceRuntime, settings: TrainingSettings | None = None
 ) -> list[str]:
     """One scheduling round; returns the ids of the jobs it started."""
-    from kiln_training.tasks import dispatch
-
     settings = settings or training_settings()
     started: list[tuple[str, int, str]] = []
     async with runtime.db.transaction() as session:
@@ -169,7 +170,8 @@ async def schedule_once(
                 session.add(job)
                 started.append((job.id, job.attempts, pool))
     for job_id, attempt, pool in started:
-        dispatch(runtime, job_id, attempt, pool)
+        # To the pool's queue, where a worker's ``run_job`` claims it (see kiln_training.tasks).
+        runtime.enqueue(job_id, attempt, queue=f"training.{pool}")
     return [job_id for job_id, _, _ in started]
 
 
@@ -182,25 +184,6 @@ async def _any_queued(session: AsyncSession) -> bool:
     return found.first() is not None
 
 
-async def register_worker(
-    runtime: ServiceRuntime, worker_id: str, pool: str, capacity: dict[str, float]
-) -> None:
-    """Advertise (or refresh) a worker's pool and capacity."""
-    async with runtime.db.transaction() as session:
-        row = await session.get(Worker, worker_id)
-        if row is None:
-            row = Worker(id=worker_id, pool=pool, capacity=capacity)
-        row.pool, row.capacity, row.heartbeat_at = pool, capacity, utcnow()
-        session.add(row)
-
-
-async def unregister_worker(runtime: ServiceRuntime, worker_id: str) -> None:
-    async with runtime.db.transaction() as session:
-        row = await session.get(Worker, worker_id)
-        if row is not None:
-            await session.delete(row)
-
-
 async def scheduler_loop(runtime: ServiceRuntime, stop: asyncio.Event) -> None:
     """The service's scheduling loop (a ``ServiceSpec`` worker of the event process).
 
@@ -209,15 +192,12 @@ async def scheduler_loop(runtime: ServiceRuntime, stop: asyncio.Event) -> None:
     lapsing, workers falling silent, waiting jobs ageing. On the embedded broker it also starts
     the in-process Celery worker and advertises its capacity, once PyTorch is warm, as a worker
     process does, so no dispatched job waits on either."""
-    from kiln_training.tasks import app_for, celery_app, runs_embedded, warm_up_once
-
     settings = training_settings()
     embedded_id = default_worker_id(settings.pool) + "/embedded"
-    embedded = runs_embedded(runtime.settings)
-    if embedded:
+    embedded = runtime.jobs is not None and runtime.jobs.embedded
+    if embedded and runtime.jobs is not None:
         await asyncio.to_thread(warm_up_once)
-        if app_for(runtime.settings) is celery_app:
-            await asyncio.to_thread(runtime.ensure_embedded_worker)
+        await asyncio.to_thread(runtime.jobs.ensure_embedded_worker)
     woken = Wake()
     register_wake(woken)
     # Other processes' commits wake us through NOTIFY on the schema's scheduling channel.

@@ -1,8 +1,8 @@
 """Trained models as servable artifacts: TorchScript, weights, signature, preprocessing.
 
-:func:`preprocess` is the one definition of how a raw input becomes a model input row; training
-builds its tensors with it, serving applies it to requests. It needs only NumPy, Pillow and
-zlib so Triton's Python backend can vendor it.
+:func:`preprocess` applies the one definition of how a raw input becomes a model input row
+(:mod:`kiln_core.preprocessing`); training builds its tensors with it, and serving ships the
+same file beside the model in Triton.
 
 Model inputs (the batch dimension first, as Triton batches them):
 
@@ -21,18 +21,16 @@ Output: ``logits`` FP32 ``[num_labels]``; column ``i`` is ``label_map[i]``.
 from __future__ import annotations
 
 import io
-import json
 import warnings
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from kiln_core.catalog import ModelSignature, Preprocessing, TensorSpec
+from kiln_core.preprocessing import preprocess as shared_preprocess
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -62,84 +60,10 @@ class ExportedModel:
 # --- preprocessing -----------------------------------------------------------------------------
 
 
-def decode_image(raw: bytes, mode: str, size: list[int] | tuple[int, int]) -> np.ndarray:
-    """Image bytes as float32 ``C×H×W`` in 0..1: converted to ``mode``, resized to ``size``
-    ``[h, w]`` with bicubic filtering when it differs."""
-    with Image.open(io.BytesIO(raw)) as opened:
-        image = opened.convert(mode) if opened.mode != mode else opened.copy()
-    height, width = int(size[0]), int(size[1])
-    if image.size != (width, height):
-        image = image.resize((width, height), Image.Resampling.BICUBIC)
-    array = np.asarray(image, dtype=np.uint8)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)
-
-
-def parse_tabular(raw: bytes | str | list[Any]) -> np.ndarray:
-    """Features as float32: a JSON array of numbers, or one CSV line of numbers."""
-    if isinstance(raw, list):
-        values: list[Any] = raw
-    else:
-        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        text = text.strip()
-        if text.startswith("["):
-            values = json.loads(text)
-        else:
-            values = [field.strip() for field in text.split(",")]
-    try:
-        return np.asarray([float(v) for v in values], dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"tabular input must be numbers: {exc}") from None
-
-
-def tokenize(text: str, buckets: int) -> np.ndarray:
-    """Token ids (int64) of ``text``: lower-cased whitespace tokens, ``crc32 % buckets``."""
-    return np.asarray(
-        [zlib.crc32(token.encode("utf-8")) % buckets for token in text.lower().split()],
-        dtype=np.int64,
-    )
-
-
-def normalize(array: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:
-    """``(x - mean) / std`` along the first axis (channels of an image, or features)."""
-    shape = (-1,) + (1,) * (array.ndim - 1)
-    m = np.asarray(mean, dtype=np.float32).reshape(shape)
-    s = np.asarray(std, dtype=np.float32).reshape(shape)
-    return ((array - m) / s).astype(np.float32, copy=False)
-
-
 def preprocess(preprocessing: Preprocessing, raw: bytes | list[Any] | str) -> np.ndarray:
-    """One raw input as the model's input row (no batch dimension), exactly as in training.
-
-    ``raw`` is image bytes, tabular numbers (a list, a JSON array or a CSV line) or text (str or
-    UTF-8 bytes), according to ``preprocessing.kind``.
-    """
-    kind = preprocessing.kind
-    if kind == "image":
-        if not isinstance(raw, bytes | bytearray):
-            raise ValueError("image input must be bytes")
-        assert preprocessing.mode is not None and preprocessing.size is not None
-        array = decode_image(bytes(raw), preprocessing.mode, preprocessing.size)
-        if preprocessing.mean is not None and preprocessing.std is not None:
-            array = normalize(array, preprocessing.mean, preprocessing.std)
-        return array
-    if kind == "tabular":
-        array = parse_tabular(raw)
-        if preprocessing.mean is not None and preprocessing.std is not None:
-            if array.shape[0] != len(preprocessing.mean):
-                raise ValueError(
-                    f"expected {len(preprocessing.mean)} features, got {array.shape[0]}"
-                )
-            array = normalize(array, preprocessing.mean, preprocessing.std)
-        return array
-    if kind == "text":
-        assert preprocessing.buckets is not None
-        text = raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else raw
-        if not isinstance(text, str):
-            raise ValueError("text input must be a string")
-        return tokenize(text, preprocessing.buckets)
-    raise ValueError(f"unknown preprocessing kind {kind!r}")
+    """One raw input as the model's input row (no batch dimension), exactly as serving does
+    (see :mod:`kiln_core.preprocessing`, which serving ships with the model)."""
+    return shared_preprocess(preprocessing.model_dump(), raw)
 
 
 def pad_tokens(rows: Sequence[np.ndarray]) -> torch.Tensor:

@@ -20,7 +20,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.catalog import TrainingJobCancelled, TrainingJobFailed
 from kiln_core.db import aware, utcnow
-from kiln_core.errors import Conflict, KilnError, NotFound
+from kiln_core.errors import Conflict, KilnError, NotFound, ValidationFailed
 from kiln_core.service import ServiceRuntime
 from kiln_core.telemetry import current_traceparent
 from kiln_training.models import (
@@ -32,7 +32,9 @@ from kiln_training.models import (
     KnownModelVersion,
     KnownVersion,
     TrainingJob,
+    Worker,
 )
+from kiln_training.templates import UnknownTemplate, get_template, validate_params
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,7 @@ def machine_capacity(pool: str) -> dict[str, float]:
         memory = 4.0
     gpu = 0.0
     if pool == "gpu":
-        import torch
+        import torch  # heavy: only a gpu pool's worker pays for it
 
         gpu = float(torch.cuda.device_count())
     return {"cpu": cpu, "memory": math.floor(memory), "gpu": gpu}
@@ -104,8 +106,6 @@ class UnknownTemplateInRequest(KilnError):
 def checked_params(template: str, params: dict[str, Any]) -> dict[str, Any]:
     """``params`` validated against ``template`` (defaults filled in); a request naming an
     unknown template is unprocessable (422), not a missing resource."""
-    from kiln_training.templates import UnknownTemplate, get_template, validate_params
-
     try:
         spec = get_template(template)
     except UnknownTemplate as exc:
@@ -146,8 +146,6 @@ async def resolve_version(
 
 async def _warm_start_key(session: AsyncSession, spec: JobSpecIn) -> str | None:
     """The state-dict key an incremental job starts from."""
-    from kiln_core.errors import ValidationFailed
-
     if spec.mode == "full":
         if spec.warm_start_job_id or spec.warm_start_model_version_id:
             raise ValidationFailed("a warm start needs mode 'incremental'")
@@ -337,9 +335,44 @@ async def mark_failed(
 
 async def after_trial_end(session: AsyncSession, job: TrainingJob) -> None:
     if job.parent_id is not None:
-        from kiln_training.search import update_search
-
         await update_search(session, job.parent_id)
+
+
+async def update_search(session: AsyncSession, parent_id: str) -> None:
+    """Re-rank a search after one of its trials ended; finish it once all have."""
+    parent = await session.get(TrainingJob, parent_id)
+    if parent is None or parent.search is None or parent.status in TERMINAL:
+        return
+    await session.flush()
+    trials = (
+        await session.exec(select(TrainingJob).where(TrainingJob.parent_id == parent_id))
+    ).all()
+    target = parent.search["target"]
+    maximize = parent.search["direction"] == "maximize"
+    scored = [t for t in trials if t.status == JobStatus.succeeded and target in t.metrics]
+    scored.sort(key=lambda t: (-t.metrics[target] if maximize else t.metrics[target], t.id))
+    ranking = [
+        {"trial_id": t.id, "params": t.params, "value": t.metrics[target], "rank": i}
+        for i, t in enumerate(scored, start=1)
+    ]
+    search = dict(parent.search)
+    search["ranking"] = ranking
+    search["best_trial_id"] = ranking[0]["trial_id"] if ranking else None
+    search["finished_trials"] = sum(1 for t in trials if t.status in TERMINAL)
+    parent.search = search
+    parent.updated_at = utcnow()
+    if all(t.status in TERMINAL for t in trials):
+        parent.finished_at = parent.updated_at
+        if ranking:
+            best = scored[0]
+            parent.status = JobStatus.succeeded
+            parent.metrics = dict(best.metrics)
+            parent.artifact = best.artifact
+            parent.params = dict(best.params)
+        else:
+            parent.status = JobStatus.failed
+            parent.error = f"no trial produced the target metric {target!r}"
+    session.add(parent)
 
 
 async def reclaim_expired(
@@ -389,3 +422,22 @@ def lease_lapsed(job: TrainingJob, now: datetime) -> bool:
 
 def lease_until(seconds: float) -> datetime:
     return utcnow() + timedelta(seconds=seconds)
+
+
+async def register_worker(
+    runtime: ServiceRuntime, worker_id: str, pool: str, capacity: dict[str, float]
+) -> None:
+    """Advertise (or refresh) a worker's pool and capacity."""
+    async with runtime.db.transaction() as session:
+        row = await session.get(Worker, worker_id)
+        if row is None:
+            row = Worker(id=worker_id, pool=pool, capacity=capacity)
+        row.pool, row.capacity, row.heartbeat_at = pool, capacity, utcnow()
+        session.add(row)
+
+
+async def unregister_worker(runtime: ServiceRuntime, worker_id: str) -> None:
+    async with runtime.db.transaction() as session:
+        row = await session.get(Worker, worker_id)
+        if row is not None:
+            await session.delete(row)

@@ -14,27 +14,24 @@ import math
 import random
 from typing import Any
 
-from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.db import utcnow
 from kiln_core.errors import ValidationFailed
-from kiln_training.lifecycle import new_job
+from kiln_training.lifecycle import checked_params, new_job
 from kiln_training.models import (
-    TERMINAL,
     JobKind,
     JobStatus,
     SearchCreate,
     TrainingJob,
 )
+from kiln_training.templates import get_template
 
 MAX_TRIALS = 200
 
 
 def _declared_range(template: str, name: str) -> dict[str, Any]:
     """The range a template declares for ``name`` (its ParamSpec), as a search dimension."""
-    from kiln_training.templates import get_template
-
     spec = get_template(template)
     params = getattr(spec, "params", {})
     param = params.get(name) if isinstance(params, dict) else None
@@ -125,8 +122,6 @@ async def create_search(
     session: AsyncSession, body: SearchCreate, created_by: str
 ) -> tuple[TrainingJob, list[TrainingJob]]:
     """The parent job and its queued trials (validated like any job), in ``session``."""
-    from kiln_training.lifecycle import checked_params
-
     points = trial_params(body)
     for point in points:
         checked_params(body.base.template, point)
@@ -162,40 +157,3 @@ async def create_search(
         session.add(job)
         trials.append(job)
     return parent, trials
-
-
-async def update_search(session: AsyncSession, parent_id: str) -> None:
-    """Re-rank a search after one of its trials ended; finish it once all have."""
-    parent = await session.get(TrainingJob, parent_id)
-    if parent is None or parent.search is None or parent.status in TERMINAL:
-        return
-    await session.flush()
-    trials = (
-        await session.exec(select(TrainingJob).where(TrainingJob.parent_id == parent_id))
-    ).all()
-    target = parent.search["target"]
-    maximize = parent.search["direction"] == "maximize"
-    scored = [t for t in trials if t.status == JobStatus.succeeded and target in t.metrics]
-    scored.sort(key=lambda t: (-t.metrics[target] if maximize else t.metrics[target], t.id))
-    ranking = [
-        {"trial_id": t.id, "params": t.params, "value": t.metrics[target], "rank": i}
-        for i, t in enumerate(scored, start=1)
-    ]
-    search = dict(parent.search)
-    search["ranking"] = ranking
-    search["best_trial_id"] = ranking[0]["trial_id"] if ranking else None
-    search["finished_trials"] = sum(1 for t in trials if t.status in TERMINAL)
-    parent.search = search
-    parent.updated_at = utcnow()
-    if all(t.status in TERMINAL for t in trials):
-        parent.finished_at = parent.updated_at
-        if ranking:
-            best = scored[0]
-            parent.status = JobStatus.succeeded
-            parent.metrics = dict(best.metrics)
-            parent.artifact = best.artifact
-            parent.params = dict(best.params)
-        else:
-            parent.status = JobStatus.failed
-            parent.error = f"no trial produced the target metric {target!r}"
-    session.add(parent)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from kiln_core.ping import ping_router
 from kiln_core.service import ServiceSpec
-from kiln_training import api, tasks
+from kiln_training import api
 from kiln_training.executor import scheduler_loop
 from kiln_training.handlers import HANDLERS
+from kiln_training.tasks import LONG_WORK
 
 SERVICE = ServiceSpec(
     name="training",
@@ -18,5 +19,5 @@ SERVICE = ServiceSpec(
     routers=[ping_router("training"), api.router],
     handlers=HANDLERS,
     workers=[scheduler_loop],
-    celery=tasks.celery_app,
+    long_work=LONG_WORK,
 )

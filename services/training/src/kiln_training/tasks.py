@@ -20,12 +20,12 @@ import dataclasses
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Coroutine
 from concurrent.futures import Future
 from typing import Any, Literal, TypeVar, cast
 
 from celery import Celery, signals
-from kombu import Queue
 from sqlalchemy import delete
 
 from kiln_core.catalog import (
@@ -36,19 +36,23 @@ from kiln_core.catalog import (
     TrainingJobStarted,
     TrainingJobSucceeded,
 )
-from kiln_core.db import utcnow
+from kiln_core.db import aware, utcnow
+from kiln_core.jobs import JobContext, LongWork
 from kiln_core.service import ServiceRuntime
-from kiln_core.settings import Settings, get_settings
-from kiln_core.tasks import is_embedded_broker, make_celery
+from kiln_core.tasks import is_embedded_broker
 from kiln_core.telemetry import continued_span
 from kiln_training.lifecycle import (
     TrainingSettings,
     after_trial_end,
     default_worker_id,
+    event_base,
+    get_job,
     lease_until,
     mark_cancelled,
     mark_failed,
+    register_worker,
     training_settings,
+    unregister_worker,
     worker_capacity,
 )
 from kiln_training.models import BadCase, JobStatus, MetricPoint, TrainingJob
@@ -56,59 +60,17 @@ from kiln_training.models import BadCase, JobStatus, MetricPoint, TrainingJob
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-celery_app = make_celery("training")
-celery_app.conf.task_queues = (Queue("training"), Queue("training.cpu"), Queue("training.gpu"))
-# Settings of the process that dispatches to an in-process worker (embedded mode).
-_process_settings: Settings | None = None
 # One run at a time per process: PyTorch's thread count and default RNG are process-global, so
 # two runs in one process would perturb each other and lose bit-exact resumes.
 _RUN_LOCK = threading.Lock()
 # Bad cases beyond this are counted, not stored.
 MAX_BAD_CASES = 5000
+QUEUES = ("training", "training.cpu", "training.gpu")
 
 
-def is_embedded(app: Celery) -> bool:
-    return is_embedded_broker(app)
-
-
-def use_settings(settings: Settings) -> None:
-    global _process_settings
-    _process_settings = settings
-
-
-_apps: dict[str, Celery] = {}
-
-
-def app_for(settings: Settings) -> Celery:
-    """The Celery app on ``settings``' broker (the module's own when the broker matches, so a
-    process whose runtime was configured apart from its environment still reaches its
-    workers)."""
-    broker = settings.celery_broker_url
-    if broker == str(celery_app.conf.broker_url or ""):
-        return celery_app
-    if broker not in _apps:
-        app = make_celery("training", settings)
-        app.conf.task_queues = celery_app.conf.task_queues
-        _apps[broker] = app
-    return _apps[broker]
-
-
-def runs_embedded(settings: Settings) -> bool:
-    return settings.celery_broker_url.startswith("memory://")
-
-
-def dispatch(runtime: ServiceRuntime, job_id: str, attempt: int, pool: str) -> None:
-    """Send a started job to its pool's queue."""
-    use_settings(runtime.settings)
-    app = app_for(runtime.settings)
-    if app is celery_app:
-        runtime.ensure_embedded_worker()
-    app.send_task(run_job_task.name, args=[job_id, attempt], queue=f"training.{pool}")
-
-
-@celery_app.task(name="kiln.training.run_job")
-def run_job_task(job_id: str, attempt: int) -> None:
-    JobRun(_process_settings or get_settings(), job_id, attempt).run()
+def run_job_task(context: JobContext, job_id: str, attempt: int) -> None:
+    """The task a scheduling round sends to a pool's queue (see ``executor.schedule_once``)."""
+    JobRun(context, job_id, attempt).run()
 
 
 # --- worker advertising -----------------------------------------------------------------------
@@ -117,8 +79,8 @@ def run_job_task(job_id: str, attempt: int) -> None:
 class _Advertiser:
     """A thread that keeps this worker process's capacity row fresh."""
 
-    def __init__(self, settings: Settings, tsettings: TrainingSettings) -> None:
-        self.settings = settings
+    def __init__(self, context: JobContext, tsettings: TrainingSettings) -> None:
+        self.context = context
         self.tsettings = tsettings
         self.worker_id = default_worker_id(tsettings.pool)
         self.stop = threading.Event()
@@ -131,10 +93,7 @@ class _Advertiser:
         asyncio.run(self._loop())
 
     async def _loop(self) -> None:
-        from kiln_training.executor import register_worker, unregister_worker
-        from kiln_training.service import SERVICE
-
-        runtime = ServiceRuntime(SERVICE, self.settings)
+        runtime = self.context.new_runtime()
         capacity = worker_capacity(self.tsettings)
         try:
             while not self.stop.is_set():
@@ -158,15 +117,25 @@ def warm_up_once() -> None:
     global _warmed
     with _warm_lock:
         if not _warmed:
-            from kiln_training.trainer import warm_up
+            from kiln_training.trainer import warm_up  # heavy: torch, only where runs happen
 
             warm_up()
             _warmed = True
 
 
+# The apps this process bound as training workers, with the context their tasks run in.
+_BOUND: weakref.WeakKeyDictionary[Celery, JobContext] = weakref.WeakKeyDictionary()
+
+
+def setup_worker(app: Celery, context: JobContext) -> None:
+    """Make ``app`` a training worker's app: it also serves its pool's queue and, on a real
+    broker, advertises the worker's capacity while it lives."""
+    _BOUND[app] = context
+
+
 @signals.celeryd_after_setup.connect
 def _serve_pool_queue(sender: Any, instance: Any, **_: Any) -> None:
-    if instance.app is celery_app:
+    if instance.app in _BOUND:
         instance.app.amqp.queues.select_add(f"training.{training_settings().pool}")
 
 
@@ -174,9 +143,9 @@ def _serve_pool_queue(sender: Any, instance: Any, **_: Any) -> None:
 def _start_advertising(sender: Any = None, **_: Any) -> None:
     global _advertiser
     app = getattr(sender, "app", None)
-    if app is not celery_app or is_embedded(celery_app) or _advertiser is not None:
+    if app not in _BOUND or is_embedded_broker(app) or _advertiser is not None:
         return
-    _advertiser = _Advertiser(get_settings(), training_settings())
+    _advertiser = _Advertiser(_BOUND[app], training_settings())
     _advertiser.thread.start()
 
 
@@ -185,6 +154,11 @@ def _stop_advertising(**_: Any) -> None:
     if _advertiser is not None:
         _advertiser.stop.set()
         _advertiser.thread.join(10)
+
+
+LONG_WORK = LongWork(
+    task_name="kiln.training.run_job", run=run_job_task, queues=QUEUES, setup=setup_worker
+)
 
 
 # --- one run ----------------------------------------------------------------------------------
@@ -226,8 +200,9 @@ class RunLost(Exception):
 class JobRun:
     """One attempt of one job in this worker: claims it, runs it, records how it ended."""
 
-    def __init__(self, settings: Settings, job_id: str, attempt: int) -> None:
-        self.settings = settings
+    def __init__(self, context: JobContext, job_id: str, attempt: int) -> None:
+        self.context = context
+        self.settings = context.settings
         self.tsettings = training_settings()
         self.job_id = job_id
         self.attempt = attempt
@@ -257,16 +232,14 @@ class JobRun:
         return future.result()
 
     def run(self) -> None:
-        from kiln_training.service import SERVICE
-
         # Import and warm PyTorch before claiming: loading its libraries holds the GIL for
         # seconds, which would starve the heartbeat of a lease already running.
-        from kiln_training.trainer import run_training
+        from kiln_training.trainer import run_training  # heavy: torch, only where runs happen
 
         warm_up_once()
 
         self.thread.start()
-        self.runtime = ServiceRuntime(SERVICE, self.settings)
+        self.runtime = self.context.new_runtime()
         beat: Future[None] | None = None
         try:
             self.job = self._call(self._claim())
@@ -339,8 +312,6 @@ class JobRun:
 
     async def _fenced(self, session: Any) -> TrainingJob:
         """The job row, locked, if this run still owns it."""
-        from kiln_training.lifecycle import get_job
-
         job = await get_job(session, self.job_id, for_update=True)
         if (
             job.status != JobStatus.running
@@ -358,8 +329,6 @@ class JobRun:
         )
 
     async def _claim(self) -> TrainingJob | None:
-        from kiln_training.lifecycle import get_job
-
         async with self.rt.db.transaction() as session:
             job = await get_job(session, self.job_id, for_update=True)
             if job.status != JobStatus.running or job.attempts != self.attempt:
@@ -383,7 +352,7 @@ class JobRun:
             return job
 
     async def _spec(self, job: TrainingJob) -> Any:
-        from kiln_training.trainer import DataRef, RunSpec
+        from kiln_training.trainer import DataRef, RunSpec  # heavy: torch (see run)
 
         init_weights = None
         if job.warm_start_key:
@@ -656,12 +625,8 @@ def _request(value: str | None) -> Literal["pause", "cancel"] | None:
 
 
 def _aware(value: Any) -> Any:
-    from kiln_core.db import aware
-
     return aware(value)
 
 
 def _base(job: TrainingJob) -> dict[str, Any]:
-    from kiln_training.lifecycle import event_base
-
     return event_base(job)

@@ -16,19 +16,21 @@ remembering to.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from itertools import chain
 from typing import Any
 
-from sqlalchemy import event, inspect, text
+from sqlalchemy import event, inspect
 from sqlalchemy.orm import Session
 
+from kiln_core.wake import Wake, stage, wake_now
+from kiln_core.wake import register as core_register
+from kiln_core.wake import unregister as core_unregister
 from kiln_training.models import Team, TrainingJob, Worker
+
+__all__ = ["QUIET", "Wake", "channel", "register", "unregister", "wake_scheduler"]
 
 # Set on a session whose changes must not wake the scheduler (the scheduler's own round).
 QUIET = "kiln_training.quiet"
-_PENDING = "kiln_training.wake"
 _JOB_FIELDS = ("status", "resources", "priority", "pool")
 _WORKER_FIELDS = ("pool", "capacity")
 
@@ -38,56 +40,22 @@ def channel(schema: str) -> str:
     return f"kiln_training_schedule_{schema}"
 
 
-class Wake:
-    """One scheduler loop's wake-up flag, settable from any thread."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.event = asyncio.Event()
-
-    def set(self) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.event.set)
-        except RuntimeError:  # the loop has closed; its scheduler is gone
-            pass
-
-    async def wait(self, stop: asyncio.Event, interval: float) -> bool:
-        """Until this is set, ``stop`` is set or ``interval`` seconds pass; True when this was
-        set. Clears it, so a change committed during the next round sets it again."""
-        stopping = asyncio.ensure_future(stop.wait())
-        waking = asyncio.ensure_future(self.event.wait())
-        try:
-            await asyncio.wait(
-                [stopping, waking], timeout=interval, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            stopping.cancel()
-            waking.cancel()
-        woke = self.event.is_set()
-        self.event.clear()
-        return woke
-
-
-_lock = threading.Lock()
-_loops: set[Wake] = set()
+# In process every scheduler loop wakes (a commit in a Celery thread included); other
+# processes' loops wake through NOTIFY on the schema's channel.
+_EVERY = "kiln_training.schedule"
 
 
 def register(wake: Wake) -> None:
-    with _lock:
-        _loops.add(wake)
+    core_register(_EVERY, wake)
 
 
 def unregister(wake: Wake) -> None:
-    with _lock:
-        _loops.discard(wake)
+    core_unregister(_EVERY, wake)
 
 
 def wake_scheduler() -> None:
     """Start a scheduling round at once in every scheduler loop of this process."""
-    with _lock:
-        loops = list(_loops)
-    for wake in loops:
-        wake.set()
+    wake_now(_EVERY)
 
 
 def _changed(obj: Any, fields: tuple[str, ...]) -> bool:
@@ -107,29 +75,12 @@ def _affects_plan(session: Session, obj: Any) -> bool:
 
 @event.listens_for(Session, "after_flush")
 def _note_changes(session: Session, _context: Any) -> None:
-    if session.info.get(QUIET) or session.info.get(_PENDING):
+    if session.info.get(QUIET):
         return
     runtime = session.info.get("kiln_runtime")
     if runtime is not None and runtime.spec.name != "training":
         return  # another service's session in this process
     changed = chain(session.new, session.dirty, session.deleted)
-    if not any(_affects_plan(session, obj) for obj in changed):
-        return
-    session.info[_PENDING] = True
-    connection = session.connection()
-    if connection.dialect.name == "postgresql" and runtime is not None:
-        # Delivered when (and only if) the transaction commits.
-        connection.execute(
-            text("SELECT pg_notify(:channel, '')"), {"channel": channel(runtime.db.schema)}
-        )
-
-
-@event.listens_for(Session, "after_commit")
-def _wake_after_commit(session: Session) -> None:
-    if session.info.pop(_PENDING, False):
-        wake_scheduler()
-
-
-@event.listens_for(Session, "after_rollback")
-def _forget_on_rollback(session: Session) -> None:
-    session.info.pop(_PENDING, None)
+    if any(_affects_plan(session, obj) for obj in changed):
+        notify = channel(runtime.db.schema) if runtime is not None else None
+        stage(session, notify, local=_EVERY)

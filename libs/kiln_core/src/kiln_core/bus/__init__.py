@@ -11,17 +11,16 @@ from kiln_core.bus.base import (
     Record,
     RecordHandler,
 )
+from kiln_core.bus.embedded import EmbeddedBus
 
 
 def open_bus(url: str) -> Bus:
     """Return the bus implementation for ``url``; call ``await bus.start()`` before use."""
     scheme = url.split("://", 1)[0]
     if scheme == "embedded":
-        from kiln_core.bus.embedded import EmbeddedBus
-
         return EmbeddedBus(url)
     if scheme == "kafka":
-        from kiln_core.bus.kafka import KafkaBus
+        from kiln_core.bus.kafka import KafkaBus  # heavy: aiokafka, only where Kafka is used
 
         return KafkaBus(url)
     raise ValueError(f"unsupported bus URL scheme {scheme!r} (use kafka:// or embedded://)")

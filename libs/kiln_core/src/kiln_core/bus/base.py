@@ -8,6 +8,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from kiln_core.backoff import Backoff
+
 log = logging.getLogger(__name__)
 
 Headers = tuple[tuple[str, bytes], ...]
@@ -99,7 +101,7 @@ class Consumer(ABC):
         A record is committed only after its handler returned. If the handler raises, the
         record's partition is rewound and the record redelivered after a backoff.
         """
-        backoff = retry_backoff_s
+        backoff = Backoff(retry_backoff_s, max_backoff_s)
         while not stop.is_set():
             records = await self.poll(timeout_s=0.2)
             done: list[Record] = []
@@ -126,10 +128,9 @@ class Consumer(ABC):
                 await self.commit(done)
                 self.stats.committed += len(done)
             if failed_partitions:
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, max_backoff_s)
+                await backoff.sleep()
             elif done:
-                backoff = retry_backoff_s
+                backoff.reset()
 
     async def run_batches(
         self,
@@ -145,7 +146,7 @@ class Consumer(ABC):
         The batch is committed after ``handler`` returns; if it raises, every partition of the
         batch is rewound to its first record in the batch and the batch is redelivered.
         """
-        backoff = retry_backoff_s
+        backoff = Backoff(retry_backoff_s, max_backoff_s)
         while not stop.is_set():
             records = await self.poll(timeout_s=0.2, max_records=max_records)
             if not records:
@@ -165,15 +166,14 @@ class Consumer(ABC):
                     firsts.setdefault((record.topic, record.partition), record)
                 for record in firsts.values():
                     await self.rewind(record)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, max_backoff_s)
+                await backoff.sleep()
                 continue
             self.stats.delivered += len(records)
             # The offset commit is a broker round trip; let it run while the next batch is
             # polled and applied. Commits stay in order, and a lost one only means redelivery,
             # which the inbox absorbs.
             self._commit_later(records)
-            backoff = retry_backoff_s
+            backoff.reset()
         await self.flush_commits()
 
     def _commit_later(self, records: list[Record]) -> None:

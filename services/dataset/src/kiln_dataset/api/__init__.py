@@ -1,0 +1,11 @@
+"""REST API of the dataset service, under ``/v1``: one module per resource."""
+
+from fastapi import APIRouter
+
+from kiln_dataset.api import datasets, drafts, jobs, versions
+
+router = APIRouter()
+for resource in (datasets, drafts, jobs, versions):
+    router.include_router(resource.router)
+
+__all__ = ["router"]
