@@ -287,6 +287,17 @@ def events_schemas(
     typer.echo("event schemas are current" if check else f"wrote event schemas to {out}")
 
 
+@app.command()
+def openapi(
+    out: Path = typer.Option(Path("web/openapi"), help="directory for <service>.json"),
+) -> None:
+    """Write every service's OpenAPI document (the console's clients are generated from them)."""
+    from kiln_cli.openapi import write_documents
+
+    for path in write_documents(out):
+        typer.echo(f"wrote {path}")
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def test(ctx: typer.Context) -> None:
     """Install and start the local infrastructure, then run the whole test suite."""

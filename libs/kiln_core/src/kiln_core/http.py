@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import re
@@ -14,6 +15,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute, iter_route_contexts
 from opentelemetry import context as otel_context
@@ -360,6 +363,69 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
+def operation_id(route: APIRoute) -> str:
+    """A route's OpenAPI ``operationId``: its function's name in lower camel case
+    (``create_dataset`` → ``createDataset``), stable across paths and methods, so generated
+    clients and request-body schemas get readable names instead of FastAPI's
+    ``create_dataset_v1_datasets_post``."""
+    head, *rest = route.name.split("_")
+    return head + "".join(word[:1].upper() + word[1:] for word in rest)
+
+
+BEARER_SCHEME = {
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": "A token with the caller's roles (`kiln token --role …` locally).",
+    }
+}
+
+
+def _rename_form_bodies(schema: dict[str, Any]) -> dict[str, Any]:
+    """FastAPI names a multipart body ``Body_<operationId>``: call it ``<OperationId>Form``."""
+    components = schema.get("components", {}).get("schemas", {})
+    renames = {
+        old: old.removeprefix("Body_")[:1].upper() + old.removeprefix("Body_")[1:] + "Form"
+        for old in components
+        if old.startswith("Body_")
+    }
+    if not renames:
+        return schema
+    text = json.dumps(schema)
+    for old, new in renames.items():
+        text = text.replace(f'"#/components/schemas/{old}"', f'"#/components/schemas/{new}"')
+    renamed: dict[str, Any] = json.loads(text)
+    schemas = renamed["components"]["schemas"]
+    for old, new in renames.items():
+        schemas[new] = schemas.pop(old)
+        schemas[new]["title"] = new
+    return renamed
+
+
+def _with_security(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """``app.openapi`` that also declares the bearer scheme every ``/v1`` route accepts."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+                servers=app.servers,
+            )
+            schema.setdefault("components", {})["securitySchemes"] = BEARER_SCHEME
+            for path, operations in schema.get("paths", {}).items():
+                if path.startswith("/v1/"):
+                    for operation in operations.values():
+                        operation.setdefault("security", [{"bearer": []}])
+            app.openapi_schema = _rename_form_bodies(schema)
+        return app.openapi_schema
+
+    return openapi
+
+
 def create_app(
     runtime: ServiceRuntime,
     *,
@@ -393,7 +459,13 @@ def create_app(
             "4XX": {"description": "Problem details (RFC 9457)", "content": {PROBLEM_JSON: {}}}
         },
         dependencies=[Depends(reject_unknown_query)],
+        generate_unique_id_function=operation_id,
+        # Swagger UI is served below with a relative document URL, so it works both at the
+        # service's own /docs and behind the gateway at /api/<service>/docs.
+        docs_url=None,
+        redoc_url=None,
     )
+    app.openapi = _with_security(app)  # type: ignore[method-assign]
     app.state.runtime = runtime
     app.state.settings = runtime.settings
     install_error_handlers(app)
@@ -418,6 +490,10 @@ def create_app(
             ", ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok"),
             checks=checks,
         )
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> Response:
+        return get_swagger_ui_html(openapi_url="openapi.json", title=f"{app.title} (API)")
 
     @app.get("/metrics", tags=["health"], include_in_schema=False)
     async def metrics() -> Response:

@@ -1,0 +1,203 @@
+"""The bytes behind items: an item's image and a cached thumbnail, by item or by blob id.
+
+Blobs are content-addressed, so an answer never changes for its URL: it carries the blob's
+hash as ETag and may be cached for a year (privately: every request is access-checked like
+the item it belongs to — the caller must be able to read the dataset, and the blob must be in
+one of its live versions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections import OrderedDict
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import Response, StreamingResponse
+from PIL import Image
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from kiln_core.auth import Principal, require_roles
+from kiln_core.errors import NotFound
+from kiln_core.http import SessionDep, get_runtime
+from kiln_core.manifest import ManifestItem
+from kiln_core.storage import ObjectNotFound, ObjectStore, blob_key
+from kiln_dataset.models import DatasetVersion
+from kiln_dataset.versions import get_dataset, get_version, version_items
+
+router = APIRouter(prefix="/v1", tags=["media"])
+
+READERS = ("viewer", "data-engineer", "ml-engineer", "annotator", "reviewer", "admin")
+Reader = Annotated[Principal, require_roles(*READERS)]
+Sha256 = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the bytes")]
+ThumbSize = Annotated[
+    int, Query(ge=32, le=512, description="longest side of the thumbnail, in pixels")
+]
+# Content-addressed: the bytes behind a URL never change; only the access check may.
+IMMUTABLE = "private, max-age=31536000, immutable"
+IMAGE_RESPONSES: dict[int | str, dict[str, object]] = {
+    200: {"content": {"image/*": {}}, "description": "the bytes"},
+    304: {"description": "the caller's cached copy (If-None-Match) is current"},
+}
+
+# The blob ids of each manifest already read (immutable, like the manifests themselves).
+_BLOBS_OF: OrderedDict[str, frozenset[str]] = OrderedDict()
+_BLOBS_KEPT = 64
+
+
+def _not_modified(request: Request, etag: str) -> Response | None:
+    tags = request.headers.get("if-none-match", "")
+    if etag in (t.strip() for t in tags.split(",")) or tags.strip() == "*":
+        return Response(status_code=304, headers={"etag": etag, "cache-control": IMMUTABLE})
+    return None
+
+
+async def _blob_in_dataset(
+    session: AsyncSession, store: ObjectStore, dataset_id: str, sha256: str
+) -> str:
+    """The blob's media type, if a live version of the dataset holds it; else NotFound (the
+    same answer as for a blob that does not exist, so ids cannot be probed)."""
+    await get_dataset(session, dataset_id)
+    versions = (
+        await session.exec(
+            select(DatasetVersion)
+            .where(DatasetVersion.dataset_id == dataset_id, DatasetVersion.status == "live")
+            .order_by(col(DatasetVersion.number).desc())
+        )
+    ).all()
+    for version in versions:
+        blobs = _BLOBS_OF.get(version.manifest_key)
+        items: list[ManifestItem] | None = None
+        if blobs is None:
+            items = await version_items(store, version)
+            blobs = _BLOBS_OF[version.manifest_key] = frozenset(i.blob for i in items)
+            while len(_BLOBS_OF) > _BLOBS_KEPT:
+                _BLOBS_OF.popitem(last=False)
+        if sha256 in blobs:
+            items = items or await version_items(store, version)
+            return next(i.media_type for i in items if i.blob == sha256)
+    raise NotFound(f"dataset {dataset_id!r} holds no blob {sha256}")
+
+
+async def _item(
+    request: Request, session: AsyncSession, dataset_id: str, version: int, item_id: str
+) -> ManifestItem:
+    row = await get_version(session, dataset_id, version)
+    for item in await version_items(get_runtime(request).store, row):
+        if item.item_id == item_id:
+            return item
+    raise NotFound(f"dataset {dataset_id!r} version {version} has no item {item_id!r}")
+
+
+async def _image(request: Request, sha256: str, media_type: str) -> Response:
+    etag = f'"{sha256}"'
+    cached = _not_modified(request, etag)
+    if cached is not None:
+        return cached
+    store = get_runtime(request).store
+    return StreamingResponse(
+        store.stream(blob_key(sha256)),
+        media_type=media_type,
+        headers={
+            "etag": etag,
+            "cache-control": IMMUTABLE,
+            "x-content-type-options": "nosniff",
+            "content-length": str(await store.size(blob_key(sha256))),
+        },
+    )
+
+
+def render_thumbnail(data: bytes, size: int) -> bytes:
+    """A JPEG at most ``size`` pixels on its longest side (small images are not enlarged)."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.draft("RGB", (size, size))  # JPEG decodes at a fraction of full size: far faster
+        picture = image.convert("RGB")
+        picture.thumbnail((size, size))
+        out = io.BytesIO()
+        picture.save(out, format="JPEG", quality=82, optimize=True)
+        return out.getvalue()
+
+
+THUMB_SIZES = (128, 256, 512)  # a few sizes, so callers cannot fill the store with variants
+
+
+async def _thumbnail(request: Request, sha256: str, asked: int) -> Response:
+    size = next(s for s in THUMB_SIZES if s >= asked)
+    etag = f'"{sha256}-{size}"'
+    cached = _not_modified(request, etag)
+    if cached is not None:
+        return cached
+    store = get_runtime(request).store
+    key = f"thumbnails/{size}/{sha256[:2]}/{sha256}.jpg"
+    try:
+        body = await store.read_bytes(key)
+    except (ObjectNotFound, FileNotFoundError):
+        original = await store.read_bytes(blob_key(sha256))
+        body = await asyncio.to_thread(render_thumbnail, original, size)
+        await store.put(key, body)  # the same bytes whoever writes first: a race is harmless
+    return Response(
+        body, media_type="image/jpeg", headers={"etag": etag, "cache-control": IMMUTABLE}
+    )
+
+
+@router.get(
+    "/datasets/{dataset_id}/versions/{version}/items/{item_id:path}/image",
+    response_class=Response,
+    responses=IMAGE_RESPONSES,
+)
+async def read_item_image(
+    dataset_id: str, version: int, item_id: str, request: Request, session: SessionDep, _who: Reader
+) -> Response:
+    """An item's original image bytes."""
+    item = await _item(request, session, dataset_id, version, item_id)
+    return await _image(request, item.blob, item.media_type)
+
+
+@router.get(
+    "/datasets/{dataset_id}/versions/{version}/items/{item_id:path}/thumbnail",
+    response_class=Response,
+    responses=IMAGE_RESPONSES,
+)
+async def read_item_thumbnail(
+    dataset_id: str,
+    version: int,
+    item_id: str,
+    request: Request,
+    session: SessionDep,
+    _who: Reader,
+    size: ThumbSize = 256,
+) -> Response:
+    """An item's thumbnail (JPEG), made once and kept in the object store."""
+    item = await _item(request, session, dataset_id, version, item_id)
+    return await _thumbnail(request, item.blob, size)
+
+
+@router.get(
+    "/datasets/{dataset_id}/blobs/{sha256}", response_class=Response, responses=IMAGE_RESPONSES
+)
+async def read_blob_image(
+    dataset_id: str, sha256: Sha256, request: Request, session: SessionDep, _who: Reader
+) -> Response:
+    """A blob's bytes, by its id (what annotation tasks carry), if the dataset holds it."""
+    media_type = await _blob_in_dataset(session, get_runtime(request).store, dataset_id, sha256)
+    return await _image(request, sha256, media_type)
+
+
+@router.get(
+    "/datasets/{dataset_id}/blobs/{sha256}/thumbnail",
+    response_class=Response,
+    responses=IMAGE_RESPONSES,
+)
+async def read_blob_thumbnail(
+    dataset_id: str,
+    sha256: Sha256,
+    request: Request,
+    session: SessionDep,
+    _who: Reader,
+    size: ThumbSize = 256,
+) -> Response:
+    """A blob's thumbnail (JPEG), if the dataset holds the blob."""
+    await _blob_in_dataset(session, get_runtime(request).store, dataset_id, sha256)
+    return await _thumbnail(request, sha256, size)
