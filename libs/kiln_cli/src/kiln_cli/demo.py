@@ -24,15 +24,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import gzip
 import importlib.util
 import io
 import json
 import os
 import random
+import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,11 +165,65 @@ async def wait_for(
         await asyncio.sleep(every_s)
 
 
+def dev_tokens(settings: Any) -> Callable[[], dict[str, str]]:
+    """A development token per role, for the embedded console's role picker."""
+    from kiln_core.auth import ROLES, issue_token
+
+    def tokens() -> dict[str, str]:
+        return {role: issue_token(f"dev-{role}", [role], settings) for role in ROLES}
+
+    return tokens
+
+
+@asynccontextmanager
+async def serving_console(
+    gateway: Gateway, host: str, port: int
+) -> AsyncIterator[asyncio.Task[None]]:
+    """The gateway (APIs and the web console) on ``host:port`` while the context is open; the
+    task ends when the server stops (Ctrl-C)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield  # Ctrl-C is the caller's (until_stopped), so the services shut down in order
+
+    config = uvicorn.Config(
+        gateway, host=host, port=port, log_config=None, access_log=False, lifespan="off"
+    )
+    server = Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()  # the port is taken, or the like: say why
+            raise DemoFailed(f"the console server did not start on {host}:{port}")
+        await asyncio.sleep(0.05)
+    try:
+        yield task
+    finally:
+        server.should_exit = True
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def until_stopped() -> None:
+    """Wait for Ctrl-C or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
 @asynccontextmanager
 async def embedded_services(
-    out_dir: Path,
+    out_dir: Path, *, serve: tuple[str, int] | None = None
 ) -> AsyncIterator[tuple[dict[str, httpx.AsyncClient], Any]]:
-    """Every service in this process, each with its API (lifespan included) and event loop."""
+    """Every service in this process, each with its API (lifespan included) and event loop;
+    with ``serve=(host, port)`` also the gateway and the web console on that address."""
 
     settings = Settings(
         database_url=f"sqlite+aiosqlite:///{out_dir}/data/{{service}}.db",
@@ -184,7 +240,13 @@ async def embedded_services(
             await stack.enter_async_context(app.router.lifespan_context(app))
             apps[name] = app
         # One ASGI app mounts every service, as the gateway does on a real deployment.
-        transport = httpx.ASGITransport(app=Gateway(apps))
+        gateway = Gateway(apps)
+        if serve is not None:
+            from kiln_cli.console import DIST, ConsoleApp
+
+            gateway = Gateway(apps, console=ConsoleApp(DIST), dev_tokens=dev_tokens(settings))
+            await stack.enter_async_context(serving_console(gateway, *serve))
+        transport = httpx.ASGITransport(app=gateway)
         clients = {
             name: await stack.enter_async_context(
                 httpx.AsyncClient(
@@ -770,15 +832,18 @@ async def run_demo(
     seed: int = 7,
     mistake_rate: float = 0.04,
     threshold: float = 0.9,
+    serve: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Run the loop; returns the figures of the last line."""
+    """Run the loop; returns the figures of the last line. With ``serve=(host, port)`` the
+    gateway and the web console listen there, and after the loop everything stays up with the
+    demo's data until Ctrl-C."""
     started = time.monotonic()
     out_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before anything runs
 
     def say(message: str) -> None:
         typer.echo(f"{time.monotonic() - started:6.1f}s  {message}")
 
-    services = embedded_services(out_dir) if stack == "embedded" else stack_services()
+    services = embedded_services(out_dir, serve=serve) if stack == "embedded" else stack_services()
     say(f"starting Kiln ({stack}); output in {out_dir}")
     async with services as (clients, settings):
         kiln = Kiln(clients, settings)
@@ -787,13 +852,31 @@ async def run_demo(
             kiln, seed=seed, mistake_rate=mistake_rate, threshold=threshold, say=say
         )
         events = await count_events(stack)
+        if serve is not None:
+            figures = report(out_dir, result, events, kiln.requests, started, stack)
+            url = f"http://{serve[0]}:{serve[1]}/"
+            say(f"the console is at {url} with the demo's data; Ctrl-C stops")
+            await until_stopped()
+            return figures
+    return report(out_dir, result, events, kiln.requests, started, stack)
+
+
+def report(
+    out_dir: Path,
+    result: dict[str, Any],
+    events: int,
+    requests: int,
+    started: float,
+    stack: str,
+) -> dict[str, Any]:
+    """Print the summary table and write summary.json; returns the figures of the last line."""
     rounds: list[Round] = result["rounds"]
     coverage = trace_coverage(out_dir / "traces.jsonl")
     typer.echo("")
     typer.echo(summary_table(rounds))
     typer.echo("")
     typer.echo(
-        f"events exchanged: {events}; API requests: {kiln.requests}; "
+        f"events exchanged: {events}; API requests: {requests}; "
         f"longest trace {coverage['trace_id']} spans {', '.join(coverage['services'])}"
     )
     figures = {

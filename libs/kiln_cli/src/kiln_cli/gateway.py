@@ -10,7 +10,7 @@ Compose and Kubernetes use nginx for the same job (``compose/gateway``).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
@@ -54,10 +54,19 @@ class Gateway:
     base URL)."""
 
     def __init__(
-        self, targets: Mapping[str, ASGIApp | str], *, max_body_bytes: int = 64 * 1024 * 1024
+        self,
+        targets: Mapping[str, ASGIApp | str],
+        *,
+        max_body_bytes: int = 64 * 1024 * 1024,
+        console: ASGIApp | None = None,
+        dev_tokens: Callable[[], dict[str, str]] | None = None,
     ) -> None:
         self.targets = dict(targets)
         self.max_body_bytes = max_body_bytes
+        # The web console at "/" (everything outside /api/), and in embedded mode a token per
+        # role for its sign-in page (a real deployment signs in with its IdP's tokens).
+        self.console = console
+        self.dev_tokens = dev_tokens
         self._client: httpx.AsyncClient | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -70,6 +79,12 @@ class Gateway:
         if path == "/healthz":
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b'{"status":"ok"}'})
+            return
+        if path == "/console/session":
+            await self._console_session(send)
+            return
+        if self.console is not None and not path.startswith("/api/"):
+            await self.console(scope, receive, send)
             return
         parts = path.split("/", 3)  # "", "api", service, rest
         if len(parts) < 3 or parts[1] != "api" or parts[2] not in self.targets:
@@ -96,6 +111,22 @@ class Gateway:
             inner["path"] = rest
             inner["raw_path"] = rest.encode()
             await target(inner, receive, send)
+
+    async def _console_session(self, send: Send) -> None:
+        info: dict[str, Any] = {"mode": "token"}
+        if self.dev_tokens is not None:
+            info = {"mode": "embedded", "tokens": self.dev_tokens()}
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"cache-control", b"no-store"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": json.dumps(info).encode()})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

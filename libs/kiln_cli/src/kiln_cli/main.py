@@ -160,6 +160,10 @@ def demo(
     ),
     out: Path = typer.Option(None, help="output directory (default .kiln/demo/<time>)"),
     seed: int = typer.Option(7, help="seed of the data split, mistakes and training"),
+    serve: bool = typer.Option(
+        False, "--serve", help="then keep every service and the web console up until Ctrl-C"
+    ),
+    port: int = typer.Option(8100, help="the console's port with --serve"),
 ) -> None:
     """The main job: the closed loop (data → labels → model → serving → flagged → retrained
     canary) on scikit-learn's handwritten digits."""
@@ -172,6 +176,10 @@ def demo(
 
     if stack not in ("embedded", "local"):
         raise typer.BadParameter("--stack is embedded or local")
+    if serve and stack != "embedded":
+        raise typer.BadParameter("--serve runs the embedded stack; `kiln up` serves the console")
+    if serve:
+        _build_console()
     out_dir = (out or default_out_dir()).resolve()
     with_out_env(out_dir)
     from kiln_core.telemetry import setup_tracing  # heavy: loaded by the command that uses it
@@ -179,7 +187,8 @@ def demo(
     setup_tracing("demo", f"file:{out_dir / 'traces.jsonl'}")
     _setup("demo")
     try:
-        result = asyncio.run(run_demo(out_dir, stack=stack, seed=seed))
+        where = ("127.0.0.1", port) if serve else None
+        result = asyncio.run(run_demo(out_dir, stack=stack, seed=seed, serve=where))
     except DemoFailed as exc:
         typer.echo(json.dumps({"ok": False, "error": str(exc)}))
         raise typer.Exit(1) from None
@@ -192,6 +201,43 @@ def demo(
     os._exit(0)
 
 
+def _build_console() -> None:
+    from kiln_cli.console import ConsoleBuildFailed, ensure_console_built
+
+    try:
+        ensure_console_built()
+    except ConsoleBuildFailed as exc:
+        typer.echo(f"kiln: the web console did not build: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def console(
+    host: str = typer.Option("127.0.0.1", help="address to listen on"),
+    port: int = typer.Option(8100, help="port to listen on"),
+    data: Path = typer.Option(None, help="state directory (default .kiln/console)"),
+) -> None:
+    """Every service and the web console in this process on the embedded defaults (no demo
+    loop), until Ctrl-C: what the console's browser tests and benchmark run against."""
+    from kiln_cli.demo import embedded_services, until_stopped
+    from kiln_core.settings import state_dir
+
+    _build_console()
+    out_dir = (data or state_dir() / "console").resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _setup("console")
+
+    async def main() -> None:
+        async with embedded_services(out_dir, serve=(host, port)):
+            url = f"http://{host}:{port}/"
+            typer.echo(f"the console is at {url} (state in {out_dir}); Ctrl-C stops", err=False)
+            await until_stopped()
+
+    asyncio.run(main())
+    sys.stdout.flush()
+    os._exit(0)  # as `kiln demo`: in-process workers may leave non-daemon threads behind
+
+
 @app.command()
 def gateway(
     host: str = typer.Option("127.0.0.1", help="address to listen on"),
@@ -200,12 +246,15 @@ def gateway(
     """The local stack's API gateway: /api/<service>/… to each service's API."""
     import uvicorn
 
+    from kiln_cli.console import DIST, ConsoleApp  # heavy: loaded by the command that uses it
     from kiln_cli.gateway import Gateway  # heavy: loaded by the command that uses it
     from kiln_cli.services import DEFAULT_PORTS  # heavy: loaded by the command that uses it
 
     _setup("gateway")
     targets = {name: f"http://127.0.0.1:{p}" for name, p in DEFAULT_PORTS.items()}
-    uvicorn.run(Gateway(targets), host=host, port=port, log_config=None, access_log=False)
+    # The console is built by `kiln up` (or by hand); without a build "/" says how to make one.
+    gateway = Gateway(targets, console=ConsoleApp(DIST))
+    uvicorn.run(gateway, host=host, port=port, log_config=None, access_log=False)
 
 
 @app.command()

@@ -58,6 +58,12 @@ def _processes() -> list[tuple[str, list[str]]]:
 def stack_up(wait: float = typer.Option(60.0, help="seconds to wait for /readyz")) -> None:
     """Start every service's API and event process against the local infrastructure."""
     up()
+    from kiln_cli.console import ConsoleBuildFailed, ensure_console_built
+
+    try:
+        ensure_console_built()  # the gateway serves it at "/"
+    except ConsoleBuildFailed as exc:
+        typer.echo(f"console: not built ({exc}); the APIs work without it", err=True)
     env = {**os.environ, **local_stack_env()}
     for name, args in _processes():
         pid_file = _pid_dir() / f"{name}.pid"
@@ -88,6 +94,7 @@ def stack_up(wait: float = typer.Option(60.0, help="seconds to wait for /readyz"
                 raise typer.Exit(1)
             time.sleep(0.3)
     typer.echo(f"gateway: http://127.0.0.1:{GATEWAY_PORT}/api/<service>/")
+    typer.echo(f"console: http://127.0.0.1:{GATEWAY_PORT}/")
 
 
 @stack_app.command("down")

@@ -324,8 +324,12 @@ async def job_events(job_id: str, request: Request, _who: Reader) -> StreamingRe
     async with runtime.db.session() as session:
         await lifecycle.get_job(session, job_id)
 
+    # A reconnecting client sends the last id it saw: resume after it instead of replaying.
+    resume_from = request.headers.get("last-event-id", "")
+    first_point = int(resume_from) if resume_from.isdigit() else 0
+
     async def stream() -> AsyncIterator[bytes]:
-        last_point = 0
+        last_point = first_point
         last_status = None
         while True:
             async with runtime.db.session() as session:
