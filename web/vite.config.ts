@@ -15,7 +15,7 @@ export default defineConfig({
   },
   server: { proxy: { "/api": "http://127.0.0.1:8100", "/console": "http://127.0.0.1:8100" } },
   test: {
-    environment: "jsdom",
+    environment: "node",
     include: ["src/**/*.test.{ts,tsx}"],
     css: false,
   },

@@ -52,7 +52,8 @@ export const ABILITIES = {
   train: ["admin", "ml-engineer"],
   promote: ["admin", "ml-engineer"],
   manageServing: ["admin", "ml-engineer"],
-  predict: ["admin", "ml-engineer", "data-engineer", "viewer", "annotator", "reviewer"],
+  viewServing: ["admin", "ml-engineer", "data-engineer", "viewer"],
+  viewAnnotators: ["admin", "reviewer", "data-engineer"],
 } satisfies Record<string, Role[]>;
 export type Ability = keyof typeof ABILITIES;
 

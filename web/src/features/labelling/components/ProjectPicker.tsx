@@ -1,4 +1,4 @@
-import { Button, Group, Select, Stack, Table, TextInput } from "@mantine/core";
+import { Button, Group, NumberInput, Select, Stack, Table, TextInput } from "@mantine/core";
 import { useQueryClient } from "@tanstack/react-query";
 import { useState } from "react";
 import { EmptyState, Loading, ProblemAlert } from "@/components/ui/Problem";
@@ -16,13 +16,14 @@ export function CreateProjectForm() {
   const [datasetId, setDatasetId] = useState<string | null>(null);
   const [kind, setKind] = useState<string | null>("boxes");
   const [classes, setClasses] = useState("");
+  const [batch, setBatch] = useState<number | string>(1);
   return (
     <form
       onSubmit={(e) => {
         e.preventDefault();
         const labels = classes.split(",").map((c) => c.trim()).filter(Boolean).map((c) => ({ name: c }));
         create.mutate(
-          { name, dataset_id: datasetId ?? "", label_schema: { kind, labels } },
+          { name, dataset_id: datasetId ?? "", label_schema: { kind, labels }, batch_size: Number(batch) || 1 },
           { onSuccess: () => void client.invalidateQueries({ queryKey: ["projects"] }) },
         );
       }}
@@ -31,6 +32,7 @@ export function CreateProjectForm() {
         <TextInput label="New project" value={name} onChange={(e) => setName(e.currentTarget.value)} required w={180} />
         <Select label="Dataset" data={(datasets.data?.items ?? []).map((d) => ({ value: d.id, label: d.name }))} value={datasetId} onChange={setDatasetId} w={200} />
         <Select label="Kind" data={KINDS} value={kind} onChange={setKind} allowDeselect={false} w={150} />
+        <NumberInput label="Items per task" min={1} max={100} value={batch} onChange={setBatch} w={110} />
         <TextInput label="Classes (comma-separated)" value={classes} onChange={(e) => setClasses(e.currentTarget.value)} w={220} />
         <Button type="submit" loading={create.isPending} disabled={!name.trim() || !datasetId || !classes.trim()}>
           Create project

@@ -10,6 +10,7 @@ import { useAnnotators, useCommit, useReview, useReviewQueue } from "../api/revi
 
 function ReviewCard({ project, task }: { project: Project; task: Task }) {
   const review = useReview(project.id);
+  const { can } = useAuth();
   const [comment, setComment] = useState("");
   const items = task.items as unknown as TaskItem[];
   const labels = (task.labels ?? {}) as Record<string, Item["labels"]>;
@@ -30,6 +31,8 @@ function ReviewCard({ project, task }: { project: Project; task: Task }) {
             </figure>
           ))}
         </Group>
+        {can("review") ? (
+          <>
         <Textarea label="Comment" value={comment} onChange={(e) => setComment(e.currentTarget.value)} autosize minRows={1} />
         <Group gap="xs">
           <Button size="xs" color="green" loading={review.isPending} onClick={() => review.mutate({ taskId: task.id, accept: true, comment })}>
@@ -39,6 +42,8 @@ function ReviewCard({ project, task }: { project: Project; task: Task }) {
             Reject
           </Button>
         </Group>
+          </>
+        ) : null}
         <ProblemAlert error={review.error} />
       </Stack>
     </Card>
@@ -98,8 +103,12 @@ export function ReviewQueue({ project }: { project: Project }) {
         </Group>
       ) : null}
       <ProblemAlert error={commit.error} />
-      <Title order={4}>Annotators</Title>
-      <Annotators projectId={project.id} />
+      {can("viewAnnotators") ? (
+        <>
+          <Title order={4}>Annotators</Title>
+          <Annotators projectId={project.id} />
+        </>
+      ) : null}
     </Stack>
   );
 }

@@ -6,6 +6,19 @@ import { useAuth } from "@/lib/auth";
 import { useCanaryAction, useEndpoint, useEndpoints, usePredict } from "../api/serving";
 
 export function EndpointList() {
+  const { can } = useAuth();
+  if (!can("viewServing")) {
+    return (
+      <Stack>
+        <Title order={2}>Serving</Title>
+        <EmptyState title="Not for your role">Endpoints are shown to viewers, data and ML engineers.</EmptyState>
+      </Stack>
+    );
+  }
+  return <Endpoints />;
+}
+
+function Endpoints() {
   const endpoints = useEndpoints();
   return (
     <Stack>
@@ -147,7 +160,7 @@ export function EndpointDetail({ name }: { name: string }) {
               ))}
             </Table.Tbody>
           </Table>
-          {can("predict") ? <TryIt name={name} /> : null}
+          {can("viewServing") ? <TryIt name={name} /> : null}
         </>
       ) : null}
     </Stack>
