@@ -365,6 +365,12 @@ def test(ctx: typer.Context) -> None:
     if tools.exists() and subprocess.call(["bash", str(tools)]) != 0:
         typer.echo("kiln test: the deployment tools (kustomize, nginx) did not install", err=True)
         raise typer.Exit(2)
+    # The console's browser tests need Debian's Chromium and the built web/ (npm ci + build).
+    chromium = tools.with_name("install_chromium.sh")
+    if chromium.exists() and subprocess.call(["bash", str(chromium)]) != 0:
+        typer.echo("kiln test: chromium did not install", err=True)
+        raise typer.Exit(2)
+    _build_console()
     env = dict(os.environ)
     for key, value in local_stack_env().items():
         env.setdefault(key.replace("KILN_", "KILN_TEST_", 1), value)

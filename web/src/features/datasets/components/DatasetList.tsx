@@ -10,19 +10,26 @@ const TASK_TYPES = ["classification", "detection", "segmentation"];
 export function CreateDatasetForm() {
   const create = useCreateDataset();
   const [name, setName] = useState("");
+  const [description, setDescription] = useState("");
   const [taskType, setTaskType] = useState<string | null>("detection");
   return (
     <form
       onSubmit={(e) => {
         e.preventDefault();
         create.mutate(
-          { name, task_type: (taskType ?? "detection") as "detection" },
-          { onSuccess: () => setName("") },
+          { name, description, task_type: (taskType ?? "detection") as "detection" },
+          {
+            onSuccess: () => {
+              setName("");
+              setDescription("");
+            },
+          },
         );
       }}
     >
       <Group align="end">
         <TextInput label="New dataset name" value={name} onChange={(e) => setName(e.currentTarget.value)} required />
+        <TextInput label="Description" value={description} onChange={(e) => setDescription(e.currentTarget.value)} w={260} />
         <Select label="Task" data={TASK_TYPES} value={taskType} onChange={setTaskType} allowDeselect={false} />
         <Button type="submit" loading={create.isPending} disabled={!name.trim()}>
           Create

@@ -105,6 +105,7 @@ export function LabelCanvas(props: Props) {
 
   const preview = drag && tool === "box" ? boxFromDrag(drag.start, drag.now, imageW, imageH, 0) : null;
   return (
+    <div data-testid="label-canvas" className="canvas">
     <Stage
       ref={stage}
       width={width}
@@ -114,8 +115,6 @@ export function LabelCanvas(props: Props) {
       onMouseMove={onMove}
       onMouseUp={onUp}
       onDblClick={onDouble}
-      className="canvas"
-      data-testid="label-canvas"
     >
       <Layer x={view.x} y={view.y} scaleX={view.scale} scaleY={view.scale}>
         {image ? <KonvaImage image={image} width={imageW} height={imageH} /> : null}
@@ -125,5 +124,6 @@ export function LabelCanvas(props: Props) {
         {ring.length > 0 ? <Line points={ring.flatMap((p) => [p.x, p.y])} stroke={STROKE} strokeWidth={2 / view.scale} /> : null}
       </Layer>
     </Stage>
+    </div>
   );
 }

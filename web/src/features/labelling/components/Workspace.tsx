@@ -8,7 +8,7 @@ import { leaseNext, submitTask, type Project, type Task, type TaskItem } from ".
 import { commit, fromLabels, history, redo, toSubmission, undo, type History, type Shape } from "../geometry";
 import { LabelCanvas, type Tool } from "./LabelCanvas";
 
-const CANVAS_W = 860;
+const CANVAS_W = 740;
 const CANVAS_H = 540;
 
 function useImageElement(url: string | null): HTMLImageElement | null {
@@ -220,7 +220,7 @@ export function Workspace({ project }: { project: Project }) {
               item {index + 1}/{items.length}: {item.item_id} ({item.width}×{item.height}) · {image ? "image ready" : "loading image"}
             </Text>
           </Stack>
-          <Stack gap="xs" w={300}>
+          <Stack gap="xs" w={290}>
             <SegmentedControl size="xs" data={tools} value={tool} onChange={(v) => setTool(v as Tool)} aria-label="Tool" />
             <Text size="sm" fw={600}>
               Classes

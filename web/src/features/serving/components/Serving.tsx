@@ -119,6 +119,10 @@ export function EndpointDetail({ name }: { name: string }) {
           <Text size="sm">
             {e.model_name}@{e.alias} · {e.strategy} · <Badge>{e.state}</Badge>
           </Text>
+          <Text size="sm" data-testid="stable">
+            stable {e.stable ? `v${e.stable.version} (${e.stable.state})` : "none yet"}
+            {e.candidate ? ` · candidate v${e.candidate.version} (${e.candidate.state})` : ""}
+          </Text>
           <Title order={4}>Traffic</Title>
           <Table aria-label="Traffic shares">
             <Table.Tbody>

@@ -16,6 +16,10 @@ export function useTemplates() {
   });
 }
 
+export function useTeams() {
+  return useQuery({ queryKey: ["teams"], queryFn: () => data(api.training.GET("/v1/teams", {})) });
+}
+
 export function useJobs() {
   return useQuery({
     queryKey: ["training-jobs"],

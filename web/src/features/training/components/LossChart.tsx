@@ -7,9 +7,15 @@ import type { MetricPoint } from "../api/training";
 export function LossChart({ points, metric = "loss" }: { points: MetricPoint[]; metric?: string }) {
   const box = useRef<HTMLDivElement>(null);
   const plot = useRef<uPlot | null>(null);
-  const series = points.filter((p) => typeof (p.metrics as Record<string, unknown>)[metric] === "number");
+  // Step points carry "loss", epoch points "train_loss": one curve of both, by step.
+  const value = (p: MetricPoint) => {
+    const m = p.metrics as Record<string, unknown>;
+    const v = m[metric] ?? m[`train_${metric}`];
+    return typeof v === "number" ? v : null;
+  };
+  const series = points.filter((p) => value(p) !== null);
   const steps = series.map((p) => p.step);
-  const values = series.map((p) => (p.metrics as Record<string, number>)[metric] ?? null);
+  const values = series.map(value);
   useEffect(() => {
     if (!box.current) return;
     plot.current = new uPlot(

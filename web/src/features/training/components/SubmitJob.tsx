@@ -3,7 +3,7 @@ import { useEffect, useState } from "react";
 import { useNavigate } from "react-router-dom";
 import { ProblemAlert } from "@/components/ui/Problem";
 import { useDatasets, useVersions } from "@/features/datasets/api/datasets";
-import { useSubmitJob, useTemplates } from "../api/training";
+import { useSubmitJob, useTeams, useTemplates } from "../api/training";
 import { changed, defaults, validate, type ParamSpec, type ParamValues, type Template } from "../params";
 
 function ParamField({ name, spec, value, error, onChange }: { name: string; spec: ParamSpec; value: ParamValues[string] | undefined; error?: string; onChange: (v: ParamValues[string]) => void }) {
@@ -33,7 +33,8 @@ export function TemplateForm({ template }: { template: Template }) {
   const [values, setValues] = useState<ParamValues>(() => defaults(template));
   const [datasetId, setDatasetId] = useState<string | null>(null);
   const [version, setVersion] = useState<string | null>(null);
-  const [team, setTeam] = useState("default");
+  const [team, setTeam] = useState<string | null>(null);
+  const teams = useTeams();
   const [modelName, setModelName] = useState("");
   const [trainSplit, setTrainSplit] = useState("train");
   const [evalSplit, setEvalSplit] = useState("val");
@@ -50,7 +51,7 @@ export function TemplateForm({ template }: { template: Template }) {
         submit.mutate(
           {
             template: template.name,
-            team,
+            team: team ?? teams.data?.[0]?.name ?? "",
             model_name: modelName || null,
             params: changed(template, values),
             dataset: { dataset_id: datasetId ?? "", version: version ? Number(version) : null, train_split: trainSplit, eval_split: evalSplit },
@@ -70,7 +71,14 @@ export function TemplateForm({ template }: { template: Template }) {
           <TextInput label="Eval split" value={evalSplit} onChange={(e) => setEvalSplit(e.currentTarget.value)} />
         </Group>
         <Group grow>
-          <TextInput label="Team" value={team} onChange={(e) => setTeam(e.currentTarget.value)} required />
+          <Select
+            label="Team"
+            data={(teams.data ?? []).map((t) => t.name)}
+            value={team ?? teams.data?.[0]?.name ?? null}
+            onChange={setTeam}
+            allowDeselect={false}
+            error={teams.data && teams.data.length === 0 ? "no team yet: an admin creates one" : undefined}
+          />
           <TextInput label="Model name" placeholder="<dataset>-<template>" value={modelName} onChange={(e) => setModelName(e.currentTarget.value)} />
         </Group>
         <div className="param-grid">

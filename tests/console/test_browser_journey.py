@@ -1,0 +1,139 @@
+"""The console in a real headless Chromium against a running embedded Kiln: the whole loop by
+the roles that do each step, then every page by every role; any browser console error or
+failed request fails the test. Screenshots go to the test's artefact directory."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import subprocess
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.console.conftest import WEB
+
+def png(colour: int, seed: int, size: int = 8) -> bytes:
+    """A small grey image: dark or light with noise, so a tiny CNN can tell them apart."""
+    rng = random.Random(seed)
+    image = Image.new("L", (size, size))
+    image.putdata([max(0, min(255, colour + rng.randint(-30, 30))) for _ in range(size * size)])
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def coco_zip(path: Path) -> Path:
+    """Two 640×480 photos and a COCO file with their categories and no annotations yet."""
+    with zipfile.ZipFile(path, "w") as archive:
+        images = []
+        for index, colour in enumerate(((180, 60, 40), (40, 90, 170)), start=1):
+            buffer = io.BytesIO()
+            Image.new("RGB", (640, 480), colour).save(buffer, format="JPEG")
+            archive.writestr(f"images/part-{index}.jpg", buffer.getvalue())
+            images.append(
+                {"id": index, "file_name": f"part-{index}.jpg", "width": 640, "height": 480}
+            )
+        coco = {
+            "images": images,
+            "annotations": [],
+            "categories": [{"id": 1, "name": "bolt"}, {"id": 2, "name": "nut"}],
+        }
+        archive.writestr("annotations.json", json.dumps(coco))
+    return path
+
+
+def seed(url: str) -> dict[str, str]:
+    """What the journey does not make through pages: a small labelled classification dataset to
+    train on, the model's promotion policy and an endpoint that follows its production alias."""
+    tokens = httpx.get(f"{url}/console/session").json()["tokens"]
+    engineer = {"authorization": f"Bearer {tokens['data-engineer']}"}
+    ml = {"authorization": f"Bearer {tokens['ml-engineer']}"}
+    admin = {"authorization": f"Bearer {tokens['admin']}"}
+    with httpx.Client(base_url=url, timeout=60) as http:
+        ds = http.post(
+            "/api/dataset/v1/datasets",
+            json={"name": "shapes", "task_type": "classification"},
+            headers=engineer,
+        ).json()
+        draft = http.post(
+            f"/api/dataset/v1/datasets/{ds['id']}/drafts", json={}, headers=engineer
+        ).json()
+        files, labels = [], {}
+        for i in range(60):
+            name = f"{'dark' if i % 2 else 'light'}-{i:02}.png"
+            files.append(("files", (name, png(40 if i % 2 else 210, i), "image/png")))
+            labels[name] = "dark" if i % 2 else "light"
+        for split, part in (("train", files[:44]), ("val", files[44:])):
+            r = http.post(
+                f"/api/dataset/v1/datasets/{ds['id']}/drafts/{draft['id']}/items",
+                files=part,
+                data={"labels": json.dumps({n: labels[n] for n, *_ in (f[1] for f in part)}),
+                      "split": split},
+                headers=engineer,
+            )
+            assert r.status_code == 200, r.text
+        r = http.post(
+            f"/api/dataset/v1/datasets/{ds['id']}/drafts/{draft['id']}/commit",
+            json={"message": "seeded"},
+            headers=engineer,
+        )
+        assert r.status_code == 201, r.text
+        r = http.post("/api/training/v1/teams", json={"name": "vision"}, headers=admin)
+        assert r.status_code == 201, r.text
+        model = "shapes-cnn"
+        assert http.post("/api/registry/v1/models", json={"name": model}, headers=ml).is_success
+        r = http.put(
+            f"/api/registry/v1/models/{model}/policy",
+            json={
+                "gated_aliases": ["production"],
+                "metric_gates": [{"metric": "accuracy", "op": ">=", "value": 0.5}],
+                "regression_gates": [],
+                "promoter_roles": ["ml-engineer"],
+            },
+            headers=admin,
+        )
+        assert r.is_success, r.text
+        r = http.post(
+            "/api/serving/v1/endpoints",
+            json={"name": "shapes", "model_name": model, "alias": "production"},
+            headers=ml,
+        )
+        assert r.is_success, r.text
+    return {"model": model, "endpoint": "shapes"}
+
+
+@pytest.mark.timeout(900)
+def test_the_whole_loop_in_a_real_browser(
+    console_url: str, chromium: str, tmp_path: Path, node_modules: Path
+) -> None:
+    seeded = seed(console_url)
+    artefacts = Path(os.environ.get("KILN_CONSOLE_ARTEFACTS", tmp_path / "screenshots"))
+    artefacts.mkdir(parents=True, exist_ok=True)
+    digit = tmp_path / "light.png"
+    digit.write_bytes(png(210, 999))
+    result = subprocess.run(
+        ["node", str(WEB / "e2e" / "journey.mjs")],
+        cwd=WEB,
+        env={
+            **os.environ,
+            "KILN_URL": console_url,
+            "CHROMIUM": chromium,
+            "COCO_ZIP": str(coco_zip(tmp_path / "parts-coco.zip")),
+            "DROP_IMAGE": str(digit),
+            "ARTEFACTS": str(artefacts),
+            "MODEL": seeded["model"],
+            "ENDPOINT": seeded["endpoint"],
+        },
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    print(result.stdout[-6000:])
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert len(list(artefacts.glob("*.png"))) >= 40  # every page of every role, and the steps
