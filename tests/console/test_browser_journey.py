@@ -18,6 +18,7 @@ from PIL import Image
 
 from tests.console.conftest import WEB
 
+
 def png(colour: int, seed: int, size: int = 8) -> bytes:
     """A small grey image: dark or light with noise, so a tiny CNN can tell them apart."""
     rng = random.Random(seed)
@@ -73,8 +74,10 @@ def seed(url: str) -> dict[str, str]:
             r = http.post(
                 f"/api/dataset/v1/datasets/{ds['id']}/drafts/{draft['id']}/items",
                 files=part,
-                data={"labels": json.dumps({n: labels[n] for n, *_ in (f[1] for f in part)}),
-                      "split": split},
+                data={
+                    "labels": json.dumps({n: labels[n] for n, *_ in (f[1] for f in part)}),
+                    "split": split,
+                },
                 headers=engineer,
             )
             assert r.status_code == 200, r.text
