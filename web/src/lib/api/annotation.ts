@@ -382,6 +382,54 @@ export interface components {
             /** Items */
             items: components["schemas"]["GoldItem"][];
         };
+        /**
+         * LabelDef
+         * @description One label a project's annotators may use.
+         */
+        LabelDef: {
+            /** Color */
+            color?: string | null;
+            /** Description */
+            description?: string | null;
+            /** Name */
+            name: string;
+        };
+        /**
+         * LabelSchema
+         * @description What a project's annotations may contain.
+         *
+         *     ``attributes`` maps an attribute name to its allowed values (an empty list allows any value);
+         *     a label may carry only attributes the schema defines.
+         */
+        LabelSchema: {
+            /** Attributes */
+            attributes?: {
+                [key: string]: (string | number | boolean)[];
+            };
+            /**
+             * Keypoint Names
+             * @description keypoints only
+             */
+            keypoint_names?: string[];
+            /**
+             * Kind
+             * @enum {string}
+             */
+            kind: "classification" | "boxes" | "polygons" | "masks" | "keypoints";
+            /** Labels */
+            labels: components["schemas"]["LabelDef"][];
+            /**
+             * Min Box Size
+             * @description boxes only, in pixels
+             */
+            min_box_size?: number | null;
+            /**
+             * Multi Label
+             * @description classification only
+             * @default false
+             */
+            multi_label?: boolean;
+        };
         /** PingAccepted */
         PingAccepted: {
             /** Event Id */
@@ -444,10 +492,7 @@ export interface components {
             batch_size?: number;
             /** Dataset Id */
             dataset_id: string;
-            /** Label Schema */
-            label_schema: {
-                [key: string]: unknown;
-            };
+            label_schema: components["schemas"]["LabelSchema"];
             /**
              * Lease Seconds
              * @default 900

@@ -631,10 +631,7 @@ export interface components {
              * @default
              */
             message?: string;
-            /** Recipe */
-            recipe: {
-                [key: string]: unknown;
-            };
+            recipe: components["schemas"]["Recipe"];
             /**
              * Seed
              * @default 0
@@ -697,6 +694,44 @@ export interface components {
              */
             type: "class";
         };
+        /** ColourJitterParams */
+        ColourJitterParams: {
+            /**
+             * Brightness
+             * @default 0.2
+             */
+            brightness?: number;
+            /**
+             * Contrast
+             * @default 0.2
+             */
+            contrast?: number;
+            /**
+             * Hue
+             * @description fraction of the hue circle
+             * @default 0
+             */
+            hue?: number;
+            /**
+             * Saturation
+             * @default 0.2
+             */
+            saturation?: number;
+        };
+        /** ColourJitterStep */
+        ColourJitterStep: {
+            params?: components["schemas"]["ColourJitterParams"];
+            /**
+             * Probability
+             * @default 1
+             */
+            probability?: number;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            strategy: "colour_jitter";
+        };
         /** CommitRequest */
         CommitRequest: {
             /**
@@ -704,6 +739,51 @@ export interface components {
              * @default
              */
             message?: string;
+        };
+        /** CutoutParams */
+        CutoutParams: {
+            /**
+             * Fill
+             * @default 0
+             */
+            fill?: number;
+            /**
+             * Holes
+             * @default [
+             *       1,
+             *       1
+             *     ]
+             */
+            holes?: [
+                number,
+                number
+            ];
+            /**
+             * Size
+             * @description side of a hole as a fraction of the image side
+             * @default [
+             *       0.1,
+             *       0.3
+             *     ]
+             */
+            size?: [
+                number,
+                number
+            ];
+        };
+        /** CutoutStep */
+        CutoutStep: {
+            params?: components["schemas"]["CutoutParams"];
+            /**
+             * Probability
+             * @default 1
+             */
+            probability?: number;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            strategy: "cutout";
         };
         /** DatasetCreate */
         DatasetCreate: {
@@ -773,7 +853,7 @@ export interface components {
         /** DatasetUpdate */
         DatasetUpdate: {
             /** Description */
-            description?: string | null;
+            description?: string;
             /** Media Format */
             media_format?: string | null;
             /** Product Standard */
@@ -781,7 +861,7 @@ export interface components {
             /** Source Channel */
             source_channel?: string | null;
             /** Tags */
-            tags?: string[] | null;
+            tags?: string[];
             usability?: components["schemas"]["Usability"] | null;
         };
         /** DraftCreate */
@@ -804,6 +884,90 @@ export interface components {
             item_count: number;
             /** Status */
             status: string;
+        };
+        /** GaussianBlurParams */
+        GaussianBlurParams: {
+            /**
+             * Radius
+             * @default [
+             *       0,
+             *       2
+             *     ]
+             */
+            radius?: [
+                number,
+                number
+            ];
+        };
+        /** GaussianBlurStep */
+        GaussianBlurStep: {
+            params?: components["schemas"]["GaussianBlurParams"];
+            /**
+             * Probability
+             * @default 1
+             */
+            probability?: number;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            strategy: "gaussian_blur";
+        };
+        /** GaussianNoiseParams */
+        GaussianNoiseParams: {
+            /**
+             * Sigma
+             * @default [
+             *       0,
+             *       10
+             *     ]
+             */
+            sigma?: [
+                number,
+                number
+            ];
+        };
+        /** GaussianNoiseStep */
+        GaussianNoiseStep: {
+            params?: components["schemas"]["GaussianNoiseParams"];
+            /**
+             * Probability
+             * @default 1
+             */
+            probability?: number;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            strategy: "gaussian_noise";
+        };
+        /** GrayscaleStep */
+        GrayscaleStep: {
+            params?: components["schemas"]["NoParams"];
+            /**
+             * Probability
+             * @default 1
+             */
+            probability?: number;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            strategy: "grayscale";
+        };
+        /** HorizontalFlipStep */
+        HorizontalFlipStep: {
+            params?: components["schemas"]["NoParams"];
+            /**
+             * Probability
+             * @default 1
+             */
+            probability?: number;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            strategy: "horizontal_flip";
         };
         /** ImportArchiveForm */
         ImportArchiveForm: {
@@ -857,6 +1021,34 @@ export interface components {
              * Format: date-time
              */
             updated_at: string;
+        };
+        /** JpegQualityParams */
+        JpegQualityParams: {
+            /**
+             * Quality
+             * @default [
+             *       30,
+             *       90
+             *     ]
+             */
+            quality?: [
+                number,
+                number
+            ];
+        };
+        /** JpegQualityStep */
+        JpegQualityStep: {
+            params?: components["schemas"]["JpegQualityParams"];
+            /**
+             * Probability
+             * @default 1
+             */
+            probability?: number;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            strategy: "jpeg_quality";
         };
         /** KeypointsLabel */
         KeypointsLabel: {
@@ -942,6 +1134,8 @@ export interface components {
              */
             type: "mask";
         };
+        /** NoParams */
+        NoParams: Record<string, never>;
         /** Page[DatasetPublic] */
         Page_DatasetPublic_: {
             /** Items */
@@ -1056,6 +1250,34 @@ export interface components {
              */
             type: "polygon";
         };
+        /** PosterizeParams */
+        PosterizeParams: {
+            /**
+             * Bits
+             * @default [
+             *       3,
+             *       6
+             *     ]
+             */
+            bits?: [
+                number,
+                number
+            ];
+        };
+        /** PosterizeStep */
+        PosterizeStep: {
+            params?: components["schemas"]["PosterizeParams"];
+            /**
+             * Probability
+             * @default 1
+             */
+            probability?: number;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            strategy: "posterize";
+        };
         /** PurgeRequest */
         PurgeRequest: {
             /**
@@ -1063,6 +1285,79 @@ export interface components {
              * @default 60
              */
             grace_minutes?: number;
+        };
+        /** RandomCropParams */
+        RandomCropParams: {
+            /**
+             * Fraction
+             * @description side of the crop as a fraction of the image side
+             * @default [
+             *       0.6,
+             *       1
+             *     ]
+             */
+            fraction?: [
+                number,
+                number
+            ];
+            /**
+             * Keep Aspect
+             * @default false
+             */
+            keep_aspect?: boolean;
+            /**
+             * Min Visibility
+             * @default 0.25
+             */
+            min_visibility?: number;
+        };
+        /** RandomCropStep */
+        RandomCropStep: {
+            params?: components["schemas"]["RandomCropParams"];
+            /**
+             * Probability
+             * @default 1
+             */
+            probability?: number;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            strategy: "random_crop";
+        };
+        /**
+         * Recipe
+         * @description An augmentation recipe: steps run in order, each with its own probability.
+         */
+        Recipe: {
+            /**
+             * Copies Per Item
+             * @default 1
+             */
+            copies_per_item?: number;
+            /** Steps */
+            steps?: (components["schemas"]["HorizontalFlipStep"] | components["schemas"]["VerticalFlipStep"] | components["schemas"]["RotateStep"] | components["schemas"]["RandomCropStep"] | components["schemas"]["ResizeStep"] | components["schemas"]["ScaleStep"] | components["schemas"]["ColourJitterStep"] | components["schemas"]["GaussianNoiseStep"] | components["schemas"]["GaussianBlurStep"] | components["schemas"]["GrayscaleStep"] | components["schemas"]["CutoutStep"] | components["schemas"]["JpegQualityStep"] | components["schemas"]["PosterizeStep"])[];
+        };
+        /** ResizeParams */
+        ResizeParams: {
+            /** Height */
+            height?: number | null;
+            /** Width */
+            width?: number | null;
+        };
+        /** ResizeStep */
+        ResizeStep: {
+            params?: components["schemas"]["ResizeParams"];
+            /**
+             * Probability
+             * @default 1
+             */
+            probability?: number;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            strategy: "resize";
         };
         /** Rle */
         Rle: {
@@ -1073,6 +1368,78 @@ export interface components {
              * @description [height, width]
              */
             size: number[];
+        };
+        /** RotateParams */
+        RotateParams: {
+            /**
+             * Degrees
+             * @default [
+             *       -15,
+             *       15
+             *     ]
+             */
+            degrees?: [
+                number,
+                number
+            ];
+            /**
+             * Expand
+             * @description grow the canvas to hold the whole image
+             * @default false
+             */
+            expand?: boolean;
+            /**
+             * Fill
+             * @default 0
+             */
+            fill?: number;
+            /**
+             * Min Visibility
+             * @default 0.25
+             */
+            min_visibility?: number;
+        };
+        /** RotateStep */
+        RotateStep: {
+            params?: components["schemas"]["RotateParams"];
+            /**
+             * Probability
+             * @default 1
+             */
+            probability?: number;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            strategy: "rotate";
+        };
+        /** ScaleParams */
+        ScaleParams: {
+            /**
+             * Factor
+             * @default [
+             *       0.8,
+             *       1.2
+             *     ]
+             */
+            factor?: [
+                number,
+                number
+            ];
+        };
+        /** ScaleStep */
+        ScaleStep: {
+            params?: components["schemas"]["ScaleParams"];
+            /**
+             * Probability
+             * @default 1
+             */
+            probability?: number;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            strategy: "scale";
         };
         /** SplitRequest */
         SplitRequest: {
@@ -1179,6 +1546,20 @@ export interface components {
             version: number;
             /** Version Id */
             version_id: string;
+        };
+        /** VerticalFlipStep */
+        VerticalFlipStep: {
+            params?: components["schemas"]["NoParams"];
+            /**
+             * Probability
+             * @default 1
+             */
+            probability?: number;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            strategy: "vertical_flip";
         };
     };
     responses: never;
@@ -1791,6 +2172,7 @@ export interface operations {
             header?: never;
             path: {
                 dataset_id: string;
+                /** @description version number */
                 version: number;
             };
             cookie?: never;
@@ -1825,6 +2207,7 @@ export interface operations {
             header?: never;
             path: {
                 dataset_id: string;
+                /** @description version number */
                 version: number;
             };
             cookie?: never;
@@ -1855,6 +2238,7 @@ export interface operations {
             header?: never;
             path: {
                 dataset_id: string;
+                /** @description version number */
                 version: number;
             };
             cookie?: never;
@@ -1894,6 +2278,7 @@ export interface operations {
             header?: never;
             path: {
                 dataset_id: string;
+                /** @description version number */
                 version: number;
             };
             cookie?: never;
@@ -1931,6 +2316,7 @@ export interface operations {
             header?: never;
             path: {
                 dataset_id: string;
+                /** @description version number */
                 version: number;
             };
             cookie?: never;
@@ -1971,6 +2357,7 @@ export interface operations {
             header?: never;
             path: {
                 dataset_id: string;
+                /** @description version number */
                 version: number;
             };
             cookie?: never;
@@ -2086,6 +2473,7 @@ export interface operations {
             header?: never;
             path: {
                 dataset_id: string;
+                /** @description version number */
                 version: number;
             };
             cookie?: never;
@@ -2118,6 +2506,7 @@ export interface operations {
             header?: never;
             path: {
                 dataset_id: string;
+                /** @description version number */
                 version: number;
             };
             cookie?: never;
@@ -2152,6 +2541,7 @@ export interface operations {
             header?: never;
             path: {
                 dataset_id: string;
+                /** @description version number */
                 version: number;
             };
             cookie?: never;
@@ -2184,6 +2574,7 @@ export interface operations {
             header?: never;
             path: {
                 dataset_id: string;
+                /** @description version number */
                 version: number;
             };
             cookie?: never;
@@ -2220,6 +2611,7 @@ export interface operations {
             header?: never;
             path: {
                 dataset_id: string;
+                /** @description version number */
                 version: number;
             };
             cookie?: never;

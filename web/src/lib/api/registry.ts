@@ -713,7 +713,7 @@ export interface components {
              * Promoter Roles
              * @description roles allowed to move a gated alias (admin always may)
              */
-            promoter_roles?: string[];
+            promoter_roles?: ("admin" | "data-engineer" | "annotator" | "reviewer" | "ml-engineer" | "viewer")[];
             /** Regression Gates */
             regression_gates?: components["schemas"]["RegressionGate"][];
         };
@@ -737,7 +737,7 @@ export interface components {
              * Promoter Roles
              * @description roles allowed to move a gated alias (admin always may)
              */
-            promoter_roles?: string[];
+            promoter_roles?: ("admin" | "data-engineer" | "annotator" | "reviewer" | "ml-engineer" | "viewer")[];
             /** Regression Gates */
             regression_gates?: components["schemas"]["RegressionGate"][];
             /** Updated At */

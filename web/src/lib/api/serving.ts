@@ -339,7 +339,7 @@ export interface components {
             model_name: string;
             /**
              * Name
-             * @description lower-case letters, digits and dashes
+             * @description 1-63 lower-case letters, digits and single dashes
              */
             name: string;
             /**
@@ -728,6 +728,24 @@ export interface operations {
                 };
                 content: {
                     "application/json": unknown;
+                };
+            };
+            /** @description The model failed on this input */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                };
+            };
+            /** @description No model version is deployed yet, or the model server is down */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
                 };
             };
             /** @description Problem details (RFC 9457) */

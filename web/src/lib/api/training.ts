@@ -818,7 +818,7 @@ export interface components {
             cpu?: number;
             /**
              * Gpu
-             * @description devices
+             * @description whole devices
              * @default 0
              */
             gpu?: number;

@@ -5,13 +5,14 @@ import type { components } from "@/lib/api/annotation";
 export type Task = components["schemas"]["TaskPublic"];
 export type ProjectCreate = components["schemas"]["ProjectCreate"];
 
-/** A project as the annotation service answers it (its document leaves the shape open). */
+/** A project as the annotation service answers it: its document leaves the reply's shape
+ * open, so only the schema part is the generated type. */
 export interface Project {
   id: string;
   name: string;
   dataset_id: string;
   lease_seconds: number;
-  label_schema: { kind: string; labels: { name: string; color?: string | null }[]; multi_label?: boolean; keypoint_names?: string[] };
+  label_schema: components["schemas"]["LabelSchema"];
   task_counts?: Record<string, number>;
 }
 

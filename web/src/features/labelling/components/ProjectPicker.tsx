@@ -4,7 +4,7 @@ import { useState } from "react";
 import { EmptyState, Loading, ProblemAlert } from "@/components/ui/Problem";
 import { useAuth } from "@/lib/auth";
 import { useDatasets } from "@/features/datasets/api/datasets";
-import { useCreateProject, useProjects, type Project } from "../api/tasks";
+import { useCreateProject, useProjects, type Project, type ProjectCreate } from "../api/tasks";
 
 const KINDS = ["classification", "boxes", "polygons", "masks", "keypoints"];
 
@@ -23,7 +23,7 @@ export function CreateProjectForm() {
         e.preventDefault();
         const labels = classes.split(",").map((c) => c.trim()).filter(Boolean).map((c) => ({ name: c }));
         create.mutate(
-          { name, dataset_id: datasetId ?? "", label_schema: { kind, labels }, batch_size: Number(batch) || 1 },
+          { name, dataset_id: datasetId ?? "", label_schema: { kind: (kind ?? "boxes") as ProjectCreate["label_schema"]["kind"], labels }, batch_size: Number(batch) || 1 },
           { onSuccess: () => void client.invalidateQueries({ queryKey: ["projects"] }) },
         );
       }}
