@@ -24,7 +24,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.auth import Principal, require_roles
 from kiln_core.catalog import VersionLineage
-from kiln_core.db import MAX_PARAM_INT, aware, utcnow
+from kiln_core.db import INT32_MAX, MAX_PARAM_INT, aware, utcnow
 from kiln_core.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, ValidationFailed
 from kiln_core.http import SessionDep, get_runtime
 from kiln_core.manifest import Category, Label, ManifestItem
@@ -64,7 +64,7 @@ Writer = Annotated[Principal, require_roles(*WRITERS)]
 Reader = Annotated[Principal, require_roles(*READERS)]
 Limit = Annotated[int, Query(ge=1, le=500, description="page size")]
 Offset = Annotated[int, Query(ge=0, le=MAX_PARAM_INT, description="items to skip")]
-VersionNumber = Annotated[int, PathParam(ge=1, le=MAX_PARAM_INT, description="version number")]
+VersionNumber = Annotated[int, PathParam(ge=1, le=INT32_MAX, description="version number")]
 ImportFormat = Literal["coco", "yolo", "voc", "imagefolder", "csv", "jsonl", "auto"]
 ExportFormat = Literal["coco", "yolo", "voc", "imagefolder", "jsonl"]
 
@@ -313,7 +313,7 @@ async def restore_dataset(
 
 class DraftCreate(BaseModel):
     base_version: int | None = PydField(
-        default=None, ge=1, le=MAX_PARAM_INT, description="start from a version"
+        default=None, ge=1, le=INT32_MAX, description="start from a version"
     )
 
 
@@ -785,7 +785,7 @@ async def diff_version(
     session: SessionDep,
     _who: Reader,
     against: Annotated[
-        int, Query(ge=1, le=MAX_PARAM_INT, description="the other version (the 'before')")
+        int, Query(ge=1, le=INT32_MAX, description="the other version (the 'before')")
     ],
 ) -> dict[str, Any]:
     """Items added, removed, relabelled between ``against`` and this version."""

@@ -17,7 +17,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.auth import Principal, require_roles
 from kiln_core.catalog import ModelArtifact, ModelVersionLineage
-from kiln_core.db import MAX_PARAM_INT, utcnow
+from kiln_core.db import INT32_MAX, MAX_PARAM_INT, utcnow
 from kiln_core.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
 from kiln_core.http import SessionDep, get_runtime
 from kiln_registry import jobs, torchscript
@@ -75,7 +75,7 @@ Limit = Annotated[int, Query(ge=1, le=500, description="page size")]
 Offset = Annotated[int, Query(ge=0, le=MAX_PARAM_INT, description="items to skip")]
 ModelName = Annotated[str, Path(description="registered model name")]
 VersionNumber = Annotated[
-    int, Path(ge=1, le=MAX_PARAM_INT, description="version number within the model")
+    int, Path(ge=1, le=INT32_MAX, description="version number within the model")
 ]
 AliasName = Annotated[str, Path(pattern=ALIAS_PATTERN, description="staging, canary, ...")]
 
