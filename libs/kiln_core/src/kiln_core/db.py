@@ -40,6 +40,8 @@ INT64_MAX = 2**63 - 1
 # The maximum request parameters declare (offsets, version numbers): the largest integer a
 # JSON client reads exactly (JavaScript's Number.MAX_SAFE_INTEGER), well inside INT64_MAX.
 MAX_PARAM_INT = 2**53 - 1
+# The largest number an INTEGER column holds on PostgreSQL (version numbers are stored so).
+INT32_MAX = 2**31 - 1
 
 
 def utcnow() -> datetime:

@@ -33,7 +33,7 @@ from kiln_annotation.workflow import (
     submit,
 )
 from kiln_core.auth import Principal, require_roles
-from kiln_core.db import MAX_PARAM_INT, new_id
+from kiln_core.db import INT32_MAX, MAX_PARAM_INT, new_id
 from kiln_core.errors import Conflict, NotFound, ValidationFailed
 from kiln_core.http import SessionDep, get_runtime
 from kiln_core.manifest import read_manifest
@@ -135,7 +135,7 @@ async def read_project(project_id: str, session: SessionDep, _who: Anyone) -> di
 
 
 class TasksRequest(BaseModel):
-    dataset_version: int = PydField(ge=1, le=MAX_PARAM_INT)
+    dataset_version: int = PydField(ge=1, le=INT32_MAX)
     manifest_key: str = PydField(min_length=1, max_length=500)
     priority: int = 0
 
@@ -269,7 +269,7 @@ async def task_audit(task_id: str, session: SessionDep, who: Anyone) -> list[dic
 
 
 class CommitRequest(BaseModel):
-    dataset_version: int = PydField(ge=1, le=MAX_PARAM_INT)
+    dataset_version: int = PydField(ge=1, le=INT32_MAX)
 
 
 @router.post("/projects/{project_id}/commits", status_code=201)
@@ -366,7 +366,7 @@ class GoldItem(BaseModel):
 
 
 class GoldRequest(BaseModel):
-    dataset_version: int = PydField(ge=1, le=MAX_PARAM_INT)
+    dataset_version: int = PydField(ge=1, le=INT32_MAX)
     items: list[GoldItem] = PydField(min_length=1, max_length=1000)
 
 

@@ -17,7 +17,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.auth import Admin, Principal, Reader, require_roles
 from kiln_core.catalog import ModelArtifact, ModelVersionLineage
-from kiln_core.db import MAX_PARAM_INT, utcnow
+from kiln_core.db import INT32_MAX, MAX_PARAM_INT, utcnow
 from kiln_core.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
 from kiln_core.http import Limit, Offset, SessionDep, get_runtime
 from kiln_registry import torchscript
@@ -70,7 +70,7 @@ WRITERS = ("ml-engineer", "admin")
 Writer = Annotated[Principal, require_roles(*WRITERS)]
 ModelName = Annotated[str, Path(description="registered model name")]
 VersionNumber = Annotated[
-    int, Path(ge=1, le=MAX_PARAM_INT, description="version number within the model")
+    int, Path(ge=1, le=INT32_MAX, description="version number within the model")
 ]
 AliasName = Annotated[str, Path(pattern=ALIAS_PATTERN, description="staging, canary, ...")]
 

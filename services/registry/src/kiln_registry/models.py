@@ -13,7 +13,7 @@ from sqlmodel import Field, SQLModel
 
 from kiln_core.auth import Role
 from kiln_core.catalog import ModelArtifact, ModelSignature, Preprocessing
-from kiln_core.db import UtcDateTime, new_id, utcnow
+from kiln_core.db import INT32_MAX, UtcDateTime, new_id, utcnow
 from kiln_core.http import Page  # noqa: F401 - the list shape every API shares
 from kiln_core.jobs import JobRecord
 
@@ -195,7 +195,7 @@ class ImportMetadata(BaseModel):
     tags: list[Tag] = PydField(default_factory=list, max_length=50)
     description: str = PydField(default="", max_length=5000)
     dataset_id: str | None = None
-    dataset_version: int | None = None
+    dataset_version: int | None = PydField(default=None, ge=1, le=INT32_MAX)
 
     @field_validator("tags")
     @classmethod
@@ -248,7 +248,7 @@ class RegressionGate(BaseModel):
 class PolicyBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    gated_aliases: list[str] = PydField(
+    gated_aliases: list[Annotated[str, StringConstraints(pattern=ALIAS_PATTERN)]] = PydField(
         default_factory=lambda: ["production"],
         description="aliases whose promotion the gates guard (others need only the role)",
     )
@@ -281,7 +281,7 @@ class PolicyPublic(PolicyBody):
 class PromoteBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: int = PydField(ge=1)
+    version: int = PydField(ge=1, le=INT32_MAX)
     reason: str = PydField(default="", max_length=2000)
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from pydantic import Field as PydField
 from sqlalchemy import JSON, Column, Float, Integer, String, Text
 from sqlmodel import Field, SQLModel
@@ -108,10 +108,16 @@ class Promotion(SQLModel, table=True):
 # --- API schemas --------------------------------------------------------------------------------
 
 
+# A canary step: the candidate's share of traffic, in percent (steps must also increase).
+CanaryStep = Annotated[float, PydField(gt=0.0, le=100.0)]
+
+
 class EndpointConfig(BaseModel):
     """How an endpoint rolls out new versions and logs predictions."""
 
-    canary_steps: list[float] = PydField(default_factory=lambda: [10.0, 50.0, 100.0])
+    canary_steps: list[CanaryStep] = PydField(
+        default_factory=lambda: [10.0, 50.0, 100.0], min_length=1
+    )
     step_interval_s: float = PydField(default=30.0, ge=0.0, le=86400.0)
     min_requests_per_step: int = PydField(default=20, ge=1, le=1_000_000)
     max_error_rate: float = PydField(default=0.05, ge=0.0, le=1.0)
@@ -166,20 +172,24 @@ class EndpointCreate(EndpointConfig):
 class EndpointUpdate(BaseModel):
     """Fields to change; the rest stay."""
 
-    alias: str | None = None
-    candidate_alias: str | None = None
-    strategy: Strategy | None = None
-    canary_steps: list[float] | None = None
-    step_interval_s: float | None = None
-    min_requests_per_step: int | None = None
-    max_error_rate: float | None = None
-    max_latency_ratio: float | None = None
-    warmup_requests: int | None = None
-    ab_weight: float | None = None
-    confidence_threshold: float | None = None
-    sample_rate: float | None = None
-    instance_count: int | None = None
-    max_batch_size: int | None = None
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})  # "nothing to update"
+
+    # Left out means unchanged; each field takes what the endpoint's own field takes (the
+    # document says so), and no null.
+    alias: str = PydField(default=None, min_length=1, max_length=100)  # type: ignore[assignment]
+    candidate_alias: str = PydField(default=None, min_length=1, max_length=100)  # type: ignore[assignment]
+    strategy: Strategy = PydField(default=None)  # type: ignore[arg-type]
+    canary_steps: list[CanaryStep] = PydField(default=None, min_length=1)  # type: ignore[arg-type]
+    step_interval_s: float = PydField(default=None, ge=0.0, le=86400.0)  # type: ignore[assignment]
+    min_requests_per_step: int = PydField(default=None, ge=1, le=1_000_000)  # type: ignore[assignment]
+    max_error_rate: float = PydField(default=None, ge=0.0, le=1.0)  # type: ignore[assignment]
+    max_latency_ratio: float = PydField(default=None, gt=0.0)  # type: ignore[assignment]
+    warmup_requests: int = PydField(default=None, ge=0, le=1_000_000)  # type: ignore[assignment]
+    ab_weight: float = PydField(default=None, ge=0.0, le=100.0)  # type: ignore[assignment]
+    confidence_threshold: float = PydField(default=None, ge=0.0, le=1.0)  # type: ignore[assignment]
+    sample_rate: float = PydField(default=None, ge=0.0, le=1.0)  # type: ignore[assignment]
+    instance_count: int = PydField(default=None, ge=1, le=16)  # type: ignore[assignment]
+    max_batch_size: int = PydField(default=None, ge=1, le=1024)  # type: ignore[assignment]
 
     @model_validator(mode="after")
     def _some(self) -> EndpointUpdate:

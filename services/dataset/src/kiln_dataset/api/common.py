@@ -13,7 +13,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.auth import Principal, require_roles
-from kiln_core.db import MAX_PARAM_INT
+from kiln_core.db import INT32_MAX
 from kiln_core.http import get_runtime
 from kiln_core.manifest import Category
 from kiln_core.service import ServiceRuntime
@@ -31,7 +31,7 @@ WRITERS = ("data-engineer", "admin")
 Writer = Annotated[Principal, require_roles(*WRITERS)]
 ImportFormat = Literal["coco", "yolo", "voc", "imagefolder", "csv", "jsonl", "auto"]
 ExportFormat = Literal["coco", "yolo", "voc", "imagefolder", "jsonl"]
-VersionNumber = Annotated[int, PathParam(ge=1, le=MAX_PARAM_INT, description="version number")]
+VersionNumber = Annotated[int, PathParam(ge=1, le=INT32_MAX, description="version number")]
 
 
 async def datasets_public(session: AsyncSession, datasets: list[Dataset]) -> list[DatasetPublic]:

@@ -17,7 +17,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.catalog import VersionLineage
-from kiln_core.db import MAX_PARAM_INT
+from kiln_core.db import INT32_MAX
 from kiln_core.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
 from kiln_core.http import get_runtime
 from kiln_core.manifest import Category, ManifestItem
@@ -43,7 +43,7 @@ UPLOAD_CONCURRENCY = 8
 
 class DraftCreate(BaseModel):
     base_version: int | None = PydField(
-        default=None, ge=1, le=MAX_PARAM_INT, description="start from a version"
+        default=None, ge=1, le=INT32_MAX, description="start from a version"
     )
 
 

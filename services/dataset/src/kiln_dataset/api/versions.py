@@ -14,7 +14,7 @@ from sqlmodel import col, select
 
 from kiln_core.auth import Reader
 from kiln_core.catalog import VersionLineage
-from kiln_core.db import MAX_PARAM_INT
+from kiln_core.db import INT32_MAX, MAX_PARAM_INT
 from kiln_core.errors import NotFound, ValidationFailed
 from kiln_core.http import Limit, Offset, SessionDep, get_runtime
 from kiln_core.manifest import Category, ManifestItem
@@ -119,7 +119,7 @@ async def diff_version(
     session: SessionDep,
     _who: Reader,
     against: Annotated[
-        int, Query(ge=1, le=MAX_PARAM_INT, description="the other version (the 'before')")
+        int, Query(ge=1, le=INT32_MAX, description="the other version (the 'before')")
     ],
 ) -> dict[str, Any]:
     """Items added, removed, relabelled between ``against`` and this version."""
