@@ -17,7 +17,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.auth import Admin, Principal, Reader, require_roles
 from kiln_core.catalog import ModelArtifact, ModelVersionLineage
-from kiln_core.db import INT32_MAX, MAX_PARAM_INT, utcnow
+from kiln_core.db import INT32_MAX, utcnow
 from kiln_core.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
 from kiln_core.http import Limit, Offset, SessionDep, get_runtime
 from kiln_registry import torchscript

@@ -411,33 +411,36 @@ export interface components {
          */
         EndpointUpdate: {
             /** Ab Weight */
-            ab_weight?: number | null;
+            ab_weight?: number;
             /** Alias */
-            alias?: string | null;
+            alias?: string;
             /** Canary Steps */
-            canary_steps?: number[] | null;
+            canary_steps?: number[];
             /** Candidate Alias */
-            candidate_alias?: string | null;
+            candidate_alias?: string;
             /** Confidence Threshold */
-            confidence_threshold?: number | null;
+            confidence_threshold?: number;
             /** Instance Count */
-            instance_count?: number | null;
+            instance_count?: number;
             /** Max Batch Size */
-            max_batch_size?: number | null;
+            max_batch_size?: number;
             /** Max Error Rate */
-            max_error_rate?: number | null;
+            max_error_rate?: number;
             /** Max Latency Ratio */
-            max_latency_ratio?: number | null;
+            max_latency_ratio?: number;
             /** Min Requests Per Step */
-            min_requests_per_step?: number | null;
+            min_requests_per_step?: number;
             /** Sample Rate */
-            sample_rate?: number | null;
+            sample_rate?: number;
             /** Step Interval S */
-            step_interval_s?: number | null;
-            /** Strategy */
-            strategy?: ("direct" | "canary" | "shadow" | "ab") | null;
+            step_interval_s?: number;
+            /**
+             * Strategy
+             * @enum {string}
+             */
+            strategy?: "direct" | "canary" | "shadow" | "ab";
             /** Warmup Requests */
-            warmup_requests?: number | null;
+            warmup_requests?: number;
         };
         /** PingAccepted */
         PingAccepted: {
