@@ -9,7 +9,7 @@ import torch
 
 from kiln_core.catalog import ModelSignature, TensorSpec
 from kiln_registry import torchscript
-from kiln_registry.api import _etag_matches
+from kiln_registry.api.common import etag_matches
 from kiln_registry.models import ModelVersion, PolicyBody
 from kiln_registry.promotion import evaluate_gates
 
@@ -96,7 +96,7 @@ def test_policy_refuses_unknown_roles() -> None:
     ],
 )
 def test_etag_matching(header: str | None, matches: bool) -> None:
-    assert _etag_matches(header, "abc") is matches
+    assert etag_matches(header, "abc") is matches
 
 
 def _scripted(module: torch.nn.Module) -> bytes:
