@@ -44,9 +44,10 @@ import httpx
 import numpy as np
 import typer
 
+from kiln_cli.console import DIST, ConsoleApp
 from kiln_cli.gateway import Gateway
 from kiln_cli.services import DEFAULT_PORTS, load_spec
-from kiln_core.auth import issue_token
+from kiln_core.auth import ROLES, issue_token
 from kiln_core.events import SERVICES
 from kiln_core.http import create_app
 from kiln_core.service import ServiceRuntime
@@ -167,7 +168,6 @@ async def wait_for(
 
 def dev_tokens(settings: Any) -> Callable[[], dict[str, str]]:
     """A development token per role, for the embedded console's role picker."""
-    from kiln_core.auth import ROLES, issue_token
 
     def tokens() -> dict[str, str]:
         return {role: issue_token(f"dev-{role}", [role], settings) for role in ROLES}
@@ -242,8 +242,6 @@ async def embedded_services(
         # One ASGI app mounts every service, as the gateway does on a real deployment.
         gateway = Gateway(apps)
         if serve is not None:
-            from kiln_cli.console import DIST, ConsoleApp
-
             gateway = Gateway(apps, console=ConsoleApp(DIST), dev_tokens=dev_tokens(settings))
             await stack.enter_async_context(serving_console(gateway, *serve))
         transport = httpx.ASGITransport(app=gateway)

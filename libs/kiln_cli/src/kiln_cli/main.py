@@ -202,7 +202,10 @@ def demo(
 
 
 def _build_console() -> None:
-    from kiln_cli.console import ConsoleBuildFailed, ensure_console_built
+    from kiln_cli.console import (  # heavy: loaded by the command that uses it
+        ConsoleBuildFailed,
+        ensure_console_built,
+    )
 
     try:
         ensure_console_built()
@@ -219,8 +222,11 @@ def console(
 ) -> None:
     """Every service and the web console in this process on the embedded defaults (no demo
     loop), until Ctrl-C: what the console's browser tests and benchmark run against."""
-    from kiln_cli.demo import embedded_services, until_stopped
-    from kiln_core.settings import state_dir
+    from kiln_cli.demo import (  # heavy: loaded by the command that uses it
+        embedded_services,
+        until_stopped,
+    )
+    from kiln_core.settings import state_dir  # heavy: loaded by the command that uses it
 
     _build_console()
     out_dir = (data or state_dir() / "console").resolve()
@@ -341,7 +347,7 @@ def openapi(
     out: Path = typer.Option(Path("web/openapi"), help="directory for <service>.json"),
 ) -> None:
     """Write every service's OpenAPI document (the console's clients are generated from them)."""
-    from kiln_cli.openapi import write_documents
+    from kiln_cli.openapi import write_documents  # heavy: loaded by the command that uses it
 
     for path in write_documents(out):
         typer.echo(f"wrote {path}")

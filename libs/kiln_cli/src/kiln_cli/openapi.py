@@ -9,16 +9,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from kiln_cli.services import load_spec
 from kiln_core.events import SERVICES
+from kiln_core.http import create_app
+from kiln_core.service import ServiceRuntime
+from kiln_core.settings import Settings
 
 
 def service_document(name: str) -> dict[str, Any]:
     """The OpenAPI document ``name``'s API serves at ``/openapi.json``."""
-    from kiln_cli.services import load_spec
-    from kiln_core.http import create_app
-    from kiln_core.service import ServiceRuntime
-    from kiln_core.settings import Settings
-
     with tempfile.TemporaryDirectory() as scratch:
         # Nothing is opened: the runtime's adapters connect on start, which never happens here.
         settings = Settings(

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import httpx
 import typer
 
+from kiln_cli.console import ConsoleBuildFailed, ensure_console_built
 from kiln_cli.infra import local_stack_env, up
 from kiln_cli.services import DEFAULT_PORTS, load_spec
 from kiln_core.events import SERVICES
@@ -58,8 +59,6 @@ def _processes() -> list[tuple[str, list[str]]]:
 def stack_up(wait: float = typer.Option(60.0, help="seconds to wait for /readyz")) -> None:
     """Start every service's API and event process against the local infrastructure."""
     up()
-    from kiln_cli.console import ConsoleBuildFailed, ensure_console_built
-
     try:
         ensure_console_built()  # the gateway serves it at "/"
     except ConsoleBuildFailed as exc:
