@@ -7,7 +7,7 @@ from pathlib import Path
 
 from kiln_core.ping import ping_router
 from kiln_core.service import ServiceSpec
-from kiln_dataset import api, media_routes
+from kiln_dataset import api
 from kiln_dataset.active_learning import flush_flagged_inputs
 from kiln_dataset.handlers import HANDLERS
 from kiln_dataset.runners import LONG_WORK
@@ -16,7 +16,7 @@ SERVICE = ServiceSpec(
     name="dataset",
     description=" ".join((__doc__ or "").split()),
     migrations=Path(__file__).parent / "migrations",
-    routers=[ping_router("dataset"), api.router, media_routes.router],
+    routers=[ping_router("dataset"), api.router],
     handlers=HANDLERS,
     workers=[flush_flagged_inputs],
     long_work=LONG_WORK,

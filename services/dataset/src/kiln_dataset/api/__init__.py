@@ -2,10 +2,10 @@
 
 from fastapi import APIRouter
 
-from kiln_dataset.api import datasets, drafts, jobs, versions
+from kiln_dataset.api import datasets, drafts, jobs, media, versions
 
 router = APIRouter()
-for resource in (datasets, drafts, jobs, versions):
+for resource in (datasets, drafts, jobs, versions, media):
     router.include_router(resource.router)
 
 __all__ = ["router"]

@@ -19,7 +19,7 @@ from PIL import Image
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from kiln_core.auth import Principal, require_roles
+from kiln_core.auth import Reader
 from kiln_core.errors import NotFound
 from kiln_core.http import SessionDep, get_runtime
 from kiln_core.manifest import ManifestItem
@@ -29,8 +29,6 @@ from kiln_dataset.versions import get_dataset, get_version, version_items
 
 router = APIRouter(prefix="/v1", tags=["media"])
 
-READERS = ("viewer", "data-engineer", "ml-engineer", "annotator", "reviewer", "admin")
-Reader = Annotated[Principal, require_roles(*READERS)]
 Sha256 = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the bytes")]
 ThumbSize = Annotated[
     int, Query(ge=32, le=512, description="longest side of the thumbnail, in pixels")
