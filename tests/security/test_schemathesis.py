@@ -124,8 +124,14 @@ def fuzz(stack: Stack, service: str, report: Path) -> Outcome:
         "true",
     ]
     env = {**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_HOOKS": ""}
+    # Run where the report goes: st keeps a crash cache (.schemathesis/) in its directory.
     done = subprocess.run(
-        command, capture_output=True, text=True, env=env, timeout=MAX_SECONDS * 6 + 120
+        command,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=report.parent,
+        timeout=MAX_SECONDS * 6 + 120,
     )
     report.write_text(done.stdout + done.stderr)
     return parse(done.stdout)
