@@ -83,7 +83,8 @@ class Stack:
 def _spec(name: str) -> ServiceSpec:
     import importlib
 
-    return importlib.import_module(f"kiln_{name}").SERVICE  # type: ignore[no-any-return]
+    # Each service's parts are listed in its `service` module, which only entry points import.
+    return importlib.import_module(f"kiln_{name}.service").SERVICE  # type: ignore[no-any-return]
 
 
 class _Servers(threading.Thread):
