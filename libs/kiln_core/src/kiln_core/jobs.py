@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -30,7 +32,7 @@ from sqlmodel import Field, SQLModel
 from kiln_core.db import UtcDateTime, new_id, utcnow
 from kiln_core.errors import KilnError, failure_problem
 from kiln_core.settings import Settings
-from kiln_core.tasks import BackgroundWorker, is_embedded_broker, make_celery
+from kiln_core.tasks import is_embedded_broker, make_celery
 
 if TYPE_CHECKING:  # the runtime hands itself down; importing it here would be a cycle
     from kiln_core.service import ServiceRuntime
@@ -205,14 +207,18 @@ def bind(app: Celery, work: LongWork, context: JobContext) -> Any:
 
 class JobQueue:
     """A runtime's way to its service's long work: the Celery app on the runtime's broker,
-    built on first use, and the in-process worker on the embedded broker (``memory://``)."""
+    built on first use; on the embedded broker (``memory://``) a small thread pool in this
+    process runs the work instead of a Celery worker (several in-process Celery workers, one
+    per service, stall each other: the first stops running what it receives once a second
+    starts)."""
 
     def __init__(self, service: str, work: LongWork, context: JobContext) -> None:
         self.service = service
         self.work = work
         self.context = context
         self._app: Celery | None = None
-        self._worker: BackgroundWorker | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
 
     @property
     def app(self) -> Celery:
@@ -227,19 +233,32 @@ class JobQueue:
         return is_embedded_broker(self.app)
 
     def ensure_embedded_worker(self) -> None:
-        """On the embedded broker run the worker in this process, started on first use so
-        processes that never enqueue work never pay for it."""
+        """On the embedded broker make the in-process runner, on first use so processes that
+        never enqueue work never pay for it."""
         if not self.embedded:
             return
-        if self._worker is None:
-            self._worker = BackgroundWorker(self.app)
-        self._worker.start()
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=2, thread_name_prefix=f"kiln-{self.service}-job"
+                )
 
     def enqueue(self, *args: Any, queue: str | None = None) -> None:
         """Send a job to a worker (its id and whatever else the task takes)."""
         self.ensure_embedded_worker()
+        if self._pool is not None:
+            self._pool.submit(self._run_here, args)
+            return
         self.app.send_task(self.work.task_name, args=list(args), queue=queue or self.work.queues[0])
 
+    def _run_here(self, args: tuple[Any, ...]) -> None:
+        try:
+            self.work.run(self.context, *args)
+        except Exception:  # noqa: BLE001 - as a worker would: logged, the job row says why
+            log.exception("job task failed", extra={"service": self.service})
+
     def stop(self) -> None:
-        if self._worker is not None:
-            self._worker.stop()
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)

@@ -44,6 +44,7 @@ export function RunPage({ jobId }: { jobId: string }) {
         </Badge>
       </Group>
       <ProblemAlert error={job.error ?? action.error} />
+      {job.data?.error ? <ProblemAlert error={new Error(job.data.error)} /> : null}
       {job.data ? (
         <Text size="sm">
           {job.data.template} on {job.data.dataset_id.slice(0, 8)} v{job.data.dataset_version} · model {job.data.model_name} · step {job.data.step}, epoch {job.data.epoch}
