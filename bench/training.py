@@ -2,8 +2,8 @@
 
 1. Writes a synthetic image version (blobs + manifest) into a ``file://`` store and tells the
    training service about it through its ``kiln.dataset.version.created`` handler.
-2. Runs the training service in-process on the embedded defaults (SQLite, in-process Celery
-   worker, scheduler loop), submits a job through the API and records: submit → first training
+2. Runs the training service in-process on the embedded defaults (SQLite, in-process job
+   threads, scheduler loop), submits a job through the API and records: submit → first training
    step, and the job's run time (scheduler start → finished, which includes the claim, data
    reading, training, evaluation, export, checkpoints and recording the outcome).
 3. Runs ``trainer.plain_training_loop`` on the same data, template, params, seed and epochs

@@ -16,7 +16,7 @@ scikit-learn wheel):
    endpoint's analysis promotes.
 
 On the embedded defaults every service runs in this process (SQLite, a local directory store,
-the embedded bus, in-process Celery workers and a managed local Triton); with
+the embedded bus, in-process job threads and a managed local Triton); with
 ``--stack local`` the same script drives the services started by ``kiln stack up``.
 """
 

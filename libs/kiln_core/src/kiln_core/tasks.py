@@ -3,7 +3,8 @@
 Task state lives in the owning service's database (its ``jobs`` table), never in a Celery
 result backend. Tasks are plain functions of a job id, so a redelivered task (acks late, worker
 lost) picks the job up again from what the database says. On the embedded defaults
-(``memory://``) an in-process worker thread runs the tasks.
+(``memory://``) no worker runs: ``kiln_core.jobs.JobQueue`` runs the work on a small thread
+pool in the process that enqueued it.
 """
 
 from __future__ import annotations
@@ -46,41 +47,3 @@ def make_celery(service: str, settings: Settings | None = None) -> Celery:
 
 def is_embedded_broker(app: Celery) -> bool:
     return str(app.conf.broker_url or "").startswith("memory://")
-
-
-@contextmanager
-def in_process_worker(app: Celery, concurrency: int = 2) -> Iterator[Any]:
-    """Run a worker for ``app`` in a background thread of this process (embedded mode)."""
-    from celery.contrib.testing.worker import start_worker
-
-    with start_worker(
-        app,
-        pool="threads",
-        concurrency=concurrency,
-        perform_ping_check=False,
-        loglevel="WARNING",
-        shutdown_timeout=30.0,
-    ) as worker:
-        yield worker
-
-
-class BackgroundWorker:
-    """Start/stop wrapper around :func:`in_process_worker` for async lifespans."""
-
-    def __init__(self, app: Celery, concurrency: int = 2) -> None:
-        self.app = app
-        self.concurrency = concurrency
-        self._ctx: Any = None
-        self._lock = threading.Lock()
-
-    def start(self) -> None:
-        with self._lock:
-            if self._ctx is None:
-                self._ctx = in_process_worker(self.app, self.concurrency)
-                self._ctx.__enter__()
-
-    def stop(self) -> None:
-        with self._lock:
-            if self._ctx is not None:
-                ctx, self._ctx = self._ctx, None
-                ctx.__exit__(None, None, None)

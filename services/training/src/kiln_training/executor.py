@@ -190,7 +190,7 @@ async def scheduler_loop(runtime: ServiceRuntime, stop: asyncio.Event) -> None:
     A round runs at once whenever a committed change wakes it (see :mod:`kiln_training.wake`),
     and otherwise every ``schedule_interval_s`` for what no transaction announces: leases
     lapsing, workers falling silent, waiting jobs ageing. On the embedded broker it also starts
-    the in-process Celery worker and advertises its capacity, once PyTorch is warm, as a worker
+    the in-process job runner and advertises its capacity, once PyTorch is warm, as a worker
     process does, so no dispatched job waits on either."""
     settings = training_settings()
     embedded_id = default_worker_id(settings.pool) + "/embedded"
