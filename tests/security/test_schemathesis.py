@@ -30,10 +30,10 @@ from tests.security.conftest import SERVICES, Stack
 # Per service and database: at most this many examples per operation and phase, within a time
 # budget for examples, coverage and fuzzing and another for the stateful phase (run on their
 # own, so a slow machine cannot spend the whole budget before the stateful phase starts). Ten
-# runs of 12 s + 8 s keep the whole Schemathesis suite near four and a half minutes on two cores.
+# runs of 12 s + 10 s keep the whole Schemathesis suite near four and a half minutes on two cores.
 MAX_EXAMPLES = int(os.environ.get("KILN_SECURITY_FUZZ_EXAMPLES", "25"))
 MAX_SECONDS = int(os.environ.get("KILN_SECURITY_FUZZ_SECONDS", "12"))
-STATEFUL_SECONDS = int(os.environ.get("KILN_SECURITY_STATEFUL_SECONDS", "8"))
+STATEFUL_SECONDS = int(os.environ.get("KILN_SECURITY_STATEFUL_SECONDS", "10"))
 PHASES = {"examples,coverage,fuzzing": MAX_SECONDS, "stateful": STATEFUL_SECONDS}
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 # Failure codes (`st explain --list`) that fail the test; every other one is reported.
