@@ -10,10 +10,6 @@ pool in the process that enqueued it.
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
 from celery import Celery
 
