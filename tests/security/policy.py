@@ -45,6 +45,11 @@ POLICY: dict[str, dict[tuple[str, str], frozenset[str] | None]] = {
         ("POST", "/v1/datasets/{dataset_id}/drafts"): DATA,
         ("POST", "/v1/datasets/{dataset_id}/drafts/{draft_id}/items"): DATA,
         ("DELETE", "/v1/datasets/{dataset_id}/drafts/{draft_id}/items/{item_id}"): DATA,
+        # the console's images: whoever may read the items may see them
+        ("GET", "/v1/datasets/{dataset_id}/versions/{version}/items/{item_id}/image"): EVERYONE,
+        ("GET", "/v1/datasets/{dataset_id}/versions/{version}/items/{item_id}/thumbnail"): EVERYONE,
+        ("GET", "/v1/datasets/{dataset_id}/blobs/{sha256}"): EVERYONE,
+        ("GET", "/v1/datasets/{dataset_id}/blobs/{sha256}/thumbnail"): EVERYONE,
         ("POST", "/v1/datasets/{dataset_id}/drafts/{draft_id}/commit"): DATA,
         ("POST", "/v1/datasets/{dataset_id}/imports"): DATA,
         ("GET", "/v1/imports/{import_id}"): EVERYONE,

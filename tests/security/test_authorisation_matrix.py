@@ -26,6 +26,7 @@ PATH_VALUES = {
     "task_id": "task-none",
     "trigger_id": "trigger-none",
     "alias": "staging",
+    "sha256": "0" * 64,
 }
 PATH_VALUES_BY_SERVICE = {"registry": {"name": MATRIX_MODEL}, "training": {"name": "none"}}
 
