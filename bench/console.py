@@ -21,7 +21,6 @@ import io
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -52,30 +51,6 @@ def jpeg(width: int, height: int, seed: int) -> bytes:
     out = io.BytesIO()
     Image.blend(base, noise, 0.3).save(out, format="JPEG", quality=85)
     return out.getvalue()
-
-
-def start(state: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
-    env["KILN_LOG_LEVEL"] = "WARNING"
-    log = (state / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kiln_cli.main", "console", "--port", str(port), "--data", state],
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env=env,
-    )
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/api/annotation/readyz").status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("kiln console did not start: " + (state / "server.log").read_text())
-        time.sleep(0.5)
 
 
 def wait_tasks(http: httpx.Client, project: str, count: int, headers: dict[str, str]) -> None:
@@ -155,41 +130,33 @@ def main() -> None:
 
     from kiln_cli.console import ensure_console_built
     from tests.support.apps import free_port
+    from tests.support.console import install_chromium, running_console
 
     dist = ensure_console_built(echo=False)
-    chromium = subprocess.run(
-        ["bash", str(REPO / "tools" / "install_chromium.sh")],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()[-1]
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="kiln-console-bench-") as scratch:
-        proc = start(Path(scratch), port)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            data = seed(url, args.runs, args.tasks)
-            print("measuring in Chromium", flush=True)
-            result = subprocess.run(
-                ["node", str(WEB / "e2e" / "bench.mjs")],
-                cwd=WEB,
-                env={
-                    **os.environ,
-                    "KILN_URL": url,
-                    "CHROMIUM": chromium,
-                    "BENCH_SEED": json.dumps(data),
-                    "BENCH_RUNS": str(args.runs),
-                },
-                capture_output=True,
-                text=True,
-                timeout=1800,
-            )
-            if result.returncode != 0:
-                raise SystemExit(result.stdout[-3000:] + result.stderr[-3000:])
-            timings = json.loads(result.stdout.strip().splitlines()[-1])
-        finally:
-            os.killpg(proc.pid, signal.SIGINT)
-            proc.wait(timeout=60)
+    chromium = install_chromium()
+    with (
+        tempfile.TemporaryDirectory(prefix="kiln-console-bench-") as scratch,
+        running_console(Path(scratch), free_port()) as url,
+    ):
+        data = seed(url, args.runs, args.tasks)
+        print("measuring in Chromium", flush=True)
+        result = subprocess.run(
+            ["node", str(WEB / "e2e" / "bench.mjs")],
+            cwd=WEB,
+            env={
+                **os.environ,
+                "KILN_URL": url,
+                "CHROMIUM": chromium,
+                "BENCH_SEED": json.dumps(data),
+                "BENCH_RUNS": str(args.runs),
+            },
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+        if result.returncode != 0:
+            raise SystemExit(result.stdout[-3000:] + result.stderr[-3000:])
+        timings = json.loads(result.stdout.strip().splitlines()[-1])
     figures = {
         "first_load_ms": timings["first_load_ms"],
         "labelling_ready_ms": timings["labelling_ready_ms"],

@@ -3,20 +3,15 @@ embedded process) on a free port, and Debian's Chromium for the browser tests.""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.conftest import IN_CI, REPO
 from tests.support.apps import free_port
+from tests.support.console import install_chromium, running_console
 
 WEB = REPO / "web"
 
@@ -44,52 +39,15 @@ def node_modules() -> Path:
 @pytest.fixture(scope="session")
 def chromium() -> str:
     """Debian's chromium, installed by the project's script (never a Playwright download)."""
-    result = subprocess.run(
-        ["bash", str(REPO / "tools" / "install_chromium.sh")], capture_output=True, text=True
-    )
-    path = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
-    if result.returncode != 0 or not path:
-        _unavailable(f"chromium did not install: {result.stderr[-500:]}")
-    return path
+    try:
+        return install_chromium()
+    except RuntimeError as exc:
+        _unavailable(str(exc))
+        raise
 
 
 @pytest.fixture(scope="module")
 def console_url(node_modules: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`kiln console` on a free port with a fresh state directory, stopped after the module."""
-    port = free_port()
-    state = tmp_path_factory.mktemp("console-state")
-    log = (state / "server.log").open("wb")
-    env = {**os.environ, "KILN_LOG_LEVEL": "WARNING"}
-    for key in [k for k in env if k.startswith("KILN_") and k != "KILN_LOG_LEVEL"]:
-        env.pop(key)  # the embedded defaults, whatever the caller's shell points at
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kiln_cli.main", "console", "--port", str(port), "--data", state],
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    try:
-        while True:
-            try:
-                if httpx.get(f"{url}/api/serving/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(
-                    "kiln console did not start:\n" + (state / "server.log").read_text()[-3000:]
-                )
-            time.sleep(0.5)
+    with running_console(tmp_path_factory.mktemp("console-state"), free_port()) as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()

@@ -104,7 +104,8 @@ class ConsoleApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         if scope["method"] not in ("GET", "HEAD"):
-            await self._send(send, 405, b"text/plain", b"method not allowed", [])
+            allow = [(b"allow", b"GET, HEAD")]  # RFC 9110 asks a 405 to name what is allowed
+            await self._send(send, 405, b"text/plain", b"method not allowed", allow)
             return
         if path.startswith("/assets/"):
             target = (self.dist / path.lstrip("/")).resolve()

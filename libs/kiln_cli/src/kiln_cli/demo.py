@@ -120,7 +120,6 @@ class Kiln:
         self.requests = 0
 
     def headers(self, who: str, *roles: str) -> dict[str, str]:
-
         return {"authorization": f"Bearer {issue_token(who, list(roles), self.settings)}"}
 
     async def call(
@@ -240,8 +239,9 @@ async def embedded_services(
             await stack.enter_async_context(app.router.lifespan_context(app))
             apps[name] = app
         # One ASGI app mounts every service, as the gateway does on a real deployment.
-        gateway = Gateway(apps)
-        if serve is not None:
+        if serve is None:
+            gateway = Gateway(apps)
+        else:
             gateway = Gateway(apps, console=ConsoleApp(DIST), dev_tokens=dev_tokens(settings))
             await stack.enter_async_context(serving_console(gateway, *serve))
         transport = httpx.ASGITransport(app=gateway)
@@ -259,7 +259,6 @@ async def embedded_services(
 @asynccontextmanager
 async def stack_services() -> AsyncIterator[tuple[dict[str, httpx.AsyncClient], Any]]:
     """The services of the local stack (``kiln up``) over HTTP, through its gateway."""
-
     async with AsyncExitStack() as stack:
         clients = {
             name: await stack.enter_async_context(

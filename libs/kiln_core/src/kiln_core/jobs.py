@@ -32,7 +32,7 @@ from sqlmodel import Field, SQLModel
 from kiln_core.db import UtcDateTime, new_id, utcnow
 from kiln_core.errors import KilnError, failure_problem
 from kiln_core.settings import Settings
-from kiln_core.tasks import is_embedded_broker, make_celery
+from kiln_core.tasks import is_embedded_url, make_celery
 
 if TYPE_CHECKING:  # the runtime hands itself down; importing it here would be a cycle
     from kiln_core.service import ServiceRuntime
@@ -230,7 +230,8 @@ class JobQueue:
 
     @property
     def embedded(self) -> bool:
-        return is_embedded_broker(self.app)
+        # From the settings: on the embedded broker no Celery app is ever needed.
+        return is_embedded_url(self.context.settings.celery_broker_url)
 
     def ensure_embedded_worker(self) -> None:
         """On the embedded broker make the in-process runner, on first use so processes that

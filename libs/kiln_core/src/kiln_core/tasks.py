@@ -41,5 +41,10 @@ def make_celery(service: str, settings: Settings | None = None) -> Celery:
     return app
 
 
+def is_embedded_url(broker_url: str) -> bool:
+    """Whether ``broker_url`` is the in-process broker of the embedded defaults."""
+    return broker_url.startswith("memory://")
+
+
 def is_embedded_broker(app: Celery) -> bool:
-    return str(app.conf.broker_url or "").startswith("memory://")
+    return is_embedded_url(str(app.conf.broker_url or ""))

@@ -18,7 +18,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.catalog import DatasetVersionDeleted
 from kiln_core.db import utcnow
-from kiln_core.jobs import JobStatus
+from kiln_core.jobs import FINISHED
 from kiln_core.service import ServiceRuntime
 from kiln_core.storage import SpooledBlob, blob_key
 from kiln_dataset.models import (
@@ -227,7 +227,7 @@ async def _purge_import_archives(runtime: ServiceRuntime) -> int:
             await session.exec(
                 select(Job.id).where(
                     col(Job.id).in_(sorted(by_job)),
-                    col(Job.status).in_([JobStatus.succeeded, JobStatus.failed]),
+                    col(Job.status).in_(FINISHED),
                 )
             )
         ).all()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
@@ -40,9 +41,35 @@ IMAGE_RESPONSES: dict[int | str, dict[str, object]] = {
     304: {"description": "the caller's cached copy (If-None-Match) is current"},
 }
 
-# The blob ids of each manifest already read (immutable, like the manifests themselves).
-_BLOBS_OF: OrderedDict[str, frozenset[str]] = OrderedDict()
-_BLOBS_KEPT = 64
+
+@dataclass(frozen=True)
+class _ManifestIndex:
+    """A version's items by id and its blobs' media types: a request for one image looks it up
+    instead of scanning (and copying) the whole manifest."""
+
+    items: dict[str, ManifestItem]
+    media_types: dict[str, str]
+
+
+# Indexes of the manifests already read (immutable, like the manifests themselves).
+_INDEXES: OrderedDict[tuple[str, str], _ManifestIndex] = OrderedDict()
+_INDEXES_KEPT = 64
+
+
+async def _index(store: ObjectStore, version: DatasetVersion) -> _ManifestIndex:
+    key = (store.url, version.manifest_key)
+    index = _INDEXES.get(key)
+    if index is None:
+        items = await version_items(store, version)
+        index = _ManifestIndex(
+            items={i.item_id: i for i in items}, media_types={i.blob: i.media_type for i in items}
+        )
+        _INDEXES[key] = index
+        while len(_INDEXES) > _INDEXES_KEPT:
+            _INDEXES.popitem(last=False)
+    else:
+        _INDEXES.move_to_end(key)
+    return index
 
 
 def _not_modified(request: Request, etag: str) -> Response | None:
@@ -66,16 +93,9 @@ async def _blob_in_dataset(
         )
     ).all()
     for version in versions:
-        blobs = _BLOBS_OF.get(version.manifest_key)
-        items: list[ManifestItem] | None = None
-        if blobs is None:
-            items = await version_items(store, version)
-            blobs = _BLOBS_OF[version.manifest_key] = frozenset(i.blob for i in items)
-            while len(_BLOBS_OF) > _BLOBS_KEPT:
-                _BLOBS_OF.popitem(last=False)
-        if sha256 in blobs:
-            items = items or await version_items(store, version)
-            return next(i.media_type for i in items if i.blob == sha256)
+        media_type = (await _index(store, version)).media_types.get(sha256)
+        if media_type is not None:
+            return media_type
     raise NotFound(f"dataset {dataset_id!r} holds no blob {sha256}")
 
 
@@ -83,9 +103,9 @@ async def _item(
     request: Request, session: AsyncSession, dataset_id: str, version: int, item_id: str
 ) -> ManifestItem:
     row = await get_version(session, dataset_id, version)
-    for item in await version_items(get_runtime(request).store, row):
-        if item.item_id == item_id:
-            return item
+    item = (await _index(get_runtime(request).store, row)).items.get(item_id)
+    if item is not None:
+        return item
     raise NotFound(f"dataset {dataset_id!r} version {version} has no item {item_id!r}")
 
 
