@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from kiln_training.evaluation import EvaluationReport
 from kiln_training.examples import DataRef, UnusableData, prepare_data, split_items
 from kiln_training.templates import get_template, validate_params
 from kiln_training.trainer import (
@@ -55,7 +56,8 @@ def _assert_identical(a: RunOutcome, b: RunOutcome) -> None:
         assert torch.equal(wa[name], wb[name]), name
     for key in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "loss", "steps"):
         assert a.metrics[key] == b.metrics[key], key
-    assert a.evaluation is not None and b.evaluation is not None
+    assert isinstance(a.evaluation, EvaluationReport)
+    assert isinstance(b.evaluation, EvaluationReport)
     assert a.evaluation.confusion == b.evaluation.confusion
     assert a.evaluation.bad_cases == b.evaluation.bad_cases
 

@@ -45,6 +45,7 @@ from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 
 from kiln_core.errors import Conflict
+from kiln_training.detection_evaluation import DetectionReport
 from kiln_training.evaluation import EvaluationReport, evaluate
 from kiln_training.examples import DataRef, Examples, PreparedData, prepare_data
 from kiln_training.export import ExportedModel, export_model, load_state_dict
@@ -102,9 +103,9 @@ class EpochProgress:
     epoch: int
     step: int
     train_loss: float
-    train_accuracy: float
+    train_accuracy: float | None  # None for detectors (their loss is the measure)
     eval_loss: float | None  # only when evaluated after every epoch (early stopping)
-    eval_accuracy: float | None
+    eval_accuracy: float | None  # detectors: the evaluation split's mAP@.5
     lr: float
     samples_per_s: float
     seconds: float
@@ -132,7 +133,7 @@ class RunOutcome:
     step: int
     epoch: int
     metrics: dict[str, float] = field(default_factory=dict)
-    evaluation: EvaluationReport | None = None
+    evaluation: EvaluationReport | DetectionReport | None = None
     model: ExportedModel | None = None
     # Seconds per phase of this attempt (prepare_data, train, evaluate, export), for telling
     # where a run's time went; not part of the model's metrics.
@@ -158,10 +159,20 @@ def run_training(spec: RunSpec, control: RunControl) -> RunOutcome:
         if spec.world_size <= 1:
             if spec.num_threads is not None:
                 torch.set_num_threads(max(1, spec.num_threads))
-            return _Run(spec, template, control, checkpoint).run()
+            return _run_class(template)(spec, template, control, checkpoint).run()
         return _run_distributed(spec, template, control, checkpoint)
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def _run_class(template: Template) -> type[_Run]:
+    """The run of a template's task: detectors subclass the classifiers' run."""
+    if template.task == "object-detection":
+        # detection builds on _Run, so it is imported once this module is complete.
+        from kiln_training.detection import DetectionRun
+
+        return DetectionRun
+    return _Run
 
 
 def warm_up() -> None:
@@ -194,13 +205,11 @@ class _Run:
         self.params = spec.params
         self.epochs = spec.max_epochs if spec.max_epochs is not None else int(spec.params["epochs"])
         clock = time.monotonic()
-        self.data: PreparedData = prepare_data(spec.data, template.kind, spec.params, spec.seed)
+        self.data: PreparedData = self._prepare_data()
         self.timings = {"prepare_data": time.monotonic() - clock}
 
         torch.manual_seed(spec.seed)
-        self.model = build_network(
-            template.name, spec.params, self.data.input_shape, len(self.data.label_map)
-        )
+        self.model = self._build_model()
         if spec.init_weights is not None:
             _warm_start(self.model, spec.init_weights)
         # A separate stream for dropout etc., distinct per rank and from the one that built
@@ -229,6 +238,16 @@ class _Run:
         self.samples = 0
         if checkpoint is not None:
             self._restore(checkpoint)
+
+    # -- what a task kind replaces (see kiln_training.detection) --
+
+    def _prepare_data(self) -> PreparedData:
+        return prepare_data(self.spec.data, self.template.kind, self.spec.params, self.spec.seed)
+
+    def _build_model(self) -> nn.Module:
+        return build_network(
+            self.template.name, self.spec.params, self.data.input_shape, len(self.data.label_map)
+        )
 
     # -- the loop --
 
@@ -589,7 +608,8 @@ def _run_distributed(
             timeout=DIST_TIMEOUT,
         )
         try:
-            outcome = _Run(spec, template, control, checkpoint, 0, spec.world_size).run()
+            run = _run_class(template)(spec, template, control, checkpoint, 0, spec.world_size)
+            outcome = run.run()
         finally:
             dist.destroy_process_group()
         ok = True
@@ -619,7 +639,8 @@ def _rank_main() -> None:
         timeout=DIST_TIMEOUT,
     )
     try:
-        _Run(spec, get_template(spec.template), None, checkpoint, rank, spec.world_size).run()
+        template = get_template(spec.template)
+        _run_class(template)(spec, template, None, checkpoint, rank, spec.world_size).run()
     finally:
         dist.destroy_process_group()
 
@@ -641,6 +662,10 @@ def plain_training_loop(spec: RunSpec) -> float:
     epochs as :func:`run_training` with one process, then one evaluation pass; no control
     polls, progress, checkpoints or export. ``overhead = run_training time / this``.
     """
+    if get_template(spec.template).task == "object-detection":
+        from kiln_training.detection import plain_detection_loop
+
+        return plain_detection_loop(spec)
     previous_threads = torch.get_num_threads()
     if spec.num_threads is not None:
         torch.set_num_threads(max(1, spec.num_threads))
