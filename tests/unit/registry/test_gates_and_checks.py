@@ -165,3 +165,41 @@ def test_isolated_compression_returns_the_int8_file_and_its_agreement() -> None:
     quantized, report = torchscript.compress_isolated(raw, _signature(), [], samples=16, seed=0)
     assert len(quantized) < len(raw) * 0.6 and report["top1_agreement"] >= 0.9
     assert "quantized::linear_dynamic" in str(torch.jit.load(io.BytesIO(quantized)).inlined_graph)
+
+
+DETECTION_POLICY = PolicyBody.model_validate(
+    {
+        "metric_gates": [{"metric": "map50", "op": ">=", "value": 0.8}],
+        "regression_gates": [{"metric": "ap.*", "max_drop": 0.05}],
+    }
+)
+
+
+def test_detection_gates_check_map50_and_every_class_ap_against_production() -> None:
+    production = _version({"map50": 0.9, "ap.cat": 0.7, "ap.dog": 0.6, "ap50.dog": 0.9}, number=1)
+    fine = _version({"map50": 0.85, "ap.cat": 0.66, "ap.dog": 0.7}, number=2)
+    assert evaluate_gates(DETECTION_POLICY, fine, production) == []
+    worse = _version({"map50": 0.79, "ap.cat": 0.75, "ap.dog": 0.5}, number=3)
+    failed = evaluate_gates(DETECTION_POLICY, worse, production)
+    assert sorted((g["gate"], g["metric"]) for g in failed) == [
+        ("metric", "map50"),
+        ("regression", "ap.dog"),  # ap50.dog is not under "ap."
+    ]
+    assert failed[-1]["drop"] == pytest.approx(0.1)
+    # A class the candidate no longer reports is a missing metric.
+    missing = _version({"map50": 0.9, "ap.cat": 0.7}, number=4)
+    assert [
+        (g["metric"], g["reason"]) for g in evaluate_gates(DETECTION_POLICY, missing, production)
+    ] == [("ap.dog", "metric missing")]
+
+
+def test_check_runs_a_scripted_detector_and_skips_the_label_column_rule() -> None:
+    from kiln_training.detection import ServableDetector, build_detector, detector_signature
+    from kiln_training.templates import get_template, validate_params
+
+    params = validate_params(get_template("detection-fcos"), {"input_size": 32, "width": 16})
+    model = build_detector(params, 3, 5, [0.5] * 3, [0.25] * 3).eval()
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.script(ServableDetector(model)), buffer)
+    result = torchscript.check(buffer.getvalue(), detector_signature(3), ["a", "b", "c", "d", "e"])
+    assert len(result["output_shapes"][0]) == 2 and result["output_shapes"][0][1] == 6

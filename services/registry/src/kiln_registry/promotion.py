@@ -20,6 +20,7 @@ from kiln_registry.models import (
     PolicyBody,
     PromotionPolicy,
     RegisteredModel,
+    RegressionGate,
     VersionStatus,
 )
 from kiln_registry.versions import log_operation
@@ -62,12 +63,12 @@ def evaluate_gates(
             )
     if production is None or production.id == candidate.id:
         return failed
-    for rgate in policy.regression_gates:
-        have = candidate.metrics.get(rgate.metric)
-        baseline = production.metrics.get(rgate.metric)
+    for rgate, metric in _regression_checks(policy, production):
+        have = candidate.metrics.get(metric)
+        baseline = production.metrics.get(metric)
         entry: dict[str, Any] = {
             "gate": "regression",
-            "metric": rgate.metric,
+            "metric": metric,
             "max_drop": rgate.max_drop,
             "actual": have,
             "production": baseline,
@@ -92,6 +93,22 @@ def evaluate_gates(
             if drop > rgate.max_drop:
                 failed.append({**entry, "drop": round(drop, 9), "reason": "worse than production"})
     return failed
+
+
+def _regression_checks(
+    policy: PolicyBody, production: ModelVersion
+) -> list[tuple[RegressionGate, str]]:
+    """Each regression gate with the metric it checks; a gate on ``prefix.*`` (say ``ap.*``,
+    a detector's per-class AP) checks every metric of production that starts with
+    ``prefix.``, so no class may fall by more than ``max_drop``."""
+    checks: list[tuple[RegressionGate, str]] = []
+    for gate in policy.regression_gates:
+        if gate.metric.endswith(".*"):
+            prefix = gate.metric[:-1]
+            checks += [(gate, m) for m in sorted(production.metrics) if m.startswith(prefix)]
+        else:
+            checks.append((gate, gate.metric))
+    return checks
 
 
 async def refresh_status(session: AsyncSession, version: ModelVersion) -> None:

@@ -60,6 +60,9 @@ def load(raw: bytes) -> torch.jit.ScriptModule:
             "the archive holds no TorchScript code (a pickled model or state dict saved with "
             "torch.save is not accepted; export it with torch.jit.script or torch.jit.trace)"
         )
+    # Registers torchvision's operators (NMS, ...) that scripted detectors call.
+    import torchvision  # noqa: F401
+
     try:
         module = torch.jit.load(io.BytesIO(raw), map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - any loader error means an unusable file
@@ -134,7 +137,14 @@ def check(raw: bytes, signature: ModelSignature, label_map: list[str]) -> dict[s
             problems.append(f"output {spec.name!r} has shape {got[1:]}, declared {spec.shape}")
         if tensor.dtype != _dtype(spec):
             problems.append(f"output {spec.name!r} is {tensor.dtype}, declared {spec.dtype}")
-    if label_map and outputs[0].dim() >= 2 and outputs[0].shape[-1] != len(label_map):
+    # A detector's rows are boxes (x1, y1, x2, y2, score, class), not one column per label.
+    detector = signature.outputs[0].name == "detections"
+    if (
+        label_map
+        and not detector
+        and outputs[0].dim() >= 2
+        and outputs[0].shape[-1] != len(label_map)
+    ):
         problems.append(
             f"the label map names {len(label_map)} classes, the first output has "
             f"{outputs[0].shape[-1]} columns"
