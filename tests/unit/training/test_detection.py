@@ -205,3 +205,20 @@ def _png(size: int) -> bytes:
     buffer = io.BytesIO()
     Image.new("L", (size, size)).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def test_plain_torch_nms_keeps_exactly_what_torchvision_keeps() -> None:
+    import torchvision
+
+    from kiln_training.detection import suppress
+
+    generator = torch.Generator().manual_seed(5)
+    corners = torch.rand(300, 2, generator=generator) * 60
+    sizes = torch.rand(300, 2, generator=generator) * 25 + 1
+    boxes = torch.cat([corners, corners + sizes], dim=1)
+    scores = torch.rand(300, generator=generator)
+    labels = torch.randint(0, 4, (300,), generator=generator)
+    for threshold in (0.3, 0.5, 0.7):
+        expected = torchvision.ops.batched_nms(boxes, scores, labels, threshold)
+        assert torch.equal(suppress(boxes, scores, labels, threshold), expected)
+    assert suppress(boxes[:0], scores[:0], labels[:0], 0.5).numel() == 0

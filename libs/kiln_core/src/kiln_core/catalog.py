@@ -329,6 +329,10 @@ class PredictionFlagged(EventData):
     predicted_label: str | None = None
     confidence: float
     threshold: float
+    predicted_boxes: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="a detector's boxes for the input: {label, score, bbox [x, y, w, h]}",
+    )
 
 
 @register_event

@@ -8,7 +8,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_annotation.models import Project, ProjectItem
-from kiln_annotation.prelabel import class_suggestion, model_source
+from kiln_annotation.prelabel import box_suggestion, class_suggestion, model_source
 from kiln_annotation.workflow import create_tasks
 from kiln_core.catalog import DatasetVersionCreated
 from kiln_core.events import CloudEvent
@@ -64,12 +64,17 @@ async def on_version_created(
 def _prediction_suggestion(item: ManifestItem) -> dict[str, Any] | None:
     """The serving model's guess that flagged the item, as a pre-label."""
     prediction = item.metadata.get("prediction")
-    if not isinstance(prediction, dict) or not prediction.get("predicted_label"):
+    if not isinstance(prediction, dict):
+        return None
+    source = model_source(prediction.get("model_name"), prediction.get("version"))
+    if isinstance(prediction.get("predicted_boxes"), list):  # a detector's boxes
+        return box_suggestion(prediction["predicted_boxes"], prediction.get("confidence"), source)
+    if not prediction.get("predicted_label"):
         return None
     return class_suggestion(
         prediction["predicted_label"],
         prediction.get("confidence"),
-        model_source(prediction.get("model_name"), prediction.get("version")),
+        source,
     )
 
 

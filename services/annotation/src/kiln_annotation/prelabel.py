@@ -43,6 +43,22 @@ def class_suggestion(label: Any, confidence: Any, source: str) -> dict[str, Any]
     }
 
 
+def box_suggestion(boxes: list[Any], confidence: Any, source: str) -> dict[str, Any]:
+    """A detector's boxes (``{label, score, bbox [x, y, w, h]}``) as a task's pre-label; an
+    annotator's box of the same class at IoU 0.5 or more counts as accepting it."""
+    labels = [
+        {
+            "type": "box",
+            "label": str(box["label"]),
+            "bbox": [float(v) for v in box["bbox"]],
+            "score": min(max(float(box.get("score", 0.0)), 0.0), 1.0),
+        }
+        for box in boxes
+        if isinstance(box, dict) and "label" in box and len(box.get("bbox") or []) == 4
+    ]
+    return {"labels": labels, "confidence": confidence, "source": source}
+
+
 async def prelabel(runtime: ServiceRuntime, job: PrelabelJob, _progress: Progress) -> None:
     """Run a pre-labelling job (claimed by :func:`kiln_core.jobs.run_job`); a redelivered job
     only fills tasks still without suggestions."""
@@ -137,6 +153,11 @@ async def _suggest(
         answer = response.json()
         source = model_source(answer.get("model_name"), answer.get("version"))
         for item, prediction in zip(batch, answer.get("predictions", []), strict=False):
+            if "detections" in prediction:  # a detector: its boxes, even none
+                suggestions[item["item_id"]] = box_suggestion(
+                    prediction["detections"], prediction.get("confidence"), source
+                )
+                continue
             suggestions[item["item_id"]] = class_suggestion(
                 prediction["label"], prediction.get("confidence"), source
             )

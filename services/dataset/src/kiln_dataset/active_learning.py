@@ -66,6 +66,7 @@ async def on_prediction_flagged(
                 "predicted_label": data.predicted_label,
                 "confidence": data.confidence,
                 "threshold": data.threshold,
+                **({"predicted_boxes": data.predicted_boxes} if data.predicted_boxes else {}),
             },
         )
     )

@@ -60,9 +60,6 @@ def load(raw: bytes) -> torch.jit.ScriptModule:
             "the archive holds no TorchScript code (a pickled model or state dict saved with "
             "torch.save is not accepted; export it with torch.jit.script or torch.jit.trace)"
         )
-    # Registers torchvision's operators (NMS, ...) that scripted detectors call.
-    import torchvision  # noqa: F401
-
     try:
         module = torch.jit.load(io.BytesIO(raw), map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - any loader error means an unusable file

@@ -24,6 +24,7 @@ from kiln_core.wake import Wake
 from kiln_core.wake import register as register_wake
 from kiln_core.wake import unregister as unregister_wake
 from kiln_serving import canary
+from kiln_serving.detection import is_detector
 from kiln_serving.model_repository import build_model, request_input, warmup_input
 from kiln_serving.models import (
     Deployment,
@@ -217,7 +218,8 @@ class Controller:
         except Exception as exc:
             await self.triton.unload(d.triton_model)
             raise DeploymentError(f"warm-up inference failed: {exc}") from exc
-        if probs.shape[-1] != len(artifact.label_map):
+        # A detector answers [n, K, 6] box rows, not one column per label.
+        if not is_detector(artifact) and probs.shape[-1] != len(artifact.label_map):
             await self.triton.unload(d.triton_model)
             raise DeploymentError(
                 f"model answers {probs.shape[-1]} classes, the label map has "

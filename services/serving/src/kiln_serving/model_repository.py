@@ -13,6 +13,7 @@ import numpy as np
 
 from kiln_core import preprocessing
 from kiln_core.catalog import ModelArtifact
+from kiln_serving.detection import build_detection_model, is_detector
 
 BACKEND_SOURCE = (Path(__file__).with_name("triton_backend.py")).read_bytes()
 # The one preprocessing definition (training builds its tensors with it), shipped with the model.
@@ -51,6 +52,14 @@ def build_model(
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
     """(config, files) for ``load_model``."""
     shape = request_input(artifact)
+    if is_detector(artifact):
+        return build_detection_model(
+            artifact,
+            model_bytes,
+            shape.name,
+            instance_count=instance_count,
+            max_batch_size=max_batch_size,
+        )
     config = {
         "backend": "python",
         "max_batch_size": max_batch_size,

@@ -130,6 +130,13 @@ class EndpointConfig(BaseModel):
     )
     ab_weight: float = PydField(default=50.0, ge=0.0, le=100.0, description="% to candidate")
     confidence_threshold: float = PydField(default=0.0, ge=0.0, le=1.0)
+    box_score_floor: float = PydField(
+        default=0.3,
+        ge=0.0,
+        le=1.0,
+        description="detectors: boxes scoring below this are not answered (see"
+        " kiln_serving.detection for the flagging policy)",
+    )
     sample_rate: float = PydField(default=0.0, ge=0.0, le=1.0)
     instance_count: int = PydField(default=1, ge=1, le=16)
     max_batch_size: int = PydField(default=32, ge=1, le=1024)

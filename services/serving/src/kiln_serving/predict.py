@@ -36,6 +36,7 @@ from kiln_core.errors import (
 )
 from kiln_core.http import EdgeMiddleware, problem_response, request_id_of
 from kiln_core.telemetry import extract_context
+from kiln_serving.detection import image_answer
 from kiln_serving.models import EndpointConfig
 from kiln_serving.traffic import ROUTE_KEY_HEADER, Route, ServingVersion
 from kiln_serving.triton import InferenceFailed, TritonUnavailable
@@ -164,8 +165,18 @@ async def _shadow(
         probs = await _infer(controller, version, data, config)
     except Exception:  # noqa: BLE001 - counted as an error of the candidate, never surfaced
         return
-    agreed = bool((probs.argmax(axis=1) == answer.argmax(axis=1)).all())
+    if version.detector:  # the same class for each image's best box
+        agreed = bool((_best_classes(probs) == _best_classes(answer)).all())
+    else:
+        agreed = bool((probs.argmax(axis=1) == answer.argmax(axis=1)).all())
     controller.table.record_shadow(version, agreed)
+
+
+def _best_classes(boxes: np.ndarray) -> np.ndarray:
+    """Each image's highest-scoring box's class (-1 for none), from ``[n, K, 6]`` rows."""
+    if boxes.shape[1] == 0:
+        return np.full(boxes.shape[0], -1.0)
+    return boxes[np.arange(boxes.shape[0]), boxes[:, :, 4].argmax(axis=1), 5]
 
 
 async def predict(
@@ -207,6 +218,30 @@ async def predict(
         controller._tasks.add(task)
         task.add_done_callback(controller._tasks.discard)
     latency_ms = (time.perf_counter() - started) * 1000
+    if version.detector:
+        predictions = _detections(controller, name, version, probs, raws, config, latency_ms)
+    else:
+        predictions = _classes(controller, name, version, probs, raws, config, latency_ms)
+    answer = {
+        "endpoint": name,
+        "model_name": version.model_name,
+        "version": version.version,
+        "version_id": version.version_id,
+        "predictions": predictions,
+    }
+    return orjson.dumps(answer), version
+
+
+def _classes(
+    controller: Controller,
+    name: str,
+    version: ServingVersion,
+    probs: np.ndarray,
+    raws: list[Any],
+    config: EndpointConfig,
+    latency_ms: float,
+) -> list[dict[str, Any]]:
+    """A classifier's answer per row; rows under the threshold are offered for flagging."""
     labels = version.label_map
     threshold, sample_rate = config.confidence_threshold, config.sample_rate
     predictions = []
@@ -229,14 +264,42 @@ async def predict(
                 raw_input=raw,
                 content_type=ctype,
             )
-    answer = {
-        "endpoint": name,
-        "model_name": version.model_name,
-        "version": version.version,
-        "version_id": version.version_id,
-        "predictions": predictions,
-    }
-    return orjson.dumps(answer), version
+    return predictions
+
+
+def _detections(
+    controller: Controller,
+    name: str,
+    version: ServingVersion,
+    boxes: np.ndarray,
+    raws: list[Any],
+    config: EndpointConfig,
+    latency_ms: float,
+) -> list[dict[str, Any]]:
+    """A detector's answer per image (``[n, K, 6]`` rows); uncertain images, by the policy
+    of :mod:`kiln_serving.detection`, are offered for flagging with their boxes."""
+    threshold, sample_rate = config.confidence_threshold, config.sample_rate
+    predictions = []
+    for i in range(boxes.shape[0]):
+        answer, confidence, shown = image_answer(
+            boxes[i], version.label_map, config.box_score_floor
+        )
+        predictions.append(answer)
+        if sample_rate or confidence < threshold:
+            raw, ctype = _raw(raws[i]) if confidence < threshold else (None, "")
+            controller.predictions.offer(
+                name,
+                version,
+                answer["label"],
+                confidence,
+                latency_ms,
+                sample_rate=sample_rate,
+                threshold=threshold,
+                raw_input=raw,
+                content_type=ctype,
+                boxes=shown,
+            )
+    return predictions
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass
+from typing import Any
 
 from kiln_core.catalog import PredictionFlagged, PredictionSampled
 from kiln_core.db import new_id
@@ -30,6 +31,7 @@ class LoggedPrediction:
     threshold: float
     flagged_input: bytes | None  # set when the prediction is under the confidence threshold
     content_type: str
+    boxes: list[dict[str, Any]] | None = None  # a detector's answered boxes
 
 
 class PredictionLog:
@@ -50,6 +52,7 @@ class PredictionLog:
         threshold: float,
         raw_input: bytes | None,
         content_type: str,
+        boxes: list[dict[str, Any]] | None = None,
     ) -> None:
         """Queue a prediction if it is sampled or flagged (never blocks, drops when full)."""
         flagged = confidence < threshold and raw_input is not None
@@ -66,6 +69,7 @@ class PredictionLog:
             threshold,
             raw_input if flagged else None,
             content_type,
+            boxes,
         )
         try:
             self.queue.put_nowait(item)
@@ -117,6 +121,7 @@ class PredictionLog:
                         predicted_label=p.label,
                         confidence=p.confidence,
                         threshold=p.threshold,
+                        predicted_boxes=p.boxes,
                     )
                     await self.runtime.emit(session, flagged, subject=p.endpoint)
                 if p.sampled:

@@ -15,6 +15,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.catalog import ModelArtifact
+from kiln_serving.detection import is_detector
 from kiln_serving.model_repository import InputShape, request_input
 from kiln_serving.models import Deployment, Endpoint, EndpointConfig
 
@@ -34,6 +35,7 @@ class ServingVersion:
     kind: str
     input: InputShape
     dataset_id: str | None
+    detector: bool = False  # answers boxes (kiln_serving.detection), not class probabilities
 
     @classmethod
     def of(cls, d: Deployment) -> ServingVersion:
@@ -48,6 +50,7 @@ class ServingVersion:
             kind=artifact.preprocessing.kind,
             input=request_input(artifact),
             dataset_id=d.dataset_id,
+            detector=is_detector(artifact),
         )
 
 

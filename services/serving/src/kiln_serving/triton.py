@@ -27,6 +27,7 @@ from tritonclient.utils import InferenceServerException
 
 from kiln_core.settings import state_dir
 from kiln_serving import launcher
+from kiln_serving.detection import DETECTIONS
 from kiln_serving.model_repository import OUTPUT
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,11 @@ class _InferStream:
         return self._reader.done()
 
     def infer(
-        self, model: str, tensor: InferInput, outputs: list[InferRequestedOutput], timeout_s: float
+        self,
+        model: str,
+        tensor: InferInput,
+        outputs: list[InferRequestedOutput] | None,
+        timeout_s: float,
     ) -> asyncio.Future[np.ndarray]:
         """The class probabilities of one request, as a future."""
         rid = str(next(self._ids))
@@ -149,7 +154,7 @@ class _InferStream:
                 rid = response.infer_response.id
                 message = response.error_message
                 if not message:
-                    out = InferResult(response.infer_response).as_numpy(OUTPUT)
+                    out = _output(InferResult(response.infer_response))
                     if out is None:
                         self._answer(rid, InferenceFailed("the model returned no probabilities"))
                     else:
@@ -168,6 +173,12 @@ class _InferStream:
             for rid in list(self._pending):
                 self._answer(rid, failure)
             self._call.cancel()
+
+
+def _output(result: InferResult) -> np.ndarray | None:
+    """A classifier's probabilities or a detector's ``[n, K, 6]`` boxes."""
+    out = result.as_numpy(OUTPUT)
+    return out if out is not None else result.as_numpy(DETECTIONS)
 
 
 def _tensor(name: str, datatype: str, data: np.ndarray) -> InferInput:
@@ -293,7 +304,8 @@ class TritonGateway:
         else:
             raise ValueError(f"unsupported Triton URL {url!r} (use grpc://host:port or managed://)")
         self.client: grpcclient.InferenceServerClient | None = None
-        self._outputs = [InferRequestedOutput(OUTPUT)]
+        # None asks for every output: a classifier's probabilities or a detector's boxes.
+        self._outputs: list[InferRequestedOutput] | None = None
         self._lanes: dict[str, _ModelLane] = {}
         self._batches: set[asyncio.Task[None]] = set()
         self._stream: _InferStream | None = None
@@ -374,7 +386,7 @@ class TritonGateway:
         except InferenceServerException as exc:
             status = (exc.status() or "").upper()
             raise _failure(exc.message(), "UNAVAILABLE" in status or "DEADLINE" in status) from exc
-        out = result.as_numpy(OUTPUT)
+        out = _output(result)
         if out is None:
             raise InferenceFailed(f"{model} returned no probabilities")
         return out
