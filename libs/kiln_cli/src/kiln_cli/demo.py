@@ -219,12 +219,13 @@ async def until_stopped() -> None:
 
 @asynccontextmanager
 async def embedded_services(
-    out_dir: Path, *, serve: tuple[str, int] | None = None
+    out_dir: Path, *, serve: tuple[str, int] | None = None, settings: Any = None
 ) -> AsyncIterator[tuple[dict[str, httpx.AsyncClient], Any]]:
     """Every service in this process, each with its API (lifespan included) and event loop;
-    with ``serve=(host, port)`` also the gateway and the web console on that address."""
+    with ``serve=(host, port)`` also the gateway and the web console on that address; on the
+    embedded defaults, or on ``settings`` (tests point them at the real stack)."""
 
-    settings = Settings(
+    settings = settings or Settings(
         database_url=f"sqlite+aiosqlite:///{out_dir}/data/{{service}}.db",
         storage_url=f"file://{out_dir}/store",
         bus_url="embedded://demo",

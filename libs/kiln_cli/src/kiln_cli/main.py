@@ -164,6 +164,10 @@ def demo(
         False, "--serve", help="then keep every service and the web console up until Ctrl-C"
     ),
     port: int = typer.Option(8100, help="the console's port with --serve"),
+    task: str = typer.Option(
+        "classification",
+        help="classification: digits one per image; detection: digits pasted on canvases, boxes",
+    ),
 ) -> None:
     """The main job: the closed loop (data → labels → model → serving → flagged → retrained
     canary) on scikit-learn's handwritten digits."""
@@ -176,6 +180,10 @@ def demo(
 
     if stack not in ("embedded", "local"):
         raise typer.BadParameter("--stack is embedded or local")
+    if task not in ("classification", "detection"):
+        raise typer.BadParameter("--task is classification or detection")
+    if task == "detection" and serve:
+        raise typer.BadParameter("--serve runs the classification loop")
     if serve and stack != "embedded":
         raise typer.BadParameter("--serve runs the embedded stack; `kiln up` serves the console")
     if serve:
@@ -187,8 +195,13 @@ def demo(
     setup_tracing("demo", f"file:{out_dir / 'traces.jsonl'}")
     _setup("demo")
     try:
-        where = ("127.0.0.1", port) if serve else None
-        result = asyncio.run(run_demo(out_dir, stack=stack, seed=seed, serve=where))
+        if task == "detection":
+            from kiln_cli.demo_detection import run_detection_demo
+
+            result = asyncio.run(run_detection_demo(out_dir, stack=stack, seed=seed))
+        else:
+            where = ("127.0.0.1", port) if serve else None
+            result = asyncio.run(run_demo(out_dir, stack=stack, seed=seed, serve=where))
     except DemoFailed as exc:
         typer.echo(json.dumps({"ok": False, "error": str(exc)}))
         raise typer.Exit(1) from None

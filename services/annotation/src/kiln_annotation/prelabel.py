@@ -179,7 +179,13 @@ async def acceptance(runtime: ServiceRuntime, project_id: str) -> dict[str, Any]
     latest = {e.task_id: e.detail for e in entries}
     offered = sum(int(d.get("prelabels_offered", 0)) for d in latest.values())
     accepted = sum(int(d.get("prelabels_accepted", 0)) for d in latest.values())
+    boxes = sum(int(d.get("prelabel_boxes_offered", 0)) for d in latest.values())
+    kept = sum(int(d.get("prelabel_boxes_accepted", 0)) for d in latest.values())
     return {
+        # Detectors' suggestions box by box: kept = drawn again at IoU >= 0.5, same class.
+        "boxes_offered": boxes,
+        "boxes_accepted": kept,
+        "box_acceptance_rate": round(kept / boxes, 4) if boxes else None,
         "project_id": project_id,
         "endpoint": project.prelabel_endpoint if project else None,
         "offered": offered,

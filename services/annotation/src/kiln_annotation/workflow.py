@@ -53,6 +53,27 @@ def prelabel_acceptance(
     return offered, accepted
 
 
+def box_acceptance(prelabels: dict[str, Any] | None, labels: dict[str, Any]) -> tuple[int, int]:
+    """Suggested boxes and how many the annotator kept: a submitted box of the same class at
+    IoU 0.5 or more, each used once. ``(offered, accepted)`` over the submitted items."""
+    from kiln_annotation.agreement import match_shapes
+    from kiln_annotation.performance import _LABELS
+
+    offered = accepted = 0
+    for item_id, suggestion in (prelabels or {}).items():
+        if item_id not in labels:
+            continue
+        suggested = [
+            x for x in _LABELS.validate_python(suggestion.get("labels", [])) if x.type == "box"
+        ]
+        if not suggested:
+            continue
+        drawn = [x for x in _LABELS.validate_python(labels[item_id]) if x.type == "box"]
+        offered += len(suggested)
+        accepted += len(match_shapes(suggested, drawn, 0.5))
+    return offered, accepted
+
+
 def create_tasks(
     session: AsyncSession,
     project: Project,
@@ -229,6 +250,7 @@ async def submit(
         task.updated_at = now
         session.add(task)
         offered, accepted = prelabel_acceptance(task.prelabels, task.labels)
+        boxes_offered, boxes_accepted = box_acceptance(task.prelabels, task.labels)
         audit(
             session,
             task,
@@ -237,6 +259,8 @@ async def submit(
             items=len(task.labels),
             prelabels_offered=offered,
             prelabels_accepted=accepted,
+            prelabel_boxes_offered=boxes_offered,
+            prelabel_boxes_accepted=boxes_accepted,
         )
     if task.status == TaskStatus.accepted:
         await commit_if_complete(runtime, task.project_id, task.dataset_version)
