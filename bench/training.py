@@ -44,7 +44,7 @@ from PIL import Image
 from kiln_core.catalog import DatasetVersionCreated, VersionLineage
 from kiln_core.db import aware
 from kiln_core.events import new_event
-from kiln_core.manifest import ClassLabel, ManifestItem, dump_jsonl
+from kiln_core.manifest import BoxLabel, ClassLabel, ManifestItem, dump_jsonl
 from kiln_core.settings import Settings
 from kiln_core.storage import open_store
 
@@ -92,8 +92,35 @@ async def write_version(store_url: str, images: int, size: int) -> None:
     await store.put(MANIFEST_KEY, b"".join(dump_jsonl(items)))
 
 
+async def write_boxed_version(store_url: str, images: int) -> None:
+    """The detection demo's digit canvases (64×64, one or two digits, boxes known)."""
+    from kiln_cli.detection_data import make_canvases
+
+    store = open_store(store_url)
+    items = []
+    for i, canvas in enumerate(make_canvases(images, seed=0)):
+        ref = await store.put_blob(canvas.png)
+        items.append(
+            ManifestItem(
+                item_id=f"canvas-{i:05d}",
+                blob=ref.sha256,
+                media_type="image/png",
+                size_bytes=ref.size,
+                width=canvas.width,
+                height=canvas.height,
+                split="val" if i % 5 == 4 else "train",
+                labels=[BoxLabel(label=d, bbox=box) for d, box in canvas.boxes],
+            )
+        )
+    await store.put(MANIFEST_KEY, b"".join(dump_jsonl(items)))
+
+
 async def platform_job(
-    settings: Settings, params: dict[str, Any], seed: int, images: int
+    settings: Settings,
+    params: dict[str, Any],
+    seed: int,
+    images: int,
+    template: str = "image-cnn",
 ) -> dict[str, Any]:
     import httpx
 
@@ -127,7 +154,7 @@ async def platform_job(
         async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
             assert (await client.post("/v1/teams", json={"name": "bench"})).status_code == 201
             body = {
-                "template": "image-cnn",
+                "template": template,
                 "params": params,
                 "team": "bench",
                 "dataset": {"dataset_id": "bench", "version": 1},
@@ -166,6 +193,7 @@ async def platform_job(
                 "submit_to_done_s": wall,
                 "cpu_s": cpu,
                 "accuracy": float(row.metrics.get("accuracy", 0.0)),
+                "map50": float(row.metrics.get("map50", 0.0)),
                 "phases": phases,
             }
 
@@ -208,6 +236,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--queued", type=int, default=10_000)
     parser.add_argument("--pairs", type=int, default=9, help="(plain, platform) pairs to run")
+    parser.add_argument(
+        "--detection-images", type=int, default=400, help="canvases of the detection pair"
+    )
+    parser.add_argument("--detection-epochs", type=int, default=3)
+    parser.add_argument("--detection-pairs", type=int, default=3)
     args = parser.parse_args()
     params = {
         "epochs": args.epochs,
@@ -296,8 +329,61 @@ def main() -> None:
         "images": args.images,
         "epochs": args.epochs,
         "queued_jobs": args.queued,
+        **detection_pair(args),
     }
     print(json.dumps(result))
+
+
+def detection_pair(args: argparse.Namespace) -> dict[str, Any]:
+    """The detection-fcos job against the same torchvision training as a plain loop
+    (``detection.plain_detection_loop``): same canvases, model, seed and epochs, pairs in
+    alternating order as above."""
+    from kiln_training.templates import get_template, validate_params
+    from kiln_training.trainer import DataRef, RunSpec, plain_training_loop
+
+    params = {"epochs": args.detection_epochs, "input_size": 64, "image_mode": "L"}
+    seed = 5
+    with tempfile.TemporaryDirectory(prefix="kiln-bench-detection-") as tmp:
+        store_url = f"file://{tmp}/store"
+        asyncio.run(write_boxed_version(store_url, args.detection_images))
+        settings = Settings(
+            database_url=f"sqlite+aiosqlite:///{tmp}/{{service}}.db",
+            bus_url="embedded://bench-detection",
+            storage_url=store_url,
+            celery_broker_url="memory://",
+        )
+        spec = RunSpec(
+            template="detection-fcos",
+            params=validate_params(get_template("detection-fcos"), params),
+            seed=seed,
+            data=DataRef(store_url, MANIFEST_KEY, cache_dir=f"{tmp}/cache-plain"),
+            num_threads=1,
+        )
+        plain_training_loop(spec)  # warm the blob cache and torchvision alike
+        plain_times: list[float] = []
+        runs: list[dict[str, Any]] = []
+        for pair in range(max(1, args.detection_pairs)):
+            for side in ("plain", "platform") if pair % 2 == 0 else ("platform", "plain"):
+                if side == "plain":
+                    plain_times.append(plain_training_loop(spec))
+                    print(f"detection plain loop: {plain_times[-1]:.2f}s", file=sys.stderr)
+                else:
+                    job = platform_job(
+                        settings, params, seed, args.detection_images, "detection-fcos"
+                    )
+                    runs.append(asyncio.run(job))
+                    print(f"detection platform: {runs[-1]}", file=sys.stderr)
+                    fresh_databases(tmp)
+    ratios = [r["run_s"] / t for r, t in zip(runs, plain_times, strict=True)]
+    return {
+        "detection_overhead_ratio": round(statistics.median(ratios), 3),
+        "detection_overhead_ratios": [round(r, 3) for r in ratios],
+        "detection_plain_loop_s": round(min(plain_times), 3),
+        "detection_platform_run_s": round(min(r["run_s"] for r in runs), 3),
+        "detection_map50": runs[-1]["map50"],
+        "detection_images": args.detection_images,
+        "detection_epochs": args.detection_epochs,
+    }
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ from kiln_core.settings import Settings
 from tests.conftest import require_service, stack_url
 from tests.serving.conftest import unload_all
 
-pytestmark = pytest.mark.integration
+# Two trainings, two Triton loads and a canary on a shared 2-core box: minutes, not seconds.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 SERVICES = ("dataset", "annotation", "training", "registry", "serving")
 
 
