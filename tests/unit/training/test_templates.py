@@ -14,7 +14,13 @@ from kiln_training.templates import (
 
 
 def test_catalogue_has_the_four_templates_with_common_hyperparameters() -> None:
-    assert set(TEMPLATES) == {"image-cnn", "image-resnet18", "tabular-mlp", "text-embeddingbag"}
+    assert set(TEMPLATES) == {
+        "detection-fcos",
+        "image-cnn",
+        "image-resnet18",
+        "tabular-mlp",
+        "text-embeddingbag",
+    }
     for template in TEMPLATES.values():
         assert {"epochs", "batch_size", "lr", "optimizer", "weight_decay"} <= set(template.params)
         for name, spec in template.params.items():

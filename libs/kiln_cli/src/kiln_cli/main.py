@@ -196,7 +196,9 @@ def demo(
     _setup("demo")
     try:
         if task == "detection":
-            from kiln_cli.demo_detection import run_detection_demo
+            from kiln_cli.demo_detection import (  # heavy: loaded by the command that uses it
+                run_detection_demo,
+            )
 
             result = asyncio.run(run_detection_demo(out_dir, stack=stack, seed=seed))
         else:

@@ -15,10 +15,10 @@ from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from kiln_annotation.agreement import consensus
+from kiln_annotation.agreement import consensus, match_shapes
 from kiln_annotation.label_schema import AnnotationInvalid, LabelSchema, validate_annotation
 from kiln_annotation.models import AuditEntry, LabelsCommit, Project, Task, TaskStatus
-from kiln_annotation.performance import label_agreement
+from kiln_annotation.performance import _LABELS, label_agreement
 from kiln_core.catalog import LabelsCommitted
 from kiln_core.db import aware, new_id, utcnow
 from kiln_core.errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -56,9 +56,6 @@ def prelabel_acceptance(
 def box_acceptance(prelabels: dict[str, Any] | None, labels: dict[str, Any]) -> tuple[int, int]:
     """Suggested boxes and how many the annotator kept: a submitted box of the same class at
     IoU 0.5 or more, each used once. ``(offered, accepted)`` over the submitted items."""
-    from kiln_annotation.agreement import match_shapes
-    from kiln_annotation.performance import _LABELS
-
     offered = accepted = 0
     for item_id, suggestion in (prelabels or {}).items():
         if item_id not in labels:

@@ -19,7 +19,7 @@ around a random point, boxes moved with the pixels, clipped; a box with under 60
 left in the image is dropped), brightness and contrast jitter, and, with ``hflip``, a
 horizontal flip (off by default: it changes what a digit or a letter is).
 
-The run reuses :class:`kiln_training.trainer._Run` — data order, learning-rate schedule,
+The run reuses :class:`kiln_training.trainer.Run` — data order, learning-rate schedule,
 pause/resume, checkpoints and data-parallel ranks are the classifiers' — and replaces what is
 specific: the step (FCOS's summed losses), the per-epoch evaluation (COCO mAP@.5 for early
 stopping) and the final evaluation and export.
@@ -49,7 +49,7 @@ from kiln_data import VersionDataset, load_manifest
 from kiln_training.detection_evaluation import DetectionReport, ImageBoxes, evaluate_detections
 from kiln_training.examples import DataRef, UnusableData, split_items
 from kiln_training.export import ExportedModel
-from kiln_training.trainer import EpochProgress, RunOutcome, StepProgress, _Run
+from kiln_training.loop import EpochProgress, Run, RunOutcome, StepProgress, _optimizer
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "detections"
@@ -486,8 +486,8 @@ def _as_float(image: torch.Tensor) -> torch.Tensor:
     return image.to(torch.float32).div_(255.0)
 
 
-class DetectionRun(_Run):
-    """:class:`~kiln_training.trainer._Run` for ``object-detection`` templates."""
+class DetectionRun(Run):
+    """:class:`~kiln_training.trainer.Run` for ``object-detection`` templates."""
 
     data: DetectionData  # type: ignore[assignment]
     model: KilnFCOS  # type: ignore[assignment]
@@ -683,7 +683,6 @@ def plain_detection_loop(spec: Any) -> float:
     """Wall seconds of the same detection training as a plain torchvision script: same data
     reading, model, optimizer, schedule, augmentation, batches and epochs, then one
     evaluation pass with pycocotools; no control polls, progress, checkpoints or export."""
-    from kiln_training.trainer import _optimizer
 
     previous = torch.get_num_threads()
     if spec.num_threads is not None:

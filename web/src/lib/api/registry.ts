@@ -793,7 +793,8 @@ export interface components {
         /**
          * RegressionGate
          * @description The candidate may be worse than the current production version by at most
-         *     ``max_drop`` on ``metric``, measured on the same evaluation split.
+         *     ``max_drop`` on ``metric``, measured on the same evaluation split. ``metric`` may end in
+         *     ``.*`` (``ap.*``): then every metric of production with that prefix is gated.
          */
         RegressionGate: {
             /**

@@ -234,6 +234,12 @@ export interface components {
              * @default 50
              */
             ab_weight?: number;
+            /**
+             * Box Score Floor
+             * @description detectors: boxes scoring below this are not answered (see kiln_serving.detection for the flagging policy)
+             * @default 0.3
+             */
+            box_score_floor?: number;
             /** Canary Steps */
             canary_steps?: number[];
             /**
@@ -297,6 +303,12 @@ export interface components {
              * @default production
              */
             alias?: string;
+            /**
+             * Box Score Floor
+             * @description detectors: boxes scoring below this are not answered (see kiln_serving.detection for the flagging policy)
+             * @default 0.3
+             */
+            box_score_floor?: number;
             /** Canary Steps */
             canary_steps?: number[];
             /**
