@@ -41,6 +41,7 @@ from kiln_training.detection import DetectionRun, plain_detection_loop
 from kiln_training.examples import DataRef, prepare_data
 from kiln_training.loop import (
     EpochProgress,
+    IncompatibleCheckpoint,
     Run,
     RunControl,
     RunOutcome,
@@ -55,6 +56,7 @@ from kiln_training.templates import Template, get_template
 __all__ = [
     "DataRef",
     "EpochProgress",
+    "IncompatibleCheckpoint",
     "RunControl",
     "RunOutcome",
     "RunSpec",
