@@ -50,11 +50,11 @@ TRAIN_PARAMS: dict[str, Any] = {
     "input_size": 64,
     "image_mode": "L",
     "width": 32,
-    "epochs": 12,
+    "epochs": 20,
     "batch_size": 16,
-    "lr": 0.003,
+    "lr": 0.006,
 }
-MAP50_GATE = 0.7
+MAP50_GATE = 0.8
 REVIEW_IOU = 0.7  # a drawn box this close to the truth is right
 
 

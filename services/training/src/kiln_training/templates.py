@@ -191,6 +191,20 @@ TEMPLATES: dict[str, Template] = {
                     description="pixels (at input_size) of a location's reference box: sets the"
                     " centre-sampling radius (1.5×) and the box-regression scale",
                 ),
+                "head_convs": ParamSpec(
+                    type="int",
+                    default=2,
+                    min=1,
+                    max=4,
+                    description="conv layers in each of FCOS's head branches (torchvision: 4)",
+                ),
+                "warmup_steps": ParamSpec(
+                    type="int",
+                    default=50,
+                    min=0,
+                    max=100000,
+                    description="steps over which the learning rate ramps up linearly from 0",
+                ),
                 "score_threshold": ParamSpec(
                     type="float",
                     default=0.05,
