@@ -1,6 +1,7 @@
 """Serving: ``:predict`` through Kiln (real HTTP to ``kiln serve serving`` under uvicorn, with
 ``kiln consume serving`` for promotions) against calling Triton directly with tritonclient on
-the same loaded model, in the same run; and seconds from a promotion event to the first
+the same loaded model, in the same run (a classifier, then a detector: ``detection_*`` figures,
+see ``bench/serving_detection.py``); and seconds from a promotion event to the first
 prediction answered by the new version.
 
 Latency is measured one request at a time (the overhead Kiln adds to each call); throughput
@@ -45,6 +46,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.serving_detection import detection_figures  # noqa: E402
 from kiln_core.catalog import (  # noqa: E402
     ModelArtifact,
     ModelSignature,
@@ -425,6 +427,22 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             state = (await client.get(f"/v1/endpoints/{endpoint}")).json()
             result["load_seconds"] = state["stable"]["load_seconds"]
             await client.delete(f"/v1/endpoints/{endpoint}")
+            result.update(
+                await detection_figures(
+                    settings,
+                    tag,
+                    client,
+                    session,
+                    base,
+                    triton,
+                    args.requests // 2,
+                    args.concurrency,
+                    args.seconds / 2,
+                    latencies,
+                    throughput,
+                    percentile,
+                )
+            )
             await asyncio.sleep(2.5)  # the controller drains and unloads
         result["p50_overhead_ms"] = round(result["kiln_p50_ms"] - result["direct_p50_ms"], 3)
         result["throughput_ratio"] = round(result["kiln_rps"] / result["direct_rps"], 3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import io
 import sys
 import types
@@ -24,7 +25,7 @@ from kiln_core.errors import BadRequest
 from kiln_serving import canary
 from kiln_serving.model_repository import PREPROCESSING_FILE, PREPROCESSING_SOURCE, InputShape
 from kiln_serving.models import EndpointConfig, EndpointCreate
-from kiln_serving.predict import parse_inputs
+from kiln_serving.predict import answer_scores, parse_inputs
 from kiln_serving.traffic import Outcomes, Route, RoutingTable, ServingVersion
 from kiln_serving.triton import InferenceFailed, TritonGateway
 from tests.serving.conftest import torchscript
@@ -83,6 +84,43 @@ def test_canary_steps_after_the_interval_and_promotes_at_the_last_step() -> None
     assert canary.judge(CONFIG, old, utcnow()).action == "step"
     old["step"] = 2
     assert canary.judge(CONFIG, old, utcnow()).action == "promote"
+
+
+def test_the_score_shift_is_the_ks_statistic_and_rolls_back_only_when_configured() -> None:
+    rng = np.random.default_rng(0)
+    same = list(rng.uniform(0.6, 0.9, 200))
+    low = list(rng.uniform(0.1, 0.4, 200))
+    assert canary.score_shift(same, same) == 0.0
+    assert canary.score_shift(same, low) == 1.0  # disjoint
+    assert canary.score_shift(same[:10], low) is None  # too few to compare
+    half = list(rng.uniform(0.6, 0.9, 100)) + list(rng.uniform(0.1, 0.4, 100))
+    assert canary.score_shift(half, same) == pytest.approx(0.5, abs=0.02)
+
+    healthy = [2.0] * 40
+    shifted = analysis_with(
+        Outcomes(requests=40, latencies_ms=healthy, scores=list(rng.uniform(0.1, 0.4, 40))),
+        Outcomes(requests=40, latencies_ms=healthy, scores=list(rng.uniform(0.6, 0.9, 40))),
+        age_s=10,
+    )
+    assert shifted["score_shift"] == 1.0
+    assert canary.judge(CONFIG, shifted, utcnow()).action == "step"  # reported, not judged
+    gated = CONFIG.model_copy(update={"max_score_shift": 0.3})
+    verdict = canary.judge(gated, shifted, utcnow())
+    assert verdict.action == "rollback" and "KS 1.00" in verdict.reason
+    summary = canary.summary(shifted)
+    assert "scores" not in summary["candidate"] and summary["candidate"]["score_mean"] < 0.4
+
+
+def test_answer_scores_are_top_probabilities_or_best_box_scores() -> None:
+    probs = np.array([[0.2, 0.8], [0.6, 0.4]], dtype=np.float32)
+    assert answer_scores(version(1), probs) == pytest.approx([0.8, 0.6])
+    detector = dataclasses.replace(version(2, "image"), detector=True)
+    boxes = np.array(
+        [[[0, 0, 1, 1, 0.3, 2], [0, 0, 1, 1, 0.7, 1]], [[0, 0, 0, 0, 0, -1], [0, 0, 0, 0, 0, -1]]],
+        dtype=np.float32,
+    )
+    assert answer_scores(detector, boxes) == pytest.approx([0.7, 0.0])  # none found: 0
+    assert answer_scores(detector, np.zeros((3, 0, 6), np.float32)) == [0.0] * 3
 
 
 def test_the_candidates_cold_first_requests_do_not_count_against_its_latency() -> None:

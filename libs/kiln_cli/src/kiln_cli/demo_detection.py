@@ -492,8 +492,11 @@ class DetectionLoop:
             out += [p["detections"] for p in answer["predictions"]]
         return out
 
-    async def canary_traffic(self, version: int) -> dict[int, int]:
+    async def canary_traffic(self, version: int) -> tuple[dict[int, int], float | None]:
+        """Traffic until the canary of ``version`` is promoted: answers per version and the
+        last score shift (KS) its analysis reported against the stable version."""
         answered: Counter[int] = Counter()
+        shift: float | None = None
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             for p in await self.predict(self.data.traffic[:32]):
@@ -501,8 +504,10 @@ class DetectionLoop:
             state = await self.kiln.json("serving", "GET", f"/v1/endpoints/{self.endpoint}")
             stable = (state.get("stable") or {}).get("version")
             if stable == version and not state.get("candidate"):
-                return dict(answered)
+                return dict(answered), shift
             mine = [d for d in state["deployments"] if d["version"] == version]
+            if mine and mine[0]["analysis"].get("score_shift") is not None:
+                shift = mine[0]["analysis"]["score_shift"]
             if mine and (
                 mine[0]["state"] == "failed" or mine[0]["reason"].startswith("rolled back")
             ):
@@ -602,10 +607,11 @@ async def run_detection_loop(
             f"      retrained v{model2['version']} (val mAP@.5 {two.val_map50:.3f}); the gates"
             " let it out as a canary"
         )
-        answered = await loop.canary_traffic(model2["version"])
+        answered, shift = await loop.canary_traffic(model2["version"])
+        shifted = f"; answer scores KS {shift:.2f} against v1" if shift is not None else ""
         say(
             f"      canary analysis promoted v{model2['version']} after "
-            f"{answered.get(model2['version'], 0)} of {sum(answered.values())} requests"
+            f"{answered.get(model2['version'], 0)} of {sum(answered.values())} requests{shifted}"
         )
         await loop.kiln.call(
             "registry",

@@ -1,5 +1,6 @@
-"""Rollouts: placing a warm version on an endpoint, canary analysis (error rate and p99
-latency of the candidate against the stable version, per step), promotion and rollback.
+"""Rollouts: placing a warm version on an endpoint, canary analysis (error rate, p99 latency
+and the distribution of answer scores of the candidate against the stable version, per step),
+promotion and rollback.
 
 The candidate's first ``warmup_requests`` answered requests are left out of its latencies (a
 freshly loaded model is slow until its runtime has seen the batch shapes), counted once per
@@ -20,10 +21,18 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from kiln_core.catalog import TrafficShifted
 from kiln_core.db import aware, utcnow
 from kiln_core.service import ServiceRuntime
-from kiln_serving.models import Deployment, DeploymentState, Endpoint, EndpointConfig
+from kiln_serving.models import (
+    ANALYSIS_SAMPLES,
+    Deployment,
+    DeploymentState,
+    Endpoint,
+    EndpointConfig,
+)
 from kiln_serving.traffic import Outcomes
 
 LATENCY_SAMPLES = 2000
+SCORE_SAMPLES = 2000
+MIN_SCORES = 20  # fewer answers per side than this: no score comparison yet
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,8 @@ def merge(analysis: dict[str, Any], side: str, outcomes: Outcomes, warmup: int =
         s["agreement"] = s["agreed"] / s["compared"] if s["compared"] else None
         return
     s = analysis.setdefault(side, {"requests": 0, "errors": 0, "latencies": []})
+    s["scores"] = (s.get("scores", []) + [round(x, 4) for x in outcomes.scores])[-SCORE_SAMPLES:]
+    s["score_mean"] = float(np.mean(s["scores"])) if s["scores"] else None
     s["requests"] += outcomes.requests
     s["errors"] += outcomes.errors
     latencies = outcomes.latencies_ms
@@ -70,6 +81,22 @@ def merge(analysis: dict[str, Any], side: str, outcomes: Outcomes, warmup: int =
     s["latencies"] = (s["latencies"] + [round(x, 3) for x in latencies])[-LATENCY_SAMPLES:]
     s["error_rate"] = s["errors"] / s["requests"] if s["requests"] else 0.0
     s["p99_ms"] = float(np.percentile(s["latencies"], 99)) if s["latencies"] else None
+    cand, stable = analysis.get("candidate", {}), analysis.get("stable", {})
+    analysis["score_shift"] = score_shift(cand.get("scores", []), stable.get("scores", []))
+
+
+def score_shift(a: list[float], b: list[float]) -> float | None:
+    """The two-sample Kolmogorov-Smirnov statistic (largest gap between the two empirical
+    CDFs, 0 = same distribution, 1 = disjoint), or None with too few samples. Four lines of
+    numpy; scipy's ks_2samp would add a dependency to serving for the same number."""
+    if len(a) < MIN_SCORES or len(b) < MIN_SCORES:
+        return None
+    x, y = np.sort(a), np.sort(b)
+    grid = np.concatenate([x, y])
+    gap = np.searchsorted(x, grid, side="right") / len(x) - np.searchsorted(
+        y, grid, side="right"
+    ) / len(y)
+    return round(float(np.abs(gap).max()), 4)
 
 
 def judge(config: EndpointConfig, analysis: dict[str, Any], now: datetime) -> Verdict:
@@ -91,6 +118,13 @@ def judge(config: EndpointConfig, analysis: dict[str, Any], now: datetime) -> Ve
             return Verdict(
                 "rollback", f"p99 latency {ratio:.2f}x stable (limit {config.max_latency_ratio})"
             )
+    shift = analysis.get("score_shift")
+    if config.max_score_shift is not None and shift is not None and shift > config.max_score_shift:
+        return Verdict(
+            "rollback",
+            f"answer scores shifted: KS {shift:.2f} against stable"
+            f" (limit {config.max_score_shift})",
+        )
     started = aware(datetime.fromisoformat(analysis["step_started_at"]))
     if (now - started).total_seconds() < config.step_interval_s:
         return Verdict("wait")
@@ -104,7 +138,7 @@ def summary(analysis: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in analysis.items():
         if isinstance(value, dict):
-            out[key] = {k: v for k, v in value.items() if k != "latencies"}
+            out[key] = {k: v for k, v in value.items() if k not in ANALYSIS_SAMPLES}
         else:
             out[key] = value
     return out

@@ -18,6 +18,10 @@ Strategy = Literal["direct", "canary", "shadow", "ab"]
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
+# The raw samples inside a rollout analysis: kept for the verdicts, never shown.
+ANALYSIS_SAMPLES = ("latencies", "scores")
+
+
 class DeploymentState(StrEnum):
     """Life of one model version on one endpoint."""
 
@@ -83,7 +87,8 @@ class Deployment(SQLModel, table=True):
     state: str = Field(default=DeploymentState.pending, sa_column=Column(String(20), index=True))
     reason: str = Field(default="", sa_column=Column(Text, nullable=False))
     load_seconds: float | None = Field(default=None, sa_column=Column(Float))
-    # Canary/shadow analysis that survives a restart: step, counters, latency samples.
+    # Canary/shadow analysis that survives a restart: step, counters, latency and score
+    # samples (ANALYSIS_SAMPLES, left out of what the API and events show).
     analysis: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     event_id: str = Field(default="", sa_column=Column(String(64), nullable=False))
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
@@ -122,6 +127,14 @@ class EndpointConfig(BaseModel):
     min_requests_per_step: int = PydField(default=20, ge=1, le=1_000_000)
     max_error_rate: float = PydField(default=0.05, ge=0.0, le=1.0)
     max_latency_ratio: float = PydField(default=2.0, gt=0.0, description="candidate p99 / stable")
+    max_score_shift: float | None = PydField(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="roll back when the two-sample Kolmogorov-Smirnov statistic between the"
+        " candidate's and the stable version's answer scores (top-class probability; a"
+        " detector's best box score) exceeds this; null: reported, never judged",
+    )
     warmup_requests: int = PydField(
         default=20,
         ge=0,
@@ -221,10 +234,12 @@ class DeploymentPublic(BaseModel):
 
     @classmethod
     def of(cls, d: Deployment) -> DeploymentPublic:
-        analysis = {k: v for k, v in d.analysis.items() if k != "latencies"}
+        analysis = {k: v for k, v in d.analysis.items() if k not in ANALYSIS_SAMPLES}
         for side in ("candidate", "stable"):
             if isinstance(analysis.get(side), dict):
-                analysis[side] = {k: v for k, v in analysis[side].items() if k != "latencies"}
+                analysis[side] = {
+                    k: v for k, v in analysis[side].items() if k not in ANALYSIS_SAMPLES
+                }
         return cls(**d.model_dump(exclude={"analysis"}), analysis=analysis)
 
 

@@ -135,6 +135,7 @@ async def _infer(
     table.acquire(version)
     started = time.perf_counter()
     ok = False
+    probs: np.ndarray | None = None
     try:
         probs = await controller.triton.infer_shared(
             version.triton_model,
@@ -151,7 +152,18 @@ async def _infer(
         raise
     finally:
         table.release(version)
-        table.record(version, (time.perf_counter() - started) * 1000, ok)
+        scores = answer_scores(version, probs) if probs is not None else ()
+        table.record(version, (time.perf_counter() - started) * 1000, ok, scores)
+
+
+def answer_scores(version: ServingVersion, answer: np.ndarray) -> list[float]:
+    """One score per input, what canary analysis compares between versions: a classifier's
+    top-class probability, a detector's best box score (0 when it found nothing)."""
+    if version.detector:
+        if answer.shape[1] == 0:
+            return [0.0] * answer.shape[0]
+        return [float(v) for v in answer[:, :, 4].max(axis=1).clip(min=0.0)]
+    return [float(v) for v in answer.max(axis=1)]
 
 
 async def _shadow(

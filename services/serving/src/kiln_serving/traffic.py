@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sqlmodel import col, select
@@ -87,13 +88,20 @@ class Outcomes:
     latencies_ms: list[float] = field(default_factory=list)
     shadow_compared: int = 0
     shadow_agreed: int = 0
+    scores: list[float] = field(default_factory=list)  # one per answered input
 
     def take(self) -> Outcomes:
         taken = Outcomes(
-            self.requests, self.errors, self.latencies_ms, self.shadow_compared, self.shadow_agreed
+            self.requests,
+            self.errors,
+            self.latencies_ms,
+            self.shadow_compared,
+            self.shadow_agreed,
+            self.scores,
         )
         self.requests = self.errors = self.shadow_compared = self.shadow_agreed = 0
         self.latencies_ms = []
+        self.scores = []
         return taken
 
 
@@ -113,13 +121,17 @@ class RoutingTable:
     def busy(self, triton_model: str) -> bool:
         return self.inflight.get(triton_model, 0) > 0
 
-    def record(self, version: ServingVersion, latency_ms: float, ok: bool) -> None:
+    def record(
+        self, version: ServingVersion, latency_ms: float, ok: bool, scores: Sequence[float] = ()
+    ) -> None:
         out = self.outcomes.setdefault(version.deployment_id, Outcomes())
         out.requests += 1
         if not ok:
             out.errors += 1
         if ok and len(out.latencies_ms) < 5000:
             out.latencies_ms.append(latency_ms)
+        if len(out.scores) < 5000:
+            out.scores.extend(scores)
 
     def record_shadow(self, version: ServingVersion, agreed: bool) -> None:
         out = self.outcomes.setdefault(version.deployment_id, Outcomes())

@@ -269,6 +269,11 @@ export interface components {
              */
             max_latency_ratio?: number;
             /**
+             * Max Score Shift
+             * @description roll back when the two-sample Kolmogorov-Smirnov statistic between the candidate's and the stable version's answer scores (top-class probability; a detector's best box score) exceeds this; null: reported, never judged
+             */
+            max_score_shift?: number | null;
+            /**
              * Min Requests Per Step
              * @default 20
              */
@@ -342,6 +347,11 @@ export interface components {
              * @default 2
              */
             max_latency_ratio?: number;
+            /**
+             * Max Score Shift
+             * @description roll back when the two-sample Kolmogorov-Smirnov statistic between the candidate's and the stable version's answer scores (top-class probability; a detector's best box score) exceeds this; null: reported, never judged
+             */
+            max_score_shift?: number | null;
             /**
              * Min Requests Per Step
              * @default 20
