@@ -514,7 +514,10 @@ class DetectionLoop:
                 raise DemoFailed(
                     f"the canary of v{version} ended {mine[0]['state']}: {mine[0]['reason']}"
                 )
-        raise DemoFailed(f"the canary of v{version} did not finish in 180s")
+        where = [
+            (d["version"], d["state"], d["reason"], d["analysis"]) for d in state["deployments"]
+        ]
+        raise DemoFailed(f"the canary of v{version} did not finish in 180s: {where}")
 
 
 async def run_detection_loop(
