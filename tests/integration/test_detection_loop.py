@@ -55,6 +55,8 @@ async def test_the_detection_loop_closes_over_the_real_stack(
                     "batch_size": 8,
                 },
                 map50_gate=0.0,
+                # Three epochs of a small detector on 60 canvases: its APs swing from run to run.
+                max_drops=(1.0, 1.0),
             )
     finally:
         await unload_all(settings, triton.removeprefix("grpc://"))
