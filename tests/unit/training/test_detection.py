@@ -222,3 +222,21 @@ def test_plain_torch_nms_keeps_exactly_what_torchvision_keeps() -> None:
         expected = torchvision.ops.batched_nms(boxes, scores, labels, threshold)
         assert torch.equal(suppress(boxes, scores, labels, threshold), expected)
     assert suppress(boxes[:0], scores[:0], labels[:0], 0.5).numel() == 0
+
+
+def test_two_data_parallel_ranks_train_a_detector_and_resume_bit_identically(
+    tiny: DataRef,
+) -> None:
+    spec = _spec(tiny, epochs=2)
+    spec.world_size = 2
+    spec.checkpoint_every_steps = 2
+    straight = run_training(spec, ScriptedControl())
+    control = ScriptedControl(pause_at_step=3)
+    paused = run_training(spec, control)
+    assert paused.status == "paused" and paused.step == 3
+    resumed = run_training(spec, control)
+    # 16 train images, 8 per rank, 2 per rank per step (batch 4 over 2 ranks): 4 per epoch.
+    assert resumed.status == "succeeded" and resumed.step == 2 * 4
+    _assert_identical(straight, resumed)
+    assert {"map", "map50"} <= set(resumed.metrics)
+    assert resumed.model is not None and resumed.model.torchscript
