@@ -86,6 +86,8 @@ POLICY: dict[str, dict[tuple[str, str], frozenset[str] | None]] = {
         ("GET", "/v1/projects/{project_id}/commits"): EVERYONE,
         ("POST", "/v1/projects/{project_id}/prelabel-jobs"): DATA,
         ("GET", "/v1/prelabel-jobs/{job_id}"): EVERYONE,
+        ("POST", "/v1/projects/{project_id}/selections"): DATA,
+        ("GET", "/v1/selections/{job_id}"): EVERYONE,
         ("GET", "/v1/projects/{project_id}/prelabels"): EVERYONE,
         # Per-annotator statistics: for the people who manage and review annotators.
         ("GET", "/v1/projects/{project_id}/annotators"): only("reviewer", "data-engineer"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict
@@ -12,12 +12,14 @@ from pydantic import Field as PydField
 from sqlalchemy import func
 from sqlmodel import col, select
 
+from kiln_annotation.jobs import SELECTION
 from kiln_annotation.label_schema import LabelSchema, validate_annotation
 from kiln_annotation.models import (
     AuditEntry,
     LabelsCommit,
     PrelabelJob,
     Project,
+    SelectionJob,
     Task,
     TaskStatus,
 )
@@ -134,6 +136,16 @@ async def read_project(project_id: str, session: SessionDep, _who: Anyone) -> di
     return {**project.model_dump(mode="json"), "task_counts": counts}
 
 
+def _own_manifest(dataset_id: str, manifest_key: str) -> None:
+    """Only a manifest of the project's own dataset: never any other object in the store."""
+    pattern = rf"datasets/{re.escape(dataset_id)}/manifests/[A-Za-z0-9_-]+\.jsonl"
+    if not re.fullmatch(pattern, manifest_key):
+        raise ValidationFailed(
+            f"manifest_key must be a manifest of the project's dataset {dataset_id!r}",
+            field="manifest_key",
+        )
+
+
 class TasksRequest(BaseModel):
     dataset_version: int = PydField(ge=1, le=INT32_MAX)
     manifest_key: str = PydField(min_length=1, max_length=500)
@@ -148,13 +160,7 @@ async def request_tasks(
     runtime = get_runtime(request)
     async with runtime.db.session() as session:
         dataset_id = (await get_project(session, project_id)).dataset_id
-    # Only a manifest of the project's own dataset: never any other object in the store.
-    pattern = rf"datasets/{re.escape(dataset_id)}/manifests/[A-Za-z0-9_-]+\.jsonl"
-    if not re.fullmatch(pattern, body.manifest_key):
-        raise ValidationFailed(
-            f"manifest_key must be a manifest of the project's dataset {dataset_id!r}",
-            field="manifest_key",
-        )
+    _own_manifest(dataset_id, body.manifest_key)
     try:
         items = [i for i in await read_manifest(runtime.store, body.manifest_key) if not i.labels]
     except ObjectNotFound:
@@ -343,6 +349,86 @@ async def prelabel_acceptance(
     """How often annotators kept the model's suggestions (latest submission per task)."""
     await get_project(session, project_id)
     return await acceptance(get_runtime(request), project_id)
+
+
+class SelectionRequest(BaseModel):
+    """The next batch to label, ranked by a served model's uncertainty."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "dataset_version": 3,
+                    "manifest_key": "datasets/3f2a/manifests/v3.jsonl",
+                    "strategy": "margin",
+                    "size": 50,
+                    "diversity": True,
+                }
+            ]
+        },
+    )
+
+    dataset_version: int = PydField(ge=1, le=INT32_MAX)
+    manifest_key: str = PydField(
+        min_length=1, max_length=500, description="the version's manifest (of this dataset)"
+    )
+    strategy: Literal["least-confidence", "margin", "entropy", "random"] = PydField(
+        default="least-confidence",
+        description="how an answer's uncertainty is scored; random is the baseline",
+    )
+    size: int = PydField(default=50, ge=1, le=10_000, description="items to make tasks for")
+    diversity: bool = PydField(
+        default=False, description="spread the batch over unlike images (no near-duplicates)"
+    )
+    seed: int = PydField(default=0, ge=0, le=INT32_MAX, description="random's draw")
+    endpoint: str | None = PydField(
+        default=None,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="serving endpoint that scores; defaults to the project's prelabel_endpoint",
+    )
+
+
+@router.post("/projects/{project_id}/selections", status_code=202)
+async def start_selection(
+    project_id: str, body: SelectionRequest, request: Request, who: Manager
+) -> dict[str, Any]:
+    """Rank the version's unlabelled, untasked items by the model's uncertainty and make the
+    ``size`` most uncertain into high-priority tasks (Celery job; follow it at
+    ``/v1/selections/{id}``)."""
+    runtime = get_runtime(request)
+    async with runtime.db.transaction() as session:
+        project = await get_project(session, project_id)
+        _own_manifest(project.dataset_id, body.manifest_key)
+        endpoint = body.endpoint or project.prelabel_endpoint or ""
+        if not endpoint and body.strategy != "random":
+            raise ValidationFailed(
+                "name an endpoint: the project has no prelabel_endpoint", field="endpoint"
+            )
+        job = SelectionJob(
+            project_id=project_id,
+            endpoint=endpoint,
+            dataset_version=body.dataset_version,
+            manifest_key=body.manifest_key,
+            strategy=body.strategy,
+            size=body.size,
+            diversity=body.diversity,
+            seed=body.seed,
+            created_by=who.subject,
+        )
+        session.add(job)
+    runtime.enqueue(job.id, SELECTION)
+    return job.model_dump(mode="json")
+
+
+@router.get("/selections/{job_id}")
+async def get_selection(job_id: str, session: SessionDep, _who: Anyone) -> dict[str, Any]:
+    """A selection job: its progress, and when done the chosen items with their uncertainty."""
+    job = await session.get(SelectionJob, job_id)
+    if job is None:
+        raise NotFound(f"no selection job {job_id!r}")
+    return job.model_dump(mode="json")
 
 
 __all__ = ["router", "TaskStatus"]

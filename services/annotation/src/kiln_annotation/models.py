@@ -96,6 +96,39 @@ class PrelabelJob(JobColumns, table=True):
         self.error = str(problem["detail"])[:2000]
 
 
+class SelectionJob(JobColumns, table=True):
+    """The next batch of a version's unlabelled items, ranked by a served model's uncertainty
+    (:mod:`kiln_annotation.selection`)."""
+
+    __tablename__ = "selection_jobs"
+
+    project_id: str = Field(sa_column=Column(String(32), nullable=False, index=True))
+    endpoint: str = Field(default="", sa_column=Column(String(200), nullable=False))
+    dataset_version: int = Field(sa_column=Column(Integer, nullable=False))
+    manifest_key: str = Field(sa_column=Column(String(500), nullable=False))
+    strategy: str = Field(sa_column=Column(String(30), nullable=False))
+    size: int = Field(sa_column=Column(Integer, nullable=False))
+    diversity: bool = Field(default=False, sa_column=Column(Boolean, nullable=False))
+    seed: int = Field(default=0, sa_column=Column(Integer, nullable=False))
+    done: int = Field(default=0, sa_column=Column(Integer, nullable=False))
+    total: int = Field(default=0, sa_column=Column(Integer, nullable=False))
+    failed_items: int = Field(default=0, sa_column=Column(Integer, nullable=False))
+    tasks_created: int = Field(default=0, sa_column=Column(Integer, nullable=False))
+    # [{item_id, uncertainty}], most uncertain (or, random, first drawn) first.
+    selected: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+    error: str = Field(default="", sa_column=Column(Text, nullable=False))
+
+    def record_progress(self, done: int, total: int, message: str) -> None:
+        super().record_progress(done, total, message)
+        self.done, self.total = done, total
+
+    def record_failure(self, problem: dict[str, Any]) -> None:
+        super().record_failure(problem)
+        self.error = str(problem["detail"])[:2000]
+
+
 class AuditEntry(SQLModel, table=True):
     """Every step of every task: who did what, when."""
 

@@ -20,7 +20,7 @@ from kiln_annotation.models import AuditEntry, PrelabelJob, Project, Task, TaskS
 from kiln_core.auth import issue_token
 from kiln_core.db import utcnow
 from kiln_core.errors import DependencyUnavailable
-from kiln_core.jobs import LongWork, Progress, tracked_jobs
+from kiln_core.jobs import Progress
 from kiln_core.service import ServiceRuntime
 from kiln_core.storage import blob_key
 
@@ -121,9 +121,6 @@ async def prelabel(runtime: ServiceRuntime, job: PrelabelJob, _progress: Progres
             final.record_success({}, "")
             final.done, final.failed_items = done, failed
             session.add(final)
-
-
-LONG_WORK: LongWork = tracked_jobs("kiln.annotation.prelabel", "annotation", PrelabelJob, prelabel)
 
 
 async def _suggest(

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from kiln_annotation import api
 from kiln_annotation.handlers import HANDLERS
-from kiln_annotation.prelabel import LONG_WORK
+from kiln_annotation.jobs import LONG_WORK
 from kiln_annotation.workflow import sweep_uncommitted_versions
 from kiln_core.ping import ping_router
 from kiln_core.service import ServiceSpec

@@ -253,6 +253,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/projects/{project_id}/selections": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Start Selection
+         * @description Rank the version's unlabelled, untasked items by the model's uncertainty and make the
+         *     ``size`` most uncertain into high-priority tasks (Celery job; follow it at
+         *     ``/v1/selections/{id}``).
+         */
+        post: operations["startSelection"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/projects/{project_id}/tasks": {
         parameters: {
             query?: never;
@@ -271,6 +293,26 @@ export interface paths {
          * @description Create tasks on request for the unlabelled items of a dataset version's manifest.
          */
         post: operations["requestTasks"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/selections/{job_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Selection
+         * @description A selection job: its progress, and when done the chosen items with their uncertainty.
+         */
+        get: operations["getSelection"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -525,6 +567,56 @@ export interface components {
              * @default
              */
             comment?: string;
+        };
+        /**
+         * SelectionRequest
+         * @description The next batch to label, ranked by a served model's uncertainty.
+         * @example {
+         *       "dataset_version": 3,
+         *       "diversity": true,
+         *       "manifest_key": "datasets/3f2a/manifests/v3.jsonl",
+         *       "size": 50,
+         *       "strategy": "margin"
+         *     }
+         */
+        SelectionRequest: {
+            /** Dataset Version */
+            dataset_version: number;
+            /**
+             * Diversity
+             * @description spread the batch over unlike images (no near-duplicates)
+             * @default false
+             */
+            diversity?: boolean;
+            /**
+             * Endpoint
+             * @description serving endpoint that scores; defaults to the project's prelabel_endpoint
+             */
+            endpoint?: string | null;
+            /**
+             * Manifest Key
+             * @description the version's manifest (of this dataset)
+             */
+            manifest_key: string;
+            /**
+             * Seed
+             * @description random's draw
+             * @default 0
+             */
+            seed?: number;
+            /**
+             * Size
+             * @description items to make tasks for
+             * @default 50
+             */
+            size?: number;
+            /**
+             * Strategy
+             * @description how an answer's uncertainty is scored; random is the baseline
+             * @default least-confidence
+             * @enum {string}
+             */
+            strategy?: "least-confidence" | "margin" | "entropy" | "random";
         };
         /** Submission */
         Submission: {
@@ -1098,6 +1190,43 @@ export interface operations {
             };
         };
     };
+    startSelection: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                project_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SelectionRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: unknown;
+                    };
+                };
+            };
+            /** @description Problem details (RFC 9457) */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                };
+            };
+        };
+    };
     listTasks: {
         parameters: {
             query?: {
@@ -1158,6 +1287,39 @@ export interface operations {
                 content: {
                     "application/json": {
                         [key: string]: number;
+                    };
+                };
+            };
+            /** @description Problem details (RFC 9457) */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                };
+            };
+        };
+    };
+    getSelection: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                job_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: unknown;
                     };
                 };
             };
