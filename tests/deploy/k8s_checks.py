@@ -30,6 +30,7 @@ TARGETS = ("base", "overlays/dev", "overlays/prod")
 K8S_SCHEMAS = SCHEMAS / "kubernetes-v1.32-strict.json"
 CRD_SCHEMAS = {"keda.sh/v1alpha1/ScaledObject": SCHEMAS / "keda-scaledobject-v1alpha1.json"}
 KUSTOMIZE_VERSION = "v5.5.0"
+CONSOLE_PORT = 8080  # web/deploy/nginx.conf
 
 Obj = dict[str, Any]
 
@@ -129,7 +130,7 @@ def kiln_problems(objects: list[Obj], *, overlay: bool) -> list[str]:
     policies = of_kind(objects, "NetworkPolicy")
 
     expected = [f"{s}-api" for s in SERVICES] + [f"{s}-consumer" for s in SERVICES]
-    expected += [f"{s}-worker" for s in WORKER_SERVICES]
+    expected += [f"{s}-worker" for s in WORKER_SERVICES] + ["console"]
     for name in expected:
         if name not in deployments:
             p.append(f"Deployment {name} is missing")
@@ -163,6 +164,18 @@ def kiln_problems(objects: list[Obj], *, overlay: bool) -> list[str]:
             ports = {port["name"]: port["containerPort"] for port in main.get("ports", [])}
             if ports.get("http") != PORTS.get(svc):
                 p.append(f"{name}: http port is not {PORTS.get(svc)}")
+            if name not in hpas:
+                p.append(f"{name}: no HorizontalPodAutoscaler")
+        elif component == "console":
+            live = (main.get("livenessProbe") or {}).get("httpGet", {})
+            ready = (main.get("readinessProbe") or {}).get("httpGet", {})
+            if live.get("path") != "/healthz" or ready.get("path") != "/healthz":
+                p.append(f"{name}: liveness and readiness must be /healthz")
+            ports = {port["name"]: port["containerPort"] for port in main.get("ports", [])}
+            if ports.get("http") != CONSOLE_PORT:
+                p.append(f"{name}: http port is not {CONSOLE_PORT} (nginx unprivileged)")
+            if not (main.get("securityContext") or {}).get("readOnlyRootFilesystem"):
+                p.append(f"{name}: root filesystem is writable")
             if name not in hpas:
                 p.append(f"{name}: no HorizontalPodAutoscaler")
         elif component == "worker":
@@ -240,6 +253,19 @@ def kiln_problems(objects: list[Obj], *, overlay: bool) -> list[str]:
         backend = next((b for r, b in routes.items() if r.startswith(f"/api/{svc}(")), None)
         if backend != f"{svc}-api" or backend not in services:
             p.append(f"Ingress: /api/{svc}/ does not route to the {svc}-api Service")
+    if routes.get("/") != "console" or "console" not in services:
+        p.append("Ingress: / does not route to the console Service")
+    rewritten = [
+        name
+        for name, ing in of_kind(objects, "Ingress").items()
+        if "nginx.ingress.kubernetes.io/rewrite-target"
+        in (ing["metadata"].get("annotations") or {})
+        and any(
+            path["path"] == "/" for rule in ing["spec"]["rules"] for path in rule["http"]["paths"]
+        )
+    ]
+    if rewritten:
+        p.append(f"Ingress {rewritten}: the console's / would be rewritten")
     return p
 
 

@@ -179,3 +179,18 @@ def test_gateway_routes_every_api_and_passes_authorization(compose: dict[str, An
     for svc in SERVICES:
         assert f"{svc}-api:{PORTS[svc]}" in targets
         assert f"{svc}-api" in compose["services"]
+
+
+def test_console_image_serves_the_web_build_and_reaches_the_gateway(
+    compose: dict[str, Any],
+) -> None:
+    console = compose["services"]["console"]
+    assert KILN_IMAGE.match(console["image"])
+    dockerfile = REPO / "compose" / console["build"]["context"] / console["build"]["dockerfile"]
+    assert dockerfile == REPO / "compose" / ".." / "web" / "Dockerfile" and dockerfile.is_file()
+    assert console["depends_on"]["gateway"]["condition"] == "service_healthy"
+    gateway_port = compose["services"]["gateway"]["ports"][0].split(":")[-1]
+    assert console["environment"]["KILN_API_UPSTREAM"] == f"gateway:{gateway_port}"
+    # nginx runs unprivileged on 8080 inside; only /tmp is writable.
+    assert any(p.endswith(":8080") for p in console["ports"])
+    assert console["read_only"] is True and "/tmp" in console["tmpfs"]

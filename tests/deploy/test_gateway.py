@@ -4,80 +4,30 @@ limits. Needs nginx (tools/install_nginx.sh); in CI a missing binary fails the t
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
-import socket
-import subprocess
-import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.deploy.support import PORTS, REPO, SERVICES, missing_tool
+from tests.deploy.support import (
+    PORTS,
+    REPO,
+    SERVICES,
+    free_port,
+    require_nginx,
+    stand_in_api,
+    start_nginx,
+)
 
 CONF = REPO / "compose" / "gateway" / "nginx.conf"
 TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
 
-def find_nginx() -> str | None:
-    return shutil.which("nginx") or (
-        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").is_file() else None
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def stand_in_api(service: str) -> ThreadingHTTPServer:
-    """An HTTP server that answers with what it received, as the named service."""
-
-    class Echo(BaseHTTPRequestHandler):
-        def _answer(self) -> None:
-            size = int(self.headers.get("content-length") or 0)
-            self.rfile.read(size)
-            body = json.dumps(
-                {
-                    "service": service,
-                    "path": self.path,
-                    "authorization": self.headers.get("authorization"),
-                    "request_id": self.headers.get("x-request-id"),
-                    "bytes": size,
-                }
-            ).encode()
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        do_GET = do_POST = _answer
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Echo)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    nginx = find_nginx()
-    if nginx is None:
-        subprocess.run([str(REPO / "tools" / "install_nginx.sh")], timeout=600, check=False)
-        nginx = find_nginx()
-        if nginx is None:
-            missing_tool("nginx is not installed; run tools/install_nginx.sh")
+    nginx = require_nginx()
     text = CONF.read_text()
     assert "client_max_body_size 64m;" in text
     apis = {svc: stand_in_api(svc) for svc in SERVICES}
@@ -100,30 +50,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     temp_paths = "".join(f"\n    {d}_temp_path {workdir}/{d};" for d in TEMP_DIRS)
     text = text.replace("http {", "http {" + temp_paths, 1)
     (workdir / "nginx.conf").write_text(text)
-    proc = subprocess.Popen(
-        [
-            nginx,
-            "-p",
-            str(workdir),
-            "-c",
-            str(workdir / "nginx.conf"),
-            "-g",
-            "daemon off;",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc = start_nginx(nginx, workdir, port, "the gateway configuration")
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    err = proc.stderr.read().decode() if proc.stderr else ""
-                    pytest.fail(f"nginx did not start with the gateway configuration:\n{err}")
-                time.sleep(0.1)
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()

@@ -206,3 +206,32 @@ def test_a_broken_kustomization_fails_to_build(kustomize: str, tmp_path: Path) -
     )
     with pytest.raises(RuntimeError, match="kustomize build"):
         build(kustomize, overlay)
+
+
+def test_the_console_is_served_at_the_root_with_its_own_image(
+    rendered: dict[str, list[Obj]],
+) -> None:
+    for target in TARGETS:
+        console = find(rendered[target], "Deployment", "console")
+        (container,) = console["spec"]["template"]["spec"]["containers"]
+        assert container["image"].split("/")[-1].split(":")[0] == "console"
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env["KILN_API_UPSTREAM"].endswith(":80")
+        policy = find(rendered[target], "NetworkPolicy", "console-from-and-to-ingress")
+        assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == (
+            "kiln-console"
+        )
+    image = k8s_checks.containers(find(rendered["overlays/prod"], "Deployment", "console"))
+    assert next(image)["image"] == "registry.example.com/kiln/console:0.1.0"
+
+
+def test_a_console_without_its_root_route_or_read_only_root_is_reported(
+    rendered: dict[str, list[Obj]],
+) -> None:
+    objects = copy.deepcopy(rendered["overlays/prod"])
+    objects.remove(find(objects, "Ingress", "kiln-console"))
+    container = find(objects, "Deployment", "console")["spec"]["template"]["spec"]["containers"][0]
+    container["securityContext"]["readOnlyRootFilesystem"] = False
+    problems = kiln_problems(objects, overlay=True)
+    assert "Ingress: / does not route to the console Service" in problems
+    assert "console: root filesystem is writable" in problems
