@@ -32,7 +32,13 @@ router = APIRouter(prefix="/v1", tags=["media"])
 
 Sha256 = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the bytes")]
 ThumbSize = Annotated[
-    int, Query(ge=32, le=512, description="longest side of the thumbnail, in pixels")
+    int,
+    Query(
+        ge=32,
+        le=1024,
+        description="longest side of the thumbnail, in pixels (rounded up to 128, 256, 512 or "
+        "1024; 1024 is the labelling workspace's first rendition of a large image)",
+    ),
 ]
 # Content-addressed: the bytes behind a URL never change; only the access check may.
 IMMUTABLE = "private, max-age=31536000, immutable"
@@ -130,7 +136,11 @@ async def _image(request: Request, sha256: str, media_type: str) -> Response:
 def render_thumbnail(data: bytes, size: int) -> bytes:
     """A JPEG at most ``size`` pixels on its longest side (small images are not enlarged)."""
     with Image.open(io.BytesIO(data)) as image:
-        image.draft("RGB", (size, size))  # JPEG decodes at a fraction of full size: far faster
+        width, height = image.size
+        scale = min(1.0, size / max(width, height))
+        # JPEG decodes at a fraction of full size, far faster: the largest fraction that still
+        # covers the thumbnail's own box (not size×size, which would decode twice as large).
+        image.draft("RGB", (max(1, int(width * scale)), max(1, int(height * scale))))
         picture = image.convert("RGB")
         picture.thumbnail((size, size))
         out = io.BytesIO()
@@ -138,7 +148,7 @@ def render_thumbnail(data: bytes, size: int) -> bytes:
         return out.getvalue()
 
 
-THUMB_SIZES = (128, 256, 512)  # a few sizes, so callers cannot fill the store with variants
+THUMB_SIZES = (128, 256, 512, 1024)  # a few sizes, so callers cannot fill the store with variants
 
 
 async def _thumbnail(request: Request, sha256: str, asked: int) -> Response:

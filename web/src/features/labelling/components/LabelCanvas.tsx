@@ -1,12 +1,15 @@
 import type Konva from "konva";
 import { useEffect, useRef, useState } from "react";
 import { Circle, Image as KonvaImage, Layer, Line, Rect, Stage } from "react-konva";
+import { pickRendition } from "../images";
 import { boxFromDrag, fitView, ringFrom, toImage, zoomAt, type Point, type Shape, type View } from "../geometry";
 
 export type Tool = "pan" | "box" | "polygon" | "keypoint";
 
 interface Props {
-  image: HTMLImageElement | null;
+  /** The same picture at several sizes (any may still be loading); the canvas draws the
+   * smallest that is sharp at the current zoom. */
+  renditions: (HTMLImageElement | null)[];
   imageW: number;
   imageH: number;
   width: number;
@@ -26,16 +29,18 @@ const INVALID = "#e03131";
 /** The zoom/pan canvas: wheel zooms at the pointer, the pan tool drags the view, the box tool
  * drags a box, the polygon tool clicks points (double-click closes), the keypoint tool clicks. */
 export function LabelCanvas(props: Props) {
-  const { image, imageW, imageH, width, height, shapes, suggestions, tool, label, invalid, onAdd } = props;
+  const { renditions, imageW, imageH, width, height, shapes, suggestions, tool, label, invalid, onAdd } = props;
   const [view, setView] = useState<View>(() => fitView(imageW, imageH, width, height));
   const [drag, setDrag] = useState<{ start: Point; now: Point; screen: Point; view: View } | null>(null);
   const [ring, setRing] = useState<Point[]>([]);
   const stage = useRef<Konva.Stage>(null);
+  const image = pickRendition(renditions, imageW * view.scale);
+  const loaded = renditions.some((r) => r !== null);
 
   useEffect(() => {
     setView(fitView(imageW, imageH, width, height));
     setRing([]);
-  }, [imageW, imageH, width, height, image]);
+  }, [imageW, imageH, width, height, loaded]);
 
   const pointer = (): Point => stage.current?.getPointerPosition() ?? { x: 0, y: 0 };
 

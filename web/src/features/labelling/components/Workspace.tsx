@@ -1,9 +1,9 @@
 import { Alert, Badge, Button, Group, Kbd, List, SegmentedControl, Stack, Text, Title } from "@mantine/core";
 import { useCallback, useEffect, useMemo, useState } from "react";
-import { useAuthedImage } from "@/components/ui/AuthedImage";
 import { EmptyState, ProblemAlert } from "@/components/ui/Problem";
 import { ProblemError } from "@/lib/api-client";
 import { blobUrl } from "@/features/datasets/api/datasets";
+import { loadImage, PREVIEW_SIZE, wantsPreview } from "../images";
 import { leaseNext, submitTask, type Project, type Task, type TaskItem } from "../api/tasks";
 import { commit, fromLabels, history, redo, toSubmission, undo, type History, type Shape } from "../geometry";
 import { LabelCanvas, type Tool } from "./LabelCanvas";
@@ -12,18 +12,32 @@ const CANVAS_W = 740;
 const CANVAS_H = 540;
 
 function useImageElement(url: string | null): HTMLImageElement | null {
-  const src = useAuthedImage(url);
-  const [image, setImage] = useState<HTMLImageElement | null>(null);
+  const [image, setImage] = useState<{ url: string; element: HTMLImageElement } | null>(null);
   useEffect(() => {
-    if (!src) {
-      setImage(null);
-      return;
-    }
-    const element = new window.Image();
-    element.onload = () => setImage(element);
-    element.src = src;
-  }, [src]);
-  return image;
+    if (!url) return;
+    let current = true;
+    loadImage(url)
+      .then((element) => current && setImage({ url, element }))
+      .catch(() => undefined);
+    return () => {
+      current = false;
+    };
+  }, [url]);
+  return image && image.url === url ? image.element : null;
+}
+
+function previewUrl(datasetId: string, item: TaskItem): string | null {
+  return wantsPreview(item.width, item.height) ? `${blobUrl(datasetId, item.blob)}/thumbnail?size=${PREVIEW_SIZE}` : null;
+}
+
+/** Every item of a newly leased task starts loading at once (its preview first), so moving to
+ * the next item of the task finds its image decoded. */
+function prefetch(datasetId: string, items: TaskItem[]): void {
+  for (const it of items) {
+    const preview = previewUrl(datasetId, it);
+    if (preview) void loadImage(preview).catch(() => undefined);
+  }
+  for (const it of items) void loadImage(blobUrl(datasetId, it.blob)).catch(() => undefined);
 }
 
 function useSecondsLeft(until: string | null | undefined): number | null {
@@ -63,7 +77,11 @@ export function Workspace({ project }: { project: Project }) {
   const [tool, setTool] = useState<Tool>(kind === "boxes" ? "box" : kind === "polygons" ? "polygon" : kind === "keypoints" ? "keypoint" : "pan");
   const items = (task?.items ?? []) as unknown as TaskItem[];
   const item = items[index];
-  const image = useImageElement(item ? blobUrl(project.dataset_id, item.blob) : null);
+  // A large image is drawn from a 1024 px rendition as soon as that arrives (the annotator can
+  // label on it: shapes are in the original's pixels); the original takes over for zooming in.
+  const preview = useImageElement(item ? previewUrl(project.dataset_id, item) : null);
+  const original = useImageElement(item ? blobUrl(project.dataset_id, item.blob) : null);
+  const image = original ?? preview;
   const secondsLeft = useSecondsLeft(task?.lease_expires_at);
   const shapes = item ? (work[item.item_id]?.present ?? []) : [];
   const suggestions = useMemo(
@@ -77,6 +95,7 @@ export function Workspace({ project }: { project: Project }) {
     setError(null);
     try {
       const next = await leaseNext(project.id);
+      if (next) prefetch(project.dataset_id, next.items as unknown as TaskItem[]);
       setTask(next);
       setEmpty(next === null);
       setIndex(0);
@@ -91,7 +110,7 @@ export function Workspace({ project }: { project: Project }) {
     } finally {
       setBusy(false);
     }
-  }, [project.id]);
+  }, [project.id, project.dataset_id]);
 
   const change = useCallback(
     (update: (shapes: Shape[]) => Shape[]) => {
@@ -204,7 +223,7 @@ export function Workspace({ project }: { project: Project }) {
         <Group align="start" wrap="nowrap" gap="sm">
           <Stack gap={4}>
             <LabelCanvas
-              image={image}
+              renditions={[preview, original]}
               imageW={item.width ?? image?.naturalWidth ?? 1}
               imageH={item.height ?? image?.naturalHeight ?? 1}
               width={CANVAS_W}
@@ -217,7 +236,7 @@ export function Workspace({ project }: { project: Project }) {
               onAdd={(shape) => change((current) => [...current, shape])}
             />
             <Text size="xs" c="dimmed" data-testid="item-name">
-              item {index + 1}/{items.length}: {item.item_id} ({item.width}×{item.height}) · {image ? "image ready" : "loading image"}
+              item {index + 1}/{items.length}: {item.item_id} ({item.width}×{item.height}) · {image ? (original ? "image ready" : "image ready (preview)") : "loading image"}
             </Text>
           </Stack>
           <Stack gap="xs" w={290}>
