@@ -267,3 +267,39 @@ async def test_finished_work_whose_auto_commit_was_lost_is_committed_by_the_swee
     await workflow.complete_uncommitted_versions(runtime)
     r = await data.get(f"/v1/datasets/{ds}/versions/3")
     assert r.status_code == 404
+
+
+async def test_submit_and_lease_next_is_one_call_and_a_refusal_leases_nothing(
+    services: dict[str, Any],
+) -> None:
+    ann, settings = services["annotation"], services["settings"]
+    _, pid = await setup_project(services, images=2)
+    alice = as_user(settings, "alice", "annotator")
+    first = (await ann.post(f"/v1/projects/{pid}/lease", headers=alice)).json()
+    item = first["items"][0]["item_id"]
+    refused = await ann.post(
+        f"/v1/tasks/{first['id']}/submission-and-lease",
+        headers=alice,
+        json={"labels": {item: [{"type": "box", "label": "crack", "bbox": [1, 1, 2, 2]}]}},
+    )
+    assert refused.status_code == 422, refused.text
+    counts = (await ann.get(f"/v1/projects/{pid}")).json()["task_counts"]
+    assert counts == {"leased": 1, "queued": 1}
+
+    good = {item: [{"type": "box", "label": "scratch", "bbox": [10, 10, 20, 5]}]}
+    r = await ann.post(
+        f"/v1/tasks/{first['id']}/submission-and-lease", headers=alice, json={"labels": good}
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["submitted"]["id"] == first["id"] and body["submitted"]["status"] == "in_review"
+    second = body["next"]
+    assert second["id"] != first["id"] and second["status"] == "leased"
+    assert second["assignee"] == "alice" and second["lease_expires_at"]
+    item2 = second["items"][0]["item_id"]
+    last = await ann.post(
+        f"/v1/tasks/{second['id']}/submission-and-lease",
+        headers=alice,
+        json={"labels": {item2: [{"type": "box", "label": "dent", "bbox": [0, 0, 5, 5]}]}},
+    )
+    assert last.status_code == 200 and last.json()["next"] is None

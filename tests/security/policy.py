@@ -80,6 +80,7 @@ POLICY: dict[str, dict[tuple[str, str], frozenset[str] | None]] = {
         ("POST", "/v1/projects/{project_id}/lease"): only("annotator"),
         ("GET", "/v1/tasks/{task_id}"): EVERYONE,
         ("POST", "/v1/tasks/{task_id}/submission"): only("annotator"),
+        ("POST", "/v1/tasks/{task_id}/submission-and-lease"): only("annotator"),
         ("POST", "/v1/tasks/{task_id}/review"): only("reviewer"),
         ("GET", "/v1/tasks/{task_id}/audit"): EVERYONE,
         ("POST", "/v1/projects/{project_id}/commits"): DATA,

@@ -244,6 +244,29 @@ async def submit_task(
     return task_public(await submit(get_runtime(request), task_id, who.subject, body.labels))
 
 
+class SubmittedAndNext(BaseModel):
+    submitted: TaskPublic = PydField(description="the task just submitted, as stored")
+    next: TaskPublic | None = PydField(
+        description="the annotator's next task, already leased; null when nothing waits"
+    )
+
+
+@router.post("/tasks/{task_id}/submission-and-lease", response_model=SubmittedAndNext)
+async def submit_and_lease_next(
+    task_id: str, body: Submission, request: Request, who: Annotator
+) -> SubmittedAndNext:
+    """Submit labels like ``/submission``, then lease the next task of the same project: the
+    labelling workspace's "submit and next" in one round trip. A refused submission leases
+    nothing."""
+    runtime = get_runtime(request)
+    task = await submit(runtime, task_id, who.subject, body.labels)
+    following = await lease_next(runtime, task.project_id, who.subject)
+    return SubmittedAndNext(
+        submitted=task_public(task),
+        next=task_public(following) if following is not None else None,
+    )
+
+
 class ReviewDecision(BaseModel):
     accept: bool
     comment: str = PydField(default="", max_length=5000)

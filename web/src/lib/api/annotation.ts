@@ -394,6 +394,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/tasks/{task_id}/submission-and-lease": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Submit And Lease Next
+         * @description Submit labels like ``/submission``, then lease the next task of the same project: the
+         *     labelling workspace's "submit and next" in one round trip. A refused submission leases
+         *     nothing.
+         */
+        post: operations["submitAndLeaseNext"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -629,6 +651,13 @@ export interface components {
                     [key: string]: unknown;
                 }[];
             };
+        };
+        /** SubmittedAndNext */
+        SubmittedAndNext: {
+            /** @description the annotator's next task, already leased; null when nothing waits */
+            next: components["schemas"]["TaskPublic"] | null;
+            /** @description the task just submitted, as stored */
+            submitted: components["schemas"]["TaskPublic"];
         };
         /** TaskPublic */
         TaskPublic: {
@@ -1455,6 +1484,41 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["TaskPublic"];
+                };
+            };
+            /** @description Problem details (RFC 9457) */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                };
+            };
+        };
+    };
+    submitAndLeaseNext: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                task_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["Submission"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SubmittedAndNext"];
                 };
             };
             /** @description Problem details (RFC 9457) */

@@ -1881,7 +1881,7 @@ export interface operations {
     readBlobThumbnail: {
         parameters: {
             query?: {
-                /** @description longest side of the thumbnail, in pixels */
+                /** @description longest side of the thumbnail, in pixels (rounded up to 128, 256, 512 or 1024; 1024 is the labelling workspace's first rendition of a large image) */
                 size?: number;
             };
             header?: never;
@@ -2427,7 +2427,7 @@ export interface operations {
     readItemThumbnail: {
         parameters: {
             query?: {
-                /** @description longest side of the thumbnail, in pixels */
+                /** @description longest side of the thumbnail, in pixels (rounded up to 128, 256, 512 or 1024; 1024 is the labelling workspace's first rendition of a large image) */
                 size?: number;
             };
             header?: never;

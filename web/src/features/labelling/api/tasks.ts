@@ -56,6 +56,10 @@ export async function leaseNext(projectId: string): Promise<Task | null> {
   return response.status === 204 ? null : (task ?? null);
 }
 
-export async function submitTask(taskId: string, labels: Record<string, Record<string, unknown>[]>): Promise<Task> {
-  return data(api.annotation.POST("/v1/tasks/{task_id}/submission", { params: { path: { task_id: taskId } }, body: { labels } }));
+/** Submit, and lease the next task of the project in the same call (null: nothing waits). */
+export async function submitAndLeaseNext(taskId: string, labels: Record<string, Record<string, unknown>[]>): Promise<Task | null> {
+  const answer = await data(
+    api.annotation.POST("/v1/tasks/{task_id}/submission-and-lease", { params: { path: { task_id: taskId } }, body: { labels } }),
+  );
+  return answer.next ?? null;
 }

@@ -4,7 +4,7 @@ import { EmptyState, ProblemAlert } from "@/components/ui/Problem";
 import { ProblemError } from "@/lib/api-client";
 import { blobUrl } from "@/features/datasets/api/datasets";
 import { loadImage, PREVIEW_SIZE, wantsPreview } from "../images";
-import { leaseNext, submitTask, type Project, type Task, type TaskItem } from "../api/tasks";
+import { leaseNext, submitAndLeaseNext, type Project, type Task, type TaskItem } from "../api/tasks";
 import { commit, fromLabels, history, redo, toSubmission, undo, type History, type Shape } from "../geometry";
 import { LabelCanvas, type Tool } from "./LabelCanvas";
 
@@ -90,11 +90,10 @@ export function Workspace({ project }: { project: Project }) {
   );
   const invalid = item ? invalidShapes(error, item.item_id) : new Set<number>();
 
-  const start = useCallback(async () => {
-    setBusy(true);
-    setError(null);
-    try {
-      const next = await leaseNext(project.id);
+  // Show a leased task (or none): its items start loading at once, each item's work begins
+  // from the labels it already has (a task sent back for rework).
+  const show = useCallback(
+    (next: Task | null) => {
       if (next) prefetch(project.dataset_id, next.items as unknown as TaskItem[]);
       setTask(next);
       setEmpty(next === null);
@@ -105,12 +104,21 @@ export function Workspace({ project }: { project: Project }) {
         initial[it.item_id] = history(earlier);
       }
       setWork(initial);
+    },
+    [project.dataset_id],
+  );
+
+  const start = useCallback(async () => {
+    setBusy(true);
+    setError(null);
+    try {
+      show(await leaseNext(project.id));
     } catch (e) {
       setError(e);
     } finally {
       setBusy(false);
     }
-  }, [project.id, project.dataset_id]);
+  }, [project.id, show]);
 
   const change = useCallback(
     (update: (shapes: Shape[]) => Shape[]) => {
@@ -153,13 +161,13 @@ export function Workspace({ project }: { project: Project }) {
     setError(null);
     try {
       const labels = Object.fromEntries(items.map((it) => [it.item_id, toSubmission(work[it.item_id]?.present ?? [])]));
-      await submitTask(task.id, labels);
-      await start(); // the next task, without a reload
+      show(await submitAndLeaseNext(task.id, labels)); // the next task, without a reload
     } catch (e) {
       setError(e);
+    } finally {
       setBusy(false);
     }
-  }, [task, items, work, start]);
+  }, [task, items, work, show]);
 
   useEffect(() => {
     const onKey = (e: KeyboardEvent) => {

@@ -1,4 +1,4 @@
-import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
+import { useMutation, useQueries, useQuery, useQueryClient } from "@tanstack/react-query";
 import { useEffect, useRef, useState } from "react";
 import { api, authHeaders, data, problemOf } from "@/lib/api-client";
 import type { components } from "@/lib/api/training";
@@ -139,4 +139,47 @@ export function useMetricStream(jobId: string): { points: MetricPoint[]; status:
     return () => controller.abort();
   }, [jobId]);
   return { points, status, error };
+}
+
+export type BadCase = components["schemas"]["BadCasePublic"];
+
+/** Each run's epoch history, for comparing runs on one chart (live while any runs). */
+export function useRunHistories(ids: string[]) {
+  return useQueries({
+    queries: ids.map((id) => ({
+      queryKey: ["training-jobs", id, "metrics", "epoch"],
+      queryFn: () => data(api.training.GET("/v1/jobs/{job_id}/metrics", { params: { path: { job_id: id }, query: { kind: "epoch" } } })),
+      refetchInterval: 5_000,
+    })),
+  });
+}
+
+export function useBadCases(id: string, enabled: boolean) {
+  return useQuery({
+    queryKey: ["training-jobs", id, "bad-cases"],
+    enabled,
+    queryFn: () => data(api.training.GET("/v1/jobs/{job_id}/bad-cases", { params: { path: { job_id: id }, query: { limit: 24 } } })),
+  });
+}
+
+export interface SearchAnswer {
+  job: Job;
+  trials: Job[];
+}
+
+export function useSearch(id: string, enabled: boolean) {
+  return useQuery({
+    queryKey: ["searches", id],
+    enabled,
+    queryFn: async () => (await data(api.training.GET("/v1/searches/{job_id}", { params: { path: { job_id: id } } }))) as unknown as SearchAnswer,
+    refetchInterval: 3_000,
+  });
+}
+
+export function useSearches() {
+  return useQuery({
+    queryKey: ["training-jobs", "searches"],
+    queryFn: () => data(api.training.GET("/v1/jobs", { params: { query: { kind: "search", limit: 20 } } })),
+    refetchInterval: 5_000,
+  });
 }

@@ -2,7 +2,9 @@ import { Badge, Button, Group, Stack, Table, Text, Title } from "@mantine/core";
 import { Loading, ProblemAlert } from "@/components/ui/Problem";
 import { useAuth } from "@/lib/auth";
 import { useEvaluation, useJobAction, useMetricStream, useTrainingJob } from "../api/training";
+import { BadCases } from "./BadCases";
 import { LossChart } from "./LossChart";
+import { SearchRanking } from "./Searches";
 
 function ConfusionMatrix({ evaluation }: { evaluation: Record<string, unknown> }) {
   const matrix = evaluation.confusion_matrix as number[][] | undefined;
@@ -63,7 +65,7 @@ export function RunPage({ jobId }: { jobId: string }) {
           </Button>
         </Group>
       ) : null}
-      <LossChart points={stream.points} metric="loss" />
+      {job.data?.kind === "search" ? <SearchRanking jobId={jobId} /> : <LossChart points={stream.points} metric="loss" />}
       <Table aria-label="Final metrics">
         <Table.Tbody>
           {Object.entries((job.data?.metrics ?? {}) as Record<string, unknown>).map(([k, v]) => (
@@ -80,6 +82,7 @@ export function RunPage({ jobId }: { jobId: string }) {
           <ConfusionMatrix evaluation={evaluation.data} />
         </>
       ) : null}
+      {job.data && job.data.kind !== "search" && status === "succeeded" ? <BadCases job={job.data} /> : null}
     </Stack>
   );
 }
