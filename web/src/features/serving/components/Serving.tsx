@@ -1,9 +1,14 @@
 import { Badge, Button, Code, Group, Progress, Stack, Table, Text, Textarea, Title } from "@mantine/core";
-import { useState, type DragEvent } from "react";
+import { lazy, Suspense, useEffect, useState, type DragEvent } from "react";
 import { Link } from "react-router-dom";
 import { EmptyState, Loading, ProblemAlert } from "@/components/ui/Problem";
 import { useAuth } from "@/lib/auth";
 import { useCanaryAction, useEndpoint, useEndpoints, usePredict } from "../api/serving";
+import { appendSample, type Sample } from "../canary";
+import { FlaggedFeed } from "./FlaggedFeed";
+
+// uPlot loads with the canary chart, not with the first page.
+const CanaryChart = lazy(() => import("./CanaryChart"));
 
 export function EndpointList() {
   const { can } = useAuth();
@@ -109,6 +114,19 @@ export function EndpointDetail({ name }: { name: string }) {
   const { can } = useAuth();
   const e = endpoint.data;
   const traffic = (e?.traffic ?? {}) as Record<string, unknown>;
+  // One sample of the canary's analysis per answer, for as long as the page is open.
+  const [history, setHistory] = useState<{ candidate: string; samples: Sample[] }>({ candidate: "", samples: [] });
+  const candidate = e?.candidate ?? null;
+  useEffect(() => {
+    if (!candidate) return;
+    const at = (endpoint.dataUpdatedAt || Date.now()) / 1000;
+    setHistory((h) => ({
+      candidate: candidate.id,
+      samples: appendSample(h.candidate === candidate.id ? h.samples : [], candidate.analysis as Record<string, unknown>, at),
+    }));
+  }, [candidate, endpoint.dataUpdatedAt]);
+  const samples = candidate && history.candidate === candidate.id ? history.samples : [];
+  const latest = samples[samples.length - 1];
   return (
     <Stack>
       <Title order={2}>{name}</Title>
@@ -137,8 +155,19 @@ export function EndpointDetail({ name }: { name: string }) {
           </Table>
           {e.candidate ? (
             <Stack gap="xs">
-              <Title order={4}>Canary v{e.candidate.version}</Title>
-              <Code block>{JSON.stringify(e.candidate.analysis, null, 2).slice(0, 2000)}</Code>
+              <Title order={4}>
+                Canary v{e.candidate.version} against v{e.stable?.version ?? "?"}
+              </Title>
+              <Text size="sm" data-testid="canary-summary">
+                step {latest?.step ?? 0} · candidate {latest?.candidateRequests ?? 0} requests, error rate{" "}
+                {latest?.candidateErrorRate != null ? `${(latest.candidateErrorRate * 100).toFixed(1)} %` : "—"}, p99 {latest?.candidateP99 != null ? `${latest.candidateP99.toFixed(0)} ms` : "—"} · stable{" "}
+                {latest?.stableRequests ?? 0} requests, error rate {latest?.stableErrorRate != null ? `${(latest.stableErrorRate * 100).toFixed(1)} %` : "—"}, p99{" "}
+                {latest?.stableP99 != null ? `${latest.stableP99.toFixed(0)} ms` : "—"}
+                {latest?.agreement != null ? ` · shadow agreement ${(latest.agreement * 100).toFixed(0)} %` : ""}
+              </Text>
+              <Suspense fallback={<Loading />}>
+                <CanaryChart history={samples} />
+              </Suspense>
               {can("manageServing") ? (
                 <Group gap="xs">
                   <Button size="xs" color="green" onClick={() => action.mutate("promote")}>
@@ -165,6 +194,7 @@ export function EndpointDetail({ name }: { name: string }) {
             </Table.Tbody>
           </Table>
           {can("viewServing") ? <TryIt name={name} /> : null}
+          {can("viewServing") ? <FlaggedFeed /> : null}
         </>
       ) : null}
     </Stack>

@@ -1,0 +1,38 @@
+import { Group } from "@mantine/core";
+import { useEffect, useRef } from "react";
+import uPlot from "uplot";
+import "uplot/dist/uPlot.min.css";
+import { columns, type Sample } from "../canary";
+
+function Plot({ history, measure, label }: { history: Sample[]; measure: "errorRate" | "p99"; label: string }) {
+  const box = useRef<HTMLDivElement>(null);
+  const plot = useRef<uPlot | null>(null);
+  useEffect(() => {
+    if (!box.current) return;
+    plot.current = new uPlot(
+      {
+        width: 420,
+        height: 200,
+        axes: [{}, { label }],
+        series: [{}, { label: "candidate", stroke: "#f76707", width: 2, spanGaps: true }, { label: "stable", stroke: "#1c7ed6", width: 2, spanGaps: true }],
+      },
+      [[], [], []],
+      box.current,
+    );
+    return () => plot.current?.destroy();
+  }, [label]);
+  useEffect(() => {
+    plot.current?.setData(columns(history, measure));
+  }, [history, measure]);
+  return <div ref={box} role="img" aria-label={`${label} of candidate and stable over time`} data-testid={`canary-${measure}`} />;
+}
+
+/** The canary's error rate and p99 latency per version, one point per analysis answer. */
+export default function CanaryChart({ history }: { history: Sample[] }) {
+  return (
+    <Group align="start" gap="md">
+      <Plot history={history} measure="errorRate" label="error rate" />
+      <Plot history={history} measure="p99" label="p99 latency (ms)" />
+    </Group>
+  );
+}
