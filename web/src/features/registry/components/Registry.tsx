@@ -4,7 +4,9 @@ import { Link } from "react-router-dom";
 import { EmptyState, Loading, ProblemAlert } from "@/components/ui/Problem";
 import { useAuth } from "@/lib/auth";
 import { useAliases, useModelLog, useModels, useModelVersions, usePolicy, usePromote } from "../api/registry";
+import { describe, summarise } from "../compression";
 import { gateResults } from "../gates";
+import { CompressPanel, ImportPanel } from "./CompressAndImport";
 
 export function ModelList() {
   const models = useModels();
@@ -76,6 +78,7 @@ export function ModelDetail({ name }: { name: string }) {
             <Table.Th>Aliases</Table.Th>
             <Table.Th>Metrics</Table.Th>
             <Table.Th>Lineage</Table.Th>
+            <Table.Th>Compression</Table.Th>
           </Table.Tr>
         </Table.Thead>
         <Table.Tbody>
@@ -97,6 +100,17 @@ export function ModelDetail({ name }: { name: string }) {
                   .slice(0, 4)
                   .map(([k, x]) => `${k}: ${String(x).slice(0, 12)}`)
                   .join(" → ")}
+              </Table.Td>
+              <Table.Td>
+                {v.compression && Object.keys(v.compression).length
+                  ? describe(
+                      summarise(
+                        v.compression as Record<string, unknown>,
+                        (list.find((p) => p.version === Number((v.compression as Record<string, unknown>).parent_version))?.metrics ?? {}) as Record<string, unknown>,
+                        v.metrics as Record<string, unknown>,
+                      ),
+                    )
+                  : ""}
               </Table.Td>
             </Table.Tr>
           ))}
@@ -131,6 +145,8 @@ export function ModelDetail({ name }: { name: string }) {
           {promote.data ? <Text size="sm" data-testid="promoted">v{promote.data.version} is now {alias}.</Text> : null}
         </Stack>
       ) : null}
+      {can("promote") && list.length > 0 ? <CompressPanel name={name} versions={list} /> : null}
+      {can("promote") ? <ImportPanel name={name} /> : null}
       <Title order={4}>Operation log</Title>
       <Table aria-label="Operation log">
         <Table.Tbody>
