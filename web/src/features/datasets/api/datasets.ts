@@ -130,3 +130,47 @@ export function thumbnailUrl(datasetId: string, version: number, itemId: string,
 export function blobUrl(datasetId: string, blob: string): string {
   return `/api/dataset/v1/datasets/${encodeURIComponent(datasetId)}/blobs/${blob}`;
 }
+
+export interface NearDuplicateGroup {
+  item_ids: string[];
+  max_distance: number;
+}
+
+export interface QualityReport {
+  counts: Record<string, number>;
+  summary: string[];
+  near_duplicates: NearDuplicateGroup[];
+  exact_duplicates: { blob?: string; item_ids: string[] }[];
+  unreadable: { item_id: string; reason?: string }[];
+  out_of_bounds: { item_id: string; label_index: number; kind: string; detail: string }[];
+  imbalance_ratio: number | null;
+  imbalanced: boolean;
+  unlabelled_items: number;
+  near_duplicate_threshold: number;
+}
+
+/** The version's stored quality report (asked for only when the version says it has one). */
+export function useQuality(datasetId: string, version: number | null, exists: boolean) {
+  return useQuery({
+    queryKey: ["datasets", datasetId, "versions", version, "quality"],
+    enabled: version !== null && exists,
+    queryFn: async () =>
+      (await data(api.dataset.GET("/v1/datasets/{dataset_id}/versions/{version}/quality", { params: { path: { dataset_id: datasetId, version: version ?? 0 } } }))) as unknown as QualityReport,
+  });
+}
+
+export function useVersionJob(datasetId: string, version: number, kind: "quality" | "augment") {
+  const client = useQueryClient();
+  return useMutation({
+    mutationFn: (body?: components["schemas"]["AugmentRequest"]) =>
+      kind === "quality"
+        ? data(api.dataset.POST("/v1/datasets/{dataset_id}/versions/{version}/quality", { params: { path: { dataset_id: datasetId, version } } }))
+        : data(
+            api.dataset.POST("/v1/datasets/{dataset_id}/versions/{version}/augmentations", {
+              params: { path: { dataset_id: datasetId, version } },
+              body: body as components["schemas"]["AugmentRequest"],
+            }),
+          ),
+    onSuccess: () => client.invalidateQueries({ queryKey: ["datasets", datasetId] }),
+  });
+}

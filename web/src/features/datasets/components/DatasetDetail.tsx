@@ -6,6 +6,7 @@ import { useAuth } from "@/lib/auth";
 import { useDataset, useDiff, useStats, useVersions } from "../api/datasets";
 import { ImportPanel } from "./ImportPanel";
 import { ItemGrid } from "./ItemGrid";
+import { AugmentPanel, QualityPanel } from "./QualityAndAugment";
 
 async function download(url: string, name: string) {
   const blob = await (await raw(url)).blob();
@@ -94,7 +95,15 @@ export function DatasetDetail({ datasetId }: { datasetId: string }) {
             <Tabs.Tab value="items">Items of v{version}</Tabs.Tab>
             <Tabs.Tab value="stats">Stats</Tabs.Tab>
             <Tabs.Tab value="diff">Diff</Tabs.Tab>
+            <Tabs.Tab value="quality">Quality</Tabs.Tab>
+            {can("manageDatasets") ? <Tabs.Tab value="augment">Augment</Tabs.Tab> : null}
           </Tabs.List>
+          <Tabs.Panel value="quality" pt="xs">
+            {current ? <QualityPanel datasetId={datasetId} version={current} /> : null}
+          </Tabs.Panel>
+          <Tabs.Panel value="augment" pt="xs">
+            <AugmentPanel datasetId={datasetId} version={version} />
+          </Tabs.Panel>
           <Tabs.Panel value="items" pt="xs">
             <ItemGrid datasetId={datasetId} version={version} classes={classes} />
           </Tabs.Panel>
