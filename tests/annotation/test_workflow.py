@@ -228,6 +228,20 @@ async def test_annotator_statistics_and_gold_tasks(services: dict[str, Any]) -> 
     viewer = as_user(settings, "val", "annotator")
     assert (await ann.get(f"/v1/projects/{pid}/annotators", headers=viewer)).status_code == 403
 
+    # The same items by both annotators, side by side, with the same agreement as above.
+    groups = (await ann.get(f"/v1/projects/{pid}/overlaps", headers=rita)).json()
+    # Items both labelled (bea stops at her first rejection); the gold task is never a group.
+    assert groups and all(g["items"][0]["item_id"] != "gold-1" for g in groups)
+    for group in groups:
+        assert [a["annotator"] for a in group["annotations"]] == ["ann", "bea"]
+        item = group["items"][0]["item_id"]
+        assert [a["labels"][item][0]["bbox"] for a in group["annotations"]] == [
+            boxes["ann"],
+            boxes["bea"],
+        ]
+        assert group["agreement"] == stats["ann"]["agreement"]
+    assert (await ann.get(f"/v1/projects/{pid}/overlaps", headers=viewer)).status_code == 403
+
 
 async def test_finished_work_whose_auto_commit_was_lost_is_committed_by_the_sweep(
     services: dict[str, Any], monkeypatch: Any

@@ -92,6 +92,7 @@ POLICY: dict[str, dict[tuple[str, str], frozenset[str] | None]] = {
         ("GET", "/v1/projects/{project_id}/prelabels"): EVERYONE,
         # Per-annotator statistics: for the people who manage and review annotators.
         ("GET", "/v1/projects/{project_id}/annotators"): only("reviewer", "data-engineer"),
+        ("GET", "/v1/projects/{project_id}/overlaps"): only("reviewer", "data-engineer"),
         ("POST", "/v1/projects/{project_id}/gold"): DATA,
     },
     "registry": {

@@ -23,7 +23,7 @@ from kiln_annotation.models import (
     Task,
     TaskStatus,
 )
-from kiln_annotation.performance import annotator_statistics
+from kiln_annotation.performance import annotator_statistics, overlapping_annotations
 from kiln_annotation.prelabel import acceptance
 from kiln_annotation.workflow import (
     commit_labels,
@@ -467,6 +467,34 @@ async def annotators(
     accuracy on hidden gold tasks."""
     await get_project(session, project_id)
     return await annotator_statistics(session, project_id)
+
+
+class OverlapAnnotation(BaseModel):
+    task_id: str
+    annotator: str | None = PydField(description="who labelled this copy")
+    status: str = PydField(description="the copy's task status (in_review, accepted, …)")
+    labels: dict[str, Any] | None = PydField(description="labels per item id")
+
+
+class OverlapGroup(BaseModel):
+    group_id: str = PydField(description="the overlap group: copies of the same items")
+    items: list[dict[str, Any]] = PydField(description="item_id, blob, width, height")
+    agreement: float | None = PydField(
+        description="mean pairwise agreement: 1/0 for classes, matched IoU for shapes"
+    )
+    annotations: list[OverlapAnnotation] = PydField(description="one per annotator")
+
+
+@router.get("/projects/{project_id}/overlaps", response_model=list[OverlapGroup])
+async def overlaps(
+    project_id: str,
+    session: SessionDep,
+    _who: Annotated[Principal, require_roles("reviewer", "data-engineer", "admin")],
+) -> list[dict[str, Any]]:
+    """Items labelled by several annotators (project overlap > 1): their annotations side by
+    side with their agreement, least agreement first."""
+    await get_project(session, project_id)
+    return await overlapping_annotations(session, project_id)
 
 
 class GoldItem(BaseModel):

@@ -4,6 +4,7 @@ and accuracy on hidden gold tasks whose labels are known."""
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -52,16 +53,11 @@ async def annotator_statistics(session: AsyncSession, project_id: str) -> list[d
             verdicts[task.assignee].append(event.action == "accepted")
     gold: dict[str, list[float]] = defaultdict(list)
     agreement: dict[str, list[float]] = defaultdict(list)
-    groups: dict[str, list[Task]] = defaultdict(list)
     for task in tasks.values():
-        if not task.assignee or not task.labels:
-            continue
-        if task.gold_labels:
+        if task.assignee and task.labels and task.gold_labels:
             for item_id, truth in task.gold_labels.items():
                 gold[task.assignee].append(label_agreement(task.labels.get(item_id, []), truth))
-        else:
-            groups[task.group_id].append(task)
-    for members in groups.values():
+    for members in _overlap_groups(tasks.values()).values():
         for i, a in enumerate(members):
             for b in members[i + 1 :]:
                 for item_id in set(a.labels or {}) & set(b.labels or {}):
@@ -86,6 +82,48 @@ async def annotator_statistics(session: AsyncSession, project_id: str) -> list[d
             }
         )
     return out
+
+
+def _overlap_groups(tasks: Iterable[Task]) -> dict[str, list[Task]]:
+    """Labelled, non-gold tasks by overlap group (copies of the same items for several people)."""
+    groups: dict[str, list[Task]] = defaultdict(list)
+    for task in tasks:
+        if task.assignee and task.labels and not task.gold_labels:
+            groups[task.group_id].append(task)
+    return groups
+
+
+async def overlapping_annotations(session: AsyncSession, project_id: str) -> list[dict[str, Any]]:
+    """Each overlap group labelled by two or more annotators: their labels side by side per
+    item and the mean pairwise agreement (as in :func:`annotator_statistics`), least first."""
+    tasks = (await session.exec(select(Task).where(Task.project_id == project_id))).all()
+    out = []
+    for group_id, members in _overlap_groups(tasks).items():
+        if len(members) < 2:
+            continue
+        scores = [
+            label_agreement((a.labels or {}).get(item_id, []), (b.labels or {}).get(item_id, []))
+            for i, a in enumerate(members)
+            for b in members[i + 1 :]
+            for item_id in set(a.labels or {}) & set(b.labels or {})
+        ]
+        out.append(
+            {
+                "group_id": group_id,
+                "items": members[0].items,
+                "agreement": _mean(scores),
+                "annotations": [
+                    {
+                        "task_id": t.id,
+                        "annotator": t.assignee,
+                        "status": t.status,
+                        "labels": t.labels,
+                    }
+                    for t in sorted(members, key=lambda t: t.assignee or "")
+                ],
+            }
+        )
+    return sorted(out, key=lambda g: (g["agreement"] is None, g["agreement"] or 0.0))
 
 
 def _mean(values: list[float]) -> float | None:

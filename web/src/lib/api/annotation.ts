@@ -212,6 +212,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/projects/{project_id}/overlaps": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Overlaps
+         * @description Items labelled by several annotators (project overlap > 1): their annotations side by
+         *     side with their agreement, least agreement first.
+         */
+        get: operations["overlaps"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/projects/{project_id}/prelabel-jobs": {
         parameters: {
             query?: never;
@@ -493,6 +514,53 @@ export interface components {
              * @default false
              */
             multi_label?: boolean;
+        };
+        /** OverlapAnnotation */
+        OverlapAnnotation: {
+            /**
+             * Annotator
+             * @description who labelled this copy
+             */
+            annotator: string | null;
+            /**
+             * Labels
+             * @description labels per item id
+             */
+            labels: {
+                [key: string]: unknown;
+            } | null;
+            /**
+             * Status
+             * @description the copy's task status (in_review, accepted, …)
+             */
+            status: string;
+            /** Task Id */
+            task_id: string;
+        };
+        /** OverlapGroup */
+        OverlapGroup: {
+            /**
+             * Agreement
+             * @description mean pairwise agreement: 1/0 for classes, matched IoU for shapes
+             */
+            agreement: number | null;
+            /**
+             * Annotations
+             * @description one per annotator
+             */
+            annotations: components["schemas"]["OverlapAnnotation"][];
+            /**
+             * Group Id
+             * @description the overlap group: copies of the same items
+             */
+            group_id: string;
+            /**
+             * Items
+             * @description item_id, blob, width, height
+             */
+            items: {
+                [key: string]: unknown;
+            }[];
         };
         /** PingAccepted */
         PingAccepted: {
@@ -1137,6 +1205,37 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description Problem details (RFC 9457) */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                };
+            };
+        };
+    };
+    overlaps: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                project_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OverlapGroup"][];
+                };
             };
             /** @description Problem details (RFC 9457) */
             "4XX": {

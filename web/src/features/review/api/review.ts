@@ -1,5 +1,6 @@
 import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import { api, data } from "@/lib/api-client";
+import type { components } from "@/lib/api/annotation";
 import type { Task } from "@/features/labelling/api/tasks";
 
 export function useReviewQueue(projectId: string) {
@@ -40,6 +41,17 @@ export function useAnnotators(projectId: string) {
     queryKey: ["annotators", projectId],
     queryFn: async () =>
       (await data(api.annotation.GET("/v1/projects/{project_id}/annotators", { params: { path: { project_id: projectId } } }))) as unknown,
+    refetchInterval: 10_000,
+  });
+}
+
+export type OverlapGroup = components["schemas"]["OverlapGroup"];
+
+/** Items labelled by several annotators, their labels side by side, least agreement first. */
+export function useOverlaps(projectId: string) {
+  return useQuery({
+    queryKey: ["overlaps", projectId],
+    queryFn: () => data(api.annotation.GET("/v1/projects/{project_id}/overlaps", { params: { path: { project_id: projectId } } })),
     refetchInterval: 10_000,
   });
 }

@@ -1,4 +1,4 @@
-import { Button, Card, Group, NumberInput, SimpleGrid, Stack, Table, Text, Textarea, Title } from "@mantine/core";
+import { Badge, Button, Card, Group, NumberInput, SimpleGrid, Stack, Table, Text, Textarea, Title } from "@mantine/core";
 import { useState } from "react";
 import { AuthedImage } from "@/components/ui/AuthedImage";
 import { EmptyState, Loading, ProblemAlert } from "@/components/ui/Problem";
@@ -6,7 +6,7 @@ import { useAuth } from "@/lib/auth";
 import { LabelOverlay } from "@/features/datasets/components/ItemGrid";
 import type { Item } from "@/features/datasets/api/datasets";
 import type { Project, Task, TaskItem } from "@/features/labelling/api/tasks";
-import { useAnnotators, useCommit, useReview, useReviewQueue } from "../api/review";
+import { useAnnotators, useCommit, useOverlaps, useReview, useReviewQueue } from "../api/review";
 
 function ReviewCard({ project, task }: { project: Project; task: Task }) {
   const review = useReview(project.id);
@@ -77,6 +77,52 @@ function Annotators({ projectId }: { projectId: string }) {
   );
 }
 
+/** Overlapping annotations (project overlap > 1): each annotator's labels on the same image,
+ * side by side, with the group's agreement. */
+function Overlaps({ project }: { project: Project }) {
+  const groups = useOverlaps(project.id);
+  const list = groups.data ?? [];
+  return (
+    <Stack gap="xs">
+      <ProblemAlert error={groups.error} />
+      {groups.data && list.length === 0 ? (
+        <Text size="sm" c="dimmed">
+          No item has been labelled by more than one annotator yet (a project with overlap above 1 gives each item to several people).
+        </Text>
+      ) : null}
+      {list.slice(0, 20).map((g) => {
+        const first = (g.items[0] ?? {}) as unknown as TaskItem;
+        return (
+          <Card withBorder padding="xs" key={g.group_id} data-testid="overlap-group">
+            <Text size="sm">
+              {first.item_id} · agreement{" "}
+              <Badge color={g.agreement === null ? "gray" : g.agreement >= 0.8 ? "green" : g.agreement >= 0.5 ? "yellow" : "red"}>
+                {g.agreement === null ? "—" : `${(g.agreement * 100).toFixed(0)} %`}
+              </Badge>
+            </Text>
+            <Group gap="xs" align="start">
+              {g.annotations.map((a) => {
+                const labels = ((a.labels ?? {}) as Record<string, Item["labels"]>)[first.item_id] ?? [];
+                return (
+                  <figure key={a.task_id} className="cell">
+                    <div className="thumb-box">
+                      <AuthedImage url={`/api/dataset/v1/datasets/${project.dataset_id}/blobs/${first.blob}/thumbnail?size=128`} alt={`${first.item_id} by ${a.annotator ?? "?"}`} size={128} />
+                      <LabelOverlay item={{ ...first, labels, size_bytes: 0, media_type: first.media_type ?? "", metadata: {} } as Item} />
+                    </div>
+                    <figcaption>
+                      {a.annotator ?? "?"} ({a.status}): {labels.map((l) => l.label).join(", ") || "no labels"}
+                    </figcaption>
+                  </figure>
+                );
+              })}
+            </Group>
+          </Card>
+        );
+      })}
+    </Stack>
+  );
+}
+
 export function ReviewQueue({ project }: { project: Project }) {
   const queue = useReviewQueue(project.id);
   const commit = useCommit(project.id);
@@ -107,6 +153,8 @@ export function ReviewQueue({ project }: { project: Project }) {
         <>
           <Title order={4}>Annotators</Title>
           <Annotators projectId={project.id} />
+          <Title order={4}>Overlapping annotations</Title>
+          <Overlaps project={project} />
         </>
       ) : null}
     </Stack>
