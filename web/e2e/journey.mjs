@@ -80,6 +80,12 @@ try {
   await page.getByRole("button", { name: "Create project" }).click();
   await page.getByRole("cell", { name: "parts boxes" }).waitFor();
   if (await page.locator("#planted-class").count()) throw new Error("a class name was rendered as HTML");
+  await page.getByLabel("New project").fill("parts masks");
+  await pick("Dataset", DATASET);
+  await pick("Kind", "masks");
+  await page.getByLabel("Classes (comma-separated)").fill("road");
+  await page.getByRole("button", { name: "Create project" }).click();
+  await page.getByRole("cell", { name: "parts masks" }).waitFor();
   await snap("labelling-projects");
   await nav("Datasets");
   await page.getByRole("link", { name: DATASET, exact: true }).click();
@@ -92,6 +98,12 @@ try {
   await page.getByRole("cell", { name: "v1", exact: true }).waitFor();
   await page.locator("[data-testid=item-grid] img").first().waitFor();
   await snap("dataset-imported");
+  // The two flat-coloured photos hash alike: the quality report shows them side by side.
+  await page.getByRole("tab", { name: "Quality" }).click();
+  await page.getByRole("button", { name: "Evaluate quality" }).click();
+  await page.getByTestId("quality-summary").waitFor({ timeout: 90_000 });
+  await page.getByTestId("near-duplicates").first().locator("img").nth(1).waitFor();
+  await snap("dataset-quality");
 
   step("annotator: two tasks, a box on each, the second without a reload");
   await signIn("annotator");
@@ -117,6 +129,18 @@ try {
   await page.keyboard.press("Control+Enter");
   await page.getByText("No task is waiting").waitFor();
   await snap("labelling-done");
+
+  step("annotator: paint a mask with the brush");
+  await nav("Labelling");
+  await page.getByRole("row", { name: /parts masks/ }).getByRole("button", { name: "Label" }).click();
+  await page.getByRole("button", { name: "Next task" }).click();
+  await page.getByText(/image ready/).waitFor();
+  await drawBox(150, 150, 400, 300); // a drag with the brush (the masks project's default tool)
+  await page.getByTestId("shape-list").getByText(/mask road \d+ px/).waitFor();
+  await snap("labelling-mask-brush");
+  const masked = await page.getByTestId("item-name").textContent();
+  await page.getByTestId("submit").click();
+  await page.waitForFunction((f) => document.querySelector("[data-testid=item-name]")?.textContent !== f, masked);
 
   step("reviewer: accept one task with a comment");
   await signIn("reviewer");
@@ -159,7 +183,13 @@ try {
   await page.waitForFunction((n) => Number(document.querySelector("[data-testid=points-loss]")?.textContent) > n, early, { timeout: 240_000 });
   await snap("training-chart-advancing");
   await page.getByTestId("run-status").getByText("succeeded").waitFor({ timeout: 300_000 });
+  await page.getByRole("heading", { name: "Bad cases" }).waitFor();
   await snap("training-run-done");
+  await nav("Training");
+  await page.getByTestId("compare-chart").waitFor();
+  await page.getByTestId("compare-points").getByText(/[1-9]\d* epochs across 1 runs/).waitFor();
+  await page.getByText("No searches").waitFor();
+  await snap("training-compare");
 
   step("ML engineer: promote with the gates shown");
   await nav("Registry");
@@ -169,6 +199,9 @@ try {
   await snap("registry-gates");
   await page.getByRole("button", { name: "Promote", exact: true }).click();
   await page.getByTestId("promoted").waitFor();
+  await page.getByRole("button", { name: "Compress (dynamic int8)" }).click();
+  await page.getByTestId("compression-job").getByText(/succeeded.*top-1 agreement/).waitFor({ timeout: 180_000 });
+  await snap("registry-compression");
 
   step("ML engineer: drop an image on the endpoint and read the answer");
   await nav("Serving");
@@ -195,7 +228,18 @@ try {
   }
   if (!answered) throw new Error("the endpoint never answered the dropped image");
   await page.getByText("Answered by version 1").waitFor();
+  await page.getByText(/Flagged predictions back in labelling/).waitFor();
   await snap("serving-answer");
+
+  step("data engineer: an augmented version from a recipe");
+  await signIn("data-engineer");
+  await page.getByRole("link", { name: "shapes", exact: true }).click();
+  await page.getByRole("tab", { name: "Augment" }).click();
+  await page.getByRole("checkbox", { name: "rotate" }).check();
+  await page.getByRole("button", { name: /^Augment v1$/ }).click();
+  await page.getByTestId("augment-job").getByText(/succeeded/).waitFor({ timeout: 120_000 });
+  await page.getByRole("cell", { name: "v2", exact: true }).waitFor({ timeout: 60_000 });
+  await snap("dataset-augmented");
 
   step("every page as every role");
   for (const role of ROLES) {

@@ -7,7 +7,8 @@ export type Shape =
   | { type: "class"; label: string }
   | { type: "box"; label: string; bbox: [number, number, number, number]; score?: number }
   | { type: "polygon"; label: string; polygons: number[][]; score?: number }
-  | { type: "keypoints"; label: string; keypoints: number[]; score?: number };
+  | { type: "keypoints"; label: string; keypoints: number[]; score?: number }
+  | { type: "mask"; label: string; rle: { size: [number, number]; counts: number[] | string }; score?: number };
 
 export interface View {
   scale: number;
@@ -85,6 +86,12 @@ export function fromLabels(labels: unknown): Shape[] {
         return Array.isArray(label.polygons)
           ? [{ type: "polygon", label: name, polygons: (label.polygons as number[][]).map((r) => r.map(Number)), score }]
           : [];
+      case "mask": {
+        const rle = label.rle as { size?: unknown; counts?: unknown } | undefined;
+        return rle && Array.isArray(rle.size) && (typeof rle.counts === "string" || Array.isArray(rle.counts))
+          ? [{ type: "mask", label: name, rle: { size: rle.size.map(Number) as [number, number], counts: rle.counts as number[] | string }, score }]
+          : [];
+      }
       case "keypoints":
         return Array.isArray(label.keypoints)
           ? [{ type: "keypoints", label: name, keypoints: (label.keypoints as number[]).map(Number), score }]

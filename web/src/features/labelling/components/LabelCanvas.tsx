@@ -2,9 +2,10 @@ import type Konva from "konva";
 import { useEffect, useRef, useState } from "react";
 import { Circle, Image as KonvaImage, Layer, Line, Rect, Stage } from "react-konva";
 import { pickRendition } from "../images";
+import { decodeRle, maskCanvas } from "../mask";
 import { boxFromDrag, fitView, ringFrom, toImage, zoomAt, type Point, type Shape, type View } from "../geometry";
 
-export type Tool = "pan" | "box" | "polygon" | "keypoint";
+export type Tool = "pan" | "box" | "polygon" | "keypoint" | "brush";
 
 interface Props {
   /** The same picture at several sizes (any may still be loading); the canvas draws the
@@ -20,6 +21,20 @@ interface Props {
   label: string;
   invalid: Set<number>;
   onAdd: (shape: Shape) => void;
+  /** Brush radius in image pixels, and where a finished stroke goes. */
+  brush?: number;
+  onStroke?: (points: Point[], radius: number) => void;
+}
+
+// A mask's coloured canvas, made once per mask shape (shapes are immutable values).
+const MASK_CANVASES = new WeakMap<object, HTMLCanvasElement>();
+function maskImage(shape: Extract<Shape, { type: "mask" }>, rgb: [number, number, number]): HTMLCanvasElement {
+  let canvas = MASK_CANVASES.get(shape);
+  if (!canvas) {
+    canvas = maskCanvas(decodeRle(shape.rle), rgb);
+    MASK_CANVASES.set(shape, canvas);
+  }
+  return canvas;
 }
 
 const STROKE = "#f76707";
@@ -29,7 +44,8 @@ const INVALID = "#e03131";
 /** The zoom/pan canvas: wheel zooms at the pointer, the pan tool drags the view, the box tool
  * drags a box, the polygon tool clicks points (double-click closes), the keypoint tool clicks. */
 export function LabelCanvas(props: Props) {
-  const { renditions, imageW, imageH, width, height, shapes, suggestions, tool, label, invalid, onAdd } = props;
+  const { renditions, imageW, imageH, width, height, shapes, suggestions, tool, label, invalid, onAdd, brush = 12, onStroke } = props;
+  const [stroke, setStroke] = useState<Point[]>([]);
   const [view, setView] = useState<View>(() => fitView(imageW, imageH, width, height));
   const [drag, setDrag] = useState<{ start: Point; now: Point; screen: Point; view: View } | null>(null);
   const [ring, setRing] = useState<Point[]>([]);
@@ -56,6 +72,10 @@ export function LabelCanvas(props: Props) {
       setRing((r) => [...r, at]);
       return;
     }
+    if (tool === "brush") {
+      setStroke([at]);
+      return;
+    }
     if (tool === "keypoint") {
       onAdd({ type: "keypoints", label, keypoints: [Math.round(at.x * 10) / 10, Math.round(at.y * 10) / 10, 2] });
       return;
@@ -63,6 +83,10 @@ export function LabelCanvas(props: Props) {
     setDrag({ start: at, now: at, screen, view });
   };
   const onMove = () => {
+    if (tool === "brush" && stroke.length) {
+      setStroke((points) => [...points, toImage(view, pointer())]);
+      return;
+    }
     if (!drag) return;
     const screen = pointer();
     if (tool === "pan") {
@@ -72,6 +96,11 @@ export function LabelCanvas(props: Props) {
     }
   };
   const onUp = () => {
+    if (tool === "brush" && stroke.length) {
+      onStroke?.(stroke, brush);
+      setStroke([]);
+      return;
+    }
     if (drag && tool === "box") {
       const bbox = boxFromDrag(drag.start, drag.now, imageW, imageH);
       if (bbox) onAdd({ type: "box", label, bbox });
@@ -97,6 +126,10 @@ export function LabelCanvas(props: Props) {
     }
     if (shape.type === "polygon") {
       return shape.polygons.map((r, j) => <Line key={`${dashed}-${i}-${j}`} points={r} closed stroke={stroke} strokeWidth={sw} dash={dash} />);
+    }
+    if (shape.type === "mask") {
+      const rgb: [number, number, number] = dashed ? [28, 126, 214] : invalid.has(i) ? [224, 49, 49] : [247, 103, 7];
+      return <KonvaImage key={`${dashed}-${i}`} image={maskImage(shape, rgb)} width={imageW} height={imageH} opacity={dashed ? 0.3 : 0.45} listening={false} />;
     }
     if (shape.type === "keypoints") {
       const dots = [];
@@ -126,6 +159,9 @@ export function LabelCanvas(props: Props) {
         {suggestions.map((s, i) => drawn(s, i, SUGGESTED, true))}
         {shapes.map((s, i) => drawn(s, i, STROKE, false))}
         {preview ? <Rect x={preview[0]} y={preview[1]} width={preview[2]} height={preview[3]} stroke={STROKE} strokeWidth={1 / view.scale} dash={[4 / view.scale, 4 / view.scale]} /> : null}
+        {stroke.length > 0 ? (
+          <Line points={stroke.flatMap((p) => [p.x, p.y])} stroke={STROKE} strokeWidth={brush * 2} lineCap="round" lineJoin="round" opacity={0.45} listening={false} />
+        ) : null}
         {ring.length > 0 ? <Line points={ring.flatMap((p) => [p.x, p.y])} stroke={STROKE} strokeWidth={2 / view.scale} /> : null}
       </Layer>
     </Stage>

@@ -1,9 +1,10 @@
-import { Alert, Badge, Button, Group, Kbd, List, SegmentedControl, Stack, Text, Title } from "@mantine/core";
+import { Alert, Badge, Button, Group, Kbd, List, NumberInput, SegmentedControl, Stack, Text, Title } from "@mantine/core";
 import { useCallback, useEffect, useMemo, useState } from "react";
 import { EmptyState, ProblemAlert } from "@/components/ui/Problem";
 import { ProblemError } from "@/lib/api-client";
 import { blobUrl } from "@/features/datasets/api/datasets";
 import { loadImage, PREVIEW_SIZE, wantsPreview } from "../images";
+import { fillPolygon, paintInto, paintStroke } from "../mask";
 import { leaseNext, submitAndLeaseNext, type Project, type Task, type TaskItem } from "../api/tasks";
 import { commit, fromLabels, history, redo, toSubmission, undo, type History, type Shape } from "../geometry";
 import { LabelCanvas, type Tool } from "./LabelCanvas";
@@ -74,7 +75,8 @@ export function Workspace({ project }: { project: Project }) {
   const kind = project.label_schema.kind;
   const classes = project.label_schema.labels.map((l) => l.name);
   const [label, setLabel] = useState(classes[0] ?? "");
-  const [tool, setTool] = useState<Tool>(kind === "boxes" ? "box" : kind === "polygons" ? "polygon" : kind === "keypoints" ? "keypoint" : "pan");
+  const [tool, setTool] = useState<Tool>(kind === "boxes" ? "box" : kind === "polygons" ? "polygon" : kind === "keypoints" ? "keypoint" : kind === "masks" ? "brush" : "pan");
+  const [brush, setBrush] = useState(12);
   const items = (task?.items ?? []) as unknown as TaskItem[];
   const item = items[index];
   // A large image is drawn from a 1024 px rendition as soon as that arrives (the annotator can
@@ -155,6 +157,24 @@ export function Workspace({ project }: { project: Project }) {
     if (suggestions.length) change((current) => [...current, ...suggestions]);
   }, [change, suggestions]);
 
+  // In a masks project the brush and the polygon tool both paint into the label's mask.
+  const paintMask = useCallback(
+    (paint: Parameters<typeof paintInto>[4]) => {
+      if (!item?.width || !item.height) return;
+      const { width, height } = item;
+      change((current) => paintInto(current, label, width, height, paint, (rle) => ({ type: "mask", label, rle }) as Shape));
+    },
+    [item, label, change],
+  );
+  const add = useCallback(
+    (shape: Shape) => {
+      if (kind === "masks" && shape.type === "polygon") {
+        paintMask((bitmap) => shape.polygons.forEach((ring) => fillPolygon(bitmap, ring)));
+      } else change((current) => [...current, shape]);
+    },
+    [kind, paintMask, change],
+  );
+
   const submit = useCallback(async () => {
     if (!task) return;
     setBusy(true);
@@ -188,6 +208,9 @@ export function Workspace({ project }: { project: Project }) {
       } else if (!mod && e.key === "a") {
         acceptSuggestions();
       } else if (!mod && e.key === "b" && kind === "boxes") setTool("box");
+      else if (!mod && e.key === "b" && kind === "masks") setTool("brush");
+      else if (!mod && e.key === "[") setBrush((r) => Math.max(1, Math.round(r / 1.25)));
+      else if (!mod && e.key === "]") setBrush((r) => Math.min(500, Math.round(r * 1.25) + 1));
       else if (!mod && e.key === "v") setTool("pan");
       else if (!mod && e.key === "n" && index < items.length - 1) setIndex(index + 1);
       else if (!mod && e.key === "p" && index > 0) setIndex(index - 1);
@@ -198,7 +221,8 @@ export function Workspace({ project }: { project: Project }) {
 
   const tools = [{ value: "pan", label: "Pan (V)" }];
   if (kind === "boxes") tools.push({ value: "box", label: "Box (B)" });
-  if (kind === "polygons" || kind === "masks") tools.push({ value: "polygon", label: "Polygon" });
+  if (kind === "masks") tools.push({ value: "brush", label: "Brush (B)" });
+  if (kind === "polygons" || kind === "masks") tools.push({ value: "polygon", label: kind === "masks" ? "Polygon fill" : "Polygon" });
   if (kind === "keypoints") tools.push({ value: "keypoint", label: "Keypoint" });
 
   return (
@@ -241,7 +265,9 @@ export function Workspace({ project }: { project: Project }) {
               tool={tool}
               label={label}
               invalid={invalid}
-              onAdd={(shape) => change((current) => [...current, shape])}
+              onAdd={add}
+              brush={brush}
+              onStroke={(points, radius) => paintMask((bitmap) => paintStroke(bitmap, points, radius))}
             />
             <Text size="xs" c="dimmed" data-testid="item-name">
               item {index + 1}/{items.length}: {item.item_id} ({item.width}×{item.height}) · {image ? (original ? "image ready" : "image ready (preview)") : "loading image"}
@@ -249,6 +275,9 @@ export function Workspace({ project }: { project: Project }) {
           </Stack>
           <Stack gap="xs" w={290}>
             <SegmentedControl size="xs" data={tools} value={tool} onChange={(v) => setTool(v as Tool)} aria-label="Tool" />
+            {kind === "masks" ? (
+              <NumberInput size="xs" label="Brush radius (image pixels; [ and ] change it)" min={1} max={500} value={brush} onChange={(v) => setBrush(Math.max(1, Number(v) || 1))} />
+            ) : null}
             <Text size="sm" fw={600}>
               Classes
             </Text>
@@ -267,6 +296,7 @@ export function Workspace({ project }: { project: Project }) {
               {shapes.map((s, i) => (
                 <List.Item key={i} c={invalid.has(i) ? "red" : undefined}>
                   {s.type} {s.label} {s.type === "box" ? `[${s.bbox.join(", ")}]` : ""}
+                  {s.type === "mask" && Array.isArray(s.rle.counts) ? ` ${s.rle.counts.filter((_, k) => k % 2 === 1).reduce((a, b) => a + b, 0)} px` : ""}
                   <Button size="compact-xs" variant="subtle" onClick={() => change((c) => c.filter((_, j) => j !== i))} aria-label={`Remove ${s.type} ${i + 1}`}>
                     ×
                   </Button>
