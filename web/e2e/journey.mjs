@@ -136,7 +136,7 @@ try {
   await page.getByRole("button", { name: "Next task" }).click();
   await page.getByText(/image ready/).waitFor();
   await drawBox(150, 150, 400, 300); // a drag with the brush (the masks project's default tool)
-  await page.getByTestId("shape-list").getByText(/mask road \d+ px/).waitFor();
+  await page.getByTestId("shape-list").getByText(/mask road\s+\d+ px/).waitFor();
   await snap("labelling-mask-brush");
   const masked = await page.getByTestId("item-name").textContent();
   await page.getByTestId("submit").click();
