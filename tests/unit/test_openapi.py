@@ -82,3 +82,49 @@ async def test_swagger_ui_loads_its_document_behind_the_gateway() -> None:
         doc = await client.get(resolved.path)
         assert doc.status_code == 200
         assert doc.json()["info"]["title"] == service_document("dataset")["info"]["title"]
+
+
+# The main bodies of each service: what a client sends to do the service's work and the
+# resources it gets back. Each carries an example and a description on every field.
+MAIN_SCHEMAS = {
+    "dataset": ["DatasetCreate", "AugmentRequest", "CommitRequest", "DatasetPublic"],
+    "annotation": ["ProjectCreate", "Submission", "ReviewDecision", "CommitRequest", "TaskPublic"],
+    "training": ["JobCreate", "SearchCreate", "JobPublic"],
+    "registry": ["ModelCreate", "PolicyBody", "PromoteBody", "CompressBody"],
+    "serving": ["EndpointCreate", "EndpointPublic"],
+}
+DESCRIBED_ONLY = {"registry": ["VersionPublic"], "serving": ["DeploymentPublic"]}
+
+
+def schema_validator(doc: dict[str, Any], name: str) -> Any:
+    import jsonschema
+
+    root = {"$ref": f"#/components/schemas/{name}", "components": doc["components"]}
+    return jsonschema.Draft202012Validator(root)
+
+
+@pytest.mark.parametrize("service", sorted(MAIN_SCHEMAS))
+def test_main_bodies_carry_valid_examples_and_described_fields(
+    docs: dict[str, Any], service: str
+) -> None:
+    doc = docs[service]
+    schemas = doc["components"]["schemas"]
+    for name in MAIN_SCHEMAS[service] + DESCRIBED_ONLY.get(service, []):
+        schema = schemas[name]
+        undescribed = [k for k, v in schema["properties"].items() if not v.get("description")]
+        assert undescribed == [], f"{service} {name}: no description on {undescribed}"
+        if name in DESCRIBED_ONLY.get(service, []):
+            continue
+        examples = schema.get("examples")
+        assert examples, f"{service} {name}: no example"
+        validator = schema_validator(doc, name)
+        for example in examples:
+            errors = [e.message for e in validator.iter_errors(example)]
+            assert errors == [], f"{service} {name}: example invalid: {errors}"
+
+
+def test_an_example_that_breaks_its_schema_is_caught(docs: dict[str, Any]) -> None:
+    validator = schema_validator(docs["dataset"], "DatasetCreate")
+    example = docs["dataset"]["components"]["schemas"]["DatasetCreate"]["examples"][0]
+    assert list(validator.iter_errors({**example, "name": ""}))
+    assert list(validator.iter_errors({**example, "colour": "red"}))  # extra fields forbidden

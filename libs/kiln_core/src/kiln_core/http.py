@@ -403,6 +403,26 @@ def _rename_form_bodies(schema: dict[str, Any]) -> dict[str, Any]:
     return renamed
 
 
+def _nullable(prop: dict[str, Any]) -> bool:
+    return prop.get("type") == "null" or any(
+        option.get("type") == "null" for option in prop.get("anyOf", [])
+    )
+
+
+def _restore_null_examples(schema: dict[str, Any]) -> dict[str, Any]:
+    """FastAPI drops every null from the document, the nulls of a schema's examples too: put a
+    required nullable field an example lacks back as null, so the example stays valid."""
+    for component in schema.get("components", {}).get("schemas", {}).values():
+        properties = component.get("properties", {})
+        for example in component.get("examples", []):
+            if not isinstance(example, dict):
+                continue
+            for name in component.get("required", []):
+                if name not in example and _nullable(properties.get(name, {})):
+                    example[name] = None
+    return schema
+
+
 def _with_security(app: FastAPI) -> Callable[[], dict[str, Any]]:
     """``app.openapi`` that also declares the bearer scheme every ``/v1`` route accepts."""
 
@@ -420,7 +440,7 @@ def _with_security(app: FastAPI) -> Callable[[], dict[str, Any]]:
                 if path.startswith("/v1/"):
                     for operation in operations.values():
                         operation.setdefault("security", [{"bearer": []}])
-            app.openapi_schema = _rename_form_bodies(schema)
+            app.openapi_schema = _restore_null_examples(_rename_form_bodies(schema))
         return app.openapi_schema
 
     return openapi

@@ -53,16 +53,47 @@ Anyone = Annotated[
 
 
 class ProjectCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "bolts boxes",
+                    "dataset_id": "9f1c2b7e5a0d4c8e9b3a6f1e2d4c5b6a",
+                    "label_schema": {
+                        "kind": "boxes",
+                        "labels": [{"name": "bolt"}, {"name": "nut"}],
+                    },
+                    "batch_size": 5,
+                    "overlap": 2,
+                    "review_levels": 1,
+                    "lease_seconds": 900,
+                }
+            ]
+        },
+    )
 
-    name: str = PydField(min_length=1, max_length=200)
-    dataset_id: str = PydField(min_length=1, max_length=32)
-    label_schema: LabelSchema  # its shape is in the document, so clients know it
-    auto_annotate: bool = True
-    batch_size: int = PydField(default=1, ge=1, le=1000)
-    overlap: int = PydField(default=1, ge=1, le=10)
-    review_levels: int = PydField(default=1, ge=0, le=2)
-    lease_seconds: int = PydField(default=900, ge=10, le=86400)
+    name: str = PydField(min_length=1, max_length=200, description="shown to annotators")
+    dataset_id: str = PydField(
+        min_length=1, max_length=32, description="the dataset whose versions become tasks"
+    )
+    # Its shape is in the document, so clients know it.
+    label_schema: LabelSchema = PydField(
+        description="the label kind and classes every submission is checked against"
+    )
+    auto_annotate: bool = PydField(
+        default=True, description="make tasks from each new version of the dataset"
+    )
+    batch_size: int = PydField(default=1, ge=1, le=1000, description="items per task")
+    overlap: int = PydField(
+        default=1, ge=1, le=10, description="annotators per item (agreement needs 2 or more)"
+    )
+    review_levels: int = PydField(
+        default=1, ge=0, le=2, description="reviews a submission needs (0: accepted at once)"
+    )
+    lease_seconds: int = PydField(
+        default=900, ge=10, le=86400, description="how long a leased task stays with its annotator"
+    )
     prelabel_endpoint: str | None = PydField(
         default=None,
         max_length=200,
@@ -72,18 +103,69 @@ class ProjectCreate(BaseModel):
 
 
 class TaskPublic(BaseModel):
+    model_config = ConfigDict(
+        use_attribute_docstrings=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "3b6d0c1e9a7f4e2d8c5b1a0f9e8d7c6b",
+                    "project_id": "5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b",
+                    "dataset_version": 1,
+                    "items": [
+                        {
+                            "item_id": "part-1.jpg",
+                            "blob": "0c5ad3f2" + "0" * 56,
+                            "width": 640,
+                            "height": 480,
+                            "media_type": "image/jpeg",
+                        }
+                    ],
+                    "priority": 0,
+                    "source": "dataset",
+                    "status": "leased",
+                    "assignee": "ann",
+                    "lease_expires_at": "2026-03-01T10:15:00Z",
+                    "review_level": 0,
+                    "labels": None,
+                    "prelabels": {
+                        "part-1.jpg": [
+                            {
+                                "type": "box",
+                                "label": "bolt",
+                                "bbox": [40, 32, 120, 90],
+                                "score": 0.91,
+                            }
+                        ]
+                    },
+                }
+            ]
+        },
+    )
+
     id: str
+    """The task's id."""
     project_id: str
+    """The labelling project it belongs to."""
     dataset_version: int
+    """The dataset version its items come from."""
     items: list[dict[str, Any]]
+    """item_id, blob (SHA-256 of the image), width, height, media_type."""
     priority: int
+    """Higher is leased first."""
     source: str
+    """Why it exists: dataset, active-learning, manual or gold."""
     status: str
+    """queued, leased, in_review, rework, accepted or committed."""
     assignee: str | None
+    """Who holds or last held it."""
     lease_expires_at: datetime | None
+    """When the current lease ends; another annotator may take it after that."""
     review_level: int
+    """Reviews passed so far."""
     labels: dict[str, Any] | None
+    """The latest submission: labels per item id; null before one."""
     prelabels: dict[str, Any] | None
+    """Suggestions from the project's model per item id, each with its score."""
 
 
 def task_public(task: Task) -> TaskPublic:
@@ -230,6 +312,18 @@ async def read_task(task_id: str, session: SessionDep, who: Anyone) -> TaskPubli
 
 
 class Submission(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "labels": {
+                        "part-1.jpg": [{"type": "box", "label": "bolt", "bbox": [40, 32, 120, 90]}]
+                    }
+                }
+            ]
+        }
+    )
+
     labels: dict[str, list[dict[str, Any]]] = PydField(
         description="labels per item id, in the unified manifest label format"
     )
@@ -268,8 +362,14 @@ async def submit_and_lease_next(
 
 
 class ReviewDecision(BaseModel):
-    accept: bool
-    comment: str = PydField(default="", max_length=5000)
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"accept": False, "comment": "the second box is too loose"}]
+        }
+    )
+
+    accept: bool = PydField(description="true: to the next review level or accepted; false: rework")
+    comment: str = PydField(default="", max_length=5000, description="shown to the annotator")
 
 
 @router.post("/tasks/{task_id}/review", response_model=TaskPublic)
@@ -298,7 +398,11 @@ async def task_audit(task_id: str, session: SessionDep, who: Anyone) -> list[dic
 
 
 class CommitRequest(BaseModel):
-    dataset_version: int = PydField(ge=1, le=INT32_MAX)
+    model_config = ConfigDict(json_schema_extra={"examples": [{"dataset_version": 1}]})
+
+    dataset_version: int = PydField(
+        ge=1, le=INT32_MAX, description="the version whose accepted labels are committed"
+    )
 
 
 @router.post("/projects/{project_id}/commits", status_code=201)

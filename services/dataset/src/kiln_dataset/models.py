@@ -176,16 +176,51 @@ Tag = Annotated[str, StringConstraints(min_length=1, max_length=100)]
 
 
 class DatasetCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "bolts-line-3",
+                    "description": "Photos of bolts and nuts from line 3, for defect detection",
+                    "task_type": "detection",
+                    "source_channel": "factory-camera",
+                    "product_standard": "standard",
+                    "media_format": "jpeg",
+                    "usability": "training",
+                    "tags": ["line-3", "metal"],
+                }
+            ]
+        },
+    )
 
-    name: str = PydField(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][\w .\-]*$")
-    description: str = PydField(default="", max_length=5000)
-    task_type: TaskType
-    source_channel: str | None = PydField(default=None, max_length=100)
-    product_standard: str | None = PydField(default=None, pattern=r"^(standard|non-standard)$")
-    media_format: str | None = PydField(default=None, max_length=50)
-    usability: Usability | None = None
-    tags: list[Tag] = PydField(default_factory=list, max_length=50)
+    name: str = PydField(
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9][\w .\-]*$",
+        description="unique among live datasets; letters, digits, spaces, dots, dashes",
+    )
+    description: str = PydField(default="", max_length=5000, description="free text, shown as text")
+    task_type: TaskType = PydField(description="what its labels are for; sets the label kinds")
+    source_channel: str | None = PydField(
+        default=None, max_length=100, description="where the images come from (free text)"
+    )
+    product_standard: str | None = PydField(
+        default=None,
+        pattern=r"^(standard|non-standard)$",
+        description="whether the pictured product follows its standard",
+    )
+    media_format: str | None = PydField(
+        default=None, max_length=50, description="the images' usual format, e.g. jpeg"
+    )
+    usability: Usability | None = PydField(
+        default=None, description="what the data may be used for"
+    )
+    tags: list[Tag] = PydField(
+        default_factory=list,
+        max_length=50,
+        description="labels for finding it; kept sorted, unique",
+    )
 
     @field_validator("tags")
     @classmethod
@@ -207,22 +242,64 @@ class DatasetUpdate(BaseModel):
 
 
 class DatasetPublic(BaseModel):
+    model_config = ConfigDict(
+        use_attribute_docstrings=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "9f1c2b7e5a0d4c8e9b3a6f1e2d4c5b6a",
+                    "name": "bolts-line-3",
+                    "description": "Photos of bolts and nuts from line 3",
+                    "task_type": "detection",
+                    "owner": "dana",
+                    "source_channel": "factory-camera",
+                    "product_standard": "standard",
+                    "media_format": "jpeg",
+                    "usability": "training",
+                    "tags": ["line-3", "metal"],
+                    "status": "active",
+                    "latest_version": 2,
+                    "created_at": "2026-03-01T09:30:00Z",
+                    "updated_at": "2026-03-02T10:00:00Z",
+                    "deleted_at": None,
+                    "purge_after": None,
+                }
+            ]
+        },
+    )
+
     id: str
+    """The dataset's id (32 hex digits)."""
     name: str
+    """Unique among live datasets."""
     description: str
+    """Free text, as its owner wrote it."""
     task_type: str
+    """classification, detection, segmentation or keypoints."""
     owner: str
+    """The subject who created it."""
     source_channel: str | None
+    """Where the images come from."""
     product_standard: str | None
+    """standard or non-standard."""
     media_format: str | None
+    """The images' usual format."""
     usability: str | None
+    """What the data may be used for."""
     tags: list[str]
+    """Sorted, unique tags."""
     status: str
+    """active, or archived (soft-deleted, restorable until purge_after)."""
     latest_version: int | None
+    """The newest live version's number; null before the first commit."""
     created_at: datetime
+    """When it was created (UTC)."""
     updated_at: datetime
+    """When its metadata last changed (UTC)."""
     deleted_at: datetime | None
+    """When it was archived; null while active."""
     purge_after: datetime | None
+    """When an archived dataset's data may be purged."""
 
 
 class VersionPublic(BaseModel):

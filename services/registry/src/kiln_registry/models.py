@@ -141,12 +141,30 @@ def _clean_tags(tags: list[str]) -> list[str]:
 
 
 class ModelCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "bolts-cnn",
+                    "description": "finds loose bolts on line 3",
+                    "task_type": "classification",
+                    "tags": ["line-3"],
+                }
+            ]
+        },
+    )
 
-    name: str = PydField(min_length=1, max_length=200, pattern=NAME_PATTERN)
-    description: str = PydField(default="", max_length=5000)
-    task_type: str | None = PydField(default=None, max_length=30)
-    tags: list[Tag] = PydField(default_factory=list, max_length=50)
+    name: str = PydField(
+        min_length=1, max_length=200, pattern=NAME_PATTERN, description="unique model name"
+    )
+    description: str = PydField(default="", max_length=5000, description="free text")
+    task_type: str | None = PydField(
+        default=None, max_length=30, description="classification, detection, … (free text)"
+    )
+    tags: list[Tag] = PydField(
+        default_factory=list, max_length=50, description="labels for finding it; sorted, unique"
+    )
 
     @field_validator("tags")
     @classmethod
@@ -204,24 +222,44 @@ class ImportMetadata(BaseModel):
 
 
 class VersionPublic(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     model_name: str
+    """The registered model."""
     version: int
+    """Its number within the model."""
     version_id: str
+    """Its id."""
     status: str
+    """ready or archived."""
     aliases: list[str]
+    """Aliases pointing at it."""
     description: str
+    """Free text."""
     tags: list[str]
+    """Sorted, unique tags."""
     metrics: dict[str, float]
+    """Evaluation metrics (on evaluation_split)."""
     params: dict[str, Any]
+    """Hyperparameters it was trained with."""
     evaluation_split: str | None
+    """The dataset split its metrics come from."""
     artifact: ModelArtifact
+    """The model file: key, format, signature, label map, preprocessing."""
     sha256: str
+    """SHA-256 of the model file."""
     size_bytes: int
+    """Size of the model file."""
     lineage: dict[str, Any]
+    """Where it came from: source, dataset_id, dataset_version, training_job_id, parent version."""
     compression: dict[str, Any] | None
+    """For a compressed version: method, size change and top-1 agreement with its parent."""
     created_by: str
+    """Who registered it."""
     created_at: datetime
+    """When it was registered."""
     updated_at: datetime
+    """When its metadata last changed."""
 
 
 class MetricGate(BaseModel):
@@ -229,9 +267,9 @@ class MetricGate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    metric: str = PydField(min_length=1, max_length=100)
-    op: Literal[">=", ">", "<=", "<"] = ">="
-    value: float
+    metric: str = PydField(min_length=1, max_length=100, description="a metric of the version")
+    op: Literal[">=", ">", "<=", "<"] = PydField(default=">=", description="how it is compared")
+    value: float = PydField(description="the bound")
 
 
 class RegressionGate(BaseModel):
@@ -241,20 +279,39 @@ class RegressionGate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    metric: str = PydField(min_length=1, max_length=100)
-    max_drop: float = PydField(ge=0)
-    higher_is_better: bool = True
+    metric: str = PydField(min_length=1, max_length=100, description="a metric of both versions")
+    max_drop: float = PydField(ge=0, description="largest allowed loss against production")
+    higher_is_better: bool = PydField(default=True, description="false for losses and errors")
 
 
 class PolicyBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "gated_aliases": ["production"],
+                    "metric_gates": [{"metric": "accuracy", "op": ">=", "value": 0.9}],
+                    "regression_gates": [{"metric": "accuracy", "max_drop": 0.01}],
+                    "auto_promote": None,
+                    "promoter_roles": ["ml-engineer"],
+                }
+            ]
+        },
+    )
 
     gated_aliases: list[Annotated[str, StringConstraints(pattern=ALIAS_PATTERN)]] = PydField(
         default_factory=lambda: ["production"],
         description="aliases whose promotion the gates guard (others need only the role)",
     )
-    metric_gates: list[MetricGate] = PydField(default_factory=list, max_length=50)
-    regression_gates: list[RegressionGate] = PydField(default_factory=list, max_length=50)
+    metric_gates: list[MetricGate] = PydField(
+        default_factory=list, max_length=50, description="bounds the candidate's metrics must meet"
+    )
+    regression_gates: list[RegressionGate] = PydField(
+        default_factory=list,
+        max_length=50,
+        description="how much worse than production the candidate may be",
+    )
     auto_promote: str | None = PydField(
         default=None,
         max_length=100,
@@ -280,10 +337,13 @@ class PolicyPublic(PolicyBody):
 
 
 class PromoteBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"version": 3, "reason": "beats v2 on the May photos"}]},
+    )
 
-    version: int = PydField(ge=1, le=INT32_MAX)
-    reason: str = PydField(default="", max_length=2000)
+    version: int = PydField(ge=1, le=INT32_MAX, description="the version the alias moves to")
+    reason: str = PydField(default="", max_length=2000, description="kept in the operation log")
 
 
 class AliasPublic(BaseModel):
@@ -304,11 +364,16 @@ class OperationPublic(BaseModel):
 
 
 class CompressBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"method": "dynamic-int8", "samples": 64, "seed": 0}]},
+    )
 
-    method: Literal["dynamic-int8"] = "dynamic-int8"
+    method: Literal["dynamic-int8"] = PydField(
+        default="dynamic-int8", description="int8 weights for Linear layers"
+    )
     samples: int = PydField(default=64, ge=1, le=4096, description="inputs for the agreement")
-    seed: int = 0
+    seed: int = PydField(default=0, description="for the agreement's random inputs")
 
 
 class JobPublic(BaseModel):

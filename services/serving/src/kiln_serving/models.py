@@ -121,11 +121,19 @@ class EndpointConfig(BaseModel):
     """How an endpoint rolls out new versions and logs predictions."""
 
     canary_steps: list[CanaryStep] = PydField(
-        default_factory=lambda: [10.0, 50.0, 100.0], min_length=1
+        default_factory=lambda: [10.0, 50.0, 100.0],
+        min_length=1,
+        description="the candidate's traffic share per step, in percent, increasing to 100",
     )
-    step_interval_s: float = PydField(default=30.0, ge=0.0, le=86400.0)
-    min_requests_per_step: int = PydField(default=20, ge=1, le=1_000_000)
-    max_error_rate: float = PydField(default=0.05, ge=0.0, le=1.0)
+    step_interval_s: float = PydField(
+        default=30.0, ge=0.0, le=86400.0, description="least time a canary step lasts"
+    )
+    min_requests_per_step: int = PydField(
+        default=20, ge=1, le=1_000_000, description="candidate answers a step needs to be judged"
+    )
+    max_error_rate: float = PydField(
+        default=0.05, ge=0.0, le=1.0, description="a candidate erring more is rolled back"
+    )
     max_latency_ratio: float = PydField(default=2.0, gt=0.0, description="candidate p99 / stable")
     max_score_shift: float | None = PydField(
         default=None,
@@ -142,7 +150,13 @@ class EndpointConfig(BaseModel):
         description="the candidate's first answered requests, left out of its latency (cold)",
     )
     ab_weight: float = PydField(default=50.0, ge=0.0, le=100.0, description="% to candidate")
-    confidence_threshold: float = PydField(default=0.0, ge=0.0, le=1.0)
+    confidence_threshold: float = PydField(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="answers less confident than this are flagged and their inputs go back to "
+        "labelling (0: none)",
+    )
     box_score_floor: float = PydField(
         default=0.3,
         ge=0.0,
@@ -150,9 +164,15 @@ class EndpointConfig(BaseModel):
         description="detectors: boxes scoring below this are not answered (see"
         " kiln_serving.detection for the flagging policy)",
     )
-    sample_rate: float = PydField(default=0.0, ge=0.0, le=1.0)
-    instance_count: int = PydField(default=1, ge=1, le=16)
-    max_batch_size: int = PydField(default=32, ge=1, le=1024)
+    sample_rate: float = PydField(
+        default=0.0, ge=0.0, le=1.0, description="share of answers logged as prediction events"
+    )
+    instance_count: int = PydField(
+        default=1, ge=1, le=16, description="model instances in the inference server"
+    )
+    max_batch_size: int = PydField(
+        default=32, ge=1, le=1024, description="requests the server may batch together"
+    )
 
     @field_validator("canary_steps")
     @classmethod
@@ -165,16 +185,45 @@ class EndpointConfig(BaseModel):
 
 
 class EndpointCreate(EndpointConfig):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "bolts",
+                    "model_name": "bolts-cnn",
+                    "alias": "production",
+                    "candidate_alias": "canary",
+                    "strategy": "canary",
+                    "canary_steps": [10, 50, 100],
+                    "max_error_rate": 0.02,
+                    "confidence_threshold": 0.6,
+                }
+            ]
+        }
+    )
+
     name: str = PydField(
         max_length=63,
         # NAME_RE without a double dash, in a form the document can carry.
         pattern=r"^[a-z0-9](-?[a-z0-9])*-?$",
         description="1-63 lower-case letters, digits and single dashes",
     )
-    model_name: str = PydField(min_length=1, max_length=200)
-    alias: str = PydField(default="production", min_length=1, max_length=100)
-    candidate_alias: str = PydField(default="canary", min_length=1, max_length=100)
-    strategy: Strategy = "direct"
+    model_name: str = PydField(min_length=1, max_length=200, description="a registered model")
+    alias: str = PydField(
+        default="production",
+        min_length=1,
+        max_length=100,
+        description="the model alias it serves; moving the alias rolls the endpoint out",
+    )
+    candidate_alias: str = PydField(
+        default="canary",
+        min_length=1,
+        max_length=100,
+        description="alias whose version is rolled out as a candidate beside the stable one",
+    )
+    strategy: Strategy = PydField(
+        default="direct", description="direct, canary (steps), ab (a fixed split) or shadow"
+    )
 
     @field_validator("name")
     @classmethod
@@ -219,18 +268,33 @@ class EndpointUpdate(BaseModel):
 
 
 class DeploymentPublic(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     id: str
+    """The deployment's id."""
     model_name: str
+    """The registered model."""
     version: int
+    """The model version it serves."""
     version_id: str
+    """That version's id."""
     alias: str
+    """The alias that brought it."""
     triton_model: str
+    """Its name in the inference server."""
     state: str
+    """pending, loading, stable, candidate, draining, retired or failed."""
     reason: str
+    """Why it is in its state (e.g. the canary verdict)."""
     load_seconds: float | None
+    """How long loading took."""
     analysis: dict[str, Any]
+    """A candidate's canary analysis: its step; per side (candidate, stable) requests,
+    errors, error_rate and p99_ms; shadow agreement."""
     created_at: datetime
+    """When it was created."""
     updated_at: datetime
+    """When it last changed."""
 
     @classmethod
     def of(cls, d: Deployment) -> DeploymentPublic:
@@ -244,16 +308,50 @@ class DeploymentPublic(BaseModel):
 
 
 class EndpointPublic(BaseModel):
+    model_config = ConfigDict(
+        use_attribute_docstrings=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "bolts",
+                    "model_name": "bolts-cnn",
+                    "alias": "production",
+                    "candidate_alias": "canary",
+                    "strategy": "canary",
+                    "config": {"canary_steps": [10, 50, 100], "max_error_rate": 0.02},
+                    "state": "rolling_out",
+                    "traffic": {"1": 0.9, "2": 0.1},
+                    "stable": None,
+                    "candidate": None,
+                    "deployments": [],
+                    "created_at": "2026-03-01T11:00:00Z",
+                    "updated_at": "2026-03-01T11:05:00Z",
+                }
+            ]
+        },
+    )
+
     name: str
+    """The endpoint's name (the path of its predictions)."""
     model_name: str
+    """The registered model it serves."""
     alias: str
+    """The alias it follows."""
     candidate_alias: str
+    """The alias whose version it rolls out as a candidate."""
     strategy: str
+    """direct, canary, ab or shadow."""
     config: EndpointConfig
+    """Its roll-out and logging settings."""
     state: str = PydField(description="empty | deploying | serving | rolling_out")
     traffic: dict[str, float] = PydField(description="share of answers by model version")
     stable: DeploymentPublic | None
+    """The deployment answering most traffic."""
     candidate: DeploymentPublic | None
+    """The deployment being rolled out, with its analysis."""
     deployments: list[DeploymentPublic]
+    """Every deployment, newest first."""
     created_at: datetime
+    """When it was created."""
     updated_at: datetime
+    """When it last changed."""

@@ -233,11 +233,19 @@ class TeamPublic(BaseModel):
 class DatasetRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dataset_id: str = PydField(min_length=1, max_length=32)
-    version: int | None = PydField(default=None, ge=1, description="version number")
-    version_id: str | None = PydField(default=None, max_length=32)
-    train_split: str = PydField(default="train", min_length=1, max_length=50)
-    eval_split: str = PydField(default="val", min_length=1, max_length=50)
+    dataset_id: str = PydField(min_length=1, max_length=32, description="the dataset to train on")
+    version: int | None = PydField(
+        default=None, ge=1, description="version number (or version_id); neither: the latest"
+    )
+    version_id: str | None = PydField(
+        default=None, max_length=32, description="the version's id, instead of its number"
+    )
+    train_split: str = PydField(
+        default="train", min_length=1, max_length=50, description="split the model learns from"
+    )
+    eval_split: str = PydField(
+        default="val", min_length=1, max_length=50, description="split it is evaluated on"
+    )
 
 
 class JobSpecIn(BaseModel):
@@ -245,72 +253,213 @@ class JobSpecIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    template: str = PydField(min_length=1, max_length=100)
-    params: dict[str, Any] = PydField(default_factory=dict)
-    team: str = PydField(min_length=1, max_length=100)
-    model_name: str | None = PydField(default=None, max_length=200)
-    resources: ResourcesIn = PydField(default_factory=ResourcesIn)
-    priority: int = PydField(default=0, ge=-100, le=100)
-    mode: Literal["full", "incremental"] = "full"
-    warm_start_model_version_id: str | None = PydField(default=None, max_length=32)
-    warm_start_job_id: str | None = PydField(default=None, max_length=32)
-    seed: int = PydField(default=0, ge=0, le=2**31 - 1)
-    max_epochs: int | None = PydField(default=None, ge=1, le=10_000)
-    time_budget_s: float | None = PydField(default=None, gt=0, le=7 * 24 * 3600)
-    early_stopping_patience: int | None = PydField(default=None, ge=1, le=1000)
-    world_size: int = PydField(default=1, ge=1, le=64)
-    checkpoint_every_steps: int = PydField(default=50, ge=1, le=1_000_000)
+    template: str = PydField(
+        min_length=1, max_length=100, description="a training template (GET /v1/templates)"
+    )
+    params: dict[str, Any] = PydField(
+        default_factory=dict,
+        description="the template's hyperparameters, checked against its ranges",
+    )
+    team: str = PydField(min_length=1, max_length=100, description="whose fair share it uses")
+    model_name: str | None = PydField(
+        default=None, max_length=200, description="registered model the result becomes a version of"
+    )
+    resources: ResourcesIn = PydField(
+        default_factory=ResourcesIn, description="what one worker must offer to run it"
+    )
+    priority: int = PydField(
+        default=0, ge=-100, le=100, description="order within the team's queue; higher first"
+    )
+    mode: Literal["full", "incremental"] = PydField(
+        default="full", description="incremental: start from a warm start and new data"
+    )
+    warm_start_model_version_id: str | None = PydField(
+        default=None, max_length=32, description="model version whose weights it starts from"
+    )
+    warm_start_job_id: str | None = PydField(
+        default=None, max_length=32, description="finished job whose weights it starts from"
+    )
+    seed: int = PydField(default=0, ge=0, le=2**31 - 1, description="for a reproducible run")
+    max_epochs: int | None = PydField(
+        default=None, ge=1, le=10_000, description="stop after this many epochs"
+    )
+    time_budget_s: float | None = PydField(
+        default=None, gt=0, le=7 * 24 * 3600, description="stop after this much training time"
+    )
+    early_stopping_patience: int | None = PydField(
+        default=None, ge=1, le=1000, description="stop after this many epochs without improvement"
+    )
+    world_size: int = PydField(
+        default=1, ge=1, le=64, description="workers training it together (data parallel)"
+    )
+    checkpoint_every_steps: int = PydField(
+        default=50, ge=1, le=1_000_000, description="steps between checkpoints (resume points)"
+    )
     max_attempts: int = PydField(
         default=3, ge=1, le=20, description="runs a job may lose to dead workers before failing"
     )
 
 
 class JobCreate(JobSpecIn):
-    dataset: DatasetRef
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "template": "image-cnn",
+                    "params": {"epochs": 20, "lr": 0.001, "batch_size": 32, "image_size": 64},
+                    "team": "vision",
+                    "model_name": "bolts-cnn",
+                    "dataset": {
+                        "dataset_id": "9f1c2b7e5a0d4c8e9b3a6f1e2d4c5b6a",
+                        "version": 2,
+                        "train_split": "train",
+                        "eval_split": "val",
+                    },
+                    "resources": {"cpu": 2, "memory": 4, "gpu": 0},
+                    "early_stopping_patience": 5,
+                }
+            ]
+        },
+    )
+
+    dataset: DatasetRef = PydField(description="the dataset version and splits to use")
 
 
 class JobPublic(BaseModel):
+    model_config = ConfigDict(
+        use_attribute_docstrings=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "7a1b2c3d4e5f60718293a4b5c6d7e8f9",
+                    "kind": "train",
+                    "parent_id": None,
+                    "trigger_id": None,
+                    "status": "succeeded",
+                    "requested": None,
+                    "team": "vision",
+                    "model_name": "bolts-cnn",
+                    "template": "image-cnn",
+                    "params": {"epochs": 20, "lr": 0.001, "batch_size": 32, "image_size": 64},
+                    "dataset_id": "9f1c2b7e5a0d4c8e9b3a6f1e2d4c5b6a",
+                    "dataset_version": 2,
+                    "dataset_version_id": "1e2d3c4b5a69788796a5b4c3d2e1f0a9",
+                    "train_split": "train",
+                    "eval_split": "val",
+                    "resources": {"cpu": 2.0, "memory": 4.0, "gpu": 0.0},
+                    "pool": "cpu",
+                    "priority": 0,
+                    "mode": "full",
+                    "warm_start_model_version_id": None,
+                    "seed": 0,
+                    "max_epochs": None,
+                    "time_budget_s": None,
+                    "early_stopping_patience": 5,
+                    "world_size": 1,
+                    "attempts": 1,
+                    "max_attempts": 3,
+                    "worker_losses": 0,
+                    "step": 400,
+                    "epoch": 20,
+                    "checkpoint_step": 400,
+                    "metrics": {"loss": 0.12, "accuracy": 0.96},
+                    "artifact": {"key": "artifacts/7a1b/model.pt", "format": "torchscript"},
+                    "search": None,
+                    "error": None,
+                    "created_by": "mia",
+                    "submitted_at": "2026-03-01T10:00:00Z",
+                    "started_at": "2026-03-01T10:00:02Z",
+                    "first_step_at": "2026-03-01T10:00:05Z",
+                    "finished_at": "2026-03-01T10:04:40Z",
+                    "updated_at": "2026-03-01T10:04:40Z",
+                }
+            ]
+        },
+    )
+
     id: str
+    """The job's id."""
     kind: str
+    """train, or search (a parent whose trials are train jobs)."""
     parent_id: str | None
+    """The search this trial belongs to."""
     trigger_id: str | None
+    """The trigger that submitted it, if one did."""
     status: str
+    """queued, running, paused, succeeded, failed or cancelled."""
     requested: str | None
+    """A pause or cancel asked for and not yet carried out."""
     team: str
+    """Whose fair share it uses."""
     model_name: str
+    """Registered model the result becomes a version of."""
     template: str
+    """The training template."""
     params: dict[str, Any]
+    """Its hyperparameters, with the template's defaults filled in."""
     dataset_id: str
+    """The dataset it trains on."""
     dataset_version: int
+    """The dataset version's number."""
     dataset_version_id: str
+    """The dataset version's id."""
     train_split: str
+    """Split it learns from."""
     eval_split: str
+    """Split it is evaluated on."""
     resources: dict[str, float]
+    """cpu, memory (GiB) and gpu one worker gives it."""
     pool: str
+    """Worker pool that runs it (cpu or gpu)."""
     priority: int
+    """Order within the team's queue; higher first."""
     mode: str
+    """full or incremental."""
     warm_start_model_version_id: str | None
+    """Model version its weights started from."""
     seed: int
+    """Random seed."""
     max_epochs: int | None
+    """Epoch limit."""
     time_budget_s: float | None
+    """Training time limit in seconds."""
     early_stopping_patience: int | None
+    """Epochs without improvement before it stops."""
     world_size: int
+    """Workers training it together."""
     attempts: int
+    """Runs started so far (a lost worker costs one)."""
     max_attempts: int
+    """Runs it may lose before failing."""
     worker_losses: int
+    """Workers lost while it ran."""
     step: int
+    """Optimiser steps done."""
     epoch: int
+    """Epochs done."""
     checkpoint_step: int | None
+    """Step of the latest checkpoint."""
     metrics: dict[str, float]
+    """Latest metrics (final ones once it succeeded)."""
     artifact: dict[str, Any] | None
+    """The exported model (key, format, size) once it succeeded."""
     search: dict[str, Any] | None
+    """For a search: strategy, space, target, direction, ranking and best trial."""
     error: str | None
+    """Why it failed."""
     created_by: str
+    """Who submitted it."""
     submitted_at: datetime
+    """When it was submitted (UTC)."""
     started_at: datetime | None
+    """When a worker first started it."""
     first_step_at: datetime | None
+    """When its first step finished."""
     finished_at: datetime | None
+    """When it reached a final status."""
     updated_at: datetime
+    """When it last changed."""
 
 
 class MetricPointPublic(BaseModel):
@@ -329,17 +478,42 @@ class BadCasePublic(BaseModel):
 
 
 class SearchCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "base": {
+                        "template": "image-cnn",
+                        "params": {"epochs": 10},
+                        "team": "vision",
+                        "model_name": "bolts-cnn",
+                        "dataset": {"dataset_id": "9f1c2b7e5a0d4c8e9b3a6f1e2d4c5b6a"},
+                    },
+                    "strategy": "grid",
+                    "space": {"lr": [0.01, 0.001], "batch_size": [16, 32]},
+                    "target": "accuracy",
+                    "direction": "maximize",
+                }
+            ]
+        },
+    )
 
-    base: JobCreate
-    strategy: Literal["grid", "random"] = "grid"
+    base: JobCreate = PydField(description="the job every trial starts from")
+    strategy: Literal["grid", "random"] = PydField(
+        default="grid", description="grid: every combination; random: `trials` draws"
+    )
     space: dict[str, Any] = PydField(
         description="per hyperparameter: a list of values, or {min, max, log?} / {choices} "
         "for random search; a name mapped to null takes the template's declared range"
     )
     trials: int | None = PydField(default=None, ge=1, le=200, description="random: how many")
-    target: str = PydField(default="accuracy", min_length=1, max_length=100)
-    direction: Literal["maximize", "minimize"] = "maximize"
+    target: str = PydField(
+        default="accuracy", min_length=1, max_length=100, description="metric trials are ranked by"
+    )
+    direction: Literal["maximize", "minimize"] = PydField(
+        default="maximize", description="whether a higher or a lower target is better"
+    )
 
 
 class TriggerCreate(BaseModel):

@@ -624,16 +624,44 @@ export interface components {
             /** Status Url */
             status_url: string;
         };
-        /** AugmentRequest */
+        /**
+         * AugmentRequest
+         * @example {
+         *       "message": "flips and small rotations",
+         *       "recipe": {
+         *         "copies_per_item": 2,
+         *         "steps": [
+         *           {
+         *             "probability": 0.5,
+         *             "strategy": "horizontal_flip"
+         *           },
+         *           {
+         *             "params": {
+         *               "degrees": [
+         *                 -10,
+         *                 10
+         *               ]
+         *             },
+         *             "probability": 1,
+         *             "strategy": "rotate"
+         *           }
+         *         ]
+         *       },
+         *       "seed": 7
+         *     }
+         */
         AugmentRequest: {
             /**
              * Message
+             * @description the new version's message
              * @default
              */
             message?: string;
+            /** @description the steps, in order, and copies per item */
             recipe: components["schemas"]["Recipe"];
             /**
              * Seed
+             * @description the same seed gives the same version
              * @default 0
              */
             seed?: number;
@@ -732,10 +760,16 @@ export interface components {
              */
             strategy: "colour_jitter";
         };
-        /** CommitRequest */
+        /**
+         * CommitRequest
+         * @example {
+         *       "message": "first 500 photos"
+         *     }
+         */
         CommitRequest: {
             /**
              * Message
+             * @description the version's message
              * @default
              */
             message?: string;
@@ -785,69 +819,169 @@ export interface components {
              */
             strategy: "cutout";
         };
-        /** DatasetCreate */
+        /**
+         * DatasetCreate
+         * @example {
+         *       "description": "Photos of bolts and nuts from line 3, for defect detection",
+         *       "media_format": "jpeg",
+         *       "name": "bolts-line-3",
+         *       "product_standard": "standard",
+         *       "source_channel": "factory-camera",
+         *       "tags": [
+         *         "line-3",
+         *         "metal"
+         *       ],
+         *       "task_type": "detection",
+         *       "usability": "training"
+         *     }
+         */
         DatasetCreate: {
             /**
              * Description
+             * @description free text, shown as text
              * @default
              */
             description?: string;
-            /** Media Format */
+            /**
+             * Media Format
+             * @description the images' usual format, e.g. jpeg
+             */
             media_format?: string | null;
-            /** Name */
+            /**
+             * Name
+             * @description unique among live datasets; letters, digits, spaces, dots, dashes
+             */
             name: string;
-            /** Product Standard */
+            /**
+             * Product Standard
+             * @description whether the pictured product follows its standard
+             */
             product_standard?: string | null;
-            /** Source Channel */
+            /**
+             * Source Channel
+             * @description where the images come from (free text)
+             */
             source_channel?: string | null;
-            /** Tags */
+            /**
+             * Tags
+             * @description labels for finding it; kept sorted, unique
+             */
             tags?: string[];
             /**
              * Task Type
+             * @description what its labels are for; sets the label kinds
              * @enum {string}
              */
             task_type: "classification" | "detection" | "segmentation";
+            /** @description what the data may be used for */
             usability?: components["schemas"]["Usability"] | null;
         };
-        /** DatasetPublic */
+        /**
+         * DatasetPublic
+         * @example {
+         *       "created_at": "2026-03-01T09:30:00Z",
+         *       "deleted_at": null,
+         *       "description": "Photos of bolts and nuts from line 3",
+         *       "id": "9f1c2b7e5a0d4c8e9b3a6f1e2d4c5b6a",
+         *       "latest_version": 2,
+         *       "media_format": "jpeg",
+         *       "name": "bolts-line-3",
+         *       "owner": "dana",
+         *       "product_standard": "standard",
+         *       "purge_after": null,
+         *       "source_channel": "factory-camera",
+         *       "status": "active",
+         *       "tags": [
+         *         "line-3",
+         *         "metal"
+         *       ],
+         *       "task_type": "detection",
+         *       "updated_at": "2026-03-02T10:00:00Z",
+         *       "usability": "training"
+         *     }
+         */
         DatasetPublic: {
             /**
              * Created At
              * Format: date-time
+             * @description When it was created (UTC).
              */
             created_at: string;
-            /** Deleted At */
+            /**
+             * Deleted At
+             * @description When it was archived; null while active.
+             */
             deleted_at: string | null;
-            /** Description */
+            /**
+             * Description
+             * @description Free text, as its owner wrote it.
+             */
             description: string;
-            /** Id */
+            /**
+             * Id
+             * @description The dataset's id (32 hex digits).
+             */
             id: string;
-            /** Latest Version */
+            /**
+             * Latest Version
+             * @description The newest live version's number; null before the first commit.
+             */
             latest_version: number | null;
-            /** Media Format */
+            /**
+             * Media Format
+             * @description The images' usual format.
+             */
             media_format: string | null;
-            /** Name */
+            /**
+             * Name
+             * @description Unique among live datasets.
+             */
             name: string;
-            /** Owner */
+            /**
+             * Owner
+             * @description The subject who created it.
+             */
             owner: string;
-            /** Product Standard */
+            /**
+             * Product Standard
+             * @description standard or non-standard.
+             */
             product_standard: string | null;
-            /** Purge After */
+            /**
+             * Purge After
+             * @description When an archived dataset's data may be purged.
+             */
             purge_after: string | null;
-            /** Source Channel */
+            /**
+             * Source Channel
+             * @description Where the images come from.
+             */
             source_channel: string | null;
-            /** Status */
+            /**
+             * Status
+             * @description active, or archived (soft-deleted, restorable until purge_after).
+             */
             status: string;
-            /** Tags */
+            /**
+             * Tags
+             * @description Sorted, unique tags.
+             */
             tags: string[];
-            /** Task Type */
+            /**
+             * Task Type
+             * @description classification, detection, segmentation or keypoints.
+             */
             task_type: string;
             /**
              * Updated At
              * Format: date-time
+             * @description When its metadata last changed (UTC).
              */
             updated_at: string;
-            /** Usability */
+            /**
+             * Usability
+             * @description What the data may be used for.
+             */
             usability: string | null;
         };
         /** DatasetUpdate */

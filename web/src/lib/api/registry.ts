@@ -418,10 +418,18 @@ export interface components {
             /** Version Id */
             version_id: string;
         };
-        /** CompressBody */
+        /**
+         * CompressBody
+         * @example {
+         *       "method": "dynamic-int8",
+         *       "samples": 64,
+         *       "seed": 0
+         *     }
+         */
         CompressBody: {
             /**
              * Method
+             * @description int8 weights for Linear layers
              * @default dynamic-int8
              * @constant
              */
@@ -434,6 +442,7 @@ export interface components {
             samples?: number;
             /**
              * Seed
+             * @description for the agreement's random inputs
              * @default 0
              */
             seed?: number;
@@ -503,15 +512,22 @@ export interface components {
          * @description The candidate's ``metric`` compared with ``value`` (e.g. accuracy >= 0.9).
          */
         MetricGate: {
-            /** Metric */
+            /**
+             * Metric
+             * @description a metric of the version
+             */
             metric: string;
             /**
              * Op
+             * @description how it is compared
              * @default >=
              * @enum {string}
              */
             op?: ">=" | ">" | "<=" | "<";
-            /** Value */
+            /**
+             * Value
+             * @description the bound
+             */
             value: number;
         };
         /**
@@ -543,18 +559,38 @@ export interface components {
             /** Uri */
             uri: string;
         };
-        /** ModelCreate */
+        /**
+         * ModelCreate
+         * @example {
+         *       "description": "finds loose bolts on line 3",
+         *       "name": "bolts-cnn",
+         *       "tags": [
+         *         "line-3"
+         *       ],
+         *       "task_type": "classification"
+         *     }
+         */
         ModelCreate: {
             /**
              * Description
+             * @description free text
              * @default
              */
             description?: string;
-            /** Name */
+            /**
+             * Name
+             * @description unique model name
+             */
             name: string;
-            /** Tags */
+            /**
+             * Tags
+             * @description labels for finding it; sorted, unique
+             */
             tags?: string[];
-            /** Task Type */
+            /**
+             * Task Type
+             * @description classification, detection, … (free text)
+             */
             task_type?: string | null;
         };
         /** ModelPublic */
@@ -695,7 +731,30 @@ export interface components {
              */
             message?: string;
         };
-        /** PolicyBody */
+        /**
+         * PolicyBody
+         * @example {
+         *       "gated_aliases": [
+         *         "production"
+         *       ],
+         *       "metric_gates": [
+         *         {
+         *           "metric": "accuracy",
+         *           "op": ">=",
+         *           "value": 0.9
+         *         }
+         *       ],
+         *       "promoter_roles": [
+         *         "ml-engineer"
+         *       ],
+         *       "regression_gates": [
+         *         {
+         *           "max_drop": 0.01,
+         *           "metric": "accuracy"
+         *         }
+         *       ]
+         *     }
+         */
         PolicyBody: {
             /**
              * Auto Promote
@@ -707,17 +766,47 @@ export interface components {
              * @description aliases whose promotion the gates guard (others need only the role)
              */
             gated_aliases?: string[];
-            /** Metric Gates */
+            /**
+             * Metric Gates
+             * @description bounds the candidate's metrics must meet
+             */
             metric_gates?: components["schemas"]["MetricGate"][];
             /**
              * Promoter Roles
              * @description roles allowed to move a gated alias (admin always may)
              */
             promoter_roles?: ("admin" | "data-engineer" | "annotator" | "reviewer" | "ml-engineer" | "viewer")[];
-            /** Regression Gates */
+            /**
+             * Regression Gates
+             * @description how much worse than production the candidate may be
+             */
             regression_gates?: components["schemas"]["RegressionGate"][];
         };
-        /** PolicyPublic */
+        /**
+         * PolicyPublic
+         * @example {
+         *       "gated_aliases": [
+         *         "production"
+         *       ],
+         *       "metric_gates": [
+         *         {
+         *           "metric": "accuracy",
+         *           "op": ">=",
+         *           "value": 0.9
+         *         }
+         *       ],
+         *       "promoter_roles": [
+         *         "ml-engineer"
+         *       ],
+         *       "regression_gates": [
+         *         {
+         *           "max_drop": 0.01,
+         *           "metric": "accuracy"
+         *         }
+         *       ],
+         *       "updated_at": null
+         *     }
+         */
         PolicyPublic: {
             /**
              * Auto Promote
@@ -729,7 +818,10 @@ export interface components {
              * @description aliases whose promotion the gates guard (others need only the role)
              */
             gated_aliases?: string[];
-            /** Metric Gates */
+            /**
+             * Metric Gates
+             * @description bounds the candidate's metrics must meet
+             */
             metric_gates?: components["schemas"]["MetricGate"][];
             /** Model Name */
             model_name: string;
@@ -738,7 +830,10 @@ export interface components {
              * @description roles allowed to move a gated alias (admin always may)
              */
             promoter_roles?: ("admin" | "data-engineer" | "annotator" | "reviewer" | "ml-engineer" | "viewer")[];
-            /** Regression Gates */
+            /**
+             * Regression Gates
+             * @description how much worse than production the candidate may be
+             */
             regression_gates?: components["schemas"]["RegressionGate"][];
             /** Updated At */
             updated_at: string | null;
@@ -780,14 +875,24 @@ export interface components {
             /** Std */
             std?: number[] | null;
         };
-        /** PromoteBody */
+        /**
+         * PromoteBody
+         * @example {
+         *       "reason": "beats v2 on the May photos",
+         *       "version": 3
+         *     }
+         */
         PromoteBody: {
             /**
              * Reason
+             * @description kept in the operation log
              * @default
              */
             reason?: string;
-            /** Version */
+            /**
+             * Version
+             * @description the version the alias moves to
+             */
             version: number;
         };
         /**
@@ -799,12 +904,19 @@ export interface components {
         RegressionGate: {
             /**
              * Higher Is Better
+             * @description false for losses and errors
              * @default true
              */
             higher_is_better?: boolean;
-            /** Max Drop */
+            /**
+             * Max Drop
+             * @description largest allowed loss against production
+             */
             max_drop: number;
-            /** Metric */
+            /**
+             * Metric
+             * @description a metric of both versions
+             */
             metric: string;
         };
         /**
@@ -825,54 +937,102 @@ export interface components {
         };
         /** VersionPublic */
         VersionPublic: {
-            /** Aliases */
+            /**
+             * Aliases
+             * @description Aliases pointing at it.
+             */
             aliases: string[];
+            /** @description The model file: key, format, signature, label map, preprocessing. */
             artifact: components["schemas"]["ModelArtifact"];
-            /** Compression */
+            /**
+             * Compression
+             * @description For a compressed version: method, size change and top-1 agreement with its parent.
+             */
             compression: {
                 [key: string]: unknown;
             } | null;
             /**
              * Created At
              * Format: date-time
+             * @description When it was registered.
              */
             created_at: string;
-            /** Created By */
+            /**
+             * Created By
+             * @description Who registered it.
+             */
             created_by: string;
-            /** Description */
+            /**
+             * Description
+             * @description Free text.
+             */
             description: string;
-            /** Evaluation Split */
+            /**
+             * Evaluation Split
+             * @description The dataset split its metrics come from.
+             */
             evaluation_split: string | null;
-            /** Lineage */
+            /**
+             * Lineage
+             * @description Where it came from: source, dataset_id, dataset_version, training_job_id, parent version.
+             */
             lineage: {
                 [key: string]: unknown;
             };
-            /** Metrics */
+            /**
+             * Metrics
+             * @description Evaluation metrics (on evaluation_split).
+             */
             metrics: {
                 [key: string]: number;
             };
-            /** Model Name */
+            /**
+             * Model Name
+             * @description The registered model.
+             */
             model_name: string;
-            /** Params */
+            /**
+             * Params
+             * @description Hyperparameters it was trained with.
+             */
             params: {
                 [key: string]: unknown;
             };
-            /** Sha256 */
+            /**
+             * Sha256
+             * @description SHA-256 of the model file.
+             */
             sha256: string;
-            /** Size Bytes */
+            /**
+             * Size Bytes
+             * @description Size of the model file.
+             */
             size_bytes: number;
-            /** Status */
+            /**
+             * Status
+             * @description ready or archived.
+             */
             status: string;
-            /** Tags */
+            /**
+             * Tags
+             * @description Sorted, unique tags.
+             */
             tags: string[];
             /**
              * Updated At
              * Format: date-time
+             * @description When its metadata last changed.
              */
             updated_at: string;
-            /** Version */
+            /**
+             * Version
+             * @description Its number within the model.
+             */
             version: number;
-            /** Version Id */
+            /**
+             * Version Id
+             * @description Its id.
+             */
             version_id: string;
         };
         /**

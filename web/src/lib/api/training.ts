@@ -491,35 +491,73 @@ export interface components {
         };
         /** DatasetRef */
         DatasetRef: {
-            /** Dataset Id */
+            /**
+             * Dataset Id
+             * @description the dataset to train on
+             */
             dataset_id: string;
             /**
              * Eval Split
+             * @description split it is evaluated on
              * @default val
              */
             eval_split?: string;
             /**
              * Train Split
+             * @description split the model learns from
              * @default train
              */
             train_split?: string;
             /**
              * Version
-             * @description version number
+             * @description version number (or version_id); neither: the latest
              */
             version?: number | null;
-            /** Version Id */
+            /**
+             * Version Id
+             * @description the version's id, instead of its number
+             */
             version_id?: string | null;
         };
-        /** JobCreate */
+        /**
+         * JobCreate
+         * @example {
+         *       "dataset": {
+         *         "dataset_id": "9f1c2b7e5a0d4c8e9b3a6f1e2d4c5b6a",
+         *         "eval_split": "val",
+         *         "train_split": "train",
+         *         "version": 2
+         *       },
+         *       "early_stopping_patience": 5,
+         *       "model_name": "bolts-cnn",
+         *       "params": {
+         *         "batch_size": 32,
+         *         "epochs": 20,
+         *         "image_size": 64,
+         *         "lr": 0.001
+         *       },
+         *       "resources": {
+         *         "cpu": 2,
+         *         "gpu": 0,
+         *         "memory": 4
+         *       },
+         *       "team": "vision",
+         *       "template": "image-cnn"
+         *     }
+         */
         JobCreate: {
             /**
              * Checkpoint Every Steps
+             * @description steps between checkpoints (resume points)
              * @default 50
              */
             checkpoint_every_steps?: number;
+            /** @description the dataset version and splits to use */
             dataset: components["schemas"]["DatasetRef"];
-            /** Early Stopping Patience */
+            /**
+             * Early Stopping Patience
+             * @description stop after this many epochs without improvement
+             */
             early_stopping_patience?: number | null;
             /**
              * Max Attempts
@@ -527,146 +565,354 @@ export interface components {
              * @default 3
              */
             max_attempts?: number;
-            /** Max Epochs */
+            /**
+             * Max Epochs
+             * @description stop after this many epochs
+             */
             max_epochs?: number | null;
             /**
              * Mode
+             * @description incremental: start from a warm start and new data
              * @default full
              * @enum {string}
              */
             mode?: "full" | "incremental";
-            /** Model Name */
+            /**
+             * Model Name
+             * @description registered model the result becomes a version of
+             */
             model_name?: string | null;
-            /** Params */
+            /**
+             * Params
+             * @description the template's hyperparameters, checked against its ranges
+             */
             params?: {
                 [key: string]: unknown;
             };
             /**
              * Priority
+             * @description order within the team's queue; higher first
              * @default 0
              */
             priority?: number;
+            /** @description what one worker must offer to run it */
             resources?: components["schemas"]["ResourcesIn"];
             /**
              * Seed
+             * @description for a reproducible run
              * @default 0
              */
             seed?: number;
-            /** Team */
+            /**
+             * Team
+             * @description whose fair share it uses
+             */
             team: string;
-            /** Template */
+            /**
+             * Template
+             * @description a training template (GET /v1/templates)
+             */
             template: string;
-            /** Time Budget S */
+            /**
+             * Time Budget S
+             * @description stop after this much training time
+             */
             time_budget_s?: number | null;
-            /** Warm Start Job Id */
+            /**
+             * Warm Start Job Id
+             * @description finished job whose weights it starts from
+             */
             warm_start_job_id?: string | null;
-            /** Warm Start Model Version Id */
+            /**
+             * Warm Start Model Version Id
+             * @description model version whose weights it starts from
+             */
             warm_start_model_version_id?: string | null;
             /**
              * World Size
+             * @description workers training it together (data parallel)
              * @default 1
              */
             world_size?: number;
         };
-        /** JobPublic */
+        /**
+         * JobPublic
+         * @example {
+         *       "artifact": {
+         *         "format": "torchscript",
+         *         "key": "artifacts/7a1b/model.pt"
+         *       },
+         *       "attempts": 1,
+         *       "checkpoint_step": 400,
+         *       "created_by": "mia",
+         *       "dataset_id": "9f1c2b7e5a0d4c8e9b3a6f1e2d4c5b6a",
+         *       "dataset_version": 2,
+         *       "dataset_version_id": "1e2d3c4b5a69788796a5b4c3d2e1f0a9",
+         *       "early_stopping_patience": 5,
+         *       "epoch": 20,
+         *       "error": null,
+         *       "eval_split": "val",
+         *       "finished_at": "2026-03-01T10:04:40Z",
+         *       "first_step_at": "2026-03-01T10:00:05Z",
+         *       "id": "7a1b2c3d4e5f60718293a4b5c6d7e8f9",
+         *       "kind": "train",
+         *       "max_attempts": 3,
+         *       "max_epochs": null,
+         *       "metrics": {
+         *         "accuracy": 0.96,
+         *         "loss": 0.12
+         *       },
+         *       "mode": "full",
+         *       "model_name": "bolts-cnn",
+         *       "params": {
+         *         "batch_size": 32,
+         *         "epochs": 20,
+         *         "image_size": 64,
+         *         "lr": 0.001
+         *       },
+         *       "parent_id": null,
+         *       "pool": "cpu",
+         *       "priority": 0,
+         *       "requested": null,
+         *       "resources": {
+         *         "cpu": 2,
+         *         "gpu": 0,
+         *         "memory": 4
+         *       },
+         *       "search": null,
+         *       "seed": 0,
+         *       "started_at": "2026-03-01T10:00:02Z",
+         *       "status": "succeeded",
+         *       "step": 400,
+         *       "submitted_at": "2026-03-01T10:00:00Z",
+         *       "team": "vision",
+         *       "template": "image-cnn",
+         *       "time_budget_s": null,
+         *       "train_split": "train",
+         *       "trigger_id": null,
+         *       "updated_at": "2026-03-01T10:04:40Z",
+         *       "warm_start_model_version_id": null,
+         *       "worker_losses": 0,
+         *       "world_size": 1
+         *     }
+         */
         JobPublic: {
-            /** Artifact */
+            /**
+             * Artifact
+             * @description The exported model (key, format, size) once it succeeded.
+             */
             artifact: {
                 [key: string]: unknown;
             } | null;
-            /** Attempts */
+            /**
+             * Attempts
+             * @description Runs started so far (a lost worker costs one).
+             */
             attempts: number;
-            /** Checkpoint Step */
+            /**
+             * Checkpoint Step
+             * @description Step of the latest checkpoint.
+             */
             checkpoint_step: number | null;
-            /** Created By */
+            /**
+             * Created By
+             * @description Who submitted it.
+             */
             created_by: string;
-            /** Dataset Id */
+            /**
+             * Dataset Id
+             * @description The dataset it trains on.
+             */
             dataset_id: string;
-            /** Dataset Version */
+            /**
+             * Dataset Version
+             * @description The dataset version's number.
+             */
             dataset_version: number;
-            /** Dataset Version Id */
+            /**
+             * Dataset Version Id
+             * @description The dataset version's id.
+             */
             dataset_version_id: string;
-            /** Early Stopping Patience */
+            /**
+             * Early Stopping Patience
+             * @description Epochs without improvement before it stops.
+             */
             early_stopping_patience: number | null;
-            /** Epoch */
+            /**
+             * Epoch
+             * @description Epochs done.
+             */
             epoch: number;
-            /** Error */
+            /**
+             * Error
+             * @description Why it failed.
+             */
             error: string | null;
-            /** Eval Split */
+            /**
+             * Eval Split
+             * @description Split it is evaluated on.
+             */
             eval_split: string;
-            /** Finished At */
+            /**
+             * Finished At
+             * @description When it reached a final status.
+             */
             finished_at: string | null;
-            /** First Step At */
+            /**
+             * First Step At
+             * @description When its first step finished.
+             */
             first_step_at: string | null;
-            /** Id */
+            /**
+             * Id
+             * @description The job's id.
+             */
             id: string;
-            /** Kind */
+            /**
+             * Kind
+             * @description train, or search (a parent whose trials are train jobs).
+             */
             kind: string;
-            /** Max Attempts */
+            /**
+             * Max Attempts
+             * @description Runs it may lose before failing.
+             */
             max_attempts: number;
-            /** Max Epochs */
+            /**
+             * Max Epochs
+             * @description Epoch limit.
+             */
             max_epochs: number | null;
-            /** Metrics */
+            /**
+             * Metrics
+             * @description Latest metrics (final ones once it succeeded).
+             */
             metrics: {
                 [key: string]: number;
             };
-            /** Mode */
+            /**
+             * Mode
+             * @description full or incremental.
+             */
             mode: string;
-            /** Model Name */
+            /**
+             * Model Name
+             * @description Registered model the result becomes a version of.
+             */
             model_name: string;
-            /** Params */
+            /**
+             * Params
+             * @description Its hyperparameters, with the template's defaults filled in.
+             */
             params: {
                 [key: string]: unknown;
             };
-            /** Parent Id */
+            /**
+             * Parent Id
+             * @description The search this trial belongs to.
+             */
             parent_id: string | null;
-            /** Pool */
+            /**
+             * Pool
+             * @description Worker pool that runs it (cpu or gpu).
+             */
             pool: string;
-            /** Priority */
+            /**
+             * Priority
+             * @description Order within the team's queue; higher first.
+             */
             priority: number;
-            /** Requested */
+            /**
+             * Requested
+             * @description A pause or cancel asked for and not yet carried out.
+             */
             requested: string | null;
-            /** Resources */
+            /**
+             * Resources
+             * @description cpu, memory (GiB) and gpu one worker gives it.
+             */
             resources: {
                 [key: string]: number;
             };
-            /** Search */
+            /**
+             * Search
+             * @description For a search: strategy, space, target, direction, ranking and best trial.
+             */
             search: {
                 [key: string]: unknown;
             } | null;
-            /** Seed */
+            /**
+             * Seed
+             * @description Random seed.
+             */
             seed: number;
-            /** Started At */
+            /**
+             * Started At
+             * @description When a worker first started it.
+             */
             started_at: string | null;
-            /** Status */
+            /**
+             * Status
+             * @description queued, running, paused, succeeded, failed or cancelled.
+             */
             status: string;
-            /** Step */
+            /**
+             * Step
+             * @description Optimiser steps done.
+             */
             step: number;
             /**
              * Submitted At
              * Format: date-time
+             * @description When it was submitted (UTC).
              */
             submitted_at: string;
-            /** Team */
+            /**
+             * Team
+             * @description Whose fair share it uses.
+             */
             team: string;
-            /** Template */
+            /**
+             * Template
+             * @description The training template.
+             */
             template: string;
-            /** Time Budget S */
+            /**
+             * Time Budget S
+             * @description Training time limit in seconds.
+             */
             time_budget_s: number | null;
-            /** Train Split */
+            /**
+             * Train Split
+             * @description Split it learns from.
+             */
             train_split: string;
-            /** Trigger Id */
+            /**
+             * Trigger Id
+             * @description The trigger that submitted it, if one did.
+             */
             trigger_id: string | null;
             /**
              * Updated At
              * Format: date-time
+             * @description When it last changed.
              */
             updated_at: string;
-            /** Warm Start Model Version Id */
+            /**
+             * Warm Start Model Version Id
+             * @description Model version its weights started from.
+             */
             warm_start_model_version_id: string | null;
-            /** Worker Losses */
+            /**
+             * Worker Losses
+             * @description Workers lost while it ran.
+             */
             worker_losses: number;
-            /** World Size */
+            /**
+             * World Size
+             * @description Workers training it together.
+             */
             world_size: number;
         };
         /**
@@ -676,10 +922,14 @@ export interface components {
         JobSpecIn: {
             /**
              * Checkpoint Every Steps
+             * @description steps between checkpoints (resume points)
              * @default 50
              */
             checkpoint_every_steps?: number;
-            /** Early Stopping Patience */
+            /**
+             * Early Stopping Patience
+             * @description stop after this many epochs without improvement
+             */
             early_stopping_patience?: number | null;
             /**
              * Max Attempts
@@ -687,43 +937,72 @@ export interface components {
              * @default 3
              */
             max_attempts?: number;
-            /** Max Epochs */
+            /**
+             * Max Epochs
+             * @description stop after this many epochs
+             */
             max_epochs?: number | null;
             /**
              * Mode
+             * @description incremental: start from a warm start and new data
              * @default full
              * @enum {string}
              */
             mode?: "full" | "incremental";
-            /** Model Name */
+            /**
+             * Model Name
+             * @description registered model the result becomes a version of
+             */
             model_name?: string | null;
-            /** Params */
+            /**
+             * Params
+             * @description the template's hyperparameters, checked against its ranges
+             */
             params?: {
                 [key: string]: unknown;
             };
             /**
              * Priority
+             * @description order within the team's queue; higher first
              * @default 0
              */
             priority?: number;
+            /** @description what one worker must offer to run it */
             resources?: components["schemas"]["ResourcesIn"];
             /**
              * Seed
+             * @description for a reproducible run
              * @default 0
              */
             seed?: number;
-            /** Team */
+            /**
+             * Team
+             * @description whose fair share it uses
+             */
             team: string;
-            /** Template */
+            /**
+             * Template
+             * @description a training template (GET /v1/templates)
+             */
             template: string;
-            /** Time Budget S */
+            /**
+             * Time Budget S
+             * @description stop after this much training time
+             */
             time_budget_s?: number | null;
-            /** Warm Start Job Id */
+            /**
+             * Warm Start Job Id
+             * @description finished job whose weights it starts from
+             */
             warm_start_job_id?: string | null;
-            /** Warm Start Model Version Id */
+            /**
+             * Warm Start Model Version Id
+             * @description model version whose weights it starts from
+             */
             warm_start_model_version_id?: string | null;
             /**
              * World Size
+             * @description workers training it together (data parallel)
              * @default 1
              */
             world_size?: number;
@@ -829,11 +1108,41 @@ export interface components {
              */
             memory?: number;
         };
-        /** SearchCreate */
+        /**
+         * SearchCreate
+         * @example {
+         *       "base": {
+         *         "dataset": {
+         *           "dataset_id": "9f1c2b7e5a0d4c8e9b3a6f1e2d4c5b6a"
+         *         },
+         *         "model_name": "bolts-cnn",
+         *         "params": {
+         *           "epochs": 10
+         *         },
+         *         "team": "vision",
+         *         "template": "image-cnn"
+         *       },
+         *       "direction": "maximize",
+         *       "space": {
+         *         "batch_size": [
+         *           16,
+         *           32
+         *         ],
+         *         "lr": [
+         *           0.01,
+         *           0.001
+         *         ]
+         *       },
+         *       "strategy": "grid",
+         *       "target": "accuracy"
+         *     }
+         */
         SearchCreate: {
+            /** @description the job every trial starts from */
             base: components["schemas"]["JobCreate"];
             /**
              * Direction
+             * @description whether a higher or a lower target is better
              * @default maximize
              * @enum {string}
              */
@@ -847,12 +1156,14 @@ export interface components {
             };
             /**
              * Strategy
+             * @description grid: every combination; random: `trials` draws
              * @default grid
              * @enum {string}
              */
             strategy?: "grid" | "random";
             /**
              * Target
+             * @description metric trials are ranked by
              * @default accuracy
              */
             target?: string;

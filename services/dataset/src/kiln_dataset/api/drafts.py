@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from pydantic import Field as PydField
 from sqlalchemy import func
 from sqlmodel import col, select
@@ -284,7 +284,9 @@ async def remove_draft_item(
 
 
 class CommitRequest(BaseModel):
-    message: str = PydField(default="", max_length=2000)
+    model_config = ConfigDict(json_schema_extra={"examples": [{"message": "first 500 photos"}]})
+
+    message: str = PydField(default="", max_length=2000, description="the version's message")
 
 
 @router.post(

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from pydantic import Field as PydField
 from sqlalchemy import func
 from sqlmodel import col, select
@@ -233,9 +233,34 @@ async def delete_dataset_version(
 
 
 class AugmentRequest(BaseModel):
-    recipe: Recipe  # its steps and keys are in the document, so clients know them
-    seed: int = PydField(default=0, ge=0, le=MAX_PARAM_INT)
-    message: str = PydField(default="", max_length=2000)
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "recipe": {
+                        "copies_per_item": 2,
+                        "steps": [
+                            {"strategy": "horizontal_flip", "probability": 0.5},
+                            {
+                                "strategy": "rotate",
+                                "probability": 1.0,
+                                "params": {"degrees": [-10, 10]},
+                            },
+                        ],
+                    },
+                    "seed": 7,
+                    "message": "flips and small rotations",
+                }
+            ]
+        }
+    )
+
+    # Its steps and keys are in the document, so clients know them.
+    recipe: Recipe = PydField(description="the steps, in order, and copies per item")
+    seed: int = PydField(
+        default=0, ge=0, le=MAX_PARAM_INT, description="the same seed gives the same version"
+    )
+    message: str = PydField(default="", max_length=2000, description="the new version's message")
 
 
 @router.post(

@@ -30,7 +30,7 @@ export function CreateProjectForm() {
     >
       <Group align="end">
         <TextInput label="New project" value={name} onChange={(e) => setName(e.currentTarget.value)} required w={180} />
-        <Select label="Dataset" data={(datasets.data?.items ?? []).map((d) => ({ value: d.id, label: d.name }))} value={datasetId} onChange={setDatasetId} w={200} />
+        <Select label="Dataset" data={(datasets.data?.items ?? []).map((d) => ({ value: d.id, label: d.name }))} value={datasetId} onChange={setDatasetId} allowDeselect={false} w={200} />
         <Select label="Kind" data={KINDS} value={kind} onChange={setKind} allowDeselect={false} w={150} />
         <NumberInput label="Items per task" min={1} max={100} value={batch} onChange={setBatch} w={110} />
         <TextInput label="Classes (comma-separated)" value={classes} onChange={(e) => setClasses(e.currentTarget.value)} w={220} />
