@@ -189,6 +189,7 @@ try {
   await page.getByTestId("compare-chart").waitFor();
   await page.getByTestId("compare-points").getByText(/[1-9]\d* epochs across 1 runs/).waitFor();
   await page.getByText("No searches").waitFor();
+  await page.getByTestId("compare-runs").scrollIntoViewIfNeeded();
   await snap("training-compare");
 
   step("ML engineer: promote with the gates shown");

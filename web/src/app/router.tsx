@@ -3,7 +3,7 @@ import { createBrowserRouter, Navigate, RouterProvider } from "react-router-dom"
 import { Loading } from "@/components/ui/Problem";
 import { Layout } from "./layout";
 import { DatasetRoute, DatasetsRoute } from "./routes/datasets";
-import { LabellingRoute } from "./routes/labelling";
+import { LabellingRoute, useProjectEarly } from "./routes/labelling";
 import { ModelRoute, RegistryRoute } from "./routes/registry";
 import { ReviewProjectRoute, ReviewRoute } from "./routes/review";
 import { EndpointRoute, ServingRoute } from "./routes/serving";
@@ -16,6 +16,12 @@ const RunRoute = lazy(() => import("./routes/training-run"));
 
 const later = (node: ReactNode) => <Suspense fallback={<Loading />}>{node}</Suspense>;
 
+/** The workspace's project is asked for while its code (the canvas) is still loading. */
+function WorkspaceShell() {
+  useProjectEarly();
+  return later(<WorkspaceRoute />);
+}
+
 const router = createBrowserRouter([
   { path: "/sign-in", element: <SignInRoute /> },
   {
@@ -26,7 +32,7 @@ const router = createBrowserRouter([
       { path: "datasets", element: <DatasetsRoute /> },
       { path: "datasets/:datasetId", element: <DatasetRoute /> },
       { path: "labelling", element: <LabellingRoute /> },
-      { path: "labelling/:projectId", element: later(<WorkspaceRoute />) },
+      { path: "labelling/:projectId", element: <WorkspaceShell /> },
       { path: "review", element: <ReviewRoute /> },
       { path: "review/:projectId", element: <ReviewProjectRoute /> },
       { path: "training", element: <TrainingRoute /> },

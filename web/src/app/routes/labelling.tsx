@@ -1,5 +1,6 @@
 import { Stack, Title } from "@mantine/core";
-import { useNavigate } from "react-router-dom";
+import { useNavigate, useParams } from "react-router-dom";
+import { useProject } from "@/features/labelling/api/tasks";
 import { ProjectTable } from "@/features/labelling/components/ProjectPicker";
 
 export function LabellingRoute() {
@@ -12,3 +13,9 @@ export function LabellingRoute() {
   );
 }
 
+
+/** Start fetching the route's project at once (the lazy workspace reads the same query). */
+export function useProjectEarly(): void {
+  const { projectId = "" } = useParams();
+  useProject(projectId);
+}
