@@ -49,6 +49,27 @@ def coco_zip(path: Path) -> Path:
     return path
 
 
+def external_model(path: Path) -> tuple[Path, str]:
+    """A TorchScript file made outside Kiln (a tiny tabular classifier) and its metadata."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    scripted = torch.jit.script(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2)))
+    torch.jit.save(scripted, str(path))
+    metadata = {
+        "signature": {
+            "inputs": [{"name": "features", "dtype": "FP32", "shape": [8]}],
+            "outputs": [{"name": "logits", "dtype": "FP32", "shape": [2]}],
+        },
+        "label_map": ["dark", "light"],
+        "preprocessing": {"kind": "tabular", "mean": [0.0], "std": [1.0]},
+        "metrics": {"accuracy": 0.5},
+        "description": "made elsewhere",
+    }
+    return path, json.dumps(metadata)
+
+
 def seed(url: str) -> dict[str, str]:
     """What the journey does not make through pages: a small labelled classification dataset to
     train on, the model's promotion policy and an endpoint that follows its production alias."""
@@ -120,6 +141,7 @@ def test_the_whole_loop_in_a_real_browser(
     artefacts.mkdir(parents=True, exist_ok=True)
     digit = tmp_path / "light.png"
     digit.write_bytes(png(210, 999))
+    model_file, model_metadata = external_model(tmp_path / "external.pt")
     result = subprocess.run(
         ["node", str(WEB / "e2e" / "journey.mjs")],
         cwd=WEB,
@@ -132,6 +154,8 @@ def test_the_whole_loop_in_a_real_browser(
             "ARTEFACTS": str(artefacts),
             "MODEL": seeded["model"],
             "ENDPOINT": seeded["endpoint"],
+            "IMPORT_MODEL": str(model_file),
+            "IMPORT_METADATA": model_metadata,
         },
         capture_output=True,
         text=True,

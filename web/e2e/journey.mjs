@@ -203,6 +203,10 @@ try {
   await page.getByRole("button", { name: "Compress (dynamic int8)" }).click();
   await page.getByTestId("compression-job").getByText(/succeeded.*top-1 agreement/).waitFor({ timeout: 180_000 });
   await snap("registry-compression");
+  await page.locator("input[type=file]").setInputFiles(process.env.IMPORT_MODEL);
+  await page.getByLabel(/^Metadata/).fill(process.env.IMPORT_METADATA);
+  await page.getByRole("button", { name: "Import", exact: true }).click();
+  await page.getByTestId("imported").getByText(/Imported as v3/).waitFor({ timeout: 60_000 });
 
   step("ML engineer: drop an image on the endpoint and read the answer");
   await nav("Serving");

@@ -36,11 +36,13 @@ export function CompressPanel({ name, versions }: { name: string; versions: Vers
   );
 }
 
+// A valid starting point: the declared signature (inputs and outputs without the batch
+// dimension), the class names in output order, and the preprocessing the server applies.
 const METADATA_EXAMPLE = JSON.stringify(
   {
-    signature: { inputs: [{ name: "input", dtype: "float32", shape: [-1, 3, 32, 32] }], outputs: [{ name: "logits", dtype: "float32", shape: [-1, 2] }] },
-    label_map: { "0": "cat", "1": "dog" },
-    preprocessing: { resize: [32, 32], mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5] },
+    signature: { inputs: [{ name: "features", dtype: "FP32", shape: [8] }], outputs: [{ name: "logits", dtype: "FP32", shape: [2] }] },
+    label_map: ["cat", "dog"],
+    preprocessing: { kind: "tabular", mean: [0.0], std: [1.0] },
     metrics: { accuracy: 0.9 },
     description: "imported from elsewhere",
   },
