@@ -1,4 +1,4 @@
-"""The thumbnail renderer: the 1024 px rendition the labelling workspace shows first, made from a
+"""The thumbnail renderer: the 960 px rendition the labelling workspace shows first, made from a
 JPEG decoded at a fraction of its size, never enlarged."""
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ def jpeg(width: int, height: int) -> bytes:
     return out.getvalue()
 
 
-def test_a_large_photo_gets_a_1024_rendition_with_its_aspect_ratio() -> None:
-    assert 1024 in THUMB_SIZES
-    with Image.open(io.BytesIO(render_thumbnail(jpeg(4000, 3000), 1024))) as picture:
+def test_a_large_photo_gets_a_960_rendition_with_its_aspect_ratio() -> None:
+    assert 960 in THUMB_SIZES
+    with Image.open(io.BytesIO(render_thumbnail(jpeg(4000, 3000), 960))) as picture:
         assert picture.format == "JPEG"
-        assert picture.size == (1024, 768)
+        assert picture.size == (960, 720)
 
 
 def test_a_portrait_photo_is_bounded_by_its_height() -> None:
@@ -29,5 +29,5 @@ def test_a_portrait_photo_is_bounded_by_its_height() -> None:
 
 
 def test_a_small_image_is_not_enlarged() -> None:
-    with Image.open(io.BytesIO(render_thumbnail(jpeg(300, 200), 1024))) as picture:
+    with Image.open(io.BytesIO(render_thumbnail(jpeg(300, 200), 960))) as picture:
         assert picture.size == (300, 200)

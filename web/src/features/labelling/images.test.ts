@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { pickRendition, wantsPreview } from "./images";
 
-const preview = { naturalWidth: 1024 };
+const preview = { naturalWidth: 960 };
 const original = { naturalWidth: 4000 };
 
 describe("pickRendition", () => {
@@ -22,7 +22,7 @@ describe("wantsPreview", () => {
   it("gives large images a preview and leaves small or unsized ones alone", () => {
     expect(wantsPreview(4000, 3000)).toBe(true);
     expect(wantsPreview(320, 240)).toBe(false);
-    expect(wantsPreview(1200, 900)).toBe(false);
+    expect(wantsPreview(1100, 900)).toBe(false);
     expect(wantsPreview(undefined, 3000)).toBe(false);
   });
 });

@@ -52,7 +52,7 @@ export function pickRendition<T extends { naturalWidth: number }>(
 }
 
 /** Whether an image this large gets a preview rendition first (its longest side, in pixels). */
-export const PREVIEW_SIZE = 1024;
+export const PREVIEW_SIZE = 960;
 export function wantsPreview(width: number | undefined, height: number | undefined): boolean {
   return !!width && !!height && Math.max(width, height) > PREVIEW_SIZE * 1.25;
 }

@@ -2015,7 +2015,7 @@ export interface operations {
     readBlobThumbnail: {
         parameters: {
             query?: {
-                /** @description longest side of the thumbnail, in pixels (rounded up to 128, 256, 512 or 1024; 1024 is the labelling workspace's first rendition of a large image) */
+                /** @description longest side of the thumbnail, in pixels (rounded up to 128, 256, 512 or 960; 960 is the labelling workspace's first rendition of a large image) */
                 size?: number;
             };
             header?: never;
@@ -2561,7 +2561,7 @@ export interface operations {
     readItemThumbnail: {
         parameters: {
             query?: {
-                /** @description longest side of the thumbnail, in pixels (rounded up to 128, 256, 512 or 1024; 1024 is the labelling workspace's first rendition of a large image) */
+                /** @description longest side of the thumbnail, in pixels (rounded up to 128, 256, 512 or 960; 960 is the labelling workspace's first rendition of a large image) */
                 size?: number;
             };
             header?: never;

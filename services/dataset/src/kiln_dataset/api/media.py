@@ -35,9 +35,9 @@ ThumbSize = Annotated[
     int,
     Query(
         ge=32,
-        le=1024,
+        le=960,
         description="longest side of the thumbnail, in pixels (rounded up to 128, 256, 512 or "
-        "1024; 1024 is the labelling workspace's first rendition of a large image)",
+        "960; 960 is the labelling workspace's first rendition of a large image)",
     ),
 ]
 # Content-addressed: the bytes behind a URL never change; only the access check may.
@@ -148,7 +148,9 @@ def render_thumbnail(data: bytes, size: int) -> bytes:
         return out.getvalue()
 
 
-THUMB_SIZES = (128, 256, 512, 1024)  # a few sizes, so callers cannot fill the store with variants
+# A few sizes, so callers cannot fill the store with variants. 960 (not 1024): a 4000-pixel
+# photo decodes at a quarter of its size for it, twice as fast as at half.
+THUMB_SIZES = (128, 256, 512, 960)
 
 
 async def _thumbnail(request: Request, sha256: str, asked: int) -> Response:

@@ -12,33 +12,35 @@ import { LabelCanvas, type Tool } from "./LabelCanvas";
 const CANVAS_W = 740;
 const CANVAS_H = 540;
 
-function useImageElement(url: string | null): HTMLImageElement | null {
-  const [image, setImage] = useState<{ url: string; element: HTMLImageElement } | null>(null);
+/** The decoded image at ``url`` (null while loading); ``failed`` once it could not be loaded. */
+function useImageElement(url: string | null): { image: HTMLImageElement | null; failed: boolean } {
+  const [state, setState] = useState<{ url: string; element: HTMLImageElement | null } | null>(null);
   useEffect(() => {
     if (!url) return;
     let current = true;
     loadImage(url)
-      .then((element) => current && setImage({ url, element }))
-      .catch(() => undefined);
+      .then((element) => current && setState({ url, element }))
+      .catch(() => current && setState({ url, element: null }));
     return () => {
       current = false;
     };
   }, [url]);
-  return image && image.url === url ? image.element : null;
+  const mine = state && state.url === url ? state : null;
+  return { image: mine?.element ?? null, failed: !!mine && !mine.element };
 }
 
 function previewUrl(datasetId: string, item: TaskItem): string | null {
   return wantsPreview(item.width, item.height) ? `${blobUrl(datasetId, item.blob)}/thumbnail?size=${PREVIEW_SIZE}` : null;
 }
 
-/** Every item of a newly leased task starts loading at once (its preview first), so moving to
- * the next item of the task finds its image decoded. */
+/** Every item of a newly leased task starts loading at once: a large one's preview first, its
+ * original only after that (the two would compete for the same server and connection). */
 function prefetch(datasetId: string, items: TaskItem[]): void {
   for (const it of items) {
     const preview = previewUrl(datasetId, it);
-    if (preview) void loadImage(preview).catch(() => undefined);
+    const original = () => loadImage(blobUrl(datasetId, it.blob));
+    void (preview ? loadImage(preview).then(original, original) : original()).catch(() => undefined);
   }
-  for (const it of items) void loadImage(blobUrl(datasetId, it.blob)).catch(() => undefined);
 }
 
 function useSecondsLeft(until: string | null | undefined): number | null {
@@ -79,10 +81,11 @@ export function Workspace({ project }: { project: Project }) {
   const [brush, setBrush] = useState(12);
   const items = (task?.items ?? []) as unknown as TaskItem[];
   const item = items[index];
-  // A large image is drawn from a 1024 px rendition as soon as that arrives (the annotator can
+  // A large image is drawn from a 960 px rendition as soon as that arrives (the annotator can
   // label on it: shapes are in the original's pixels); the original takes over for zooming in.
-  const preview = useImageElement(item ? previewUrl(project.dataset_id, item) : null);
-  const original = useImageElement(item ? blobUrl(project.dataset_id, item.blob) : null);
+  const previewAt = item ? previewUrl(project.dataset_id, item) : null;
+  const { image: preview, failed: noPreview } = useImageElement(previewAt);
+  const { image: original } = useImageElement(item && (!previewAt || preview || noPreview) ? blobUrl(project.dataset_id, item.blob) : null);
   const image = original ?? preview;
   const secondsLeft = useSecondsLeft(task?.lease_expires_at);
   const shapes = item ? (work[item.item_id]?.present ?? []) : [];
