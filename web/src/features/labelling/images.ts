@@ -1,9 +1,9 @@
 // Task images for the canvas: fetched with the session's token, decoded off the main thread
-// (HTMLImageElement.decode) and kept decoded for a few tasks, so an image asked for twice (the
+// (HTMLImageElement.decode) and kept decoded for a few images, so an image asked for twice (the
 // preview, then the canvas; the next item of a task) is fetched and decoded once.
 import { authHeaders } from "@/lib/api-client";
 
-const KEPT = 16;
+const KEPT = 8; // decoded photos are large (a 12-megapixel one is 48 MB)
 const loaded = new Map<string, Promise<HTMLImageElement>>();
 const objectUrls = new Map<string, string>();
 
