@@ -1,5 +1,5 @@
 import type Konva from "konva";
-import { useEffect, useRef, useState } from "react";
+import { memo, useEffect, useRef, useState } from "react";
 import { Circle, Image as KonvaImage, Layer, Line, Rect, Stage } from "react-konva";
 import { pickRendition } from "../images";
 import { decodeRle, maskCanvas } from "../mask";
@@ -43,7 +43,8 @@ const INVALID = "#e03131";
 
 /** The zoom/pan canvas: wheel zooms at the pointer, the pan tool drags the view, the box tool
  * drags a box, the polygon tool clicks points (double-click closes), the keypoint tool clicks. */
-export function LabelCanvas(props: Props) {
+/** Memoised: the workspace re-renders for its side panel, the canvas only for its own props. */
+export const LabelCanvas = memo(function LabelCanvas(props: Props) {
   const { renditions, imageW, imageH, width, height, shapes, suggestions, tool, label, invalid, onAdd, brush = 12, onStroke } = props;
   const [stroke, setStroke] = useState<Point[]>([]);
   const [view, setView] = useState<View>(() => fitView(imageW, imageH, width, height));
@@ -167,4 +168,4 @@ export function LabelCanvas(props: Props) {
     </Stage>
     </div>
   );
-}
+});

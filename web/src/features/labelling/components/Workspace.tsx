@@ -43,14 +43,20 @@ function prefetch(datasetId: string, items: TaskItem[]): void {
   }
 }
 
-function useSecondsLeft(until: string | null | undefined): number | null {
+/** The lease's time left, ticking on its own: the workspace (and its canvas) is not redrawn
+ * every second for it. */
+function LeaseLeft({ until }: { until: string | null | undefined }) {
   const [now, setNow] = useState(() => Date.now());
   useEffect(() => {
     const timer = window.setInterval(() => setNow(Date.now()), 1000);
     return () => window.clearInterval(timer);
   }, []);
-  if (!until) return null;
-  return Math.max(0, Math.round((Date.parse(until) - now) / 1000));
+  const secondsLeft = until ? Math.max(0, Math.round((Date.parse(until) - now) / 1000)) : null;
+  return (
+    <Badge color={secondsLeft !== null && secondsLeft < 60 ? "red" : "gray"} data-testid="lease-left">
+      lease {secondsLeft !== null ? `${Math.floor(secondsLeft / 60)}:${String(secondsLeft % 60).padStart(2, "0")}` : "—"} left
+    </Badge>
+  );
 }
 
 /** The shapes a server problem names, e.g. "body.labels.img-1.2.bbox" or "labels[2].bbox". */
@@ -87,13 +93,13 @@ export function Workspace({ project }: { project: Project }) {
   const { image: preview, failed: noPreview } = useImageElement(previewAt);
   const { image: original } = useImageElement(item && (!previewAt || preview || noPreview) ? blobUrl(project.dataset_id, item.blob) : null);
   const image = original ?? preview;
-  const secondsLeft = useSecondsLeft(task?.lease_expires_at);
+  const renditions = useMemo(() => [preview, original], [preview, original]);
   const shapes = item ? (work[item.item_id]?.present ?? []) : [];
   const suggestions = useMemo(
     () => (item && task?.prelabels ? fromLabels((task.prelabels as Record<string, unknown>)[item.item_id]) : []),
     [item, task],
   );
-  const invalid = item ? invalidShapes(error, item.item_id) : new Set<number>();
+  const invalid = useMemo(() => (item ? invalidShapes(error, item.item_id) : new Set<number>()), [error, item]);
 
   // Show a leased task (or none): its items start loading at once, each item's work begins
   // from the labels it already has (a task sent back for rework).
@@ -169,6 +175,10 @@ export function Workspace({ project }: { project: Project }) {
     },
     [item, label, change],
   );
+  const stroke = useCallback(
+    (points: { x: number; y: number }[], radius: number) => paintMask((bitmap) => paintStroke(bitmap, points, radius)),
+    [paintMask],
+  );
   const add = useCallback(
     (shape: Shape) => {
       if (kind === "masks" && shape.type === "polygon") {
@@ -234,9 +244,7 @@ export function Workspace({ project }: { project: Project }) {
         <Title order={3}>{project.name}</Title>
         <Group gap="xs">
           {task ? (
-            <Badge color={secondsLeft !== null && secondsLeft < 60 ? "red" : "gray"} data-testid="lease-left">
-              lease {secondsLeft !== null ? `${Math.floor(secondsLeft / 60)}:${String(secondsLeft % 60).padStart(2, "0")}` : "—"} left
-            </Badge>
+            <LeaseLeft until={task.lease_expires_at} />
           ) : null}
           <Button onClick={() => void start()} loading={busy && !task} variant={task ? "light" : "filled"}>
             {task ? "Skip to next task" : "Next task"}
@@ -258,7 +266,7 @@ export function Workspace({ project }: { project: Project }) {
         <Group align="start" wrap="nowrap" gap="sm">
           <Stack gap={4}>
             <LabelCanvas
-              renditions={[preview, original]}
+              renditions={renditions}
               imageW={item.width ?? image?.naturalWidth ?? 1}
               imageH={item.height ?? image?.naturalHeight ?? 1}
               width={CANVAS_W}
@@ -270,7 +278,7 @@ export function Workspace({ project }: { project: Project }) {
               invalid={invalid}
               onAdd={add}
               brush={brush}
-              onStroke={(points, radius) => paintMask((bitmap) => paintStroke(bitmap, points, radius))}
+              onStroke={stroke}
             />
             <Text size="xs" c="dimmed" data-testid="item-name">
               item {index + 1}/{items.length}: {item.item_id} ({item.width}×{item.height}) · {image ? (original ? "image ready" : "image ready (preview)") : "loading image"}
