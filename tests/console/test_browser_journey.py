@@ -110,6 +110,23 @@ def seed(url: str) -> dict[str, str]:
         assert r.status_code == 201, r.text
         r = http.post("/api/training/v1/teams", json={"name": "vision"}, headers=admin)
         assert r.status_code == 201, r.text
+        # A small grid search (two trials) whose ranking the run page shows.
+        r = http.post(
+            "/api/training/v1/searches",
+            json={
+                "base": {
+                    "template": "image-cnn",
+                    "params": {"epochs": 3, "image_size": 8, "batch_size": 8, "image_mode": "L"},
+                    "team": "vision",
+                    "model_name": "shapes-search",
+                    "dataset": {"dataset_id": ds["id"]},
+                },
+                "space": {"lr": [0.01, 0.003]},
+                "target": "accuracy",
+            },
+            headers=ml,
+        )
+        assert r.status_code == 201, r.text
         model = "shapes-cnn"
         assert http.post("/api/registry/v1/models", json={"name": model}, headers=ml).is_success
         r = http.put(

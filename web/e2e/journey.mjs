@@ -187,10 +187,13 @@ try {
   await snap("training-run-done");
   await nav("Training");
   await page.getByTestId("compare-chart").waitFor();
-  await page.getByTestId("compare-points").getByText(/[1-9]\d* epochs across 1 runs/).waitFor();
-  await page.getByText("No searches").waitFor();
+  await page.getByTestId("compare-points").getByText(/[1-9]\d* epochs across [1-3] runs/).waitFor();
   await page.getByTestId("compare-runs").scrollIntoViewIfNeeded();
   await snap("training-compare");
+  await page.getByRole("table", { name: "Hyperparameter searches" }).getByRole("link").first().click();
+  // Ranked as the service ranks them: its best trial is the first row.
+  await page.getByTestId("search-ranking").locator("tbody tr").first().getByText("best").waitFor({ timeout: 240_000 });
+  await snap("training-search-ranked");
 
   step("ML engineer: promote with the gates shown");
   await nav("Registry");

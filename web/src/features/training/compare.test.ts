@@ -26,4 +26,8 @@ describe("rankTrials", () => {
     expect(rankTrials(trials, "accuracy", "maximize").map((t) => t.id)).toEqual(["c", "a", "d", "b"]);
     expect(rankTrials(trials, "accuracy", "minimize").map((t) => t.id)).toEqual(["d", "a", "c", "b"]);
   });
+  it("breaks ties by id, as the training service does", () => {
+    const tied = [trial("z", 1), trial("m", 1), trial("a", 0.5)];
+    expect(rankTrials(tied, "accuracy", "maximize").map((t) => t.id)).toEqual(["m", "z", "a"]);
+  });
 });

@@ -44,7 +44,8 @@ export interface Trial {
   metrics: Record<string, unknown>;
 }
 
-/** Trials best first by ``target`` (maximize or minimize); trials without it come last. */
+/** Trials best first by ``target`` (maximize or minimize), ties by id as the training service
+ * ranks them (so its best trial comes first); trials without the metric come last. */
 export function rankTrials<T extends Trial>(trials: T[], target: string, direction: string): T[] {
   const score = (t: T) => {
     const v = t.metrics[target];
@@ -53,7 +54,7 @@ export function rankTrials<T extends Trial>(trials: T[], target: string, directi
   return [...trials].sort((a, b) => {
     const x = score(a);
     const y = score(b);
-    if (x === null || y === null) return x === null ? (y === null ? 0 : 1) : -1;
-    return direction === "minimize" ? x - y : y - x;
+    if (x === null || y === null) return x === null ? (y === null ? a.id.localeCompare(b.id) : 1) : -1;
+    return (direction === "minimize" ? x - y : y - x) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
   });
 }

@@ -35,7 +35,8 @@ export function RunPage({ jobId }: { jobId: string }) {
   const action = useJobAction(jobId);
   const { can } = useAuth();
   const status = job.data?.status ?? stream.status;
-  const evaluation = useEvaluation(jobId, status === "succeeded");
+  // A search's parent has no evaluation of its own: its trials have.
+  const evaluation = useEvaluation(jobId, status === "succeeded" && job.data?.kind === "train");
   if (job.isPending) return <Loading />;
   return (
     <Stack>

@@ -65,7 +65,9 @@ export function SearchRanking({ jobId }: { jobId: string }) {
     target,
     spec.direction ?? "maximize",
   );
-  const names = [...new Set(ranked.flatMap((t) => Object.keys(t.params)))].sort();
+  // The searched hyperparameters only (the rest are the same for every trial).
+  const space = Object.keys((spec as { space?: Record<string, unknown> }).space ?? {});
+  const names = (space.length ? space : [...new Set(ranked.flatMap((t) => Object.keys(t.params)))]).sort();
   return (
     <Stack gap="xs">
       <Title order={4}>
