@@ -190,37 +190,70 @@ export interface components {
     schemas: {
         /** DeploymentPublic */
         DeploymentPublic: {
-            /** Alias */
+            /**
+             * Alias
+             * @description The alias that brought it.
+             */
             alias: string;
-            /** Analysis */
+            /**
+             * Analysis
+             * @description A candidate's canary analysis: its step; per side (candidate, stable) requests,
+             *     errors, error_rate and p99_ms; shadow agreement.
+             */
             analysis: {
                 [key: string]: unknown;
             };
             /**
              * Created At
              * Format: date-time
+             * @description When it was created.
              */
             created_at: string;
-            /** Id */
+            /**
+             * Id
+             * @description The deployment's id.
+             */
             id: string;
-            /** Load Seconds */
+            /**
+             * Load Seconds
+             * @description How long loading took.
+             */
             load_seconds: number | null;
-            /** Model Name */
+            /**
+             * Model Name
+             * @description The registered model.
+             */
             model_name: string;
-            /** Reason */
+            /**
+             * Reason
+             * @description Why it is in its state (e.g. the canary verdict).
+             */
             reason: string;
-            /** State */
+            /**
+             * State
+             * @description pending, loading, stable, candidate, draining, retired or failed.
+             */
             state: string;
-            /** Triton Model */
+            /**
+             * Triton Model
+             * @description Its name in the inference server.
+             */
             triton_model: string;
             /**
              * Updated At
              * Format: date-time
+             * @description When it last changed.
              */
             updated_at: string;
-            /** Version */
+            /**
+             * Version
+             * @description The model version it serves.
+             */
             version: number;
-            /** Version Id */
+            /**
+             * Version Id
+             * @description That version's id.
+             */
             version_id: string;
         };
         /**
@@ -240,25 +273,32 @@ export interface components {
              * @default 0.3
              */
             box_score_floor?: number;
-            /** Canary Steps */
+            /**
+             * Canary Steps
+             * @description the candidate's traffic share per step, in percent, increasing to 100
+             */
             canary_steps?: number[];
             /**
              * Confidence Threshold
+             * @description answers less confident than this are flagged and their inputs go back to labelling (0: none)
              * @default 0
              */
             confidence_threshold?: number;
             /**
              * Instance Count
+             * @description model instances in the inference server
              * @default 1
              */
             instance_count?: number;
             /**
              * Max Batch Size
+             * @description requests the server may batch together
              * @default 32
              */
             max_batch_size?: number;
             /**
              * Max Error Rate
+             * @description a candidate erring more is rolled back
              * @default 0.05
              */
             max_error_rate?: number;
@@ -275,16 +315,19 @@ export interface components {
             max_score_shift?: number | null;
             /**
              * Min Requests Per Step
+             * @description candidate answers a step needs to be judged
              * @default 20
              */
             min_requests_per_step?: number;
             /**
              * Sample Rate
+             * @description share of answers logged as prediction events
              * @default 0
              */
             sample_rate?: number;
             /**
              * Step Interval S
+             * @description least time a canary step lasts
              * @default 30
              */
             step_interval_s?: number;
@@ -295,7 +338,23 @@ export interface components {
              */
             warmup_requests?: number;
         };
-        /** EndpointCreate */
+        /**
+         * EndpointCreate
+         * @example {
+         *       "alias": "production",
+         *       "canary_steps": [
+         *         10,
+         *         50,
+         *         100
+         *       ],
+         *       "candidate_alias": "canary",
+         *       "confidence_threshold": 0.6,
+         *       "max_error_rate": 0.02,
+         *       "model_name": "bolts-cnn",
+         *       "name": "bolts",
+         *       "strategy": "canary"
+         *     }
+         */
         EndpointCreate: {
             /**
              * Ab Weight
@@ -305,6 +364,7 @@ export interface components {
             ab_weight?: number;
             /**
              * Alias
+             * @description the model alias it serves; moving the alias rolls the endpoint out
              * @default production
              */
             alias?: string;
@@ -314,30 +374,38 @@ export interface components {
              * @default 0.3
              */
             box_score_floor?: number;
-            /** Canary Steps */
+            /**
+             * Canary Steps
+             * @description the candidate's traffic share per step, in percent, increasing to 100
+             */
             canary_steps?: number[];
             /**
              * Candidate Alias
+             * @description alias whose version is rolled out as a candidate beside the stable one
              * @default canary
              */
             candidate_alias?: string;
             /**
              * Confidence Threshold
+             * @description answers less confident than this are flagged and their inputs go back to labelling (0: none)
              * @default 0
              */
             confidence_threshold?: number;
             /**
              * Instance Count
+             * @description model instances in the inference server
              * @default 1
              */
             instance_count?: number;
             /**
              * Max Batch Size
+             * @description requests the server may batch together
              * @default 32
              */
             max_batch_size?: number;
             /**
              * Max Error Rate
+             * @description a candidate erring more is rolled back
              * @default 0.05
              */
             max_error_rate?: number;
@@ -354,10 +422,14 @@ export interface components {
             max_score_shift?: number | null;
             /**
              * Min Requests Per Step
+             * @description candidate answers a step needs to be judged
              * @default 20
              */
             min_requests_per_step?: number;
-            /** Model Name */
+            /**
+             * Model Name
+             * @description a registered model
+             */
             model_name: string;
             /**
              * Name
@@ -366,16 +438,19 @@ export interface components {
             name: string;
             /**
              * Sample Rate
+             * @description share of answers logged as prediction events
              * @default 0
              */
             sample_rate?: number;
             /**
              * Step Interval S
+             * @description least time a canary step lasts
              * @default 30
              */
             step_interval_s?: number;
             /**
              * Strategy
+             * @description direct, canary (steps), ab (a fixed split) or shadow
              * @default direct
              * @enum {string}
              */
@@ -387,32 +462,81 @@ export interface components {
              */
             warmup_requests?: number;
         };
-        /** EndpointPublic */
+        /**
+         * EndpointPublic
+         * @example {
+         *       "alias": "production",
+         *       "candidate": null,
+         *       "candidate_alias": "canary",
+         *       "config": {
+         *         "canary_steps": [
+         *           10,
+         *           50,
+         *           100
+         *         ],
+         *         "max_error_rate": 0.02
+         *       },
+         *       "created_at": "2026-03-01T11:00:00Z",
+         *       "deployments": [],
+         *       "model_name": "bolts-cnn",
+         *       "name": "bolts",
+         *       "stable": null,
+         *       "state": "rolling_out",
+         *       "strategy": "canary",
+         *       "traffic": {
+         *         "1": 0.9,
+         *         "2": 0.1
+         *       },
+         *       "updated_at": "2026-03-01T11:05:00Z"
+         *     }
+         */
         EndpointPublic: {
-            /** Alias */
+            /**
+             * Alias
+             * @description The alias it follows.
+             */
             alias: string;
+            /** @description The deployment being rolled out, with its analysis. */
             candidate: components["schemas"]["DeploymentPublic"] | null;
-            /** Candidate Alias */
+            /**
+             * Candidate Alias
+             * @description The alias whose version it rolls out as a candidate.
+             */
             candidate_alias: string;
+            /** @description Its roll-out and logging settings. */
             config: components["schemas"]["EndpointConfig"];
             /**
              * Created At
              * Format: date-time
+             * @description When it was created.
              */
             created_at: string;
-            /** Deployments */
+            /**
+             * Deployments
+             * @description Every deployment, newest first.
+             */
             deployments: components["schemas"]["DeploymentPublic"][];
-            /** Model Name */
+            /**
+             * Model Name
+             * @description The registered model it serves.
+             */
             model_name: string;
-            /** Name */
+            /**
+             * Name
+             * @description The endpoint's name (the path of its predictions).
+             */
             name: string;
+            /** @description The deployment answering most traffic. */
             stable: components["schemas"]["DeploymentPublic"] | null;
             /**
              * State
              * @description empty | deploying | serving | rolling_out
              */
             state: string;
-            /** Strategy */
+            /**
+             * Strategy
+             * @description direct, canary, ab or shadow.
+             */
             strategy: string;
             /**
              * Traffic
@@ -424,6 +548,7 @@ export interface components {
             /**
              * Updated At
              * Format: date-time
+             * @description When it last changed.
              */
             updated_at: string;
         };
