@@ -142,7 +142,13 @@ def seed(url: str) -> dict[str, str]:
         assert r.is_success, r.text
         r = http.post(
             "/api/serving/v1/endpoints",
-            json={"name": "shapes", "model_name": model, "alias": "production"},
+            # A canary endpoint: a version moved to the "canary" alias rolls out beside v1.
+            json={
+                "name": "shapes",
+                "model_name": model,
+                "alias": "production",
+                "strategy": "canary",
+            },
             headers=ml,
         )
         assert r.is_success, r.text

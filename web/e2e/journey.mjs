@@ -239,6 +239,20 @@ try {
   await page.getByText(/Flagged predictions back in labelling/).waitFor();
   await snap("serving-answer");
 
+  step("ML engineer: the compressed version as a canary, its analysis on the endpoint page");
+  await nav("Registry");
+  await page.getByRole("link", { name: process.env.MODEL }).click();
+  await pick("Version", "2");
+  await pick("Alias", "canary");
+  await page.getByRole("button", { name: "Promote", exact: true }).click();
+  await page.getByTestId("promoted").getByText("v2 is now canary").waitFor();
+  await nav("Serving");
+  await page.getByRole("link", { name: process.env.ENDPOINT, exact: true }).click();
+  await page.getByTestId("canary-summary").waitFor({ timeout: 180_000 });
+  await page.getByTestId("canary-errorRate").waitFor();
+  await page.getByRole("button", { name: "Roll back" }).waitFor();
+  await snap("serving-canary");
+
   step("data engineer: an augmented version from a recipe");
   await signIn("data-engineer");
   await page.getByRole("link", { name: "shapes", exact: true }).click();

@@ -25,6 +25,7 @@ describe("canary samples", () => {
   it("gives both versions' series for the chart", () => {
     const history = appendSample(appendSample([], analysis(10, 1, 30), 1), analysis(20, 2, 40), 2);
     expect(columns(history, "p99")).toEqual([[1, 2], [30, 40], [20, 20]]);
+    expect(columns(history, "errorRate")).toEqual([[1, 2], [10, 10], [0, 0]]);
   });
   it("keeps a bounded history", () => {
     let history = appendSample([], analysis(1, 0, 1), 0);

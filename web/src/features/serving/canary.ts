@@ -39,8 +39,11 @@ export function appendSample(history: Sample[], analysis: Record<string, unknown
   return [...history, sample].slice(-keep);
 }
 
-/** uPlot's columns for one measure of both versions. */
+const percent = (v: number | null) => (v === null ? null : v * 100);
+
+/** uPlot's columns for one measure of both versions (error rates in percent). */
 export function columns(history: Sample[], measure: "errorRate" | "p99"): [number[], (number | null)[], (number | null)[]] {
-  const pick = measure === "errorRate" ? (s: Sample) => [s.candidateErrorRate, s.stableErrorRate] : (s: Sample) => [s.candidateP99, s.stableP99];
+  const pick =
+    measure === "errorRate" ? (s: Sample) => [percent(s.candidateErrorRate), percent(s.stableErrorRate)] : (s: Sample) => [s.candidateP99, s.stableP99];
   return [history.map((s) => s.at), history.map((s) => pick(s)[0] ?? null), history.map((s) => pick(s)[1] ?? null)];
 }

@@ -13,6 +13,11 @@ function Plot({ history, measure, label }: { history: Sample[]; measure: "errorR
       {
         width: 420,
         height: 200,
+        // A single sample still gets a minute of time axis, and rates start at 0.
+        scales: {
+          x: { time: true, range: (_u, min, max) => (max - min < 60 ? [min - 30, max + 30] : [min, max]) },
+          y: { range: (_u, _min, max) => [0, Math.max(measure === "errorRate" ? 5 : 10, max * 1.2)] },
+        },
         axes: [{}, { label }],
         series: [{}, { label: "candidate", stroke: "#f76707", width: 2, spanGaps: true }, { label: "stable", stroke: "#1c7ed6", width: 2, spanGaps: true }],
       },
@@ -20,7 +25,7 @@ function Plot({ history, measure, label }: { history: Sample[]; measure: "errorR
       box.current,
     );
     return () => plot.current?.destroy();
-  }, [label]);
+  }, [label, measure]);
   useEffect(() => {
     plot.current?.setData(columns(history, measure));
   }, [history, measure]);
@@ -31,7 +36,7 @@ function Plot({ history, measure, label }: { history: Sample[]; measure: "errorR
 export default function CanaryChart({ history }: { history: Sample[] }) {
   return (
     <Group align="start" gap="md">
-      <Plot history={history} measure="errorRate" label="error rate" />
+      <Plot history={history} measure="errorRate" label="error rate (%)" />
       <Plot history={history} measure="p99" label="p99 latency (ms)" />
     </Group>
   );
