@@ -250,6 +250,7 @@ try {
   await page.getByRole("link", { name: process.env.ENDPOINT, exact: true }).click();
   await page.getByTestId("canary-summary").waitFor({ timeout: 180_000 });
   await page.getByTestId("canary-errorRate").waitFor();
+  await page.getByTestId("canary-confidence").waitFor();
   await page.getByRole("button", { name: "Roll back" }).waitFor();
   await snap("serving-canary");
 

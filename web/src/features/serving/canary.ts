@@ -11,6 +11,9 @@ export interface Sample {
   candidateRequests: number;
   stableRequests: number;
   agreement: number | null;
+  candidateConfidence: number | null; // mean top score of the version's answers
+  stableConfidence: number | null;
+  scoreShift: number | null; // two-sample KS statistic between the versions' scores
 }
 
 const num = (v: unknown): number | null => (typeof v === "number" && Number.isFinite(v) ? v : null);
@@ -31,6 +34,9 @@ export function appendSample(history: Sample[], analysis: Record<string, unknown
     candidateRequests: num(cand.requests) ?? 0,
     stableRequests: num(stable.requests) ?? 0,
     agreement: num(side(analysis, "shadow").agreement),
+    candidateConfidence: num(cand.score_mean),
+    stableConfidence: num(stable.score_mean),
+    scoreShift: num(analysis.score_shift),
   };
   const last = history[history.length - 1];
   if (last && last.candidateRequests === sample.candidateRequests && last.stableRequests === sample.stableRequests && last.step === sample.step) {
@@ -42,8 +48,13 @@ export function appendSample(history: Sample[], analysis: Record<string, unknown
 const percent = (v: number | null) => (v === null ? null : v * 100);
 
 /** uPlot's columns for one measure of both versions (error rates in percent). */
-export function columns(history: Sample[], measure: "errorRate" | "p99"): [number[], (number | null)[], (number | null)[]] {
-  const pick =
-    measure === "errorRate" ? (s: Sample) => [percent(s.candidateErrorRate), percent(s.stableErrorRate)] : (s: Sample) => [s.candidateP99, s.stableP99];
+export type Measure = "errorRate" | "p99" | "confidence";
+
+export function columns(history: Sample[], measure: Measure): [number[], (number | null)[], (number | null)[]] {
+  const pick = {
+    errorRate: (s: Sample) => [percent(s.candidateErrorRate), percent(s.stableErrorRate)],
+    p99: (s: Sample) => [s.candidateP99, s.stableP99],
+    confidence: (s: Sample) => [s.candidateConfidence, s.stableConfidence],
+  }[measure];
   return [history.map((s) => s.at), history.map((s) => pick(s)[0] ?? null), history.map((s) => pick(s)[1] ?? null)];
 }

@@ -163,6 +163,10 @@ export function EndpointDetail({ name }: { name: string }) {
                 {latest?.candidateErrorRate != null ? `${(latest.candidateErrorRate * 100).toFixed(1)} %` : "—"}, p99 {latest?.candidateP99 != null ? `${latest.candidateP99.toFixed(0)} ms` : "—"} · stable{" "}
                 {latest?.stableRequests ?? 0} requests, error rate {latest?.stableErrorRate != null ? `${(latest.stableErrorRate * 100).toFixed(1)} %` : "—"}, p99{" "}
                 {latest?.stableP99 != null ? `${latest.stableP99.toFixed(0)} ms` : "—"}
+                {latest?.candidateConfidence != null && latest.stableConfidence != null
+                  ? ` · mean confidence ${latest.candidateConfidence.toFixed(2)} vs ${latest.stableConfidence.toFixed(2)}`
+                  : ""}
+                {latest?.scoreShift != null ? ` · score shift (KS) ${latest.scoreShift.toFixed(2)}` : ""}
                 {latest?.agreement != null ? ` · shadow agreement ${(latest.agreement * 100).toFixed(0)} %` : ""}
               </Text>
               <Suspense fallback={<Loading />}>
