@@ -441,9 +441,17 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
-        /** CommitRequest */
+        /**
+         * CommitRequest
+         * @example {
+         *       "dataset_version": 1
+         *     }
+         */
         CommitRequest: {
-            /** Dataset Version */
+            /**
+             * Dataset Version
+             * @description the version whose accepted labels are committed
+             */
             dataset_version: number;
         };
         /** GoldItem */
@@ -610,30 +618,62 @@ export interface components {
              */
             endpoint?: string | null;
         };
-        /** ProjectCreate */
+        /**
+         * ProjectCreate
+         * @example {
+         *       "batch_size": 5,
+         *       "dataset_id": "9f1c2b7e5a0d4c8e9b3a6f1e2d4c5b6a",
+         *       "label_schema": {
+         *         "kind": "boxes",
+         *         "labels": [
+         *           {
+         *             "name": "bolt"
+         *           },
+         *           {
+         *             "name": "nut"
+         *           }
+         *         ]
+         *       },
+         *       "lease_seconds": 900,
+         *       "name": "bolts boxes",
+         *       "overlap": 2,
+         *       "review_levels": 1
+         *     }
+         */
         ProjectCreate: {
             /**
              * Auto Annotate
+             * @description make tasks from each new version of the dataset
              * @default true
              */
             auto_annotate?: boolean;
             /**
              * Batch Size
+             * @description items per task
              * @default 1
              */
             batch_size?: number;
-            /** Dataset Id */
+            /**
+             * Dataset Id
+             * @description the dataset whose versions become tasks
+             */
             dataset_id: string;
+            /** @description the label kind and classes every submission is checked against */
             label_schema: components["schemas"]["LabelSchema"];
             /**
              * Lease Seconds
+             * @description how long a leased task stays with its annotator
              * @default 900
              */
             lease_seconds?: number;
-            /** Name */
+            /**
+             * Name
+             * @description shown to annotators
+             */
             name: string;
             /**
              * Overlap
+             * @description annotators per item (agreement needs 2 or more)
              * @default 1
              */
             overlap?: number;
@@ -644,16 +684,27 @@ export interface components {
             prelabel_endpoint?: string | null;
             /**
              * Review Levels
+             * @description reviews a submission needs (0: accepted at once)
              * @default 1
              */
             review_levels?: number;
         };
-        /** ReviewDecision */
+        /**
+         * ReviewDecision
+         * @example {
+         *       "accept": false,
+         *       "comment": "the second box is too loose"
+         *     }
+         */
         ReviewDecision: {
-            /** Accept */
+            /**
+             * Accept
+             * @description true: to the next review level or accepted; false: rework
+             */
             accept: boolean;
             /**
              * Comment
+             * @description shown to the annotator
              * @default
              */
             comment?: string;
@@ -708,7 +759,25 @@ export interface components {
              */
             strategy?: "least-confidence" | "margin" | "entropy" | "random";
         };
-        /** Submission */
+        /**
+         * Submission
+         * @example {
+         *       "labels": {
+         *         "part-1.jpg": [
+         *           {
+         *             "bbox": [
+         *               40,
+         *               32,
+         *               120,
+         *               90
+         *             ],
+         *             "label": "bolt",
+         *             "type": "box"
+         *           }
+         *         ]
+         *       }
+         *     }
+         */
         Submission: {
             /**
              * Labels
@@ -727,37 +796,111 @@ export interface components {
             /** @description the task just submitted, as stored */
             submitted: components["schemas"]["TaskPublic"];
         };
-        /** TaskPublic */
+        /**
+         * TaskPublic
+         * @example {
+         *       "assignee": "ann",
+         *       "dataset_version": 1,
+         *       "id": "3b6d0c1e9a7f4e2d8c5b1a0f9e8d7c6b",
+         *       "items": [
+         *         {
+         *           "blob": "0c5ad3f200000000000000000000000000000000000000000000000000000000",
+         *           "height": 480,
+         *           "item_id": "part-1.jpg",
+         *           "media_type": "image/jpeg",
+         *           "width": 640
+         *         }
+         *       ],
+         *       "labels": null,
+         *       "lease_expires_at": "2026-03-01T10:15:00Z",
+         *       "prelabels": {
+         *         "part-1.jpg": [
+         *           {
+         *             "bbox": [
+         *               40,
+         *               32,
+         *               120,
+         *               90
+         *             ],
+         *             "label": "bolt",
+         *             "score": 0.91,
+         *             "type": "box"
+         *           }
+         *         ]
+         *       },
+         *       "priority": 0,
+         *       "project_id": "5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b",
+         *       "review_level": 0,
+         *       "source": "dataset",
+         *       "status": "leased"
+         *     }
+         */
         TaskPublic: {
-            /** Assignee */
+            /**
+             * Assignee
+             * @description Who holds or last held it.
+             */
             assignee: string | null;
-            /** Dataset Version */
+            /**
+             * Dataset Version
+             * @description The dataset version its items come from.
+             */
             dataset_version: number;
-            /** Id */
+            /**
+             * Id
+             * @description The task's id.
+             */
             id: string;
-            /** Items */
+            /**
+             * Items
+             * @description item_id, blob (SHA-256 of the image), width, height, media_type.
+             */
             items: {
                 [key: string]: unknown;
             }[];
-            /** Labels */
+            /**
+             * Labels
+             * @description The latest submission: labels per item id; null before one.
+             */
             labels: {
                 [key: string]: unknown;
             } | null;
-            /** Lease Expires At */
+            /**
+             * Lease Expires At
+             * @description When the current lease ends; another annotator may take it after that.
+             */
             lease_expires_at: string | null;
-            /** Prelabels */
+            /**
+             * Prelabels
+             * @description Suggestions from the project's model per item id, each with its score.
+             */
             prelabels: {
                 [key: string]: unknown;
             } | null;
-            /** Priority */
+            /**
+             * Priority
+             * @description Higher is leased first.
+             */
             priority: number;
-            /** Project Id */
+            /**
+             * Project Id
+             * @description The labelling project it belongs to.
+             */
             project_id: string;
-            /** Review Level */
+            /**
+             * Review Level
+             * @description Reviews passed so far.
+             */
             review_level: number;
-            /** Source */
+            /**
+             * Source
+             * @description Why it exists: dataset, active-learning, manual or gold.
+             */
             source: string;
-            /** Status */
+            /**
+             * Status
+             * @description queued, leased, in_review, rework, accepted or committed.
+             */
             status: string;
         };
         /** TasksRequest */
