@@ -7,7 +7,7 @@ import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from pydantic import BaseModel, ConfigDict
@@ -21,11 +21,11 @@ from kiln_core.db import INT32_MAX
 from kiln_core.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
 from kiln_core.http import get_runtime
 from kiln_core.manifest import Category, ManifestItem
-from kiln_core.storage import SMALL_BLOB, SpooledBlob
+from kiln_core.storage import SMALL_BLOB, SpooledBlob, blob_key
 from kiln_dataset.api.common import Writer, version_out
-from kiln_dataset.lifecycle import store_blobs
+from kiln_dataset.lifecycle import record_blobs, store_blobs
 from kiln_dataset.media import UnreadableImage, extension_matches, sniff, verify_image
-from kiln_dataset.models import DatasetStatus, Draft, DraftItem, VersionPublic
+from kiln_dataset.models import Blob, DatasetStatus, Draft, DraftItem, VersionPublic
 from kiln_dataset.versions import (
     create_version,
     get_dataset,
@@ -218,29 +218,7 @@ async def upload_items(
         await store_blobs(runtime, [(spooled, item.media_type) for item, spooled in good])
         async with runtime.db.transaction() as session:
             await _open_draft(session, dataset_id, draft_id)
-            ids = [item.item_id for item, _ in good]
-            current = {
-                row.item_id: row
-                for row in (
-                    await session.exec(
-                        select(DraftItem).where(
-                            DraftItem.draft_id == draft_id, col(DraftItem.item_id).in_(ids)
-                        )
-                    )
-                ).all()
-            }
-            for item, _ in good:
-                record = item.model_dump(mode="json", exclude_none=True)
-                existing = current.get(item.item_id)
-                if existing is not None:
-                    existing.blob, existing.record = item.blob, record
-                    session.add(existing)
-                else:
-                    session.add(
-                        DraftItem(
-                            draft_id=draft_id, item_id=item.item_id, blob=item.blob, record=record
-                        )
-                    )
+            await _put_draft_items(session, draft_id, [item for item, _ in good])
     accepted = [
         {
             "file": item.item_id,
@@ -253,6 +231,125 @@ async def upload_items(
         for item, _ in good
     ]
     return UploadResult(accepted=accepted, rejected=rejected)
+
+
+class StoredBlob(NamedTuple):
+    sha256: str
+    size: int
+
+
+class BlobItem(BaseModel):
+    item_id: str = PydField(min_length=1, max_length=1000)
+    blob: str = PydField(pattern="^[0-9a-f]{64}$", description="SHA-256 of the file's bytes")
+    split: Literal["train", "val", "test"] | None = None
+    labels: list[dict[str, Any]] = PydField(default_factory=list)
+
+
+class BlobItems(BaseModel):
+    items: list[BlobItem] = PydField(max_length=MAX_FILES_PER_REQUEST)
+
+
+class BlobItemsResult(BaseModel):
+    accepted: list[dict[str, Any]]
+    rejected: list[dict[str, Any]]
+    missing: list[str] = PydField(description="blobs this service does not hold: upload them")
+
+
+@router.post(
+    "/datasets/{dataset_id}/drafts/{draft_id}/blob-items",
+    response_model=BlobItemsResult,
+    summary="Add items by content hash, for blobs the service already stores",
+)
+async def add_blob_items(
+    dataset_id: str, draft_id: str, body: BlobItems, request: Request, _who: Writer
+) -> BlobItemsResult:
+    """What makes uploads resumable: a client names each file by its SHA-256; items whose
+    bytes are already stored join the draft without being sent again, and the answer lists
+    the hashes still ``missing`` (upload those files as usual)."""
+    runtime = get_runtime(request)
+    async with runtime.db.session() as session:
+        await _open_draft(session, dataset_id, draft_id)
+        shas = sorted({item.blob for item in body.items})
+        known = {
+            row.sha256: row
+            for row in (
+                await session.exec(select(Blob).where(col(Blob.sha256).in_(shas), col(Blob.stored)))
+            ).all()
+        }
+    rejected: list[dict[str, Any]] = []
+    good: list[ManifestItem] = []
+    sizes: dict[str, tuple[int, int]] = {}
+    for ref in body.items:
+        blob = known.get(ref.blob)
+        if blob is None:
+            continue
+        if not _plain_upload_name(ref.item_id):
+            rejected.append({"file": ref.item_id, "reason": "file name must be a plain path"})
+            continue
+        if not extension_matches(ref.item_id, blob.media_type):
+            reason = f"file name does not match its bytes ({blob.media_type})"
+            rejected.append({"file": ref.item_id, "reason": reason})
+            continue
+        if ref.blob not in sizes:
+            data = await runtime.store.read_bytes(blob_key(ref.blob))
+            sizes[ref.blob] = await asyncio.to_thread(verify_image, data)
+        width, height = sizes[ref.blob]
+        try:
+            good.append(
+                ManifestItem(
+                    item_id=ref.item_id,
+                    blob=ref.blob,
+                    media_type=blob.media_type,
+                    size_bytes=blob.size_bytes,
+                    width=width,
+                    height=height,
+                    source_name=ref.item_id,
+                    split=ref.split,
+                    labels=ref.labels,
+                )
+            )
+        except ValueError as exc:
+            rejected.append({"file": ref.item_id, "reason": f"labels: {exc}"})
+    if good:
+        async with runtime.db.transaction() as session:
+            await _open_draft(session, dataset_id, draft_id)
+            # Seen again now, so a purge running meanwhile keeps these blobs.
+            seen = {i.blob: known[i.blob] for i in good}.values()
+            await record_blobs(
+                session, [(StoredBlob(b.sha256, b.size_bytes), b.media_type) for b in seen]
+            )
+            await _put_draft_items(session, draft_id, good)
+    accepted = [
+        {"file": i.item_id, "item_id": i.item_id, "blob": i.blob, "size_bytes": i.size_bytes}
+        for i in good
+    ]
+    missing = sorted({ref.blob for ref in body.items} - set(known))
+    return BlobItemsResult(accepted=accepted, rejected=rejected, missing=missing)
+
+
+async def _put_draft_items(session: AsyncSession, draft_id: str, items: list[ManifestItem]) -> None:
+    """Add items to a draft, replacing those with the same item id."""
+    ids = [item.item_id for item in items]
+    current = {
+        row.item_id: row
+        for row in (
+            await session.exec(
+                select(DraftItem).where(
+                    DraftItem.draft_id == draft_id, col(DraftItem.item_id).in_(ids)
+                )
+            )
+        ).all()
+    }
+    for item in items:
+        record = item.model_dump(mode="json", exclude_none=True)
+        existing = current.get(item.item_id)
+        if existing is not None:
+            existing.blob, existing.record = item.blob, record
+            session.add(existing)
+        else:
+            session.add(
+                DraftItem(draft_id=draft_id, item_id=item.item_id, blob=item.blob, record=record)
+            )
 
 
 def _plain_upload_name(name: str) -> bool:
