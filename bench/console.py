@@ -28,8 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 from PIL import Image
+
+from kiln_client import ClientSettings, Kiln
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -53,11 +54,10 @@ def jpeg(width: int, height: int, seed: int) -> bytes:
     return out.getvalue()
 
 
-def wait_tasks(http: httpx.Client, project: str, count: int, headers: dict[str, str]) -> None:
+def wait_tasks(kiln: Kiln, project: str, count: int) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        counts = http.get(f"/api/annotation/v1/projects/{project}", headers=headers).json()
-        if counts["task_counts"].get("queued", 0) >= count:
+        if kiln.annotation.project(project)["task_counts"].get("queued", 0) >= count:
             return
         time.sleep(0.5)
     raise SystemExit(f"project {project} did not get {count} tasks")
@@ -69,41 +69,16 @@ def seed(url: str, runs: int, tasks: int) -> dict[str, Any]:
 
     settings = Settings()
     admin = issue_token("bench-admin", ["admin"], settings)
-    headers = {"authorization": f"Bearer {admin}"}
     out: dict[str, Any] = {"admin": admin}
-    with httpx.Client(base_url=url, timeout=300) as http:
+    with Kiln(url, admin, settings=ClientSettings(timeout_s=300)) as kiln:
 
         def dataset_with(name: str, files: list[tuple[str, bytes]]) -> str:
-            ds = http.post(
-                "/api/dataset/v1/datasets",
-                json={"name": name, "task_type": "detection"},
-                headers=headers,
-            ).json()
-            project = http.post(
-                "/api/annotation/v1/projects",
-                json={
-                    "name": f"{name}-boxes",
-                    "dataset_id": ds["id"],
-                    "label_schema": {"kind": "boxes", "labels": [{"name": "part"}]},
-                },
-                headers=headers,
-            ).json()
-            draft = http.post(
-                f"/api/dataset/v1/datasets/{ds['id']}/drafts", json={}, headers=headers
-            ).json()
-            for at in range(0, len(files), 50):
-                r = http.post(
-                    f"/api/dataset/v1/datasets/{ds['id']}/drafts/{draft['id']}/items",
-                    files=[("files", (n, b, "image/jpeg")) for n, b in files[at : at + 50]],
-                    headers=headers,
-                )
-                r.raise_for_status()
-            http.post(
-                f"/api/dataset/v1/datasets/{ds['id']}/drafts/{draft['id']}/commit",
-                json={"message": "bench"},
-                headers=headers,
-            ).raise_for_status()
-            wait_tasks(http, project["id"], len(files), headers)
+            ds = kiln.datasets.create(name, "detection")
+            project = kiln.annotation.create_project(
+                f"{name}-boxes", ds["id"], ["part"], kind="boxes"
+            )
+            kiln.datasets.upload(ds["id"], files, message="bench", progress=False)
+            wait_tasks(kiln, project["id"], len(files))
             return str(project["id"])
 
         print(f"seeding {runs} 4000×3000 images and {tasks + 1} small ones", flush=True)

@@ -43,6 +43,8 @@ import aiohttp
 import httpx
 import numpy as np
 
+from kiln_client import ApiError, AsyncKiln, ClientSettings
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -202,14 +204,14 @@ async def promote(settings: Settings, model: str, version: int) -> None:
         await bus.stop()
 
 
-async def until_version(
-    client: httpx.AsyncClient, path: str, version: int, limit_s: float
-) -> float:
+async def until_version(kiln: AsyncKiln, endpoint: str, version: int, limit_s: float) -> float:
     started = time.perf_counter()
     while time.perf_counter() - started < limit_s:
-        r = await client.post(path, json={"inputs": [ROW]})
-        if r.status_code == 200 and r.json()["version"] == version:
-            return time.perf_counter() - started
+        try:
+            if (await kiln.serving.predict_many(endpoint, [ROW]))["version"] == version:
+                return time.perf_counter() - started
+        except ApiError:
+            pass  # no version deployed yet (503)
         await asyncio.sleep(0.02)
     raise TimeoutError(f"version {version} not served within {limit_s}s")
 
@@ -300,7 +302,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         limits = httpx.Limits(max_connections=args.concurrency * 2)
         # Idle connections retire before uvicorn's 5 s keep-alive closes them under our feet.
         connector = aiohttp.TCPConnector(limit=args.concurrency * 2, keepalive_timeout=2)
+        # The API calls around the measurement go through kiln_client; one attempt each, so
+        # polling for a version is not slowed by the client's retry backoff.
+        settings_client = ClientSettings(service_urls={"serving": base}, timeout_s=60, attempts=1)
         async with (
+            AsyncKiln(settings=settings_client) as kiln_api,
             httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client,
             aiohttp.ClientSession(
                 connector=connector, timeout=aiohttp.ClientTimeout(total=60)
@@ -313,21 +319,18 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 except httpx.HTTPError:
                     pass
                 await asyncio.sleep(0.1)
-            r = await client.post(
-                "/v1/endpoints",
-                json={
-                    "name": endpoint,
-                    "model_name": model,
-                    "max_batch_size": 64,
-                    "instance_count": args.instances,
-                },
+            await kiln_api.serving.create_endpoint(
+                endpoint,
+                model,
+                exist_ok=False,
+                max_batch_size=64,
+                instance_count=args.instances,
             )
-            r.raise_for_status()
             await promote(settings, model, 1)
-            first = await until_version(client, path, 1, 180)
+            first = await until_version(kiln_api, endpoint, 1, 180)
             print(f"first version serving {first:.1f}s after its promotion", file=sys.stderr)
-            state = (await client.get(f"/v1/endpoints/{endpoint}")).json()
-            triton_model = state["stable"]["triton_model"]
+            state = await kiln_api.serving.endpoint(endpoint)
+            triton_model = (state.get("stable") or {})["triton_model"]
             outputs = [InferRequestedOutput("probabilities")]
             row = np.asarray([ROW], dtype=np.float32)
 
@@ -421,12 +424,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
             started = time.perf_counter()
             await promote(settings, model, 2)
-            await until_version(client, path, 2, 180)
+            await until_version(kiln_api, endpoint, 2, 180)
             promote_to_serve = time.perf_counter() - started
             print(f"promotion → first v2 answer {promote_to_serve:.2f}s", file=sys.stderr)
-            state = (await client.get(f"/v1/endpoints/{endpoint}")).json()
-            result["load_seconds"] = state["stable"]["load_seconds"]
-            await client.delete(f"/v1/endpoints/{endpoint}")
+            state = await kiln_api.serving.endpoint(endpoint)
+            result["load_seconds"] = (state.get("stable") or {})["load_seconds"]
+            await kiln_api.serving.delete_endpoint(endpoint)
             result.update(
                 await detection_figures(
                     settings,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import TracebackType
 from typing import Self
 
@@ -40,12 +41,10 @@ class AsyncKiln:
         else:
             base = settings or ClientSettings.from_env()
             if url is not None or token is not None:
-                base = ClientSettings(
+                base = replace(
+                    base,
                     url=(url or base.url).rstrip("/"),
                     token=token if token is not None else base.token,
-                    timeout_s=base.timeout_s,
-                    attempts=base.attempts,
-                    max_backoff_s=base.max_backoff_s,
                 )
             self.transport = Transport(base, transport=transport)
         self.datasets = Datasets(self.transport)
@@ -112,6 +111,7 @@ class SyncTraining(SyncResource[Training]):
     template = blocking(Training.template)
     ensure_team = blocking(Training.ensure_team)
     submit = blocking(Training.submit)
+    create_trigger = blocking(Training.create_trigger)
     get = blocking(Training.get)
     list = blocking(Training.list)
     pause = blocking(Training.pause)
@@ -142,6 +142,7 @@ class SyncServing(SyncResource[Serving]):
     endpoints = blocking(Serving.endpoints)
     endpoint = blocking(Serving.endpoint)
     update_endpoint = blocking(Serving.update_endpoint)
+    delete_endpoint = blocking(Serving.delete_endpoint)
     predict = blocking(Serving.predict)
     predict_many = blocking(Serving.predict_many)
 

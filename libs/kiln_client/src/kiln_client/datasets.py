@@ -25,6 +25,7 @@ BATCH_FILES = 200
 BATCH_BYTES = 32 * 1024 * 1024
 HASH_CHUNK = 1024 * 1024
 Split = Literal["train", "val", "test"]
+SPLITS = ("train", "val", "test")
 
 
 def sha256_of(path: Path) -> str:
@@ -131,64 +132,84 @@ class Datasets:
         files: Iterable[tuple[str, Path | bytes]],
         *,
         labels: Mapping[str, str | builtins.list[Any]] | None = None,
-        split: Split | None = None,
+        split: Split | Mapping[str, Split] | None = None,
         progress: bool | Callable[[int], None] = True,
+        skip_stored: bool = True,
+        concurrency: int = 1,
+        batch_files: int = BATCH_FILES,
     ) -> tuple[int, int, builtins.list[dict[str, Any]]]:
-        """Put files into an open draft as ``(item id, path or bytes)``. Each is named by its
-        SHA-256 first: those Kiln already stores join without their bytes being sent; the rest
-        are uploaded. Returns (sent, skipped, rejected)."""
-        listed = list(files)
-        # Hashing a folder takes a while: off the event loop, so other calls go on meanwhile.
-        entries = await asyncio.to_thread(lambda: [(n, s, _hash(s)) for n, s in listed])
+        """Put files into an open draft as ``(item id, path or bytes)``. With ``skip_stored``
+        each is named by its SHA-256 first: those Kiln already stores join without their bytes
+        being sent; the rest are uploaded (``concurrency`` requests at a time). Returns
+        (sent, skipped, rejected)."""
+        listed = builtins.list(files)
         labels = labels or {}
-        total = sum(_size(source) for _, source, _ in entries)
+        total = sum(_size(source) for _, source in listed)
         bar = tqdm(
-            total=total,
-            unit="B",
-            unit_scale=True,
-            desc="upload",
-            disable=progress is not True,
+            total=total, unit="B", unit_scale=True, desc="upload", disable=progress is not True
         )
         tick = progress if callable(progress) else bar.update
-        sent = skipped = 0
+        skipped = 0
         rejected: builtins.list[dict[str, Any]] = []
         base = f"/v1/datasets/{dataset_id}/drafts/{draft_id}"
+        todo = listed
         try:
-            for start in range(0, len(entries), 1000):
-                chunk = entries[start : start + 1000]
-                refs = [
-                    {"item_id": name, "blob": sha, "split": split, "labels": _labels(labels, name)}
-                    for name, _, sha in chunk
-                ]
-                # Adding items by hash is idempotent: the same items again change nothing.
-                known = await self._t.json(
-                    "dataset", "POST", f"{base}/blob-items", json={"items": refs}, idempotent=True
-                )
-                rejected += known["rejected"]
-                missing = set(known["missing"])
-                skipped += len(chunk) - sum(1 for _, _, sha in chunk if sha in missing)
-                tick(sum(_size(s) for _, s, sha in chunk if sha not in missing))
-                todo = [(n, s) for n, s, sha in chunk if sha in missing]
-                for batch in _batches(todo):
-                    label_map = {n: _labels(labels, n) for n, _ in batch if n in labels}
-                    data: dict[str, str] = {}
-                    if split:
-                        data["split"] = split
-                    if label_map:
-                        data["labels"] = json.dumps(label_map)
+            if skip_stored:
+                # Hashing a folder takes a while: off the event loop, so other calls go on.
+                entries = await asyncio.to_thread(lambda: [(n, s, _hash(s)) for n, s in listed])
+                todo = []
+                for start in range(0, len(entries), 1000):
+                    chunk = entries[start : start + 1000]
+                    refs = [
+                        {
+                            "item_id": n,
+                            "blob": sha,
+                            "split": _split(split, n),
+                            "labels": _labels(labels, n),
+                        }
+                        for n, _, sha in chunk
+                    ]
+                    # Adding items by hash is idempotent: the same items again change nothing.
+                    known = await self._t.json(
+                        "dataset",
+                        "POST",
+                        f"{base}/blob-items",
+                        json={"items": refs},
+                        idempotent=True,
+                    )
+                    rejected += known["rejected"]
+                    missing = set(known["missing"])
+                    skipped += sum(1 for _, _, sha in chunk if sha not in missing)
+                    tick(sum(_size(s) for _, s, sha in chunk if sha not in missing))
+                    todo += [(n, s) for n, s, sha in chunk if sha in missing]
+            limit = asyncio.Semaphore(max(1, concurrency))
+
+            async def send(batch: builtins.list[tuple[str, Path | bytes]]) -> int:
+                label_map = {n: _labels(labels, n) for n, _ in batch if n in labels}
+                data: dict[str, str] = {}
+                if _split(split, batch[0][0]):
+                    data["split"] = str(_split(split, batch[0][0]))
+                if label_map:
+                    data["labels"] = json.dumps(label_map)
+                async with limit:
                     answer = await self._t.json(
                         "dataset",
                         "POST",
                         f"{base}/items",
-                        files=lambda batch=batch: [  # type: ignore[misc]
-                            ("files", (n, _read(s), _media_type(n))) for n, s in batch
-                        ],
+                        files=lambda: [("files", (n, _read(s), _media_type(n))) for n, s in batch],
                         data=data,
                         idempotent=True,  # the same files again replace the same items
                     )
-                    rejected += answer["rejected"]
-                    sent += len(answer["accepted"])
-                    tick(sum(_size(s) for _, s in batch))
+                rejected.extend(answer["rejected"])
+                tick(sum(_size(s) for _, s in batch))
+                return len(answer["accepted"])
+
+            # One split per multipart request: files are grouped by theirs.
+            groups: dict[str | None, builtins.list[tuple[str, Path | bytes]]] = {}
+            for name, source in todo:
+                groups.setdefault(_split(split, name), []).append((name, source))
+            batches = [b for group in groups.values() for b in _batches(group, batch_files)]
+            sent = sum(await asyncio.gather(*(send(b) for b in batches)))
         finally:
             bar.close()
         return sent, skipped, rejected
@@ -199,7 +220,7 @@ class Datasets:
         files: Iterable[tuple[str, Path | bytes]],
         *,
         labels: Mapping[str, str | builtins.list[Any]] | None = None,
-        split: Split | None = None,
+        split: Split | Mapping[str, Split] | None = None,
         message: str = "",
         base_version: int | None = None,
         progress: bool = True,
@@ -229,7 +250,9 @@ class Datasets:
         progress: bool = True,
     ) -> UploadReport:
         """Upload every image under ``folder`` as a new version; with ``labels_from_folders``
-        an image's parent folder names its class (``cats/1.png`` is a cat)."""
+        an image's parent folder names its class (``cats/1.png`` is a cat). Images under a
+        top folder named ``train``, ``val`` or ``test`` go to that split (unless ``split``
+        names one for all)."""
         root = Path(folder)
         if not root.is_dir():
             raise KilnClientError(f"{root} is not a folder")
@@ -241,11 +264,16 @@ class Datasets:
             if labels_from_folders
             else None
         )
+        splits: dict[str, Split] = {
+            name: name.split("/")[0]  # type: ignore[misc]
+            for name, _ in files
+            if name.split("/")[0] in SPLITS
+        }
         return await self.upload(
             dataset_id,
             files,
             labels=labels,
-            split=split,
+            split=split or splits or None,
             message=message or f"upload of {root.name}",
             base_version=base_version,
             progress=progress,
@@ -311,6 +339,12 @@ def _media_type(name: str) -> str:
     return mimetypes.guess_type(name)[0] or "application/octet-stream"
 
 
+def _split(split: Split | Mapping[str, Split] | None, name: str) -> str | None:
+    if split is None or isinstance(split, str):
+        return split
+    return split.get(name)
+
+
 def _labels(labels: Mapping[str, str | builtins.list[Any]], name: str) -> builtins.list[Any]:
     value = labels.get(name)
     if value is None:
@@ -320,13 +354,13 @@ def _labels(labels: Mapping[str, str | builtins.list[Any]], name: str) -> builti
 
 
 def _batches(
-    files: builtins.list[tuple[str, Path | bytes]],
+    files: builtins.list[tuple[str, Path | bytes]], most: int = BATCH_FILES
 ) -> Iterable[builtins.list[tuple[str, Path | bytes]]]:
     batch: builtins.list[tuple[str, Path | bytes]] = []
     size = 0
     for entry in files:
         entry_size = _size(entry[1])
-        if batch and (len(batch) >= BATCH_FILES or size + entry_size > BATCH_BYTES):
+        if batch and (len(batch) >= most or size + entry_size > BATCH_BYTES):
             yield batch
             batch, size = [], 0
         batch.append(entry)

@@ -43,6 +43,9 @@ class Serving:
     async def update_endpoint(self, name: str, **changes: Any) -> Endpoint:
         return await self._t.json("serving", "PATCH", f"/v1/endpoints/{name}", json=changes)  # type: ignore[no-any-return]
 
+    async def delete_endpoint(self, name: str) -> None:
+        await self._t.request("serving", "DELETE", f"/v1/endpoints/{name}")
+
     async def predict(
         self,
         endpoint: str,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DEFAULT_URL = "http://127.0.0.1:8100"  # the gateway `kiln up` starts
 
@@ -20,6 +20,8 @@ class ClientSettings:
     attempts: int = 6
     # The most one backoff delay grows to, in seconds (jittered exponential below it).
     max_backoff_s: float = 8.0
+    # A service's own API instead of the gateway's /api/<service> (benchmarks, tests).
+    service_urls: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ClientSettings:

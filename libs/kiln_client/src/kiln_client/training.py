@@ -124,6 +124,13 @@ class Training:
             body["model_name"] = model_name
         return await self._t.json("training", "POST", "/v1/jobs", json=body)  # type: ignore[no-any-return]
 
+    async def create_trigger(
+        self, name: str, dataset_id: str, job: dict[str, Any], **fields: Any
+    ) -> dict[str, Any]:
+        """A rule: each new labelled version of ``dataset_id`` submits ``job`` on it."""
+        body = {"name": name, "dataset_id": dataset_id, "job": job, **fields}
+        return await self._t.json("training", "POST", "/v1/triggers", json=body)  # type: ignore[no-any-return]
+
     async def get(self, job_id: str) -> Job:
         return await self._t.json("training", "GET", f"/v1/jobs/{job_id}")  # type: ignore[no-any-return]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -48,27 +49,27 @@ class Transport:
         self.http = http or httpx.AsyncClient(
             base_url=settings.url, timeout=settings.timeout_s, transport=transport
         )
-        self.requests = 0  # requests sent, retries included (the demo reports it)
+        self._sent = [0]  # requests sent, retries included; shared with with_token's clones
 
     def with_token(self, token: str | None) -> Transport:
         """The same connection pool, calling as someone else."""
         clone = Transport.__new__(Transport)
-        clone.settings = ClientSettings(
-            url=self.settings.url,
-            token=token,
-            timeout_s=self.settings.timeout_s,
-            attempts=self.settings.attempts,
-            max_backoff_s=self.settings.max_backoff_s,
-        )
+        clone.settings = replace(self.settings, token=token)
         clone.http = self.http
-        clone.requests = 0
+        clone._sent = self._sent
         return clone
+
+    @property
+    def requests(self) -> int:
+        """Requests sent so far by this client and those made from it with another token."""
+        return self._sent[0]
 
     async def aclose(self) -> None:
         await self.http.aclose()
 
     def url(self, service: str, path: str) -> str:
-        return f"/api/{service}{path}"
+        direct = self.settings.service_urls.get(service)
+        return f"{direct.rstrip('/')}{path}" if direct else f"/api/{service}{path}"
 
     def headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         headers = dict(extra or {})
@@ -102,7 +103,7 @@ class Transport:
         try:
             async for attempt in self._retrying(method, idempotent):
                 with attempt:
-                    self.requests += 1
+                    self._sent[0] += 1
                     sent = dict(kwargs)
                     if files is not None:
                         sent["files"] = files() if callable(files) else files
@@ -133,7 +134,7 @@ class Transport:
         **kwargs: Any,
     ) -> AsyncIterator[httpx.Response]:
         """A response read as it arrives (event streams, downloads); errors as :class:`ApiError`."""
-        self.requests += 1
+        self._sent[0] += 1
         try:
             async with self.http.stream(
                 method, self.url(service, path), headers=self.headers(headers), **kwargs
