@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.metadata
 import json
 import os
 import signal
@@ -26,9 +27,26 @@ app.add_typer(events_app, name="events")
 
 from kiln_cli.infra import infra_app  # noqa: E402
 from kiln_cli.stack import stack_app  # noqa: E402
+from kiln_cli.user import add_user_commands  # noqa: E402
 
 app.add_typer(infra_app, name="infra", help="Install, start and check the local infrastructure.")
 app.add_typer(stack_app, name="stack", help="Run every service as its own processes.")
+add_user_commands(app)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"kiln {importlib.metadata.version('kiln-cli')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="print the version and exit"
+    ),
+) -> None:
+    """Kiln: an AI model training platform."""
 
 
 @app.command(

@@ -52,6 +52,7 @@ class Job(TypedDict, total=False):
     # training jobs
     model_name: str
     template: str
+    params: dict[str, Any]
     step: int
     epoch: int
     metrics: dict[str, float]
