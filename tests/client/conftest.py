@@ -24,6 +24,7 @@ from PIL import Image
 from sqlalchemy import text
 
 from kiln_cli.gateway import Gateway
+from kiln_client import Kiln
 from kiln_core.auth import issue_token
 from kiln_core.db import Database
 from kiln_core.settings import Settings
@@ -36,6 +37,7 @@ PROCESSES = {
     "dataset": ("api", "events", "worker"),
     "training": ("api", "events", "worker"),
     "registry": ("api", "events"),
+    "serving": ("api", "events"),
 }
 
 
@@ -72,6 +74,7 @@ def kiln_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningKiln]:
     for name, url in (("PostgreSQL", database), ("Kafka", bus), ("MinIO", store)):
         require_service(name, url)
     require_service("Redis", broker)
+    require_service("Triton", stack_url("triton_url"))
     unique = uuid.uuid4().hex[:8]
     logs = tmp_path_factory.mktemp("kiln-up")
     env = {
@@ -82,6 +85,7 @@ def kiln_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningKiln]:
         "KILN_STORAGE_URL": store.replace("/kiln?", f"/c{unique}?"),
         # A Redis database of its own, so no other test's workers take these tasks.
         "KILN_CELERY_BROKER_URL": f"{broker.rsplit('/', 1)[0]}/{2 + int(unique, 16) % 14}",
+        "KILN_TRITON_URL": stack_url("triton_url"),
         "KILN_TRAINING_POOL": "cpu",
         "KILN_TRAINING_SCHEDULE_INTERVAL_S": "0.2",
         "KILN_LOG_LEVEL": "WARNING",
@@ -158,3 +162,45 @@ def write_image_folder(root: Path, per_class: int = 12) -> Path:
                 image.save(buffer, format="PNG")
                 (folder / f"{label}-{split}-{i}.png").write_bytes(buffer.getvalue())
     return root
+
+
+@dataclass
+class ServedModel:
+    dataset_id: str
+    model: str
+    endpoint: str
+    version: int
+    images: Path
+
+
+@pytest.fixture(scope="package")
+def served_model(kiln_up: RunningKiln, tmp_path_factory: pytest.TempPathFactory) -> ServedModel:
+    """A tiny two-class image model trained, registered, promoted and served on an endpoint
+    (through the client, as a user would)."""
+    images = write_image_folder(tmp_path_factory.mktemp("served") / "images")
+    run = uuid.uuid4().hex[:6]
+    with Kiln(kiln_up.url, kiln_up.token()) as kiln:
+        ds = kiln.datasets.create(f"served-{run}")
+        kiln.datasets.upload_folder(ds["id"], images, labels_from_folders=True, progress=False)
+        kiln.training.ensure_team("client")
+        model = f"served-{run}"
+        job = kiln.training.submit(
+            "image-cnn",
+            ds["id"],
+            team="client",
+            model_name=model,
+            params={"image_size": 8, "image_mode": "L", "width": 8, "epochs": 4, "batch_size": 8},
+        )
+        kiln.training.wait(job["id"], timeout_s=300)
+        deadline = time.monotonic() + 60
+        while not (versions := kiln.registry.versions(model)):
+            assert time.monotonic() < deadline, "the trained model never reached the registry"
+            time.sleep(0.3)
+        version = versions[0]["version"]
+        kiln.registry.promote(model, version, "production", "client tests")
+        kiln.serving.create_endpoint(model, model, "production", sample_rate=1.0)
+        deadline = time.monotonic() + 180
+        while (kiln.serving.endpoint(model).get("stable") or {}).get("version") != version:
+            assert time.monotonic() < deadline, kiln.serving.endpoint(model)
+            time.sleep(0.5)
+    return ServedModel(ds["id"], model, model, version, images)
