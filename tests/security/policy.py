@@ -25,6 +25,8 @@ DATA = only("data-engineer")
 ML = only("ml-engineer")
 # Every service answers the ping of the platform's smoke test (kiln_core.ping).
 PING_SENDERS = only("ml-engineer", "data-engineer")
+# Annotators' tools call models (pre-labelling); reviewers judge people's labels only.
+PREDICTORS = only("viewer", "ml-engineer", "data-engineer", "annotator")
 HEALTH = {
     ("GET", "/healthz"): PUBLIC,
     ("GET", "/readyz"): PUBLIC,
@@ -44,6 +46,7 @@ POLICY: dict[str, dict[tuple[str, str], frozenset[str] | None]] = {
         ("POST", "/v1/datasets/{dataset_id}/restore"): DATA,
         ("POST", "/v1/datasets/{dataset_id}/drafts"): DATA,
         ("POST", "/v1/datasets/{dataset_id}/drafts/{draft_id}/items"): DATA,
+        ("POST", "/v1/datasets/{dataset_id}/drafts/{draft_id}/blob-items"): DATA,
         ("DELETE", "/v1/datasets/{dataset_id}/drafts/{draft_id}/items/{item_id}"): DATA,
         # the console's images: whoever may read the items may see them
         ("GET", "/v1/datasets/{dataset_id}/versions/{version}/items/{item_id}/image"): EVERYONE,
@@ -159,10 +162,17 @@ POLICY: dict[str, dict[tuple[str, str], frozenset[str] | None]] = {
         ("DELETE", "/v1/endpoints/{name}"): ML,
         ("POST", "/v1/endpoints/{name}:promote"): ML,
         ("POST", "/v1/endpoints/{name}:rollback"): ML,
-        # Annotators' tools call models (pre-labelling); reviewers judge people's labels only.
-        ("POST", "/v1/endpoints/{name}:predict"): only(
-            "viewer", "ml-engineer", "data-engineer", "annotator"
-        ),
+        ("POST", "/v1/endpoints/{name}:predict"): PREDICTORS,
+        # The Open Inference Protocol: health is public as /healthz is; models as :predict.
+        ("GET", "/v2"): PUBLIC,
+        ("GET", "/v2/health/live"): PUBLIC,
+        ("GET", "/v2/health/ready"): PUBLIC,
+        ("GET", "/v2/models/{name}"): PREDICTORS,
+        ("GET", "/v2/models/{name}/ready"): PREDICTORS,
+        ("GET", "/v2/models/{name}/versions/{version}"): PREDICTORS,
+        ("GET", "/v2/models/{name}/versions/{version}/ready"): PREDICTORS,
+        ("POST", "/v2/models/{name}/infer"): PREDICTORS,
+        ("POST", "/v2/models/{name}/versions/{version}/infer"): PREDICTORS,
     },
 }
 

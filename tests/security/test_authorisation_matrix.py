@@ -46,6 +46,14 @@ def concrete(service: str, path: str) -> str:
 
 
 def is_problem(response: httpx.Response, status: int) -> bool:
+    """A refusal in the service's error format: problem+json, or on the Open Inference
+    Protocol's /v2 routes that protocol's ``{"error": "..."}``."""
+    if response.request.url.path.startswith("/v2/"):
+        try:
+            body = response.json()
+        except ValueError:
+            return False
+        return response.status_code == status and isinstance(body.get("error"), str)
     if not response.headers.get("content-type", "").startswith("application/problem+json"):
         return False
     body = response.json()
@@ -83,8 +91,8 @@ def test_every_route_has_a_policy(stack: Stack, service: str) -> None:
 def test_every_role_gets_what_the_policy_says(
     stack: Stack, service: str, matrix_model: str
 ) -> None:
-    """No token → 401, a role the policy leaves out → 403 (both problem+json); a role it names
-    → neither, and never a server error."""
+    """No token → 401, a role the policy leaves out → 403 (both problem+json, or v2 errors on
+    /v2); a role it names → neither, and never a server error."""
     tokens = {role: stack.token(f"matrix-{role}", role) for role in ROLES}
     failures: list[str] = []
     rows = {**POLICY[service], **UNDOCUMENTED}

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Request, Response, status
+from fastapi import APIRouter, FastAPI, Query, Request, Response, status
 from sqlmodel import col, select
 
 from kiln_core.auth import Principal, principal_from_request, require_roles
@@ -33,6 +33,7 @@ from kiln_serving.models import (
     EndpointUpdate,
     Promotion,
 )
+from kiln_serving.oip import infer_v2
 from kiln_serving.predict import CALLERS, VERSION_HEADER, VERSION_ID_HEADER
 from kiln_serving.predict import install as install_predict_route
 from kiln_serving.predict import predict as predict_once
@@ -53,7 +54,7 @@ async def controller_lifespan(app: FastAPI) -> AsyncIterator[None]:
     await triton.start()
     controller = Controller(runtime, triton)
     app.state.controller = controller
-    install_predict_route(app, controller)
+    install_predict_route(app, controller, infer_v2)
     stop = asyncio.Event()
     task = asyncio.ensure_future(controller.run(stop))
     try:
@@ -258,7 +259,13 @@ async def rollback_candidate(
         }
     },
 )
-async def predict(name: str, request: Request) -> Response:
+async def predict(
+    name: str,
+    request: Request,
+    probabilities: Annotated[
+        bool, Query(description="each prediction carries every class's probability")
+    ] = False,
+) -> Response:
     """Predict with the endpoint's model: JSON ``{"inputs": [...]}`` (feature rows, texts, or
     base64 images) or an image body. The answer names the model version that gave it.
 
@@ -274,6 +281,7 @@ async def predict(name: str, request: Request) -> Response:
         request.headers.get(ROUTE_KEY_HEADER),
         content_type,
         await request.body(),
+        probabilities=probabilities,
     )
     return Response(
         body,

@@ -19,6 +19,7 @@ import binascii
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -191,12 +192,24 @@ def _best_classes(boxes: np.ndarray) -> np.ndarray:
     return boxes[np.arange(boxes.shape[0]), boxes[:, :, 4].argmax(axis=1), 5]
 
 
-async def predict(
-    controller: Controller, name: str, route_key: str | None, content_type: str, body: bytes
-) -> tuple[bytes, ServingVersion]:
-    """The JSON answer to one ``:predict`` request and the version that gave it (the caller
-    has been authorised)."""
-    started = time.perf_counter()
+Parse = Callable[[ServingVersion, int], tuple[np.ndarray, list[Any]]]
+# (controller, endpoint, pinned version, route key, body) → (answer, version)
+InferV2 = Callable[
+    ["Controller", str, int | None, str | None, bytes], Awaitable[tuple[bytes, ServingVersion]]
+]
+
+
+@dataclass(frozen=True)
+class Answered:
+    """What one routed inference gave: the version that answered, the model's raw answer
+    (class probabilities, or a detector's ``[n, K, 6]`` boxes) and each input's prediction."""
+
+    version: ServingVersion
+    probs: np.ndarray
+    predictions: list[dict[str, Any]]
+
+
+async def _route(controller: Controller, name: str) -> Route:
     route: Route | None = controller.table.routes.get(name)
     if route is None or route.stable is None:
         # Created or first deployed a moment ago: this process may not have re-read it yet.
@@ -204,18 +217,47 @@ async def predict(
         route = controller.table.routes.get(name)
     if route is None:
         raise NotFound(f"no endpoint {name!r}")
-    version, shadow = route.pick(route_key)
+    return route
+
+
+def pinned_version(route: Route, version: int) -> ServingVersion:
+    """The deployed version of that number (stable or candidate) on the endpoint."""
+    for deployed in (route.stable, route.candidate):
+        if deployed is not None and deployed.version == version:
+            return deployed
+    raise NotFound(f"endpoint {route.endpoint!r} serves no version {version}")
+
+
+async def infer_routed(
+    controller: Controller,
+    name: str,
+    route_key: str | None,
+    parse: Parse,
+    *,
+    pinned: int | None = None,
+) -> Answered:
+    """One inference as every protocol makes it: the endpoint's traffic split picks the
+    version (or ``pinned`` names it), the request is counted for the canary analysis, a
+    failing candidate falls back to the stable version, shadows are compared, and rows are
+    offered to sampling and flagging. The caller has been authorised."""
+    started = time.perf_counter()
+    route = await _route(controller, name)
+    if pinned is not None:
+        version: ServingVersion | None = pinned_version(route, pinned)
+        shadow = None
+    else:
+        version, shadow = route.pick(route_key)
     if version is None:
         raise DependencyUnavailable(f"endpoint {name!r} has no model version deployed yet")
     config = route.config
-    data, raws = parse_inputs(version, body, content_type, config.max_batch_size)
+    data, raws = parse(version, config.max_batch_size)
     try:
         probs = await _infer(controller, version, data, config)
     except TritonUnavailable as exc:
         raise DependencyUnavailable(f"the model server is unavailable: {exc}") from None
     except InferenceFailed as exc:
         stable = route.stable
-        if stable is None or version is stable:
+        if stable is None or version is stable or pinned is not None:
             raise ModelFailed(str(exc)[:500]) from None
         # A failing candidate is counted against it; the caller gets the stable answer.
         version = stable
@@ -234,6 +276,37 @@ async def predict(
         predictions = _detections(controller, name, version, probs, raws, config, latency_ms)
     else:
         predictions = _classes(controller, name, version, probs, raws, config, latency_ms)
+    return Answered(version, probs, predictions)
+
+
+def class_names(version: ServingVersion, classes: int) -> list[str]:
+    labels = version.label_map
+    return [labels[k] if k < len(labels) else str(k) for k in range(classes)]
+
+
+async def predict(
+    controller: Controller,
+    name: str,
+    route_key: str | None,
+    content_type: str,
+    body: bytes,
+    *,
+    probabilities: bool = False,
+) -> tuple[bytes, ServingVersion]:
+    """The JSON answer to one ``:predict`` request and the version that gave it (the caller
+    has been authorised); with ``probabilities`` a classifier's predictions carry every
+    class's."""
+
+    def parse(version: ServingVersion, max_batch: int) -> tuple[np.ndarray, list[Any]]:
+        return parse_inputs(version, body, content_type, max_batch)
+
+    answered = await infer_routed(controller, name, route_key, parse)
+    version, predictions = answered.version, answered.predictions
+    if probabilities and not version.detector and len(answered.probs):
+        rows = answered.probs.tolist()
+        names = class_names(version, len(rows[0]))
+        for prediction, row in zip(predictions, rows, strict=True):
+            prediction["probabilities"] = {n: round(p, 6) for n, p in zip(names, row, strict=True)}
     answer = {
         "endpoint": name,
         "model_name": version.model_name,
@@ -325,11 +398,15 @@ class PredictRoute:
     """ASGI app answering ``POST /v1/endpoints/{name}:predict`` itself and passing every
     other request (other methods on that path too) to ``app``'s own stack."""
 
-    def __init__(self, app: FastAPI, inner: ASGIApp, controller: Controller) -> None:
+    def __init__(
+        self, app: FastAPI, inner: ASGIApp, controller: Controller, infer_v2: InferV2
+    ) -> None:
         self.app = app
         self.inner = inner
         self.controller = controller
-        self.label = _RouteLabel("/v1/endpoints/{name}" + SUFFIX)
+        # The Open Inference Protocol's infer (kiln_serving.oip), handed in: oip builds on
+        # this module, so this module does not import it.
+        self.infer_v2 = infer_v2
         self.settings = app.state.settings
         # The edge's span, metrics and body limit for this route (its own __call__ serves the
         # other routes).
@@ -338,15 +415,14 @@ class PredictRoute:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            path: str = scope["path"]
-            if path.startswith(PREFIX) and path.endswith(SUFFIX):
-                name = path[len(PREFIX) : -len(SUFFIX)]
-                if name and "/" not in name:
-                    scope["app"] = self.app
-                    scope["route"] = self.label
-                    scope["path_params"] = {"name": name}
-                    await self._serve(scope, receive, send)
-                    return
+            target = _inference_target(scope["path"])
+            if target is not None:
+                label, params = target
+                scope["app"] = self.app
+                scope["route"] = label
+                scope["path_params"] = params
+                await self._serve(scope, receive, send)
+                return
         await self.inner(scope, receive, send)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -384,13 +460,20 @@ class PredictRoute:
                 if not principal_from_header(authorization, self.settings).has(*CALLERS):
                     raise Forbidden(f"requires one of the roles: {', '.join(CALLERS)}")
                 body = await self._body(receive)
-                answer, version = await predict(
-                    self.controller,
-                    scope["path_params"]["name"],
-                    route_key,
-                    content_type.decode("latin-1").split(";")[0].strip(),
-                    body,
-                )
+                params = scope["path_params"]
+                if scope["route"] is PREDICT_LABEL:
+                    answer, version = await predict(
+                        self.controller,
+                        params["name"],
+                        route_key,
+                        content_type.decode("latin-1").split(";")[0].strip(),
+                        body,
+                        probabilities=_asks_probabilities(scope.get("query_string", b"")),
+                    )
+                else:
+                    answer, version = await self.infer_v2(
+                        self.controller, params["name"], params.get("version"), route_key, body
+                    )
                 await send(
                     {
                         "type": "http.response.start",
@@ -410,14 +493,17 @@ class PredictRoute:
                 pass  # nobody to answer; counted as the edge counts it (500)
             except KilnError as exc:
                 status = exc.status
-                await _problem(exc, rid, scope, receive, send)
+                if scope["route"] is PREDICT_LABEL:
+                    await _problem(exc, rid, scope, receive, send)
+                else:
+                    await _v2_error(exc, rid, send)
             except Exception:  # noqa: BLE001 - answered like the service's catch-all handler
                 log.exception("unhandled error", extra={"path": path})
                 err = KilnError("an unexpected error occurred; it has been logged")  # a 500
                 await _problem(err, rid, scope, receive, send)
             finally:
                 span.set_attribute("http.response.status_code", status)
-                self.edge.observe(method, self.label.path, status, started)
+                self.edge.observe(method, scope["route"].path, status, started)
 
     async def _body(self, receive: Receive) -> bytes:
         """The request body; a body longer than the limit (declared or not) is refused."""
@@ -444,12 +530,60 @@ async def _problem(
     await response(scope, receive, send)
 
 
+async def _v2_error(exc: KilnError, request_id: str, send: Send) -> None:
+    """The Open Inference Protocol's error answer: ``{"error": "..."}``."""
+    body = orjson.dumps({"error": exc.detail})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": exc.status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-request-id", request_id.encode("latin-1")),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+PREDICT_LABEL = _RouteLabel("/v1/endpoints/{name}" + SUFFIX)
+V2_LABEL = _RouteLabel("/v2/models/{name}/infer")
+V2_PINNED_LABEL = _RouteLabel("/v2/models/{name}/versions/{version}/infer")
+V2_PREFIX = "/v2/models/"
+
+
+def _inference_target(path: str) -> tuple[_RouteLabel, dict[str, Any]] | None:
+    """Which inference route a POST path is, with its path parameters (None: another)."""
+    if path.startswith(PREFIX) and path.endswith(SUFFIX):
+        name = path[len(PREFIX) : -len(SUFFIX)]
+        return (PREDICT_LABEL, {"name": name}) if name and "/" not in name else None
+    if path.startswith(V2_PREFIX) and path.endswith("/infer"):
+        parts = path[len(V2_PREFIX) : -len("/infer")].split("/")
+        if len(parts) == 1 and parts[0]:
+            return V2_LABEL, {"name": parts[0]}
+        if len(parts) == 3 and parts[0] and parts[1] == "versions" and parts[2].isdigit():
+            version = int(parts[2])
+            if 1 <= version <= 2**31 - 1:
+                return V2_PINNED_LABEL, {"name": parts[0], "version": version}
+    return None
+
+
+def _asks_probabilities(query: bytes) -> bool:
+    """``?probabilities=true`` (or 1/yes) on ``:predict``."""
+    for pair in query.split(b"&"):
+        key, _, value = pair.partition(b"=")
+        if key == b"probabilities":
+            return value.lower() in (b"true", b"1", b"yes", b"")
+    return False
+
+
 class _Disconnected(Exception):
     """The client went away before its body arrived."""
 
 
-def install(app: FastAPI, controller: Controller) -> None:
+def install(app: FastAPI, controller: Controller, infer_v2: InferV2) -> None:
     """Put :class:`PredictRoute` in front of ``app``'s middleware stack (from the lifespan,
     when the stack exists or is about to be built)."""
     inner = app.middleware_stack or app.build_middleware_stack()
-    app.middleware_stack = PredictRoute(app, inner, controller)
+    app.middleware_stack = PredictRoute(app, inner, controller, infer_v2)

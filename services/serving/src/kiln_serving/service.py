@@ -5,7 +5,7 @@ from pathlib import Path
 
 from kiln_core.ping import ping_router
 from kiln_core.service import ServiceSpec
-from kiln_serving import api
+from kiln_serving import api, oip
 from kiln_serving.handlers import HANDLERS
 
 SERVICE = ServiceSpec(
@@ -13,6 +13,6 @@ SERVICE = ServiceSpec(
     description=" ".join((__doc__ or "").split()),
     migrations=Path(__file__).parent / "migrations",
     # The API router's lifespan runs the Triton client and controller in every API process.
-    routers=[ping_router("serving"), api.router],
+    routers=[ping_router("serving"), api.router, oip.router],
     handlers=HANDLERS,
 )

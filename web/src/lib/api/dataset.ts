@@ -160,6 +160,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/datasets/{dataset_id}/drafts/{draft_id}/blob-items": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Add items by content hash, for blobs the service already stores
+         * @description What makes uploads resumable: a client names each file by its SHA-256; items whose
+         *     bytes are already stored join the draft without being sent again, and the answer lists
+         *     the hashes still ``missing`` (upload those files as usual).
+         */
+        post: operations["addBlobItems"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/datasets/{dataset_id}/drafts/{draft_id}/commit": {
         parameters: {
             query?: never;
@@ -665,6 +687,43 @@ export interface components {
              * @default 0
              */
             seed?: number;
+        };
+        /** BlobItem */
+        BlobItem: {
+            /**
+             * Blob
+             * @description SHA-256 of the file's bytes
+             */
+            blob: string;
+            /** Item Id */
+            item_id: string;
+            /** Labels */
+            labels?: {
+                [key: string]: unknown;
+            }[];
+            /** Split */
+            split?: ("train" | "val" | "test") | null;
+        };
+        /** BlobItems */
+        BlobItems: {
+            /** Items */
+            items: components["schemas"]["BlobItem"][];
+        };
+        /** BlobItemsResult */
+        BlobItemsResult: {
+            /** Accepted */
+            accepted: {
+                [key: string]: unknown;
+            }[];
+            /**
+             * Missing
+             * @description blobs this service does not hold: upload them
+             */
+            missing: string[];
+            /** Rejected */
+            rejected: {
+                [key: string]: unknown;
+            }[];
         };
         /** BoxLabel */
         BoxLabel: {
@@ -2077,6 +2136,42 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["DraftPublic"];
+                };
+            };
+            /** @description Problem details (RFC 9457) */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                };
+            };
+        };
+    };
+    addBlobItems: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                dataset_id: string;
+                draft_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["BlobItems"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BlobItemsResult"];
                 };
             };
             /** @description Problem details (RFC 9457) */
