@@ -168,14 +168,19 @@ BENCHMARKS = [
     Benchmark(
         "serving",
         "serving.py",
-        "`:predict` over HTTP to `kiln serve serving` against tritonclient calling Triton "
-        "directly on the same loaded model; promotion event → first answer from the new version.",
+        "`:predict` and `/v2/models/…/infer` over HTTP to `kiln serve serving` against "
+        "tritonclient calling Triton directly on the same loaded model; promotion event → first "
+        "answer from the new version.",
         [
             Figure("p50 latency", "kiln_p50_ms", "ms", "direct_p50_ms", "Triton direct"),
             Figure("p50 overhead", "p50_overhead_ms", "ms", target=Target("<=", 2)),
             Figure("p99 latency", "kiln_p99_ms", "ms", "direct_p99_ms", "Triton direct"),
             Figure("throughput", "kiln_rps", "req/s", "direct_rps", "Triton direct"),
             Figure("throughput ratio", "throughput_ratio", "", target=Target(">=", 0.8)),
+            Figure("v2 infer p50 latency", "oip_p50_ms", "ms", "direct_p50_ms", "Triton direct"),
+            Figure("v2 infer p50 overhead", "oip_p50_overhead_ms", "ms"),
+            Figure("v2 infer throughput", "oip_rps", "req/s", "direct_rps", "Triton direct"),
+            Figure("v2 infer throughput ratio", "oip_throughput_ratio", ""),
             Figure("promotion → serving", "promote_to_serve_s", "s", target=Target("<", 5)),
         ],
         quick=["--requests", "300", "--seconds", "3"],

@@ -1,4 +1,5 @@
-"""Serving: ``:predict`` through Kiln (real HTTP to ``kiln serve serving`` under uvicorn, with
+"""Serving: ``:predict`` and the Open Inference Protocol's ``/v2/models/…/infer`` (``oip_*``
+figures) through Kiln (real HTTP to ``kiln serve serving`` under uvicorn, with
 ``kiln consume serving`` for promotions) against calling Triton directly with tritonclient on
 the same loaded model, in the same run (a classifier, then a detector: ``detection_*`` figures,
 see ``bench/serving_detection.py``); and seconds from a promotion event to the first
@@ -347,13 +348,30 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 else:
                     await kiln_call_aiohttp(session, base + path, body)
 
-            await latencies(direct, 100)  # warm both paths
+            # The same model and row through the Open Inference Protocol's route.
+            v2_path = f"/v2/models/{endpoint}/infer"
+            v2_body = json.dumps(
+                {"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 4], "data": ROW}]}
+            ).encode()
+
+            async def oip() -> None:
+                if args.client == "httpx":
+                    r = await client.post(v2_path, content=v2_body)
+                    if r.status_code != 200:
+                        raise RuntimeError(f"v2 infer failed: {r.status_code} {r.text[:200]}")
+                else:
+                    await kiln_call_aiohttp(session, base + v2_path, v2_body)
+
+            await latencies(direct, 100)  # warm every path
             await latencies(kiln, 100)
+            await latencies(oip, 100)
             lat_direct: list[float] = []
             lat_kiln: list[float] = []
-            for _ in range(10):  # interleaved chunks: both see the same background load
+            lat_oip: list[float] = []
+            for _ in range(10):  # interleaved chunks: all see the same background load
                 lat_direct += await latencies(direct, args.requests // 10)
                 lat_kiln += await latencies(kiln, args.requests // 10)
+                lat_oip += await latencies(oip, args.requests // 10)
 
             async def healthz() -> None:
                 if args.client == "httpx":
@@ -371,20 +389,24 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             # Six rounds of 2 s per side by default: with three of 1.7 s the ratio of one run
             # wandered by ±0.04 around that of the next on this box.
             rounds = 6
-            tput_direct = tput_kiln = 0.0
+            tput_direct = tput_kiln = tput_oip = 0.0
             # CPU per request of each process: what decides throughput on a box that is full.
             pids = {"client": None, "kiln": api.pid, "triton": triton_pid()}
             cpu_direct: dict[str, float] = {}
             cpu_kiln: dict[str, float] = {}
+            cpu_oip: dict[str, float] = {}
             span = args.seconds / rounds
             calls_before = await shared_calls(session, base)
             for _ in range(rounds):
                 tput_direct += await throughput(direct, args.concurrency, span, cpu_direct, pids)
                 tput_kiln += await throughput(kiln, args.concurrency, span, cpu_kiln, pids)
+                tput_oip += await throughput(oip, args.concurrency, span, cpu_oip, pids)
             tput_direct, tput_kiln = tput_direct / rounds, tput_kiln / rounds
+            tput_oip /= rounds
             calls = await shared_calls(session, base) - calls_before
-            result["kiln_requests_per_triton_call"] = round(cpu_kiln["requests"] / max(calls, 1), 2)
-            for side, cpu in (("direct", cpu_direct), ("kiln", cpu_kiln)):
+            answered = cpu_kiln["requests"] + cpu_oip["requests"]
+            result["kiln_requests_per_triton_call"] = round(answered / max(calls, 1), 2)
+            for side, cpu in (("direct", cpu_direct), ("kiln", cpu_kiln), ("oip", cpu_oip)):
                 for name in ("client", "kiln", "triton"):
                     if name == "kiln" and side == "direct":
                         continue
@@ -401,16 +423,18 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             # a full two-core box would give, less swayed by other load than req/s are.
             cpu_total = {
                 side: sum(v for k, v in result.items() if k.startswith(f"{side}_cpu_us_per_req_"))
-                for side in ("direct", "kiln")
+                for side in ("direct", "kiln", "oip")
             }
             result["cpu_per_request_ratio"] = round(cpu_total["direct"] / cpu_total["kiln"], 3)
+            result["oip_cpu_per_request_ratio"] = round(cpu_total["direct"] / cpu_total["oip"], 3)
             # How full the whole machine was during each side's rounds (1.0 = every core busy).
-            for side, cpu in (("direct", cpu_direct), ("kiln", cpu_kiln)):
+            for side, cpu in (("direct", cpu_direct), ("kiln", cpu_kiln), ("oip", cpu_oip)):
                 result[f"{side}_box_busy"] = round(cpu["box_busy"] / max(cpu["box_total"], 1e-9), 3)
             result["load_average_1m"] = round(os.getloadavg()[0], 2)
             for name, values, tput in (
                 ("direct", lat_direct, tput_direct),
                 ("kiln", lat_kiln, tput_kiln),
+                ("oip", lat_oip, tput_oip),
             ):
                 result[f"{name}_p50_ms"] = round(percentile(values, 50), 3)
                 result[f"{name}_p99_ms"] = round(percentile(values, 99), 3)
@@ -449,6 +473,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(2.5)  # the controller drains and unloads
         result["p50_overhead_ms"] = round(result["kiln_p50_ms"] - result["direct_p50_ms"], 3)
         result["throughput_ratio"] = round(result["kiln_rps"] / result["direct_rps"], 3)
+        # The Open Inference Protocol's /v2/…/infer beside :predict, against the same direct.
+        result["oip_p50_overhead_ms"] = round(result["oip_p50_ms"] - result["direct_p50_ms"], 3)
+        result["oip_throughput_ratio"] = round(result["oip_rps"] / result["direct_rps"], 3)
         result["promote_to_serve_s"] = round(promote_to_serve, 3)
         return result
     finally:
