@@ -163,12 +163,13 @@ class Kiln:
         token: str | None = None,
         *,
         settings: ClientSettings | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
         _async: AsyncKiln | None = None,
         _portal: Portal | None = None,
     ) -> None:
         self._owner = _portal is None
         self._portal = _portal or Portal()
-        self.aio = _async or AsyncKiln(url, token, settings=settings)
+        self.aio = _async or AsyncKiln(url, token, settings=settings, transport=transport)
         self.datasets = SyncDatasets(self.aio.datasets, self._portal)
         self.annotation = SyncAnnotation(self.aio.annotation, self._portal)
         self.training = SyncTraining(self.aio.training, self._portal)

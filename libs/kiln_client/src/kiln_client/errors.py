@@ -52,7 +52,7 @@ class ApiError(KilnClientError):
         body: Any = None
         try:
             body = response.json()
-        except ValueError:
+        except (ValueError, httpx.ResponseNotRead):
             body = None
         kind = ERRORS_BY_STATUS.get(status, ApiError)
         request = response.request
@@ -71,7 +71,10 @@ class ApiError(KilnClientError):
             )
         if isinstance(body, dict) and "error" in body:  # the Open Inference Protocol's errors
             return kind(status, response.reason_phrase, str(body["error"]), method=method, url=url)
-        text = response.text.strip()[:500] if not response.is_stream_consumed else ""
+        try:
+            text = response.text.strip()[:500]
+        except httpx.ResponseNotRead:  # a streamed answer whose body was not read
+            text = ""
         return kind(
             status, response.reason_phrase, text or response.reason_phrase, method=method, url=url
         )
