@@ -250,10 +250,22 @@ def test_v2_calls_during_a_canary_are_counted_in_its_analysis(
             step_interval_s=3600,
             min_requests_per_step=100_000,
         )
+        # The production version serves first (a canary promoted while the endpoint's first
+        # deployment is still loading can become its stable version instead).
+        deadline = time.monotonic() + 180
+        while (kiln.serving.endpoint(endpoint).get("stable") or {}).get(
+            "version"
+        ) != served_model.version:
+            assert time.monotonic() < deadline, json.dumps(
+                kiln.serving.endpoint(endpoint), default=str
+            )
+            time.sleep(0.5)
         kiln.registry.promote(model, candidate, "canary", "canary of v2 calls")
         deadline = time.monotonic() + 180
         while (kiln.serving.endpoint(endpoint).get("candidate") or {}).get("version") != candidate:
-            assert time.monotonic() < deadline, kiln.serving.endpoint(endpoint)
+            assert time.monotonic() < deadline, json.dumps(
+                kiln.serving.endpoint(endpoint), default=str
+            ) + json.dumps(kiln.registry.aliases(model))
             time.sleep(0.5)
 
         images, _ = samples(served_model)

@@ -11,7 +11,7 @@ import mimetypes
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from tqdm.auto import tqdm
 
@@ -179,7 +179,7 @@ class Datasets:
                     )
                     rejected += known["rejected"]
                     missing = set(known["missing"])
-                    skipped += sum(1 for _, _, sha in chunk if sha not in missing)
+                    skipped += len(known["accepted"])
                     tick(sum(_size(s) for _, s, sha in chunk if sha not in missing))
                     todo += [(n, s) for n, s, sha in chunk if sha in missing]
             limit = asyncio.Semaphore(max(1, concurrency))
@@ -231,8 +231,12 @@ class Datasets:
         sent, skipped, rejected = await self.add_files(
             dataset_id, draft, files, labels=labels, split=split, progress=progress
         )
-        if sent + skipped == len(rejected) and rejected:
-            raise KilnClientError(f"every file was rejected, e.g. {rejected[0]}")
+        if sent + skipped == 0 and rejected:
+            first = rejected[0]
+            raise KilnClientError(
+                f"all {len(rejected)} files were rejected, e.g. {first.get('file')}: "
+                f"{first.get('reason')}"
+            )
         version = await self.commit(dataset_id, draft, message)
         return UploadReport(
             version=version, files=len(files), sent=sent, skipped=skipped, rejected=rejected
@@ -292,14 +296,20 @@ class Datasets:
     ) -> Job:
         """Send an archive (zip, tar.gz) to import; with ``wait`` follow its job to the end."""
         path = Path(archive)
-        accepted = await self._t.json(
-            "dataset",
-            "POST",
-            f"/v1/datasets/{dataset_id}/imports",
-            params={"format": format, "mode": mode},
-            files=lambda: {"file": (path.name, path.open("rb"), "application/octet-stream")},
-            data={"message": message},
-        )
+
+        def archive_file(handle: BinaryIO) -> dict[str, Any]:
+            handle.seek(0)  # a retried request sends the file from its start again
+            return {"file": (path.name, handle, "application/octet-stream")}
+
+        with path.open("rb") as handle:
+            accepted = await self._t.json(
+                "dataset",
+                "POST",
+                f"/v1/datasets/{dataset_id}/imports",
+                params={"format": format, "mode": mode},
+                files=lambda: archive_file(handle),
+                data={"message": message},
+            )
         if not wait:
             return await self.job(accepted["job_id"])
         return await self.wait_job(accepted["job_id"], timeout_s=timeout_s)
