@@ -14,14 +14,16 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import orjson
 from fastapi import APIRouter, Path, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 
 from kiln_core.auth import principal_from_request
 from kiln_core.errors import BadRequest, Forbidden, KilnError, NotFound
@@ -244,9 +246,56 @@ def model_metadata(
     }
 
 
-# --- the GET routes (the infer POSTs are served by kiln_serving.predict.PredictRoute) -------------
+# --- the routes (the infer POSTs are served by kiln_serving.predict.PredictRoute) --------------
 
-router = APIRouter(prefix="/v2", tags=["open inference protocol"])
+V2_ERROR: dict[str, Any] = {
+    "description": 'The protocol\'s error: {"error": "..."}',
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {"error": {"type": "string"}},
+            }
+        }
+    },
+}
+
+
+class V2Route(APIRoute):
+    """A route whose every refusal (its dependencies' and validation's too) is answered in
+    the protocol's format, ``{"error": "..."}``, instead of problem+json."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except KilnError as exc:
+                return v2_error(exc)
+            except RequestValidationError as exc:
+                problems = "; ".join(
+                    f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
+                    for e in exc.errors()
+                )
+                return JSONResponse({"error": problems or "invalid request"}, status_code=422)
+
+        return route
+
+
+router = APIRouter(
+    prefix="/v2",
+    tags=["open inference protocol"],
+    route_class=V2Route,
+    responses={"4XX": V2_ERROR},
+)
+EndpointName = Annotated[str, Path(min_length=1, max_length=200)]
+VersionNumber = Annotated[int, Path(ge=1, le=2**31 - 1)]
+
+
+class _NotReady(KilnError):
+    status, type, title = 503, "not-ready", "Not ready"
 
 
 def _controller(request: Request) -> Controller:
@@ -259,14 +308,15 @@ def _caller(request: Request) -> None:
         raise Forbidden(f"requires one of the roles: {', '.join(CALLERS)}")
 
 
-async def _answer(work: Callable[[], Awaitable[Any]]) -> Any:
-    try:
-        return await work()
-    except KilnError as exc:
-        return v2_error(exc)
-
-
-EndpointName = Annotated[str, Path(min_length=1, max_length=200)]
+async def _routed(request: Request, name: str) -> Route:
+    controller = _controller(request)
+    route = controller.table.routes.get(name)
+    if route is None or route.stable is None:
+        await controller.refresh_routes()
+        route = controller.table.routes.get(name)
+    if route is None:
+        raise NotFound(f"no endpoint {name!r}")
+    return route
 
 
 @router.get("")
@@ -281,122 +331,91 @@ async def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/health/ready", responses={503: {"description": "the model server is not ready"}})
-async def ready(request: Request) -> Any:
+@router.get("/health/ready", responses={503: V2_ERROR})
+async def ready(request: Request) -> dict[str, bool]:
     """Ready when the model server (Triton) answers."""
-
-    async def check() -> dict[str, bool]:
-        if not await _controller(request).triton.ready():
-            raise _NotReady("the model server is not ready")
-        return {"ready": True}
-
-    return await _answer(check)
+    if not await _controller(request).triton.ready():
+        raise _NotReady("the model server is not ready")
+    return {"ready": True}
 
 
-class _NotReady(KilnError):
-    status, type, title = 503, "not-ready", "Not ready"
+# The model routes take the same bearer token as :predict (the health routes need none).
+BEARER: dict[str, Any] = {"security": [{"bearer": []}]}
 
 
-async def _routed(request: Request, name: str) -> Route:
-    controller = _controller(request)
-    route = controller.table.routes.get(name)
-    if route is None or route.stable is None:
-        await controller.refresh_routes()
-        route = controller.table.routes.get(name)
-    if route is None:
-        raise NotFound(f"no endpoint {name!r}")
-    return route
-
-
-@router.get("/models/{name}", responses={404: {"description": "unknown endpoint"}})
-async def model(name: EndpointName, request: Request) -> Any:
+@router.get("/models/{name}", openapi_extra=BEARER)
+async def model(name: EndpointName, request: Request) -> dict[str, Any]:
     """The endpoint as a model: its deployed versions, input and outputs."""
-
-    async def read() -> dict[str, Any]:
-        _caller(request)
-        return model_metadata(name, await _routed(request, name))
-
-    return await _answer(read)
+    _caller(request)
+    return model_metadata(name, await _routed(request, name))
 
 
-@router.get("/models/{name}/ready", responses={503: {"description": "no version deployed"}})
-async def model_ready(name: EndpointName, request: Request) -> Any:
+@router.get("/models/{name}/ready", responses={503: V2_ERROR}, openapi_extra=BEARER)
+async def model_ready(name: EndpointName, request: Request) -> dict[str, Any]:
     """Ready when a version is deployed and answering."""
-
-    async def read() -> dict[str, Any]:
-        _caller(request)
-        route = await _routed(request, name)
-        if route.stable is None and route.candidate is None:
-            raise _NotReady(f"endpoint {name!r} has no model version deployed yet")
-        return {"name": name, "ready": True}
-
-    return await _answer(read)
+    _caller(request)
+    route = await _routed(request, name)
+    if route.stable is None and route.candidate is None:
+        raise _NotReady(f"endpoint {name!r} has no model version deployed yet")
+    return {"name": name, "ready": True}
 
 
-@router.get("/models/{name}/versions/{version}", responses={404: {"description": "unknown"}})
+@router.get("/models/{name}/versions/{version}", openapi_extra=BEARER)
 async def model_version(
-    name: EndpointName, version: Annotated[int, Path(ge=1, le=2**31 - 1)], request: Request
-) -> Any:
+    name: EndpointName, version: VersionNumber, request: Request
+) -> dict[str, Any]:
     """One deployed version as a model."""
-
-    async def read() -> dict[str, Any]:
-        _caller(request)
-        route = await _routed(request, name)
-        return model_metadata(name, route, pinned_version(route, version))
-
-    return await _answer(read)
+    _caller(request)
+    route = await _routed(request, name)
+    return model_metadata(name, route, pinned_version(route, version))
 
 
-@router.get("/models/{name}/versions/{version}/ready", responses={404: {"description": "unknown"}})
+@router.get("/models/{name}/versions/{version}/ready", openapi_extra=BEARER)
 async def model_version_ready(
-    name: EndpointName, version: Annotated[int, Path(ge=1, le=2**31 - 1)], request: Request
-) -> Any:
-    async def read() -> dict[str, Any]:
-        _caller(request)
-        pinned_version(await _routed(request, name), version)
-        return {"name": name, "ready": True}
-
-    return await _answer(read)
+    name: EndpointName, version: VersionNumber, request: Request
+) -> dict[str, Any]:
+    """Ready when that version is deployed on the endpoint."""
+    _caller(request)
+    pinned_version(await _routed(request, name), version)
+    return {"name": name, "ready": True}
 
 
 INFER_DOC: dict[str, Any] = {
+    **BEARER,
     "requestBody": {
-        "content": {
-            "application/json": {
-                "schema": {"type": "object", "required": ["inputs"]},
-            }
-        }
-    }
+        "content": {"application/json": {"schema": {"type": "object", "required": ["inputs"]}}}
+    },
+}
+INFER_ERRORS: dict[int | str, dict[str, Any]] = {
+    502: V2_ERROR,  # the model failed on this input
+    503: V2_ERROR,  # no version deployed yet, or the model server is down
 }
 
 
 async def _infer_here(request: Request, name: str, pinned: int | None) -> Response:
     """What PredictRoute answers, should a request reach FastAPI's router."""
-    try:
-        _caller(request)
-        body, version = await infer_v2(
-            _controller(request),
-            name,
-            pinned,
-            request.headers.get(ROUTE_KEY_HEADER),
-            await request.body(),
-        )
-    except KilnError as exc:
-        return v2_error(exc)
+    _caller(request)
+    body, version = await infer_v2(
+        _controller(request),
+        name,
+        pinned,
+        request.headers.get(ROUTE_KEY_HEADER),
+        await request.body(),
+    )
     headers = {VERSION_HEADER: str(version.version), VERSION_ID_HEADER: version.version_id}
     return Response(body, media_type="application/json", headers=headers)
 
 
-@router.post("/models/{name}/infer", openapi_extra=INFER_DOC)
-async def infer(name: EndpointName, request: Request) -> Any:
+@router.post("/models/{name}/infer", openapi_extra=INFER_DOC, responses=INFER_ERRORS)
+async def infer(name: EndpointName, request: Request) -> Response:
     """Infer through the endpoint's traffic split (JSON tensors; see the module's notes).
     Served by :class:`kiln_serving.predict.PredictRoute`; documented here."""
     return await _infer_here(request, name, None)
 
 
-@router.post("/models/{name}/versions/{version}/infer", openapi_extra=INFER_DOC)
-async def infer_version(
-    name: EndpointName, version: Annotated[int, Path(ge=1, le=2**31 - 1)], request: Request
-) -> Any:
+@router.post(
+    "/models/{name}/versions/{version}/infer", openapi_extra=INFER_DOC, responses=INFER_ERRORS
+)
+async def infer_version(name: EndpointName, version: VersionNumber, request: Request) -> Response:
     """Infer with one deployed version (no traffic split). Served by ``PredictRoute``."""
     return await _infer_here(request, name, version)

@@ -352,7 +352,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Model Version Ready */
+        /**
+         * Model Version Ready
+         * @description Ready when that version is deployed on the endpoint.
+         */
         get: operations["modelVersionReady"];
         put?: never;
         post?: never;
@@ -1236,13 +1239,15 @@ export interface operations {
                     };
                 };
             };
-            /** @description Problem details (RFC 9457) */
+            /** @description The protocol's error: {"error": "..."} */
             "4XX": {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": unknown;
+                    "application/json": {
+                        error: string;
+                    };
                 };
             };
         };
@@ -1267,13 +1272,15 @@ export interface operations {
                     };
                 };
             };
-            /** @description Problem details (RFC 9457) */
+            /** @description The protocol's error: {"error": "..."} */
             "4XX": {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": unknown;
+                    "application/json": {
+                        error: string;
+                    };
                 };
             };
         };
@@ -1293,23 +1300,31 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": {
+                        [key: string]: boolean;
+                    };
                 };
             };
-            /** @description the model server is not ready */
+            /** @description The protocol's error: {"error": "..."} */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": {
+                        error: string;
+                    };
+                };
             };
-            /** @description Problem details (RFC 9457) */
+            /** @description The protocol's error: {"error": "..."} */
             "4XX": {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": unknown;
+                    "application/json": {
+                        error: string;
+                    };
                 };
             };
         };
@@ -1331,23 +1346,20 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": {
+                        [key: string]: unknown;
+                    };
                 };
             };
-            /** @description unknown endpoint */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description Problem details (RFC 9457) */
+            /** @description The protocol's error: {"error": "..."} */
             "4XX": {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": unknown;
+                    "application/json": {
+                        error: string;
+                    };
                 };
             };
         };
@@ -1376,13 +1388,37 @@ export interface operations {
                     "application/json": unknown;
                 };
             };
-            /** @description Problem details (RFC 9457) */
+            /** @description The protocol's error: {"error": "..."} */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: string;
+                    };
+                };
+            };
+            /** @description The protocol's error: {"error": "..."} */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: string;
+                    };
+                };
+            };
+            /** @description The protocol's error: {"error": "..."} */
             "4XX": {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": unknown;
+                    "application/json": {
+                        error: string;
+                    };
                 };
             };
         };
@@ -1404,23 +1440,31 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": {
+                        [key: string]: unknown;
+                    };
                 };
             };
-            /** @description no version deployed */
+            /** @description The protocol's error: {"error": "..."} */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": {
+                        error: string;
+                    };
+                };
             };
-            /** @description Problem details (RFC 9457) */
+            /** @description The protocol's error: {"error": "..."} */
             "4XX": {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": unknown;
+                    "application/json": {
+                        error: string;
+                    };
                 };
             };
         };
@@ -1443,23 +1487,20 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": {
+                        [key: string]: unknown;
+                    };
                 };
             };
-            /** @description unknown */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description Problem details (RFC 9457) */
+            /** @description The protocol's error: {"error": "..."} */
             "4XX": {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": unknown;
+                    "application/json": {
+                        error: string;
+                    };
                 };
             };
         };
@@ -1489,13 +1530,37 @@ export interface operations {
                     "application/json": unknown;
                 };
             };
-            /** @description Problem details (RFC 9457) */
+            /** @description The protocol's error: {"error": "..."} */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: string;
+                    };
+                };
+            };
+            /** @description The protocol's error: {"error": "..."} */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: string;
+                    };
+                };
+            };
+            /** @description The protocol's error: {"error": "..."} */
             "4XX": {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": unknown;
+                    "application/json": {
+                        error: string;
+                    };
                 };
             };
         };
@@ -1518,23 +1583,20 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": {
+                        [key: string]: unknown;
+                    };
                 };
             };
-            /** @description unknown */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description Problem details (RFC 9457) */
+            /** @description The protocol's error: {"error": "..."} */
             "4XX": {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": unknown;
+                    "application/json": {
+                        error: string;
+                    };
                 };
             };
         };
