@@ -208,6 +208,8 @@ def watch_job(kiln: Kiln, job_id: str, total_epochs: int | None, quiet: bool) ->
                 )
             else:
                 bar.set_description(f"{job_id[:12]} {event.status}")
+                if event.status == "succeeded" and bar.total and bar.n < bar.total:
+                    bar.update(bar.total - bar.n)  # a run's last epoch ends with its success
 
 
 def evaluation_summary(job: dict[str, Any], evaluation: dict[str, Any]) -> str:
