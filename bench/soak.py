@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import io
 import json
 import os
@@ -56,10 +57,14 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
+
+from kiln_client import AsyncKiln, ClientSettings, KilnClientError
+from kiln_client.datasets import Split
+from kiln_client.types import DatasetVersion
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -71,6 +76,7 @@ LEVEL_FRACTION = 0.05
 LEVEL_FLOOR_MIB = 24.0
 CLASSES = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
 FEATURES = 4
+T = TypeVar("T")
 
 
 def log(message: str) -> None:
@@ -447,55 +453,73 @@ class Recorder:
         return out
 
 
+class Failed:
+    """What :meth:`Client.call` gives for a call that failed (it is recorded)."""
+
+
+FAILED = Failed()
+
+
 class Client:
-    """Calls through the gateway with a bearer token per acting person; records each call."""
+    """kiln_client per acting person over one connection pool; records each call. The
+    client makes one attempt per call here: the soak counts what fails, it does not retry."""
 
-    def __init__(self, http: httpx.AsyncClient, recorder: Recorder) -> None:
-        self.http = http
+    def __init__(self, kiln: AsyncKiln, recorder: Recorder) -> None:
+        self.kiln = kiln
         self.recorder = recorder
-        self._tokens: dict[tuple[str, ...], tuple[float, str]] = {}
+        self._people: dict[tuple[str, ...], tuple[float, AsyncKiln]] = {}
 
-    def headers(self, who: tuple[str, ...]) -> dict[str, str]:
+    def person(self, who: tuple[str, ...]) -> AsyncKiln:
         from kiln_core.auth import issue_token
         from kiln_core.settings import Settings
 
-        cached = self._tokens.get(who)
+        cached = self._people.get(who)
         if cached is None or time.monotonic() - cached[0] > 600:
             token = issue_token(who[0], list(who[1:]), Settings())
-            cached = self._tokens[who] = (time.monotonic(), token)
-        return {"authorization": f"Bearer {cached[1]}"}
+            cached = self._people[who] = (time.monotonic(), self.kiln.with_token(token))
+        return cached[1]
 
     async def call(
         self,
         op: str,
-        method: str,
-        path: str,
+        work: Callable[[AsyncKiln], Awaitable[T]],
         *,
         who: tuple[str, ...] = ("soak", "admin"),
-        expect: tuple[int, ...] = (200, 201, 202, 204),
-        **kwargs: Any,
-    ) -> httpx.Response | None:
-        """The response, or None after recording an error (unexpected status or failure)."""
+    ) -> T | Failed:
+        """The call's answer, or FAILED after recording why."""
         started = time.perf_counter()
         try:
-            response = await self.http.request(method, path, headers=self.headers(who), **kwargs)
-        except httpx.HTTPError as exc:
-            self.recorder.error(op, f"{method} {path}: {exc!r}")
-            return None
-        if response.status_code not in expect:
-            self.recorder.error(
-                op, f"{method} {path} answered {response.status_code}: {response.text[:200]}"
-            )
-            return None
+            answer = await work(self.person(who))
+        except KilnClientError as exc:
+            self.recorder.error(op, str(exc)[:300])
+            return FAILED
         self.recorder.ok(op, time.perf_counter() - started)
-        return response
+        return answer
 
-    async def must(self, op: str, method: str, path: str, **kwargs: Any) -> Any:
+    async def must(self, op: str, work: Callable[[AsyncKiln], Awaitable[T]], **kwargs: Any) -> T:
         """Setup calls: a failure ends the soak."""
-        response = await self.call(op, method, path, **kwargs)
-        if response is None:
+        answer = await self.call(op, work, **kwargs)
+        if isinstance(answer, Failed):
             raise SoakFailed(f"setup step {op} failed: {self.recorder.examples[-1:]}")
-        return response.json() if response.content else None
+        return answer
+
+
+async def _add_files(
+    k: AsyncKiln,
+    *,
+    dataset: str,
+    draft: str,
+    files: list[tuple[str, Path | bytes]],
+    labels: dict[str, str | list[Any]],
+    split: Split,
+) -> tuple[int, int, list[dict[str, Any]]]:
+    return await k.datasets.add_files(
+        dataset, draft, files, labels=labels, split=split, progress=False
+    )
+
+
+async def _versions(k: AsyncKiln, *, dataset: str, offset: int) -> list[DatasetVersion]:
+    return await k.datasets.versions(dataset, limit=500, offset=offset)
 
 
 def png(rng: np.random.Generator, color: tuple[int, int, int], size: int = 16) -> bytes:
@@ -552,45 +576,31 @@ class Load:
     async def setup(self) -> None:
         c = self.client
         log("setup: datasets, project, team, registry model, endpoint")
-        self.label_dataset = (
-            await c.must(
-                "setup",
-                "POST",
-                "/api/dataset/v1/datasets",
-                json={"name": f"soak-{self.run}-label", "task_type": "classification"},
-            )
-        )["id"]
-        self.project = (
-            await c.must(
-                "setup",
-                "POST",
-                "/api/annotation/v1/projects",
-                json={
-                    "name": f"soak-{self.run}",
-                    "dataset_id": self.label_dataset,
-                    "label_schema": {
-                        "kind": "classification",
-                        "labels": [{"name": n} for n in CLASSES],
-                    },
-                    "batch_size": 10,
-                    "review_levels": 0,
-                },
-            )
-        )["id"]
-        self.train_dataset = (
-            await c.must(
-                "setup",
-                "POST",
-                "/api/dataset/v1/datasets",
-                json={"name": f"soak-{self.run}-train", "task_type": "classification"},
-            )
-        )["id"]
+        label = await c.must(
+            "setup", lambda k: k.datasets.create(f"soak-{self.run}-label", "classification")
+        )
+        self.label_dataset = label["id"]
+        project = await c.must(
+            "setup",
+            lambda k: k.annotation.create_project(
+                f"soak-{self.run}",
+                self.label_dataset,
+                list(CLASSES),
+                batch_size=10,
+                review_levels=0,
+            ),
+        )
+        self.project = project["id"]
+        train = await c.must(
+            "setup", lambda k: k.datasets.create(f"soak-{self.run}-train", "classification")
+        )
+        self.train_dataset = train["id"]
         self.train_version = await self._training_version()
-        await c.must("setup", "POST", "/api/training/v1/teams", json={"name": "soak", "weight": 1})
-        await c.must("setup", "POST", "/api/registry/v1/models", json={"name": self.trained_model})
+        await c.must("setup", lambda k: k.training.ensure_team("soak"))
+        await c.must("setup", lambda k: k.registry.create_model(self.trained_model))
         self.model = f"soak-{self.run}-tab"
         self.endpoint = f"soak-{self.run}"
-        await c.must("setup", "POST", "/api/registry/v1/models", json={"name": self.model})
+        await c.must("setup", lambda k: k.registry.create_model(self.model))
         meta = {
             "signature": {
                 "inputs": [{"name": "features", "dtype": "FP32", "shape": [FEATURES]}],
@@ -600,49 +610,35 @@ class Load:
             "preprocessing": {"kind": "tabular"},
             "metrics": {"accuracy": 0.9},
         }
+        model = tabular_model()
+        await c.must("setup", lambda k: k.registry.import_model(self.model, model, meta))
         await c.must(
             "setup",
-            "POST",
-            f"/api/registry/v1/models/{self.model}/versions",
-            files={"file": ("model.pt", tabular_model(), "application/octet-stream")},
-            data={"metadata": json.dumps(meta)},
+            lambda k: k.serving.create_endpoint(
+                self.endpoint, self.model, exist_ok=False, sample_rate=0.05
+            ),
         )
-        await c.must(
-            "setup",
-            "POST",
-            "/api/serving/v1/endpoints",
-            json={"name": self.endpoint, "model_name": self.model, "sample_rate": 0.05},
-        )
-        await c.must(
-            "setup",
-            "POST",
-            f"/api/registry/v1/models/{self.model}/aliases/production",
-            json={"version": 1, "reason": "soak"},
-        )
+        await c.must("setup", lambda k: k.registry.promote(self.model, 1, "production", "soak"))
 
     async def _training_version(self) -> int:
         """A small labelled image version with train and val splits."""
         c, ds = self.client, self.train_dataset
-        draft = await c.must("setup", "POST", f"/api/dataset/v1/datasets/{ds}/drafts", json={})
-        for split, per_class in (("train", 12), ("val", 6)):
-            files, labels = [], {}
+        draft = await c.must("setup", lambda k: k.datasets.open_draft(ds))
+        splits: tuple[tuple[Split, int], ...] = (("train", 12), ("val", 6))
+        for split, per_class in splits:
+            files: list[tuple[str, Path | bytes]] = []
+            labels: dict[str, str | list[Any]] = {}
             for label, color in CLASSES.items():
                 for i in range(per_class):
                     name = f"{split}-{label}-{i}.png"
-                    files.append(("files", (name, png(self.rng, color), "image/png")))
+                    files.append((name, png(self.rng, color)))
                     labels[name] = label
-            await c.must(
-                "setup",
-                "POST",
-                f"/api/dataset/v1/datasets/{ds}/drafts/{draft['id']}/items",
-                files=files,
-                data={"labels": json.dumps(labels), "split": split},
+            work = functools.partial(
+                _add_files, dataset=ds, draft=draft, files=files, labels=labels, split=split
             )
+            await c.must("setup", work)
         version = await c.must(
-            "setup",
-            "POST",
-            f"/api/dataset/v1/datasets/{ds}/drafts/{draft['id']}/commit",
-            json={"message": "soak training data"},
+            "setup", lambda k: k.datasets.commit(ds, draft, "soak training data")
         )
         return int(version["version"])
 
@@ -650,106 +646,89 @@ class Load:
 
     async def upload_once(self) -> None:
         c, ds = self.client, self.label_dataset
-        r = await c.call("draft", "POST", f"/api/dataset/v1/datasets/{ds}/drafts", json={})
-        if r is None:
+        draft = await c.call("draft", lambda k: k.datasets.open_draft(ds))
+        if isinstance(draft, Failed):
             return
-        draft = r.json()["id"]
         colors = list(CLASSES.values())
         # The file name is the item id: unique across the dataset, so each version is new work.
         first, self.next_item = self.next_item, self.next_item + self.upload_batch
-        files = [
-            ("files", (f"i{k:07}.png", png(self.rng, colors[k % 3]), "image/png"))
-            for k in range(first, self.next_item)
+        files: list[tuple[str, Path | bytes]] = [
+            (f"i{k:07}.png", png(self.rng, colors[k % 3])) for k in range(first, self.next_item)
         ]
-        r = await c.call(
-            "upload", "POST", f"/api/dataset/v1/datasets/{ds}/drafts/{draft}/items", files=files
+        # Every byte is sent (the images are all new): the op is one multipart upload.
+        sent = await c.call(
+            "upload",
+            lambda k: k.datasets.add_files(ds, draft, files, progress=False, skip_stored=False),
         )
-        if r is None:
+        if isinstance(sent, Failed):
             return
-        if r.json()["rejected"]:
-            self.client.recorder.error("upload", f"files rejected: {r.json()['rejected'][:2]}")
+        if sent[2]:
+            self.client.recorder.error("upload", f"files rejected: {sent[2][:2]}")
             return
-        r = await c.call(
-            "commit",
-            "POST",
-            f"/api/dataset/v1/datasets/{ds}/drafts/{draft}/commit",
-            json={"message": "soak"},
-        )
-        if r is not None:
-            self.upload_versions.append(int(r.json()["version"]))
+        version = await c.call("commit", lambda k: k.datasets.commit(ds, draft, "soak"))
+        if not isinstance(version, Failed):
+            self.upload_versions.append(int(version["version"]))
             self.items_uploaded += self.upload_batch
 
     async def annotate_once(self, name: str) -> bool:
         """Lease and label one task; False when the queue was empty."""
         who = (name, "annotator")
         c = self.client
-        r = await c.call(
-            "lease", "POST", f"/api/annotation/v1/projects/{self.project}/lease", who=who
-        )
-        if r is None or r.status_code == 204:
+        task = await c.call("lease", lambda k: k.annotation.lease(self.project), who=who)
+        if isinstance(task, Failed) or task is None:
             return False
-        task = r.json()
         labels = {
-            item["item_id"]: [{"type": "class", "label": list(CLASSES)[k % 3]}]
-            for k, item in enumerate(task["items"])
+            item["item_id"]: [{"type": "class", "label": list(CLASSES)[n % 3]}]
+            for n, item in enumerate(task.get("items", []))
         }
-        r = await c.call(
-            "submit",
-            "POST",
-            f"/api/annotation/v1/tasks/{task['id']}/submission",
-            who=who,
-            json={"labels": labels},
+        submitted = await c.call(
+            "submit", lambda k: k.annotation.submit(task["id"], labels), who=who
         )
-        if r is not None:
+        if not isinstance(submitted, Failed):
             self.tasks_submitted += 1
         return True
 
     async def train_once(self, timeout_s: float) -> None:
         """Submit a small job and follow it to the end."""
         c = self.client
-        r = await c.call(
+        job = await c.call(
             "train_submit",
-            "POST",
-            "/api/training/v1/jobs",
-            json={
-                "template": "image-cnn",
-                "team": "soak",
-                "model_name": self.trained_model,
-                "params": {"image_size": 16, "epochs": 1, "batch_size": 12, "width": 4},
-                "dataset": {"dataset_id": self.train_dataset, "version": self.train_version},
-            },
+            lambda k: k.training.submit(
+                "image-cnn",
+                self.train_dataset,
+                team="soak",
+                version=self.train_version,
+                model_name=self.trained_model,
+                params={"image_size": 16, "epochs": 1, "batch_size": 12, "width": 4},
+            ),
         )
-        if r is None:
+        if isinstance(job, Failed):
             return
-        job = r.json()["id"]
+        job_id = job["id"]
         started = time.perf_counter()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             await asyncio.sleep(1.0)
-            r = await c.call("train_status", "GET", f"/api/training/v1/jobs/{job}")
-            if r is None:
+            state = await c.call("train_status", lambda k: k.training.get(job_id))
+            if isinstance(state, Failed):
                 continue
-            status = r.json()["status"]
+            status = state.get("status", "")
             if status in ("succeeded", "failed", "cancelled"):
-                self.jobs[job] = status
+                self.jobs[job_id] = status
                 if status == "succeeded":
                     c.recorder.ok("train_job", time.perf_counter() - started)
                 else:
-                    c.recorder.error("train_job", f"job {job} {status}: {r.json()}")
+                    c.recorder.error("train_job", f"job {job_id} {status}: {state}")
                 return
-        self.jobs[job] = "timeout"
-        c.recorder.error("train_job", f"job {job} not finished within {timeout_s:.0f}s")
+        self.jobs[job_id] = "timeout"
+        c.recorder.error("train_job", f"job {job_id} not finished within {timeout_s:.0f}s")
 
     async def predict_once(self) -> None:
         row = [float(x) for x in self.rng.normal(size=FEATURES)]
-        r = await self.client.call(
-            "predict",
-            "POST",
-            f"/api/serving/v1/endpoints/{self.endpoint}:predict",
-            who=("app", "viewer"),
-            json={"inputs": [row]},
+        answer = await self.client.call(
+            "predict", lambda k: k.serving.predict_many(self.endpoint, [row]), who=("app", "viewer")
         )
-        if r is not None:
+        if not isinstance(answer, Failed):
             self.predictions += 1
 
     # --- the loops
@@ -790,8 +769,8 @@ class Load:
     async def serving(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            r = await self.client.call("setup", "GET", f"/api/serving/v1/endpoints/{self.endpoint}")
-            if r is not None and (r.json().get("stable") or {}).get("version") == 1:
+            state = await self.client.call("setup", lambda k: k.serving.endpoint(self.endpoint))
+            if not isinstance(state, Failed) and (state.get("stable") or {}).get("version") == 1:
                 return
             await asyncio.sleep(0.5)
         raise SoakFailed(f"endpoint {self.endpoint} not serving within {timeout_s:.0f}s")
@@ -801,28 +780,24 @@ class Load:
         out: dict[int, int] = {}
         offset = 0
         while True:
-            r = await self.client.call(
-                "read",
-                "GET",
-                f"/api/dataset/v1/datasets/{self.label_dataset}/versions",
-                params={"limit": 500, "offset": offset},
-            )
-            if r is None:
+            work = functools.partial(_versions, dataset=self.label_dataset, offset=offset)
+            page = await self.client.call("read", work)
+            if isinstance(page, Failed):
                 return out
-            page = r.json()["items"]
             for v in page:
-                if v["lineage"]["source"] == "labels":
-                    out[int(v["lineage"]["parent_version"])] = int(v["version"])
+                lineage = v.get("lineage") or {}
+                if lineage.get("source") == "labels":
+                    out[int(lineage["parent_version"])] = int(v["version"])
             if len(page) < 500:
                 return out
             offset += len(page)
 
     async def registered(self) -> int:
         """Versions the registry holds of the trained model (one per succeeded job)."""
-        r = await self.client.call(
-            "read", "GET", f"/api/registry/v1/models/{self.trained_model}/versions"
+        versions = await self.client.call(
+            "read", lambda k: k.registry.versions(self.trained_model, limit=500)
         )
-        return int(r.json()["total"]) if r is not None else 0
+        return 0 if isinstance(versions, Failed) else len(versions)
 
     async def wait_registered(self, timeout_s: float) -> int:
         """Until every succeeded job's model is a registry version; returns how many are."""
@@ -878,15 +853,19 @@ async def run_soak(args: argparse.Namespace) -> dict[str, Any]:
     try:
         await stack.wait_ready(args.ready_timeout)
         log(f"stack ready in {time.monotonic() - t0:.1f}s; gateway :{stack.gateway_port}")
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{stack.gateway_port}",
-            timeout=60,
-            # Idle connections are dropped before uvicorn's 5 s keep-alive ends: reusing one the
-            # server is closing fails with ReadError (a client-side race, not a Kiln fault).
-            limits=httpx.Limits(max_connections=32, keepalive_expiry=2.0),
-        ) as http:
+        gateway = f"http://127.0.0.1:{stack.gateway_port}"
+        async with AsyncKiln(
+            settings=ClientSettings(url=gateway, timeout_s=60, attempts=1),
+            http=httpx.AsyncClient(
+                base_url=gateway,
+                timeout=60,
+                # Idle connections are dropped before uvicorn's 5 s keep-alive ends: reusing
+                # one the server is closing fails with ReadError (a client-side race).
+                limits=httpx.Limits(max_connections=32, keepalive_expiry=2.0),
+            ),
+        ) as kiln:
             load = Load(
-                Client(http, recorder),
+                Client(kiln, recorder),
                 run,
                 upload_batch=args.upload_batch,
                 upload_every_s=args.upload_every,

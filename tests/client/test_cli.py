@@ -143,7 +143,9 @@ def test_train_watch_shows_progress_and_ends_with_the_evaluation(
         "cli",
         *params,
         "-p",
-        "epochs=200",
+        "epochs=1000",
+        "-p",
+        "batch_size=1",
     )
     assert job["status"] in ("queued", "running")
     paused = ok(user, "job", "pause", job["id"])

@@ -20,7 +20,8 @@ from kiln_client.transport import Transport
 
 class AsyncKiln:
     """Kiln's APIs through its gateway. Without arguments it reads ``KILN_URL`` and
-    ``KILN_TOKEN``; ``transport`` lets it call an in-process gateway (an ASGI app)::
+    ``KILN_TOKEN``; ``transport`` lets it call an in-process gateway (an ASGI app), ``http``
+    brings an httpx client of the caller's (its base URL the gateway's)::
 
         async with AsyncKiln() as kiln:
             ds = await kiln.datasets.create("cats")
@@ -34,6 +35,7 @@ class AsyncKiln:
         *,
         settings: ClientSettings | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        http: httpx.AsyncClient | None = None,
         _shared: Transport | None = None,
     ) -> None:
         if _shared is not None:
@@ -46,7 +48,7 @@ class AsyncKiln:
                     url=(url or base.url).rstrip("/"),
                     token=token if token is not None else base.token,
                 )
-            self.transport = Transport(base, transport=transport)
+            self.transport = Transport(base, http=http, transport=transport)
         self.datasets = Datasets(self.transport)
         self.annotation = Annotation(self.transport)
         self.training = Training(self.transport)

@@ -68,9 +68,14 @@ class Datasets:
         page = await self._t.json("dataset", "GET", "/v1/datasets", params=params)
         return page["items"]  # type: ignore[no-any-return]
 
-    async def versions(self, dataset_id: str, limit: int = 100) -> builtins.list[DatasetVersion]:
+    async def versions(
+        self, dataset_id: str, limit: int = 100, offset: int = 0
+    ) -> builtins.list[DatasetVersion]:
         page = await self._t.json(
-            "dataset", "GET", f"/v1/datasets/{dataset_id}/versions", params={"limit": limit}
+            "dataset",
+            "GET",
+            f"/v1/datasets/{dataset_id}/versions",
+            params={"limit": limit, "offset": offset},
         )
         return page["items"]  # type: ignore[no-any-return]
 

@@ -33,11 +33,14 @@ class Registry:
     async def model(self, name: str) -> RegisteredModel:
         return await self._t.json("registry", "GET", f"/v1/models/{name}")  # type: ignore[no-any-return]
 
-    async def versions(self, name: str, limit: int = 100) -> list[ModelVersion]:
+    async def versions(self, name: str, limit: int = 100, offset: int = 0) -> list[ModelVersion]:
         """The model's versions (none when the model is not registered yet)."""
         try:
             page = await self._t.json(
-                "registry", "GET", f"/v1/models/{name}/versions", params={"limit": limit}
+                "registry",
+                "GET",
+                f"/v1/models/{name}/versions",
+                params={"limit": limit, "offset": offset},
             )
         except NotFound:
             return []
@@ -81,15 +84,19 @@ class Registry:
         return target
 
     async def import_model(
-        self, name: str, torchscript: str | Path, metadata: dict[str, Any]
+        self, name: str, torchscript: str | Path | bytes, metadata: dict[str, Any]
     ) -> ModelVersion:
-        """Register an external TorchScript file as a new version; ``metadata`` carries its
-        signature, label_map and preprocessing (and optionally metrics, tags…)."""
-        path = Path(torchscript)
+        """Register an external TorchScript model (a file, or its bytes) as a new version;
+        ``metadata`` carries its signature, label_map and preprocessing (and optionally
+        metrics, tags…)."""
+        if isinstance(torchscript, bytes):
+            filename, data = "model.pt", torchscript
+        else:
+            filename, data = Path(torchscript).name, Path(torchscript).read_bytes()
         return await self._t.json(  # type: ignore[no-any-return]
             "registry",
             "POST",
             f"/v1/models/{name}/versions",
-            files=lambda: {"file": (path.name, path.read_bytes(), "application/octet-stream")},
+            files=lambda: {"file": (filename, data, "application/octet-stream")},
             data={"metadata": json.dumps(metadata)},
         )
