@@ -295,17 +295,20 @@ async def add_blob_items(
             sizes[ref.blob] = await asyncio.to_thread(verify_image, data)
         width, height = sizes[ref.blob]
         try:
+            # Validated from plain data: the labels are checked as an upload's are.
             good.append(
-                ManifestItem(
-                    item_id=ref.item_id,
-                    blob=ref.blob,
-                    media_type=blob.media_type,
-                    size_bytes=blob.size_bytes,
-                    width=width,
-                    height=height,
-                    source_name=ref.item_id,
-                    split=ref.split,
-                    labels=ref.labels,
+                ManifestItem.model_validate(
+                    {
+                        "item_id": ref.item_id,
+                        "blob": ref.blob,
+                        "media_type": blob.media_type,
+                        "size_bytes": blob.size_bytes,
+                        "width": width,
+                        "height": height,
+                        "source_name": ref.item_id,
+                        "split": ref.split,
+                        "labels": ref.labels,
+                    }
                 )
             )
         except ValueError as exc:
