@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+import httpx
 import typer
 from tqdm.auto import tqdm
 
@@ -49,7 +50,7 @@ def user_command(fn: Callable[P, T]) -> Callable[P, T]:
     def run(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return fn(*args, **kwargs)
-        except (KilnClientError, OSError, ValueError) as exc:
+        except (KilnClientError, httpx.HTTPError, OSError, ValueError) as exc:
             raise fail(reason(exc)) from None
 
     return run

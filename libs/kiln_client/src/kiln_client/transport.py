@@ -143,5 +143,5 @@ class Transport:
                     await response.aread()
                     raise ApiError.from_response(response)
                 yield response
-        except httpx.ConnectError as exc:
+        except httpx.TransportError as exc:  # refused, or cut off while reading
             raise ConnectionFailed(f"{method} {self.settings.url}{path}: {exc!r}") from exc
