@@ -21,6 +21,7 @@ import httpx
 import pytest
 import uvicorn
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from sqlalchemy import text
 
 from kiln_cli.gateway import Gateway
@@ -149,8 +150,12 @@ async def _drop_schemas(database: str, prefix: str) -> None:
         await db.dispose()
 
 
-def write_image_folder(root: Path, per_class: int = 12) -> Path:
-    """``train/`` and ``val/`` folders of 8×8 grey PNGs, two classes told apart by brightness."""
+def write_image_folder(root: Path, per_class: int = 12, salt: str = "") -> Path:
+    """``train/`` and ``val/`` folders of 8×8 grey PNGs, two classes told apart by brightness;
+    a ``salt`` (kept in a PNG text chunk) makes files no other test has stored."""
+    info = PngInfo()
+    if salt:
+        info.add_text("salt", salt)
     for split, count in (("train", per_class), ("val", per_class // 2)):
         for label, base in (("dark", 30), ("light", 220)):
             folder = root / split / label
@@ -159,7 +164,7 @@ def write_image_folder(root: Path, per_class: int = 12) -> Path:
                 pixels = bytes(max(0, min(255, base + (i * 7 + j) % 25 - 12)) for j in range(64))
                 image = Image.frombytes("L", (8, 8), pixels)
                 buffer = io.BytesIO()
-                image.save(buffer, format="PNG")
+                image.save(buffer, format="PNG", pnginfo=info)
                 (folder / f"{label}-{split}-{i}.png").write_bytes(buffer.getvalue())
     return root
 

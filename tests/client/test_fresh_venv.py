@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -93,7 +94,8 @@ def test_only_the_client_in_a_fresh_venv_uploads_trains_and_watches(
     )
     assert probe.stdout.strip() == "[]"
 
-    folder = write_image_folder(tmp_path / "images")
+    # Files of their own: blobs other tests stored would (rightly) not be sent again.
+    folder = write_image_folder(tmp_path / "images", salt=uuid.uuid4().hex)
     env = {**clean, "KILN_URL": kiln_up.url, "KILN_TOKEN": kiln_up.token()}
     run = subprocess.run(
         [python, "-c", SCRIPT, str(folder)],
