@@ -458,7 +458,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 await detection_figures(
                     settings,
                     tag,
-                    client,
+                    kiln_api,
                     session,
                     base,
                     triton,

@@ -20,9 +20,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
-import httpx
 import numpy as np
 
+from kiln_client import ApiError, AsyncKiln
 from kiln_core.catalog import ModelArtifact, ModelVersionPromoted, Preprocessing
 from kiln_core.events import new_event
 from kiln_core.settings import Settings
@@ -90,7 +90,7 @@ def canvas_png() -> bytes:
 async def detection_figures(
     settings: Settings,
     tag: str,
-    client: httpx.AsyncClient,
+    kiln_api: AsyncKiln,
     session: aiohttp.ClientSession,
     base: str,
     triton: Any,
@@ -106,24 +106,22 @@ async def detection_figures(
 
     endpoint = model = f"bench-det-{tag}"
     path = f"/v1/endpoints/{endpoint}:predict"
-    r = await client.post(
-        "/v1/endpoints", json={"name": endpoint, "model_name": model, "max_batch_size": 16}
-    )
-    r.raise_for_status()
+    await kiln_api.serving.create_endpoint(endpoint, model, exist_ok=False, max_batch_size=16)
     await promote_detector(settings, model)
     png = canvas_png()
     body = {"inputs": [base64.b64encode(png).decode()]}
     started = time.perf_counter()
     while True:
-        answer = await client.post(path, json=body)
-        if answer.status_code == 200:
+        try:
+            await kiln_api.serving.predict_many(endpoint, [png])
             break
-        if time.perf_counter() - started > 180:
-            raise TimeoutError(f"the detector was not served within 180 s: {answer.text[:200]}")
+        except ApiError as exc:  # no version deployed yet (503)
+            if time.perf_counter() - started > 180:
+                raise TimeoutError(f"the detector was not served within 180 s: {exc}") from None
         await asyncio.sleep(0.05)
     print(f"detector serving {time.perf_counter() - started:.1f}s after promotion", file=sys.stderr)
-    state = (await client.get(f"/v1/endpoints/{endpoint}")).json()
-    triton_model = state["stable"]["triton_model"]
+    state = await kiln_api.serving.endpoint(endpoint)
+    triton_model = (state.get("stable") or {})["triton_model"]
     outputs = [InferRequestedOutput("detections")]
     image = np.array([[png]], dtype=object)
 
@@ -155,7 +153,7 @@ async def detection_figures(
         tput_direct += await throughput(direct, concurrency, seconds / rounds, cpu_direct, {})
         tput_kiln += await throughput(kiln, concurrency, seconds / rounds, cpu_kiln, {})
     tput_direct, tput_kiln = tput_direct / rounds, tput_kiln / rounds
-    await client.delete(f"/v1/endpoints/{endpoint}")
+    await kiln_api.serving.delete_endpoint(endpoint)
     result = {
         "detection_direct_p50_ms": round(percentile(lat_direct, 50), 3),
         "detection_kiln_p50_ms": round(percentile(lat_kiln, 50), 3),
