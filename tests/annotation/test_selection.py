@@ -81,11 +81,20 @@ async def test_the_most_uncertain_items_become_tasks_first_with_their_scores(
     assert selected["detail"]["strategy"] == "least-confidence"
     assert selected["detail"]["items"][item]["rank"] in (1, 2)
 
+    # Margin reads every class's probability from :predict (?probabilities=true): with two
+    # classes it ranks as least-confidence does. Random with no model ranks nothing.
+    margin = await ann.post(
+        f"/v1/projects/{pid}/selections", json={**body, "strategy": "margin", "size": 1}
+    )
+    state = await _finished(stack, margin.json()["id"])
+    assert state["status"] == "succeeded", state
+    assert [s["item_id"] for s in state["selected"]] == ["g140.png"]  # the next nearest 128
+
     # A second selection only looks at what is not tasked yet.
     again = await ann.post(f"/v1/projects/{pid}/selections", json={**body, "size": 10})
     state = await _finished(stack, again.json()["id"])
     assert state["status"] == "succeeded", state
-    assert sorted(s["item_id"] for s in state["selected"]) == ["g140.png", "g200.png", "g90.png"]
+    assert sorted(s["item_id"] for s in state["selected"]) == ["g200.png", "g90.png"]
 
 
 async def test_random_is_a_seeded_baseline_and_bad_requests_change_nothing(

@@ -33,9 +33,11 @@ from tests.conftest import drop_namespace, require_service, stack_url
 from tests.support.apps import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-# Which processes of each service the client's tests need (as `kiln up` starts them).
+# Which processes of each service the client's tests need (as `kiln up` starts them);
+# annotation for the detection loop over this stack.
 PROCESSES = {
     "dataset": ("api", "events", "worker"),
+    "annotation": ("api", "events", "worker"),
     "training": ("api", "events", "worker"),
     "registry": ("api", "events"),
     "serving": ("api", "events"),
