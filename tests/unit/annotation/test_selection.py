@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kiln_annotation.selection import Candidate, choose, thumbnail, uncertainty
+from kiln_annotation.selection import Candidate, choose, model_input, thumbnail, uncertainty
 
 
 def answer(*probabilities: float) -> dict[str, object]:
@@ -80,3 +80,12 @@ def test_diversity_skips_near_duplicates_that_plain_ranking_takes() -> None:
         c.item_id for c in choose(candidates, 3, False, 7, "random")
     ]
     assert thumbnail(b"not an image") is None
+
+
+def test_every_task_types_items_go_to_predict_as_it_takes_them() -> None:
+    assert model_input("image/png", b"\x89PNG") == "iVBORw=="
+    assert model_input("text/plain; charset=utf-8", "ça va".encode()) == "ça va"
+    assert model_input("application/json", b"[5.1, 3.5]") == pytest.approx([5.1, 3.5])
+    assert model_input("text/csv", b"1,2,3") == [1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="numbers"):
+        model_input("text/csv", b"a,b")

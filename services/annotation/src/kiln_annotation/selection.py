@@ -2,7 +2,8 @@
 ranked by how unsure the current model is of them, becomes a project's tasks.
 
 A selection job asks a serving endpoint (the project's ``prelabel_endpoint`` by default) for
-every unlabelled item of the version the project has no task for yet, scores each answer by
+every unlabelled item of the version the project has no task for yet (images, text and
+tabular rows alike, see :func:`model_input`), scores each answer by
 the chosen strategy, keeps the ``size`` most uncertain and makes them high-priority tasks
 carrying the model's answer as a pre-label. The strategy, the item's score and its rank are
 recorded on each task's audit entry and on the job.
@@ -48,6 +49,7 @@ from kiln_core.db import utcnow
 from kiln_core.errors import DependencyUnavailable, ValidationFailed
 from kiln_core.jobs import Progress
 from kiln_core.manifest import ManifestItem, read_manifest
+from kiln_core.preprocessing import parse_tabular
 from kiln_core.service import ServiceRuntime
 from kiln_core.storage import blob_key
 
@@ -152,12 +154,17 @@ async def select_batch(runtime: ServiceRuntime, job: SelectionJob, progress: Pro
     ) as client:
         for start in range(0, len(pool), BATCH):
             batch = pool[start : start + BATCH]
-            images = [await runtime.store.read_bytes(blob_key(i.blob)) for i in batch]
-            for item, data in zip(batch, images, strict=True):
+            blobs = [await runtime.store.read_bytes(blob_key(i.blob)) for i in batch]
+            for item, data in zip(batch, blobs, strict=True):
                 features[item.item_id] = thumbnail(data) if job.diversity else None
             if job.strategy == "random":
                 continue  # the baseline needs no model
-            predictions = await _predict(client, job.endpoint, images)
+            try:
+                inputs = [model_input(i.media_type, d) for i, d in zip(batch, blobs, strict=True)]
+            except ValueError:
+                failed += len(batch)
+                continue
+            predictions = await _predict(client, job.endpoint, inputs)
             if predictions is None:
                 failed += len(batch)
             else:
@@ -192,8 +199,19 @@ async def _untasked(session: Any, project_id: str, items: list[ManifestItem]) ->
     return [i for i in items if i.item_id not in tasked]
 
 
+def model_input(media_type: str | None, data: bytes) -> Any:
+    """An item's blob as ``:predict`` takes it: an image base64-encoded, text as a string, a
+    tabular row (JSON array or CSV line) as numbers."""
+    kind = (media_type or "").split(";")[0].strip()
+    if kind in ("text/csv", "application/json"):
+        return [float(v) for v in parse_tabular(data)]
+    if kind.startswith("text/"):
+        return data.decode("utf-8")
+    return base64.b64encode(data).decode()
+
+
 async def _predict(
-    client: httpx.AsyncClient, endpoint: str, images: list[bytes]
+    client: httpx.AsyncClient, endpoint: str, inputs: list[Any]
 ) -> list[dict[str, Any]] | None:
     """The endpoint's answers for a batch (every class's probability asked for), or None when
     the model refused the batch; an unreachable endpoint fails the job."""
@@ -201,7 +219,7 @@ async def _predict(
         response = await client.post(
             f"/v1/endpoints/{endpoint}:predict",
             params={"probabilities": "true"},
-            json={"inputs": [base64.b64encode(b).decode() for b in images]},
+            json={"inputs": inputs},
         )
     except httpx.HTTPError as exc:
         raise DependencyUnavailable(f"the serving service is unreachable: {exc}") from None
