@@ -33,7 +33,7 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -714,17 +714,25 @@ def trace_coverage(path: Path) -> dict[str, Any]:
     return {"trace_id": best, "services": sorted(by_trace[best]), "spans": spans[best]}
 
 
-def summary_table(rounds: list[Round]) -> str:
-    header = f"{'round':<8} {'model':>5} {'val acc':>8} {'served acc':>10} {'flagged':>7} "
-    header += f"{'labelled':>8} {'corrected':>9} {'seconds':>7}"
+def summary_table(
+    rounds: Sequence[Any],
+    metric: str = "acc",
+    val: str = "val_accuracy",
+    served: str = "served_accuracy",
+) -> str:
+    """The rounds as a table; ``metric`` names the columns of the ``val`` and ``served``
+    attributes (the detection demo's rounds carry mAP@.5 instead of accuracy)."""
+    vw, sw = max(len(f"val {metric}"), 8), max(len(f"served {metric}"), 8)
+    header = f"{'round':<8} {'model':>5} {'val ' + metric:>{vw}} {'served ' + metric:>{sw}} "
+    header += f"{'flagged':>7} {'labelled':>8} {'corrected':>9} {'seconds':>7}"
     lines = [header, "-" * len(header)]
     for r in rounds:
-        val = f"{r.val_accuracy:.3f}" if r.val_accuracy is not None else "-"
-        served = f"{r.served_accuracy:.3f}" if r.served_accuracy is not None else "-"
+        v, s = getattr(r, val), getattr(r, served)
         lines.append(
             f"{r.name:<8} {('v' + str(r.model_version)) if r.model_version else '-':>5} "
-            f"{val:>8} {served:>10} {r.flagged:>7} {r.labelled:>8} {r.corrected:>9} "
-            f"{r.seconds:>7.1f}"
+            f"{f'{v:.3f}' if v is not None else '-':>{vw}} "
+            f"{f'{s:.3f}' if s is not None else '-':>{sw}} {r.flagged:>7} {r.labelled:>8} "
+            f"{r.corrected:>9} {r.seconds:>7.1f}"
         )
     return "\n".join(lines)
 

@@ -41,6 +41,7 @@ from kiln_cli.demo import (
     count_events,
     embedded_services,
     stack_services,
+    summary_table,
     trace_coverage,
     wait_for,
 )
@@ -660,21 +661,6 @@ async def run_detection_loop(
     }
 
 
-def summary_table(rounds: list[DetectionRound]) -> str:
-    header = f"{'round':<8} {'model':>5} {'val mAP50':>9} {'served mAP50':>12} {'flagged':>7} "
-    header += f"{'labelled':>8} {'corrected':>9} {'seconds':>7}"
-    lines = [header, "-" * len(header)]
-    for r in rounds:
-        val = f"{r.val_map50:.3f}" if r.val_map50 is not None else "-"
-        served = f"{r.served_map50:.3f}" if r.served_map50 is not None else "-"
-        lines.append(
-            f"{r.name:<8} {('v' + str(r.model_version)) if r.model_version else '-':>5} "
-            f"{val:>9} {served:>12} {r.flagged:>7} {r.labelled:>8} {r.corrected:>9} "
-            f"{r.seconds:>7.1f}"
-        )
-    return "\n".join(lines)
-
-
 async def run_detection_demo(
     out_dir: Path,
     *,
@@ -709,7 +695,7 @@ async def run_detection_demo(
     rounds: list[DetectionRound] = result["rounds"]
     coverage = trace_coverage(out_dir / "traces.jsonl")
     typer.echo("")
-    typer.echo(summary_table(rounds))
+    typer.echo(summary_table(rounds, "mAP50", "val_map50", "served_map50"))
     typer.echo("")
     typer.echo(f"events exchanged: {events}; API requests: {kiln.requests}")
     figures = {
