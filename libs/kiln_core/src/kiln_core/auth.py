@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import jwt
 from fastapi import Depends, Request
 
 from kiln_core.errors import Forbidden, Unauthorized
 from kiln_core.settings import Settings, get_settings
+from kiln_core.teams import TEAM_ROLES, check_access, parse_teams_claim
 
 ROLES = ("admin", "data-engineer", "annotator", "reviewer", "ml-engineer", "viewer")
 # The same roles as a type, so request schemas declare which names they take.
@@ -23,21 +25,39 @@ class Principal:
     subject: str
     roles: frozenset[str] = field(default_factory=frozenset)
     anonymous: bool = False
+    # Team → the caller's role in it (kiln_core.teams); platform admins need none.
+    teams: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     def has(self, *roles: str) -> bool:
         return "admin" in self.roles or bool(self.roles.intersection(roles))
 
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.roles
+
 
 def issue_token(
-    subject: str, roles: list[str], settings: Settings | None = None, ttl_s: int = 3600
+    subject: str,
+    roles: list[str],
+    settings: Settings | None = None,
+    ttl_s: int = 3600,
+    teams: Mapping[str, str] | list[str] | None = None,
 ) -> str:
-    """Mint a signed token (``kiln token`` and tests; production tokens come from the IdP)."""
+    """Mint a signed token (``kiln token`` and tests; production tokens come from the IdP),
+    naming the caller's teams (a list: member of each; or team → team role)."""
     settings = settings or get_settings()
     unknown = set(roles) - set(ROLES)
     if unknown:
         raise ValueError(f"unknown roles {sorted(unknown)}; known: {', '.join(ROLES)}")
     now = int(time.time())
-    claims = {"sub": subject, "roles": roles, "iat": now, "exp": now + ttl_s}
+    claims: dict[str, Any] = {"sub": subject, "roles": roles, "iat": now, "exp": now + ttl_s}
+    if teams is not None:
+        if not isinstance(teams, list):
+            bad = {r for r in teams.values() if r not in TEAM_ROLES}
+            if bad:
+                raise ValueError(f"unknown team roles {sorted(bad)}; known: {TEAM_ROLES}")
+            teams = dict(teams)
+        claims[settings.teams_claim] = teams
     return jwt.encode(claims, settings.jwt_secret, algorithm=settings.jwt_algorithm)
 
 
@@ -97,21 +117,53 @@ def _verify(token: str, settings: Settings) -> tuple[Principal, float]:
         raise Unauthorized("token claim 'sub' must be a non-empty string")
     if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
         raise Unauthorized("token claim 'roles' must be a list of role names")
-    return Principal(subject, frozenset(roles)), float(claims["exp"])
+    try:
+        teams = parse_teams_claim(claims.get(settings.teams_claim))
+    except ValueError as exc:
+        raise Unauthorized(f"token claim '{settings.teams_claim}': {exc}") from None
+    return Principal(subject, frozenset(roles), teams=teams), float(claims["exp"])
 
 
 PrincipalDep = Annotated[Principal, Depends(principal_from_request)]
 
 
 def require_roles(*roles: str):  # type: ignore[no-untyped-def]
-    """Dependency: the caller must hold one of ``roles`` (admin always may)."""
+    """Dependency: the caller must hold one of ``roles`` (admin always may), and belong to the
+    team that owns what the path names (kiln_core.teams), in that order: a role the route
+    refuses is 403 whether or not the resource exists, so the answer reveals nothing."""
+    allowed = frozenset(roles)
 
-    def check(principal: PrincipalDep) -> Principal:
+    async def check(request: Request, principal: PrincipalDep) -> Principal:
         if not principal.has(*roles):
             raise Forbidden(f"requires one of the roles: {', '.join(roles)}")
+        await check_ownership(request, principal, allowed)
         return principal
 
     return Depends(check)
+
+
+async def check_ownership(request: Request, principal: Principal, roles: frozenset[str]) -> None:
+    """Check the caller against the owner of everything the request's path names."""
+    if principal.is_admin:
+        return
+    runtime = getattr(request.app.state, "runtime", None)
+    lookups = getattr(getattr(runtime, "spec", None), "ownership", None)
+    if not lookups:
+        return
+    path = request.url.path
+    named = []
+    for key, lookup in lookups.items():
+        # "param" everywhere, or "param@/prefix" only on paths under the prefix.
+        param, _, prefix = key.partition("@")
+        if param in request.path_params and path.startswith(prefix):
+            named.append((lookup, request.path_params[param]))
+    if not named:
+        return
+    async with runtime.db.session() as session:  # type: ignore[union-attr]
+        for lookup, value in named:
+            owner = await lookup(session, str(value))
+            if owner is not None:
+                check_access(principal, owner, request.method, roles)
 
 
 # Everyone who signs in may read the catalogue of datasets, jobs and models.

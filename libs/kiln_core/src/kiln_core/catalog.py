@@ -57,6 +57,10 @@ class DatasetVersionCreated(EventData):
 
     dataset_id: str
     dataset_name: str
+    team: str = Field(default="default", description="the team that owns the dataset")
+    shared_with: list[str] = Field(
+        default_factory=list, description="teams that may read it and train on it"
+    )
     task_type: str
     version: int
     version_id: str
@@ -68,6 +72,19 @@ class DatasetVersionCreated(EventData):
     labelled: bool
     labels: list[str] = Field(default_factory=list)
     lineage: VersionLineage
+
+
+@register_event
+class DatasetShared(EventData):
+    event_type: ClassVar[str] = "kiln.dataset.shared"
+    description: ClassVar[str] = (
+        "The teams a dataset is shared with (read-only) changed; the list is the whole new set."
+    )
+
+    dataset_id: str
+    team: str = Field(description="the team that owns the dataset")
+    shared_with: list[str]
+    actor: str = Field(description="who changed it")
 
 
 @register_event
@@ -94,6 +111,7 @@ class LabelsCommitted(EventData):
 
     commit_id: str
     project_id: str
+    team: str = Field(default="default", description="the project's team")
     dataset_id: str
     base_version: int
     manifest_key: str = Field(description="JSONL of {item_id, labels} records in the object store")
@@ -196,6 +214,9 @@ class TrainingJobSucceeded(TrainingJobEvent):
     dataset_id: str
     dataset_version: int
     dataset_version_id: str | None = None
+    dataset_team: str | None = Field(
+        default=None, description="the dataset's team: another team's when it was shared"
+    )
     evaluation_split: str = "val"
     params: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, float]

@@ -75,6 +75,12 @@ class Conflict(KilnError):
     status, type, title = 409, "conflict", "Conflict with the current state"
 
 
+class QuotaExceeded(KilnError):
+    """A team's quota would be exceeded; the problem names the quota, usage and limit."""
+
+    status, type, title = 409, "quota-exceeded", "Quota exceeded"
+
+
 class PayloadTooLarge(KilnError):
     status, type, title = 413, "payload-too-large", "Payload too large"
 

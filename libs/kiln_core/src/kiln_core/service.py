@@ -22,6 +22,7 @@ from kiln_core.jobs import JobContext, JobQueue, LongWork
 from kiln_core.outbox import OutboxRelay, add_event
 from kiln_core.settings import Settings, get_settings
 from kiln_core.storage import ObjectStore, open_store
+from kiln_core.teams import OwnerLookup
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,9 @@ class ServiceSpec:
     workers: list[Callable[[ServiceRuntime, asyncio.Event], object]] = field(default_factory=list)
     # The service's long work on Celery, if it has any (see kiln_core.jobs).
     long_work: LongWork | None = None
+    # Path parameter ("param", or "param@/path/prefix") → how to find the team owning what
+    # it names (kiln_core.teams).
+    ownership: dict[str, OwnerLookup] = field(default_factory=dict)
 
 
 def runtime_of(session: AsyncSession) -> ServiceRuntime:

@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     jwt_algorithm: str = "HS256"
     # Embedded quickstart runs without tokens; real deployments set KILN_AUTH_REQUIRED=true.
     auth_required: bool = False
+    # The token claim naming the caller's teams (a list of names, or {team: team role}), for
+    # an identity provider that manages groups; the claim Kiln's own tokens carry by default.
+    teams_claim: str = Field(default="teams", min_length=1, max_length=100)
+    # The team of what the platform's administrators (and the tokenless quickstart) create
+    # without naming one.
+    default_team: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_\-]*$", max_length=100)
 
     log_level: str = "INFO"
     log_json: bool = True

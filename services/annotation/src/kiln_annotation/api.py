@@ -40,6 +40,7 @@ from kiln_core.errors import Conflict, NotFound, ValidationFailed
 from kiln_core.http import SessionDep, get_runtime
 from kiln_core.manifest import read_manifest
 from kiln_core.storage import ObjectNotFound
+from kiln_core.teams import TEAM_NAME, team_for_new, visible_teams
 
 router = APIRouter(prefix="/v1", tags=["annotation"])
 
@@ -74,6 +75,12 @@ class ProjectCreate(BaseModel):
     )
 
     name: str = PydField(min_length=1, max_length=200, description="shown to annotators")
+    team: str | None = PydField(
+        default=None,
+        max_length=100,
+        pattern=TEAM_NAME,
+        description="the team that owns it (and the dataset); by default the caller's only team",
+    )
     dataset_id: str = PydField(
         min_length=1, max_length=32, description="the dataset whose versions become tasks"
     )
@@ -180,12 +187,14 @@ async def create_project(body: ProjectCreate, request: Request, who: Manager) ->
     except ValueError as exc:
         raise ValidationFailed(f"label_schema: {exc}", field="label_schema") from None
     runtime = get_runtime(request)
+    team = team_for_new(who, body.team, runtime.settings.default_team)
     async with runtime.db.transaction() as session:
         clash = (await session.exec(select(Project).where(Project.name == body.name))).first()
         if clash is not None:
             raise Conflict(f"a project named {body.name!r} exists", project_id=clash.id)
         project = Project(
-            **body.model_dump(exclude={"label_schema"}),
+            **body.model_dump(exclude={"label_schema", "team"}),
+            team=team,
             label_schema=schema.model_dump(mode="json"),
             created_by=who.subject,
         )
@@ -195,11 +204,14 @@ async def create_project(body: ProjectCreate, request: Request, who: Manager) ->
 
 @router.get("/projects")
 async def list_projects(
-    session: SessionDep, _who: Anyone, dataset_id: str | None = None
+    session: SessionDep, who: Anyone, dataset_id: str | None = None
 ) -> list[dict[str, Any]]:
     query = select(Project).order_by(col(Project.created_at).desc())
     if dataset_id:
         query = query.where(Project.dataset_id == dataset_id)
+    teams = visible_teams(who)
+    if teams is not None:
+        query = query.where(col(Project.team).in_(sorted(teams)))
     return [p.model_dump(mode="json") for p in (await session.exec(query)).all()]
 
 

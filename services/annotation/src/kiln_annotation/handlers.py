@@ -31,7 +31,11 @@ async def on_version_created(
         return
     projects = (
         await session.exec(
-            select(Project).where(Project.dataset_id == data.dataset_id, Project.auto_annotate)
+            select(Project).where(
+                Project.dataset_id == data.dataset_id,
+                Project.auto_annotate,
+                Project.team == data.team,  # another team's project on a shared dataset: no tasks
+            )
         )
     ).all()
     if not projects:

@@ -31,6 +31,8 @@ class Project(SQLModel, table=True):
 
     id: str = Field(default_factory=new_id, sa_column=Column(String(32), primary_key=True))
     name: str = Field(sa_column=Column(String(200), nullable=False, unique=True))
+    # The team that owns it (kiln_core.teams): its tasks, jobs and commits go with it.
+    team: str = Field(default="default", sa_column=Column(String(100), nullable=False, index=True))
     dataset_id: str = Field(sa_column=Column(String(32), nullable=False, index=True))
     label_schema: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     auto_annotate: bool = Field(default=True, sa_column=Column(Boolean, nullable=False))

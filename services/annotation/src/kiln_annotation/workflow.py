@@ -274,6 +274,12 @@ async def review(
             raise Conflict(f"task is {task.status}; only submitted tasks are reviewed")
         if task.assignee == reviewer:
             raise Forbidden("annotators do not review their own work")
+        if task.review_level > 0 and await _accepted_this_round(session, task.id, reviewer):
+            # Separation of duties: each review level is a different person's judgement.
+            raise Forbidden(
+                f"you accepted this task at an earlier review level; level "
+                f"{task.review_level + 1} needs another reviewer"
+            )
         if not accept and not comment.strip():
             raise ValidationFailed(
                 "a rejection needs a comment for the annotator",
@@ -293,6 +299,26 @@ async def review(
     if task.status == TaskStatus.accepted:
         await commit_if_complete(runtime, task.project_id, task.dataset_version)
     return task
+
+
+async def _accepted_this_round(session: AsyncSession, task_id: str, reviewer: str) -> bool:
+    """Whether ``reviewer`` accepted the task since its annotator last submitted it."""
+    submitted = (
+        await session.exec(
+            select(func.max(AuditEntry.id)).where(
+                AuditEntry.task_id == task_id, AuditEntry.action == "submitted"
+            )
+        )
+    ).one()
+    accepted = await session.exec(
+        select(AuditEntry.id).where(
+            AuditEntry.task_id == task_id,
+            AuditEntry.action == "accepted",
+            AuditEntry.actor == reviewer,
+            col(AuditEntry.id) > (submitted or 0),
+        )
+    )
+    return accepted.first() is not None
 
 
 async def commit_if_complete(runtime: ServiceRuntime, project_id: str, version: int) -> None:
@@ -363,6 +389,7 @@ async def commit_labels(
             LabelsCommitted(
                 commit_id=commit.id,
                 project_id=project_id,
+                team=project.team,
                 dataset_id=project.dataset_id,
                 base_version=version,
                 manifest_key=commit.manifest_key,

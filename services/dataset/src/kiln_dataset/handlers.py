@@ -15,6 +15,7 @@ from kiln_core.ping import ping_handlers
 from kiln_core.service import ServiceRuntime, runtime_of
 from kiln_core.storage import ObjectNotFound
 from kiln_dataset.active_learning import on_prediction_flagged
+from kiln_dataset.models import Dataset
 from kiln_dataset.versions import create_version, get_version, version_items
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,12 @@ async def on_labels_committed(
         base = await get_version(session, data.dataset_id, data.base_version)
     except NotFound as exc:
         raise EventRejected(f"labels for an unknown dataset version: {exc.detail}") from None
+    dataset = await session.get(Dataset, data.dataset_id)
+    if dataset is not None and dataset.team != data.team:
+        # Sharing is read-only: only the owning team's labels make its versions.
+        raise EventRejected(
+            f"project of team {data.team!r} may not label team {dataset.team!r}'s dataset"
+        )
     try:
         commit = await read_manifest_labels(runtime, data.manifest_key)
     except ObjectNotFound:

@@ -24,6 +24,7 @@ from kiln_core.db import UtcDateTime, new_id, utcnow
 from kiln_core.http import Page  # noqa: F401 - the list shape every API shares
 from kiln_core.jobs import JobRecord
 from kiln_core.manifest import Category, TaskType
+from kiln_core.teams import TEAM_NAME
 
 
 class DatasetStatus(StrEnum):
@@ -55,6 +56,9 @@ class Dataset(SQLModel, table=True):
     description: str = Field(default="", sa_column=Column(Text, nullable=False))
     task_type: str = Field(sa_column=Column(String(30), nullable=False))
     owner: str = Field(sa_column=Column(String(200), nullable=False))
+    # The team that owns it (kiln_core.teams), and the teams it is shared with read-only.
+    team: str = Field(default="default", sa_column=Column(String(100), nullable=False, index=True))
+    shared_with: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     source_channel: str | None = Field(default=None, sa_column=Column(String(100), index=True))
     product_standard: str | None = Field(default=None, sa_column=Column(String(20)))
     media_format: str | None = Field(default=None, sa_column=Column(String(50)))
@@ -198,7 +202,13 @@ class DatasetCreate(BaseModel):
         min_length=1,
         max_length=200,
         pattern=r"^[A-Za-z0-9][\w .\-]*$",
-        description="unique among live datasets; letters, digits, spaces, dots, dashes",
+        description="unique among the team's live datasets; letters, digits, spaces, dots, dashes",
+    )
+    team: str | None = PydField(
+        default=None,
+        max_length=100,
+        pattern=TEAM_NAME,
+        description="the team that owns it; by default the caller's only team",
     )
     description: str = PydField(default="", max_length=5000, description="free text, shown as text")
     task_type: TaskType = PydField(description="what its labels are for; sets the label kinds")
@@ -252,6 +262,8 @@ class DatasetPublic(BaseModel):
                     "description": "Photos of bolts and nuts from line 3",
                     "task_type": "detection",
                     "owner": "dana",
+                    "team": "vision",
+                    "shared_with": [],
                     "source_channel": "factory-camera",
                     "product_standard": "standard",
                     "media_format": "jpeg",
@@ -278,6 +290,10 @@ class DatasetPublic(BaseModel):
     """classification, detection, segmentation or keypoints."""
     owner: str
     """The subject who created it."""
+    team: str
+    """The team that owns it."""
+    shared_with: list[str]
+    """Teams that may read it (and train on it), but not change it."""
     source_channel: str | None
     """Where the images come from."""
     product_standard: str | None

@@ -10,6 +10,7 @@ from kiln_core.service import ServiceSpec
 from kiln_dataset import api
 from kiln_dataset.active_learning import flush_flagged_inputs
 from kiln_dataset.handlers import HANDLERS
+from kiln_dataset.ownership import OWNERSHIP
 from kiln_dataset.runners import LONG_WORK
 
 SERVICE = ServiceSpec(
@@ -20,4 +21,5 @@ SERVICE = ServiceSpec(
     handlers=HANDLERS,
     workers=[flush_flagged_inputs],
     long_work=LONG_WORK,
+    ownership=OWNERSHIP,
 )

@@ -209,6 +209,8 @@ async def create_version(
         DatasetVersionCreated(
             dataset_id=dataset.id,
             dataset_name=dataset.name,
+            team=dataset.team,
+            shared_with=list(dataset.shared_with or []),
             task_type=dataset.task_type,
             version=number,
             version_id=version_id,

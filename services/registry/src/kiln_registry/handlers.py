@@ -76,7 +76,12 @@ async def on_training_job_succeeded(
     try:
         model = await get_model(session, data.model_name)
     except NotFound:
-        model = await create_model(session, data.model_name, actor)
+        model = await create_model(session, data.model_name, actor, team=data.team)
+    if model.team != data.team:
+        raise EventRejected(
+            f"job {data.job_id} of team {data.team!r} may not add a version to team "
+            f"{model.team!r}'s model {data.model_name!r}"
+        )
     version = await register_version(
         session,
         runtime,
@@ -93,6 +98,9 @@ async def on_training_job_succeeded(
             "dataset_version_id": data.dataset_version_id,
             "template": data.template,
             "team": data.team,
+            # Trained on another team's dataset, shared with this one: the lineage says whose.
+            "dataset_team": data.dataset_team or data.team,
+            "shared_dataset": (data.dataset_team or data.team) != data.team,
             "training_artifact_uri": data.artifact.uri,
         },
         actor=actor,

@@ -16,6 +16,7 @@ from kiln_core.catalog import ModelArtifact, ModelSignature, Preprocessing
 from kiln_core.db import INT32_MAX, UtcDateTime, new_id, utcnow
 from kiln_core.http import Page  # noqa: F401 - the list shape every API shares
 from kiln_core.jobs import JobRecord
+from kiln_core.teams import TEAM_NAME
 
 NAME_PATTERN = r"^[A-Za-z0-9][\w.\-]*$"
 ALIAS_PATTERN = r"^[a-z][a-z0-9\-]{0,62}$"
@@ -41,6 +42,8 @@ class RegisteredModel(SQLModel, table=True):
 
     id: str = Field(default_factory=new_id, sa_column=Column(String(32), primary_key=True))
     name: str = Field(sa_column=Column(String(200), nullable=False, unique=True))
+    # The team that owns it (kiln_core.teams): only its jobs add versions to it.
+    team: str = Field(default="default", sa_column=Column(String(100), nullable=False, index=True))
     description: str = Field(default="", sa_column=Column(Text, nullable=False))
     tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     task_type: str | None = Field(default=None, sa_column=Column(String(30)))
@@ -158,6 +161,12 @@ class ModelCreate(BaseModel):
     name: str = PydField(
         min_length=1, max_length=200, pattern=NAME_PATTERN, description="unique model name"
     )
+    team: str | None = PydField(
+        default=None,
+        max_length=100,
+        pattern=TEAM_NAME,
+        description="the team that owns it; by default the caller's only team",
+    )
     description: str = PydField(default="", max_length=5000, description="free text")
     task_type: str | None = PydField(
         default=None, max_length=30, description="classification, detection, … (free text)"
@@ -189,6 +198,7 @@ class MetadataUpdate(BaseModel):
 class ModelPublic(BaseModel):
     id: str
     name: str
+    team: str
     description: str
     task_type: str | None
     tags: list[str]

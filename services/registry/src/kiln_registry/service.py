@@ -10,6 +10,7 @@ from kiln_core.service import ServiceSpec
 from kiln_registry import api
 from kiln_registry.handlers import HANDLERS
 from kiln_registry.jobs import LONG_WORK
+from kiln_registry.ownership import OWNERSHIP
 
 SERVICE = ServiceSpec(
     name="registry",
@@ -18,4 +19,5 @@ SERVICE = ServiceSpec(
     routers=[ping_router("registry"), api.router],
     handlers=HANDLERS,
     long_work=LONG_WORK,
+    ownership=OWNERSHIP,
 )

@@ -80,9 +80,15 @@ async def create_model(
     description: str = "",
     tags: list[str] | None = None,
     task_type: str | None = None,
+    team: str = "default",
 ) -> RegisteredModel:
     model = RegisteredModel(
-        name=name, description=description, tags=tags or [], task_type=task_type, created_by=actor
+        name=name,
+        team=team,
+        description=description,
+        tags=tags or [],
+        task_type=task_type,
+        created_by=actor,
     )
     session.add(model)
     await log_operation(
@@ -234,6 +240,7 @@ async def models_public(session: AsyncSession, models: list[RegisteredModel]) ->
         ModelPublic(
             id=m.id,
             name=m.name,
+            team=m.team,
             description=m.description,
             task_type=m.task_type,
             tags=m.tags,

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, FastAPI, Query, Request, Response, status
 from sqlmodel import col, select
 
-from kiln_core.auth import Principal, principal_from_request, require_roles
+from kiln_core.auth import Principal, check_ownership, principal_from_request, require_roles
 from kiln_core.db import utcnow
 from kiln_core.errors import (
     Conflict,
@@ -19,6 +19,7 @@ from kiln_core.errors import (
     ValidationFailed,
 )
 from kiln_core.http import PROBLEM_JSON, SessionDep, get_runtime
+from kiln_core.teams import team_for_new, visible_teams
 from kiln_serving import canary
 from kiln_serving.controller import Controller, _endpoint_for_update, _pair
 from kiln_serving.handlers import request_deployment
@@ -99,6 +100,7 @@ async def _public(session: SessionDep, endpoint: Endpoint) -> EndpointPublic:
     )
     return EndpointPublic(
         name=endpoint.name,
+        team=endpoint.team,
         model_name=endpoint.model_name,
         alias=endpoint.alias,
         candidate_alias=endpoint.candidate_alias,
@@ -115,12 +117,15 @@ async def _public(session: SessionDep, endpoint: Endpoint) -> EndpointPublic:
 
 
 @router.post("/endpoints", status_code=status.HTTP_201_CREATED)
-async def create_endpoint(body: EndpointCreate, session: SessionDep, who: Writer) -> EndpointPublic:
+async def create_endpoint(
+    body: EndpointCreate, request: Request, session: SessionDep, who: Writer
+) -> EndpointPublic:
     """An endpoint serving ``model_name`` at ``alias``; versions arrive with promotions."""
     if await session.get(Endpoint, body.name) is not None:
         raise Conflict(f"endpoint {body.name!r} exists")
     endpoint = Endpoint(
         name=body.name,
+        team=team_for_new(who, body.team, get_runtime(request).settings.default_team),
         model_name=body.model_name,
         alias=body.alias,
         candidate_alias=body.candidate_alias,
@@ -138,8 +143,12 @@ async def create_endpoint(body: EndpointCreate, session: SessionDep, who: Writer
 
 
 @router.get("/endpoints")
-async def list_endpoints(session: SessionDep, _: Reader) -> list[EndpointPublic]:
-    rows = (await session.exec(select(Endpoint).order_by(col(Endpoint.name)))).all()
+async def list_endpoints(session: SessionDep, who: Reader) -> list[EndpointPublic]:
+    query = select(Endpoint).order_by(col(Endpoint.name))
+    teams = visible_teams(who)
+    if teams is not None:
+        query = query.where(col(Endpoint.team).in_(sorted(teams)))
+    rows = (await session.exec(query)).all()
     return [await _public(session, e) for e in rows]
 
 
@@ -272,8 +281,10 @@ async def predict(
     Served by :class:`kiln_serving.predict.PredictRoute` in front of FastAPI; this route
     documents it and answers the same way should a request reach the router."""
     # Checked inline: a sync dependency would cost a thread hop on the hottest path.
-    if not principal_from_request(request).has(*CALLERS):
+    principal = principal_from_request(request)
+    if not principal.has(*CALLERS):
         raise Forbidden(f"requires one of the roles: {', '.join(CALLERS)}")
+    await check_ownership(request, principal, frozenset(CALLERS))
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
     body, version = await predict_once(
         _controller(request),

@@ -13,6 +13,7 @@ from sqlalchemy import JSON, Column, Float, Integer, String, Text
 from sqlmodel import Field, SQLModel
 
 from kiln_core.db import UtcDateTime, new_id, utcnow
+from kiln_core.teams import TEAM_NAME
 
 Strategy = Literal["direct", "canary", "shadow", "ab"]
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -49,6 +50,8 @@ class Endpoint(SQLModel, table=True):
     __tablename__ = "endpoints"
 
     name: str = Field(sa_column=Column(String(63), primary_key=True))
+    # The team that owns it (kiln_core.teams): only its members call or change it.
+    team: str = Field(default="default", sa_column=Column(String(100), nullable=False, index=True))
     model_name: str = Field(sa_column=Column(String(200), nullable=False, index=True))
     alias: str = Field(sa_column=Column(String(100), nullable=False))
     candidate_alias: str = Field(sa_column=Column(String(100), nullable=False))
@@ -209,6 +212,12 @@ class EndpointCreate(EndpointConfig):
         description="1-63 lower-case letters, digits and single dashes",
     )
     model_name: str = PydField(min_length=1, max_length=200, description="a registered model")
+    team: str | None = PydField(
+        default=None,
+        max_length=100,
+        pattern=TEAM_NAME,
+        description="the team that owns it; by default the caller's only team",
+    )
     alias: str = PydField(
         default="production",
         min_length=1,
@@ -333,6 +342,8 @@ class EndpointPublic(BaseModel):
 
     name: str
     """The endpoint's name (the path of its predictions)."""
+    team: str
+    """The team that owns it."""
     model_name: str
     """The registered model it serves."""
     alias: str

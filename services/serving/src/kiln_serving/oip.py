@@ -25,7 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 
-from kiln_core.auth import principal_from_request
+from kiln_core.auth import check_ownership, principal_from_request
 from kiln_core.errors import BadRequest, Forbidden, KilnError, NotFound
 from kiln_serving.predict import (
     CALLERS,
@@ -302,10 +302,13 @@ def _controller(request: Request) -> Controller:
     return request.app.state.controller  # type: ignore[no-any-return]
 
 
-def _caller(request: Request) -> None:
-    """Who may infer may read the models' metadata (checked here: v2 errors, not problems)."""
-    if not principal_from_request(request).has(*CALLERS):
+async def _caller(request: Request) -> None:
+    """Who may infer may read the models' metadata (checked here: v2 errors, not problems),
+    of their own teams' endpoints."""
+    principal = principal_from_request(request)
+    if not principal.has(*CALLERS):
         raise Forbidden(f"requires one of the roles: {', '.join(CALLERS)}")
+    await check_ownership(request, principal, frozenset(CALLERS))
 
 
 async def _routed(request: Request, name: str) -> Route:
@@ -346,14 +349,14 @@ BEARER: dict[str, Any] = {"security": [{"bearer": []}]}
 @router.get("/models/{name}", openapi_extra=BEARER)
 async def model(name: EndpointName, request: Request) -> dict[str, Any]:
     """The endpoint as a model: its deployed versions, input and outputs."""
-    _caller(request)
+    await _caller(request)
     return model_metadata(name, await _routed(request, name))
 
 
 @router.get("/models/{name}/ready", responses={503: V2_ERROR}, openapi_extra=BEARER)
 async def model_ready(name: EndpointName, request: Request) -> dict[str, Any]:
     """Ready when a version is deployed and answering."""
-    _caller(request)
+    await _caller(request)
     route = await _routed(request, name)
     if route.stable is None and route.candidate is None:
         raise _NotReady(f"endpoint {name!r} has no model version deployed yet")
@@ -365,7 +368,7 @@ async def model_version(
     name: EndpointName, version: VersionNumber, request: Request
 ) -> dict[str, Any]:
     """One deployed version as a model."""
-    _caller(request)
+    await _caller(request)
     route = await _routed(request, name)
     return model_metadata(name, route, pinned_version(route, version))
 
@@ -375,7 +378,7 @@ async def model_version_ready(
     name: EndpointName, version: VersionNumber, request: Request
 ) -> dict[str, Any]:
     """Ready when that version is deployed on the endpoint."""
-    _caller(request)
+    await _caller(request)
     pinned_version(await _routed(request, name), version)
     return {"name": name, "ready": True}
 
@@ -394,7 +397,7 @@ INFER_ERRORS: dict[int | str, dict[str, Any]] = {
 
 async def _infer_here(request: Request, name: str, pinned: int | None) -> Response:
     """What PredictRoute answers, should a request reach FastAPI's router."""
-    _caller(request)
+    await _caller(request)
     body, version = await infer_v2(
         _controller(request),
         name,

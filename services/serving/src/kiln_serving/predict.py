@@ -27,7 +27,7 @@ import numpy as np
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from kiln_core.auth import principal_from_header
+from kiln_core.auth import Principal, principal_from_header
 from kiln_core.errors import (
     BadRequest,
     DependencyUnavailable,
@@ -36,6 +36,7 @@ from kiln_core.errors import (
     NotFound,
 )
 from kiln_core.http import EdgeMiddleware, problem_response, request_id_of
+from kiln_core.teams import Owner, check_access
 from kiln_core.telemetry import extract_context
 from kiln_serving.detection import image_answer
 from kiln_serving.models import EndpointConfig
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 CALLERS = ("viewer", "ml-engineer", "data-engineer", "annotator", "admin")
+_CALLER_ROLES = frozenset(CALLERS)
 VERSION_HEADER = "x-kiln-model-version"
 VERSION_ID_HEADER = "x-kiln-model-version-id"
 VERSION_HEADER_B, VERSION_ID_HEADER_B = VERSION_HEADER.encode(), VERSION_ID_HEADER.encode()
@@ -457,10 +459,13 @@ class PredictRoute:
             try:
                 if self.edge.declares_too_much(length):
                     raise self.edge.too_large()
-                if not principal_from_header(authorization, self.settings).has(*CALLERS):
+                principal = principal_from_header(authorization, self.settings)
+                if not principal.has(*CALLERS):
                     raise Forbidden(f"requires one of the roles: {', '.join(CALLERS)}")
-                body = await self._body(receive)
                 params = scope["path_params"]
+                if not principal.is_admin:
+                    await self._check_team(principal, params["name"])
+                body = await self._body(receive)
                 if scope["route"] is PREDICT_LABEL:
                     answer, version = await predict(
                         self.controller,
@@ -504,6 +509,17 @@ class PredictRoute:
             finally:
                 span.set_attribute("http.response.status_code", status)
                 self.edge.observe(method, scope["route"].path, status, started)
+
+    async def _check_team(self, principal: Principal, name: str) -> None:
+        """Only the endpoint's team calls it (another team's is as absent as a missing one);
+        the team comes from the in-memory route table, so this costs no query."""
+        route = self.controller.table.routes.get(name)
+        if route is None:
+            await self.controller.refresh_routes()
+            route = self.controller.table.routes.get(name)
+        if route is not None:
+            owner = Owner(route.team, not_found=f"no endpoint {name!r}")
+            check_access(principal, owner, "GET", _CALLER_ROLES)
 
     async def _body(self, receive: Receive) -> bytes:
         """The request body; a body longer than the limit (declared or not) is refused."""

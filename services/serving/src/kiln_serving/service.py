@@ -7,6 +7,7 @@ from kiln_core.ping import ping_router
 from kiln_core.service import ServiceSpec
 from kiln_serving import api, oip
 from kiln_serving.handlers import HANDLERS
+from kiln_serving.ownership import OWNERSHIP
 
 SERVICE = ServiceSpec(
     name="serving",
@@ -15,4 +16,5 @@ SERVICE = ServiceSpec(
     # The API router's lifespan runs the Triton client and controller in every API process.
     routers=[ping_router("serving"), api.router, oip.router],
     handlers=HANDLERS,
+    ownership=OWNERSHIP,
 )

@@ -64,6 +64,8 @@ class Route:
     candidate: ServingVersion | None
     candidate_weight: float
     generation: int
+    # The endpoint's team: only its members call it (kiln_core.teams).
+    team: str = "default"
 
     def pick(self, route_key: str | None) -> tuple[ServingVersion | None, ServingVersion | None]:
         """(the version that answers, a version to mirror the request to or None)."""
@@ -169,6 +171,7 @@ class RoutingTable:
             candidate = deployments.get(e.candidate_id or "")
             self.routes[e.name] = Route(
                 endpoint=e.name,
+                team=e.team,
                 strategy=e.strategy,
                 config=EndpointConfig.model_validate(e.config),
                 stable=ServingVersion.of(stable) if stable else None,

@@ -16,8 +16,15 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.auth import Admin, Principal, Reader, require_roles
 from kiln_core.db import utcnow
-from kiln_core.errors import Conflict, NotFound, ValidationFailed
+from kiln_core.errors import Conflict, NotFound, QuotaExceeded, ValidationFailed
 from kiln_core.http import Limit, Offset, SessionDep, get_runtime
+from kiln_core.teams import (
+    TeamOperation,
+    TeamOperationPublic,
+    record_operation,
+    team_for_new,
+    visible_teams,
+)
 from kiln_training import lifecycle, search
 from kiln_training.executor import queue_view
 from kiln_training.models import (
@@ -94,6 +101,10 @@ async def get_template_entry(name: str, _who: Reader) -> dict[str, Any]:
 # --- teams --------------------------------------------------------------------------------------
 
 
+def _quotas(team: Team) -> dict[str, Any]:
+    return {"weight": team.weight, "quota": dict(team.quota), "limits": dict(team.limits or {})}
+
+
 def _team_public(team: Team) -> TeamPublic:
     return TeamPublic(**team.model_dump())
 
@@ -101,23 +112,32 @@ def _team_public(team: Team) -> TeamPublic:
 @router.post(
     "/teams", status_code=status.HTTP_201_CREATED, response_model=TeamPublic, tags=["teams"]
 )
-async def create_team(body: TeamCreate, request: Request, _who: Admin) -> TeamPublic:
-    """Create a team with its scheduling weight and per-resource quota."""
+async def create_team(body: TeamCreate, request: Request, who: Admin) -> TeamPublic:
+    """Create a team with its scheduling weight, per-resource quota and counted limits."""
     async with get_runtime(request).db.transaction() as session:
         if await session.get(Team, body.name) is not None:
             raise Conflict(f"team {body.name} already exists")
         team = Team(
-            name=body.name, weight=body.weight, quota={str(k): v for k, v in body.quota.items()}
+            name=body.name,
+            weight=body.weight,
+            quota={str(k): v for k, v in body.quota.items()},
+            limits={str(k): v for k, v in body.limits.items()},
         )
         session.add(team)
+        record_operation(
+            session, who.subject, "team.created", team.name, team.name, **_quotas(team)
+        )
     return _team_public(team)
 
 
 @router.get("/teams", response_model=list[TeamPublic], tags=["teams"])
-async def list_teams(session: SessionDep, _who: Reader) -> list[TeamPublic]:
-    """Every team, by name."""
-    teams = (await session.exec(select(Team).order_by(col(Team.name)))).all()
-    return [_team_public(t) for t in teams]
+async def list_teams(session: SessionDep, who: Reader) -> list[TeamPublic]:
+    """The caller's teams (every team, for admins), by name."""
+    query = select(Team).order_by(col(Team.name))
+    mine = visible_teams(who)
+    if mine is not None:
+        query = query.where(col(Team.name).in_(sorted(mine)))
+    return [_team_public(t) for t in (await session.exec(query)).all()]
 
 
 @router.get("/teams/{name}", response_model=TeamPublic, tags=["teams"])
@@ -128,24 +148,37 @@ async def get_team(name: str, session: SessionDep, _who: Reader) -> TeamPublic:
     return _team_public(team)
 
 
+@router.get("/teams/{name}/operations", response_model=list[TeamOperationPublic], tags=["teams"])
+async def team_operations(
+    name: str, session: SessionDep, _who: Reader
+) -> list[TeamOperationPublic]:
+    """The team's append-only log of quota and limit changes, oldest first."""
+    rows = await session.exec(
+        select(TeamOperation).where(TeamOperation.team == name).order_by(col(TeamOperation.id))
+    )
+    return [TeamOperationPublic.model_validate(r, from_attributes=True) for r in rows.all()]
+
+
 @router.put("/teams/{name}", response_model=TeamPublic, tags=["teams"])
-async def update_team(name: str, body: TeamIn, request: Request, _who: Admin) -> TeamPublic:
+async def update_team(name: str, body: TeamIn, request: Request, who: Admin) -> TeamPublic:
     """Replace a team's weight and quota; the next scheduling round uses them."""
     async with get_runtime(request).db.transaction() as session:
         team = await session.get(Team, name)
         if team is None:
             raise NotFound(f"team {name} does not exist")
-        team.weight, team.quota, team.updated_at = (
+        team.weight, team.quota, team.limits, team.updated_at = (
             body.weight,
             {str(k): v for k, v in body.quota.items()},
+            {str(k): v for k, v in body.limits.items()},
             utcnow(),
         )
         session.add(team)
+        record_operation(session, who.subject, "quota.set", team.name, team.name, **_quotas(team))
     return _team_public(team)
 
 
 @router.delete("/teams/{name}", status_code=204, tags=["teams"])
-async def delete_team(name: str, request: Request, _who: Admin) -> Response:
+async def delete_team(name: str, request: Request, who: Admin) -> Response:
     """Delete a team that has no queued, running or paused job."""
     async with get_runtime(request).db.transaction() as session:
         team = await session.get(Team, name)
@@ -164,22 +197,62 @@ async def delete_team(name: str, request: Request, _who: Admin) -> Response:
         if active:
             raise Conflict(f"team {name} has {active} unfinished jobs")
         await session.delete(team)
+        record_operation(session, who.subject, "team.deleted", name, name)
     return Response(status_code=204)
 
 
 # --- jobs ---------------------------------------------------------------------------------------
 
 
-async def _require_team(session: AsyncSession, name: str) -> None:
-    if await session.get(Team, name) is None:
+async def _require_team(session: AsyncSession, name: str, who: Principal) -> Team:
+    """The team a job is submitted under: the caller must belong to it (a job under another
+    team's name would spend that team's share), and it must exist."""
+    team_for_new(who, name, name)
+    team = await session.get(Team, name, with_for_update=True)  # SQLite ignores it
+    if team is None:
         raise ValidationFailed(f"team {name} does not exist; an admin creates it first")
+    return team
 
 
-@router.post("/jobs", status_code=status.HTTP_201_CREATED, response_model=JobPublic, tags=["jobs"])
+async def _within_limit(session: AsyncSession, team: Team, adding: int = 1) -> None:
+    """Refuse a submission past the team's cap on unfinished jobs. The team's row is locked
+    (on PostgreSQL) by :func:`_require_team`, so concurrent submissions count one by one."""
+    limit = (team.limits or {}).get("jobs")
+    if limit is None:
+        return
+    usage = (
+        await session.exec(
+            select(func.count()).where(
+                TrainingJob.team == team.name,
+                col(TrainingJob.status).not_in(list(TERMINAL)),
+                TrainingJob.kind == JobKind.train,
+            )
+        )
+    ).one()
+    if usage + adding > limit:
+        raise QuotaExceeded(
+            f"team {team.name} has {usage} unfinished jobs of its limit {limit}",
+            quota="jobs",
+            team=team.name,
+            usage=usage,
+            limit=limit,
+        )
+
+
+@router.post(
+    "/jobs",
+    status_code=status.HTTP_201_CREATED,
+    response_model=JobPublic,
+    tags=["jobs"],
+    responses={409: {"description": "quota-exceeded: the team's limit of unfinished jobs"}},
+)
 async def submit_job(body: JobCreate, request: Request, who: Submitter) -> JobPublic:
-    """Submit a training job: validated against its template, then queued for the scheduler."""
+    """Submit a training job under one of the caller's teams: validated against its template,
+    then queued for the scheduler."""
     async with get_runtime(request).db.transaction() as session:
-        await _require_team(session, body.team)
+        team = await _require_team(session, body.team, who)
+        await lifecycle.check_dataset_use(session, body.team, body.dataset, anyone=who.is_admin)
+        await _within_limit(session, team)
         job = await lifecycle.new_job(session, body, created_by=who.subject)
     return job_public(job)
 
@@ -187,7 +260,7 @@ async def submit_job(body: JobCreate, request: Request, who: Submitter) -> JobPu
 @router.get("/jobs", response_model=Page[JobPublic], tags=["jobs"])
 async def list_jobs(
     session: SessionDep,
-    _who: Reader,
+    who: Reader,
     limit: Limit = 50,
     offset: Offset = 0,
     status_: Annotated[StatusFilter | None, Query(alias="status")] = None,
@@ -205,6 +278,9 @@ async def list_jobs(
     ):
         if value is not None:
             query = query.where(column == value)
+    teams = visible_teams(who)
+    if teams is not None:
+        query = query.where(col(TrainingJob.team).in_(sorted(teams)))
     total = (await session.exec(select(func.count()).select_from(query.subquery()))).one()
     rows = (
         await session.exec(
@@ -377,7 +453,10 @@ async def create_search(body: SearchCreate, request: Request, who: Submitter) ->
     """Start a grid or random hyperparameter search: a parent job whose trials queue like any
     job; the parent ranks them by the target metric and names the best."""
     async with get_runtime(request).db.transaction() as session:
-        await _require_team(session, body.base.team)
+        await _require_team(session, body.base.team, who)
+        await lifecycle.check_dataset_use(
+            session, body.base.team, body.base.dataset, anyone=who.is_admin
+        )
         parent, _trials = await search.create_search(session, body, who.subject)
     return job_public(parent)
 
@@ -404,6 +483,11 @@ async def get_search(job_id: str, session: SessionDep, _who: Reader) -> dict[str
 # --- triggers -----------------------------------------------------------------------------------
 
 
+def trigger_team(trigger: Trigger) -> str:
+    """The team a rule's jobs are submitted under (it owns the rule)."""
+    return str(trigger.job.get("spec", {}).get("team", ""))
+
+
 def _trigger_public(trigger: Trigger) -> TriggerPublic:
     return TriggerPublic(**trigger.model_dump())
 
@@ -418,7 +502,7 @@ async def create_trigger(body: TriggerCreate, request: Request, who: Submitter) 
     """A rule: when a labelled version of ``dataset_id`` is created, submit ``job`` on it."""
     lifecycle.checked_params(body.job.template, body.job.params)
     async with get_runtime(request).db.transaction() as session:
-        await _require_team(session, body.job.team)
+        await _require_team(session, body.job.team, who)
         trigger = Trigger(
             name=body.name,
             dataset_id=body.dataset_id,
@@ -436,13 +520,14 @@ async def create_trigger(body: TriggerCreate, request: Request, who: Submitter) 
 
 @router.get("/triggers", response_model=list[TriggerPublic], tags=["triggers"])
 async def list_triggers(
-    session: SessionDep, _who: Reader, dataset_id: str | None = None
+    session: SessionDep, who: Reader, dataset_id: str | None = None
 ) -> list[TriggerPublic]:
     query = select(Trigger)
     if dataset_id is not None:
         query = query.where(Trigger.dataset_id == dataset_id)
     rows = (await session.exec(query.order_by(col(Trigger.created_at), col(Trigger.id)))).all()
-    return [_trigger_public(t) for t in rows]
+    teams = visible_teams(who)
+    return [_trigger_public(t) for t in rows if teams is None or trigger_team(t) in teams]
 
 
 async def _get_trigger(session: AsyncSession, trigger_id: str) -> Trigger:
@@ -459,7 +544,7 @@ async def get_trigger(trigger_id: str, session: SessionDep, _who: Reader) -> Tri
 
 @router.patch("/triggers/{trigger_id}", response_model=TriggerPublic, tags=["triggers"])
 async def update_trigger(
-    trigger_id: str, body: TriggerUpdate, request: Request, _who: Submitter
+    trigger_id: str, body: TriggerUpdate, request: Request, who: Submitter
 ) -> TriggerPublic:
     """Rename, enable or disable a rule, or replace the job it submits."""
     if body.job is not None:
@@ -471,7 +556,7 @@ async def update_trigger(
         if body.enabled is not None:
             trigger.enabled = body.enabled
         if body.job is not None:
-            await _require_team(session, body.job.team)
+            await _require_team(session, body.job.team, who)
             trigger.job = {**trigger.job, "spec": body.job.model_dump(mode="json")}
         trigger.updated_at = utcnow()
         session.add(trigger)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from sqlalchemy import update
+from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from kiln_core.catalog import DatasetVersionCreated, ModelVersionCreated
+from kiln_core.catalog import DatasetShared, DatasetVersionCreated, ModelVersionCreated
 from kiln_core.events import CloudEvent
 from kiln_core.inbox import EventHandler
 from kiln_core.ping import ping_handlers
@@ -23,6 +25,8 @@ async def on_version_created(
             version_id=data.version_id,
             dataset_id=data.dataset_id,
             dataset_name=data.dataset_name,
+            team=data.team,
+            shared_with=list(data.shared_with),
             version=data.version,
             manifest_key=data.manifest_key,
             labelled=data.labelled,
@@ -52,8 +56,18 @@ async def on_model_version_created(
     )
 
 
+async def on_dataset_shared(session: AsyncSession, event: CloudEvent, data: DatasetShared) -> None:
+    """Who may train on a dataset's versions changed (the event carries the whole set)."""
+    await session.execute(
+        update(KnownVersion)
+        .where(col(KnownVersion.dataset_id) == data.dataset_id)
+        .values(shared_with=sorted(data.shared_with))
+    )
+
+
 HANDLERS: dict[str, EventHandler] = {
     **ping_handlers("training"),
     DatasetVersionCreated.event_type: on_version_created,
+    DatasetShared.event_type: on_dataset_shared,
     ModelVersionCreated.event_type: on_model_version_created,
 }

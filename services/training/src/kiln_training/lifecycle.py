@@ -173,6 +173,21 @@ async def _warm_start_key(session: AsyncSession, spec: JobSpecIn) -> str | None:
     return str(source.artifact["state_dict_key"])
 
 
+async def check_dataset_use(
+    session: AsyncSession, team: str, dataset: Any, *, anyone: bool = False
+) -> None:
+    """A job of ``team`` may train on its own team's datasets and on those shared with it;
+    another team's is as unknown as a missing one (``anyone``: a platform admin's job)."""
+    known = await resolve_version(session, dataset.dataset_id, dataset.version, dataset.version_id)
+    if anyone or team == known.team or team in (known.shared_with or []):
+        return
+    raise UnknownDatasetVersion(
+        f"dataset {dataset.dataset_id} is not known to the training service for team {team} "
+        "(its team shares it first)",
+        dataset_id=dataset.dataset_id,
+    )
+
+
 async def new_job(
     session: AsyncSession,
     body: JobCreate,
@@ -186,6 +201,7 @@ async def new_job(
     known = await resolve_version(
         session, body.dataset.dataset_id, body.dataset.version, body.dataset.version_id
     )
+
     warm_key = await _warm_start_key(session, body)
     resources = body.resources.model_dump()
     job = TrainingJob(

@@ -50,6 +50,8 @@ class Team(SQLModel, table=True):
     weight: float = Field(default=1.0, sa_column=Column(Float, nullable=False))
     # Caps per resource kind; kinds not named are uncapped.
     quota: dict[str, float] = Field(default_factory=dict, sa_column=_json(False))
+    # Counted caps (kiln_training.quotas.LIMITS): unfinished jobs and the like.
+    limits: dict[str, int] = Field(default_factory=dict, sa_column=_json(False))
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
 
@@ -62,6 +64,9 @@ class KnownVersion(SQLModel, table=True):
     version_id: str = Field(sa_column=Column(String(32), primary_key=True))
     dataset_id: str = Field(sa_column=Column(String(32), nullable=False, index=True))
     dataset_name: str = Field(default="", sa_column=Column(String(200), nullable=False))
+    # The dataset's team and the teams it is shared with: who may train on it.
+    team: str = Field(default="default", sa_column=Column(String(100), nullable=False))
+    shared_with: list[str] = Field(default_factory=list, sa_column=_json(False))
     version: int = Field(sa_column=Column(Integer, nullable=False))
     manifest_key: str = Field(sa_column=Column(String(500), nullable=False))
     labelled: bool = Field(default=False, sa_column=Column(Boolean, nullable=False))
@@ -200,6 +205,7 @@ class Trigger(SQLModel, table=True):
 # --- API schemas --------------------------------------------------------------------------------
 
 ResourceName = Literal["cpu", "memory", "gpu"]
+LimitName = Literal["jobs"]
 
 
 class ResourcesIn(BaseModel):
@@ -216,6 +222,10 @@ class TeamIn(BaseModel):
     weight: float = PydField(default=1.0, gt=0, le=1000)
     # Amounts are never negative; the schema says so.
     quota: dict[ResourceName, Annotated[float, PydField(ge=0)]] = PydField(default_factory=dict)
+    limits: dict[LimitName, Annotated[int, PydField(ge=0, le=1_000_000)]] = PydField(
+        default_factory=dict,
+        description="counted caps: 'jobs' = queued, running and paused jobs at once",
+    )
 
 
 class TeamCreate(TeamIn):
@@ -226,6 +236,7 @@ class TeamPublic(BaseModel):
     name: str
     weight: float
     quota: dict[str, float]
+    limits: dict[str, int]
     created_at: datetime
     updated_at: datetime
 

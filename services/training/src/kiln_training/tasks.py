@@ -27,6 +27,7 @@ from typing import Any, Literal, TypeVar, cast
 
 from celery import Celery, signals
 from sqlalchemy import delete
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.catalog import (
     ModelArtifact,
@@ -55,7 +56,7 @@ from kiln_training.lifecycle import (
     unregister_worker,
     worker_capacity,
 )
-from kiln_training.models import BadCase, JobStatus, MetricPoint, TrainingJob
+from kiln_training.models import BadCase, JobStatus, KnownVersion, MetricPoint, TrainingJob
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -608,6 +609,7 @@ class JobRun:
                 dataset_id=job.dataset_id,
                 dataset_version=job.dataset_version,
                 dataset_version_id=job.dataset_version_id,
+                dataset_team=await _dataset_team(session, job.dataset_version_id),
                 evaluation_split=job.eval_split,
                 params=dict(job.params),
                 metrics=metrics,
@@ -618,6 +620,11 @@ class JobRun:
             subject=job.id,
         )
         await after_trial_end(session, job)
+
+
+async def _dataset_team(session: AsyncSession, version_id: str) -> str | None:
+    known = await session.get(KnownVersion, version_id)
+    return None if known is None else known.team
 
 
 def _request(value: str | None) -> Literal["pause", "cancel"] | None:

@@ -132,3 +132,11 @@ async def start_version_job(
         session.add(job)
     runtime.enqueue(job.id)
     return Accepted(job_id=job.id, status=job.status, status_url=f"/v1/jobs/{job.id}")
+
+
+async def readable_dataset_ids(session: AsyncSession, teams: frozenset[str]) -> list[str]:
+    """Ids of the datasets ``teams`` own or were shared (for filtering lists)."""
+    rows = await session.exec(select(Dataset.id, Dataset.team, Dataset.shared_with))
+    return [
+        i for i, team, shared in rows.all() if team in teams or teams.intersection(shared or [])
+    ]

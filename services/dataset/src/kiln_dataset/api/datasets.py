@@ -12,6 +12,7 @@ from kiln_core.auth import Reader
 from kiln_core.db import aware, utcnow
 from kiln_core.errors import Conflict, NotFound
 from kiln_core.http import Limit, Offset, SessionDep, get_runtime
+from kiln_core.teams import team_for_new, visible_teams
 from kiln_dataset.api.common import Writer, dataset_public, datasets_public
 from kiln_dataset.models import (
     Dataset,
@@ -30,15 +31,20 @@ router = APIRouter(prefix="/v1", tags=["datasets"])
 async def create_dataset(body: DatasetCreate, request: Request, who: Writer) -> DatasetPublic:
     """Create a dataset. Names are unique among datasets that are not deleted."""
     runtime = get_runtime(request)
+    team = team_for_new(who, body.team, runtime.settings.default_team)
     async with runtime.db.transaction() as session:
         clash = (
             await session.exec(
-                select(Dataset).where(Dataset.name == body.name, Dataset.status != "deleted")
+                select(Dataset).where(
+                    Dataset.name == body.name, Dataset.team == team, Dataset.status != "deleted"
+                )
             )
         ).first()
         if clash is not None:
             raise Conflict(f"a dataset named {body.name!r} already exists", dataset_id=clash.id)
-        dataset = Dataset(**body.model_dump(mode="json"), owner=who.subject)
+        dataset = Dataset(
+            **body.model_dump(mode="json", exclude={"team"}), team=team, owner=who.subject
+        )
         session.add(dataset)
     async with runtime.db.session() as session:
         return await dataset_public(session, dataset)
@@ -47,9 +53,10 @@ async def create_dataset(body: DatasetCreate, request: Request, who: Writer) -> 
 @router.get("/datasets", response_model=Page[DatasetPublic])
 async def list_datasets(
     session: SessionDep,
-    _who: Reader,
+    who: Reader,
     limit: Limit = 50,
     offset: Offset = 0,
+    team: Annotated[str | None, Query(description="only this team's datasets")] = None,
     task_type: str | None = None,
     source_channel: str | None = None,
     product_standard: str | None = None,
@@ -75,6 +82,7 @@ async def list_datasets(
         (Dataset.media_format, media_format),
         (Dataset.usability, usability),
         (Dataset.owner, owner),
+        (Dataset.team, team),
     ):
         if value is not None:
             query = query.where(column == value)
@@ -84,6 +92,9 @@ async def list_datasets(
     rows = list((await session.exec(query.order_by(col(Dataset.created_at).desc()))).all())
     if tag:
         rows = [d for d in rows if tag in (d.tags or [])]
+    teams = visible_teams(who)
+    if teams is not None:
+        rows = [d for d in rows if d.team in teams or teams.intersection(d.shared_with or [])]
     page = rows[offset : offset + limit]
     return Page(
         items=await datasets_public(session, page),
@@ -154,6 +165,7 @@ async def _set_status(request: Request, dataset_id: str, new: str, allowed: set[
                 await session.exec(
                     select(Dataset).where(
                         Dataset.name == dataset.name,
+                        Dataset.team == dataset.team,
                         Dataset.status != "deleted",
                         Dataset.id != dataset.id,
                     )

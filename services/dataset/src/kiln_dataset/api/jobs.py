@@ -17,7 +17,14 @@ from sqlmodel import col, select
 from kiln_core.auth import Admin, Reader
 from kiln_core.errors import BadRequest, Conflict, NotFound
 from kiln_core.http import Limit, Offset, SessionDep, get_runtime
-from kiln_dataset.api.common import Accepted, ImportFormat, Writer, job_public
+from kiln_core.teams import visible_teams
+from kiln_dataset.api.common import (
+    Accepted,
+    ImportFormat,
+    Writer,
+    job_public,
+    readable_dataset_ids,
+)
 from kiln_dataset.models import DatasetStatus, Job, JobPublic, Page
 from kiln_dataset.runners import validate_archive
 from kiln_dataset.versions import get_dataset
@@ -94,7 +101,7 @@ async def read_job(job_id: str, session: SessionDep, _who: Reader) -> JobPublic:
 @router.get("/jobs", response_model=Page[JobPublic])
 async def list_jobs(
     session: SessionDep,
-    _who: Reader,
+    who: Reader,
     limit: Limit = 50,
     offset: Offset = 0,
     dataset_id: str | None = None,
@@ -102,6 +109,9 @@ async def list_jobs(
     status_: Annotated[str | None, Query(alias="status")] = None,
 ) -> Page[JobPublic]:
     query = select(Job)
+    teams = visible_teams(who)
+    if teams is not None:  # the jobs of datasets the caller's teams own or were shared
+        query = query.where(col(Job.dataset_id).in_(await readable_dataset_ids(session, teams)))
     if dataset_id:
         query = query.where(Job.dataset_id == dataset_id)
     if kind:

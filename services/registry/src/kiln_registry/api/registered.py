@@ -11,6 +11,7 @@ from kiln_core.auth import Reader
 from kiln_core.db import utcnow
 from kiln_core.errors import Conflict
 from kiln_core.http import Limit, Offset, SessionDep, get_runtime
+from kiln_core.teams import team_for_new, visible_teams
 from kiln_registry.api.common import (
     ModelName,
     Writer,
@@ -36,7 +37,9 @@ router = APIRouter(prefix="/v1", tags=["registry"])
 @router.post("/models", status_code=status.HTTP_201_CREATED, response_model=ModelPublic)
 async def create_registered_model(body: ModelCreate, request: Request, who: Writer) -> ModelPublic:
     """Register a model name; versions come from training, imports and compression."""
-    async with get_runtime(request).db.transaction() as session:
+    runtime = get_runtime(request)
+    team = team_for_new(who, body.team, runtime.settings.default_team)
+    async with runtime.db.transaction() as session:
         exists = (
             await session.exec(select(RegisteredModel).where(RegisteredModel.name == body.name))
         ).first()
@@ -49,6 +52,7 @@ async def create_registered_model(body: ModelCreate, request: Request, who: Writ
             description=body.description,
             tags=body.tags,
             task_type=body.task_type,
+            team=team,
         )
         return (await models_public(session, [model]))[0]
 
@@ -56,7 +60,7 @@ async def create_registered_model(body: ModelCreate, request: Request, who: Writ
 @router.get("/models", response_model=Page[ModelPublic])
 async def list_models(
     session: SessionDep,
-    _who: Reader,
+    who: Reader,
     name: Annotated[str | None, Query(max_length=200, description="name contains")] = None,
     tag: Annotated[list[str] | None, Query(description="has every one of these tags")] = None,
     limit: Limit = 50,
@@ -70,6 +74,9 @@ async def list_models(
     # Tags are a JSON list; filtered here, which is fine at registry scale.
     wanted = set(tag or [])
     rows = [m for m in rows if wanted <= set(m.tags)]
+    teams = visible_teams(who)
+    if teams is not None:
+        rows = [m for m in rows if m.team in teams]
     page = rows[offset : offset + limit]
     return Page(
         items=await models_public(session, page), total=len(rows), limit=limit, offset=offset

@@ -1,0 +1,33 @@
+"""Teams: every dataset belongs to one and may be shared read-only; the ownership log.
+
+Revision ID: 0005
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+from kiln_core.teams import (
+    add_team_column,
+    create_team_operations_table,
+    drop_team_operations_table,
+)
+
+revision = "0005"
+down_revision = "0004"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    add_team_column(op, "datasets")
+    op.add_column(
+        "datasets", sa.Column("shared_with", sa.JSON, nullable=False, server_default="[]")
+    )
+    create_team_operations_table(op)
+
+
+def downgrade() -> None:
+    drop_team_operations_table(op)
+    op.drop_column("datasets", "shared_with")
+    op.drop_index("ix_datasets_team", "datasets")
+    op.drop_column("datasets", "team")
