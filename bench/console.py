@@ -87,12 +87,15 @@ def seed(url: str, runs: int, tasks: int) -> dict[str, Any]:
             "bench-large", [(f"large-{i}.jpg", jpeg(4000, 3000, i)) for i in range(runs)]
         )
         out["large_annotators"] = [
-            issue_token(f"bench-annotator-{i}", ["annotator"], settings) for i in range(runs)
+            issue_token(f"bench-annotator-{i}", ["annotator"], settings, teams=["default"])
+            for i in range(runs)
         ]
         out["loop_project"] = dataset_with(
             "bench-loop", [(f"small-{i}.jpg", jpeg(320, 240, i)) for i in range(tasks + 1)]
         )
-        out["loop_annotator"] = issue_token("bench-loop", ["annotator"], settings)
+        out["loop_annotator"] = issue_token(
+            "bench-loop", ["annotator"], settings, teams=["default"]
+        )
         out["loop_tasks"] = tasks
     return out
 

@@ -475,7 +475,8 @@ class Client:
 
         cached = self._people.get(who)
         if cached is None or time.monotonic() - cached[0] > 600:
-            token = issue_token(who[0], list(who[1:]), Settings())
+            settings = Settings()
+            token = issue_token(who[0], list(who[1:]), settings, teams=[settings.default_team])
             cached = self._people[who] = (time.monotonic(), self.kiln.with_token(token))
         return cached[1]
 

@@ -18,7 +18,9 @@ SCHEMA = {"kind": "boxes", "labels": [{"name": "scratch"}, {"name": "dent"}]}
 
 
 def as_user(settings: Any, name: str, *roles: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {issue_token(name, list(roles), settings)}"}
+    return {
+        "authorization": f"Bearer {issue_token(name, list(roles), settings, teams=[settings.default_team])}"
+    }
 
 
 async def setup_project(services: dict[str, Any], images: int, **project: Any) -> tuple[str, str]:

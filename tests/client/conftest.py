@@ -52,7 +52,7 @@ class RunningKiln:
 
     def token(self, who: str = "client-test", *roles: str) -> str:
         settings = Settings()
-        return issue_token(who, list(roles or ("admin",)), settings)
+        return issue_token(who, list(roles or ("admin",)), settings, teams=[settings.default_team])
 
 
 def _ready(url: str, procs: dict[str, subprocess.Popen[bytes]], logs: Path) -> None:

@@ -194,7 +194,7 @@ async def test_viewer_cannot_write_and_nothing_changes(dataset_service: Service)
     client, runtime = dataset_service
     from kiln_core.auth import issue_token
 
-    viewer = issue_token("v", ["viewer"], runtime.settings)
+    viewer = issue_token("v", ["viewer"], runtime.settings, teams=["default"])
     r = await client.post(
         "/v1/datasets",
         json={"name": "x", "task_type": "detection"},

@@ -74,8 +74,14 @@ async def test_media_checks_access_like_the_item(dataset_service: Service) -> No
     assert gone.status_code == 404
     anonymous = await client.get(f"/v1/datasets/{ds}/blobs/{sha}", headers={"authorization": ""})
     assert anonymous.status_code == 401
-    stranger = issue_token("s", ["viewer"], runtime.settings)
+    member = issue_token("s", ["viewer"], runtime.settings, teams=["default"])
     viewer = await client.get(
-        f"/v1/datasets/{ds}/blobs/{sha}", headers={"authorization": f"Bearer {stranger}"}
+        f"/v1/datasets/{ds}/blobs/{sha}", headers={"authorization": f"Bearer {member}"}
     )
     assert viewer.status_code == 200
+    # The same viewer role in another team: the dataset's images are as absent as a missing one.
+    stranger = issue_token("t", ["viewer"], runtime.settings, teams=["elsewhere"])
+    other = await client.get(
+        f"/v1/datasets/{ds}/blobs/{sha}", headers={"authorization": f"Bearer {stranger}"}
+    )
+    assert other.status_code == 404

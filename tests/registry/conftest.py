@@ -76,7 +76,9 @@ def import_metadata(**overrides: Any) -> str:
 
 
 def auth(settings: Settings, subject: str, *roles: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {issue_token(subject, list(roles), settings)}"}
+    return {
+        "authorization": f"Bearer {issue_token(subject, list(roles), settings, teams=[settings.default_team])}"
+    }
 
 
 async def make_model(client: httpx.AsyncClient, name: str, **body: Any) -> dict[str, Any]:

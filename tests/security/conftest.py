@@ -67,6 +67,9 @@ class Stack:
         return f"Stack({sorted(self.urls)})"
 
     def token(self, subject: str, *roles: str, **kwargs: Any) -> str:
+        # Everyone signs in as a member of the team the suite's resources belong to, unless a
+        # test names other teams.
+        kwargs.setdefault("teams", [self.settings.default_team])
         token = issue_token(subject, list(roles), self.settings, **kwargs)
         self.tokens.append(token)
         return token

@@ -71,6 +71,10 @@ POLICY: dict[str, dict[tuple[str, str], frozenset[str] | None]] = {
         ("POST", "/v1/datasets/{dataset_id}/versions/{version}/quality"): DATA,
         ("GET", "/v1/datasets/{dataset_id}/versions/{version}/quality"): EVERYONE,
         ("POST", "/v1/purge"): ADMIN,
+        # Sharing is the owning team's data engineers' call; the log is every member's to read.
+        ("PUT", "/v1/datasets/{dataset_id}/shares/{team}"): DATA,
+        ("DELETE", "/v1/datasets/{dataset_id}/shares/{team}"): DATA,
+        ("GET", "/v1/team-operations"): EVERYONE,
     },
     "annotation": {
         **HEALTH,
@@ -130,6 +134,7 @@ POLICY: dict[str, dict[tuple[str, str], frozenset[str] | None]] = {
         ("GET", "/v1/teams"): EVERYONE,
         ("POST", "/v1/teams"): ADMIN,
         ("GET", "/v1/teams/{name}"): EVERYONE,
+        ("GET", "/v1/teams/{name}/operations"): EVERYONE,
         ("PUT", "/v1/teams/{name}"): ADMIN,
         ("DELETE", "/v1/teams/{name}"): ADMIN,
         ("POST", "/v1/jobs"): ML,

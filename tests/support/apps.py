@@ -28,7 +28,9 @@ async def running_service(
         async with httpx.AsyncClient(
             transport=transport, base_url="http://test", timeout=60
         ) as client:
-            token = issue_token("tester", roles or ["admin"], settings)
+            token = issue_token(
+                "tester", roles or ["admin"], settings, teams=[settings.default_team]
+            )
             client.headers["authorization"] = f"Bearer {token}"
             yield client, runtime
 

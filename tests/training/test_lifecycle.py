@@ -147,7 +147,7 @@ async def test_bad_submissions_are_refused_with_problems_and_create_nothing(
         assert r.json()["type"].endswith(slug), r.json()
     from kiln_core.auth import issue_token
 
-    viewer = issue_token("v", ["viewer"], training[1].settings)
+    viewer = issue_token("v", ["viewer"], training[1].settings, teams=["default"])
     r = await client.post(
         "/v1/jobs", json=job_body(version), headers={"authorization": f"Bearer {viewer}"}
     )

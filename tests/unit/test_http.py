@@ -28,7 +28,9 @@ async def client(tmp_path: Path, unique: str) -> AsyncIterator[httpx.AsyncClient
     await runtime.start()
     app = create_app(runtime)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-        c.headers["authorization"] = "Bearer " + issue_token("alice", ["ml-engineer"], settings)
+        c.headers["authorization"] = "Bearer " + issue_token(
+            "alice", ["ml-engineer"], settings, teams=["default"]
+        )
         c.settings = settings  # type: ignore[attr-defined]
         yield c
     await runtime.stop()
@@ -83,7 +85,7 @@ async def test_missing_and_bad_tokens_are_401(client: httpx.AsyncClient) -> None
 async def test_role_without_permission_is_403_and_changes_nothing(
     client: httpx.AsyncClient,
 ) -> None:
-    viewer = issue_token("victor", ["viewer"], client.settings)  # type: ignore[attr-defined]
+    viewer = issue_token("victor", ["viewer"], client.settings, teams=["default"])  # type: ignore[attr-defined]
     before = (await client.get("/v1/pings/received")).json()
     r = await client.post("/v1/pings", json={}, headers={"authorization": f"Bearer {viewer}"})
     assert r.status_code == 403

@@ -59,6 +59,8 @@ T = TypeVar("T")
 
 DIGITS = [str(d) for d in range(10)]
 GATEWAY_PORT = 8100  # `kiln up` puts the gateway here
+# The team the demo's people belong to and its datasets, models and endpoints belong to.
+DEMO_TEAM = "vision"
 
 
 # --- the data ------------------------------------------------------------------------------------
@@ -125,7 +127,11 @@ class Kiln:
     def person(self, who: str, *roles: str) -> AsyncKiln:
         key = (who, *roles)
         if key not in self.people:
-            self.people[key] = self.client.with_token(issue_token(who, list(roles), self.settings))
+            # The demo's people are members of its team; its admin is the platform's.
+            teams = None if "admin" in roles else {DEMO_TEAM: "member"}
+            self.people[key] = self.client.with_token(
+                issue_token(who, list(roles), self.settings, teams=teams)
+            )
         return self.people[key]
 
     @property
@@ -183,11 +189,13 @@ async def wait_for(
         await asyncio.sleep(every_s)
 
 
-def dev_tokens(settings: Any) -> Callable[[], dict[str, str]]:
-    """A development token per role, for the embedded console's role picker."""
+def dev_tokens(settings: Any, teams: list[str] | None = None) -> Callable[[], dict[str, str]]:
+    """A development token per role, for the embedded console's role picker, each a member
+    of ``teams`` (the default team when not named)."""
+    members = teams or [settings.default_team]
 
     def tokens() -> dict[str, str]:
-        return {role: issue_token(f"dev-{role}", [role], settings) for role in ROLES}
+        return {role: issue_token(f"dev-{role}", [role], settings, teams=members) for role in ROLES}
 
     return tokens
 
@@ -261,7 +269,11 @@ async def embedded_services(
         if serve is None:
             gateway = Gateway(apps)
         else:
-            gateway = Gateway(apps, console=ConsoleApp(DIST), dev_tokens=dev_tokens(settings))
+            gateway = Gateway(
+                apps,
+                console=ConsoleApp(DIST),
+                dev_tokens=dev_tokens(settings, [DEMO_TEAM, settings.default_team]),
+            )
             await stack.enter_async_context(serving_console(gateway, *serve))
         client = AsyncKiln(
             settings=ClientSettings(url="http://kiln", timeout_s=120),
@@ -328,19 +340,25 @@ class Loop:
             f"digits-{self.seed}-{int(time.time())}",
             "classification",
             "scikit-learn handwritten digits, 8×8 grey",
+            team=DEMO_TEAM,
         )
         self.dataset_id = dataset["id"]
         project = await k.annotation.create_project(
-            f"label-{self.dataset_id}", self.dataset_id, DIGITS, batch_size=50, review_levels=1
+            f"label-{self.dataset_id}",
+            self.dataset_id,
+            DIGITS,
+            batch_size=50,
+            review_levels=1,
+            team=DEMO_TEAM,
         )
         self.project_id = project["id"]
-        await k.training.ensure_team("vision")
+        await k.training.ensure_team(DEMO_TEAM)
         await k.training.create_trigger(
             f"retrain-{self.model}",
             self.dataset_id,
             {
                 "template": "image-cnn",
-                "team": "vision",
+                "team": DEMO_TEAM,
                 "model_name": self.model,
                 "seed": self.seed,
                 "params": {
@@ -353,7 +371,7 @@ class Loop:
                 },
             },
         )
-        await k.registry.create_model(self.model)
+        await k.registry.create_model(self.model, team=DEMO_TEAM)
         await k.registry.set_policy(
             self.model,
             gated_aliases=["production", "canary"],
@@ -367,6 +385,7 @@ class Loop:
             self.endpoint,
             self.model,
             "production",
+            team=DEMO_TEAM,
             candidate_alias="canary",
             strategy="canary",
             canary_steps=[50, 100],
@@ -380,7 +399,9 @@ class Loop:
         )
         # Evaluation traffic goes to an endpoint of its own: it follows production but flags
         # nothing, so held-out digits never leak into the labelling queue.
-        await k.serving.create_endpoint(f"{self.endpoint}-eval", self.model, "production")
+        await k.serving.create_endpoint(
+            f"{self.endpoint}-eval", self.model, "production", team=DEMO_TEAM
+        )
 
     async def set_auto_promote(self, alias: str) -> None:
         registry = self.kiln.admin.registry

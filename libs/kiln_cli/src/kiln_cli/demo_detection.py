@@ -36,6 +36,7 @@ from typing import Any
 import typer
 
 from kiln_cli.demo import (
+    DEMO_TEAM,
     DemoFailed,
     Kiln,
     count_events,
@@ -192,6 +193,7 @@ class DetectionLoop:
                 "name": f"digit-boxes-{self.seed}-{self.run}",
                 "task_type": "detection",
                 "description": "scikit-learn digits pasted on noisy 64×64 canvases",
+                "team": DEMO_TEAM,
             },
         )
         self.dataset_id = dataset["id"]
@@ -205,6 +207,7 @@ class DetectionLoop:
                 "label_schema": {"kind": "boxes", "labels": [{"name": d} for d in DIGITS]},
                 "batch_size": 50,
                 "review_levels": 1,
+                "team": DEMO_TEAM,
             },
         )
         self.project_id = project["id"]
@@ -212,7 +215,7 @@ class DetectionLoop:
             "training",
             "POST",
             "/v1/teams",
-            json={"name": "vision", "weight": 1.0},
+            json={"name": DEMO_TEAM, "weight": 1.0},
             expect=(201, 409),
         )
         await k.call(
@@ -224,7 +227,7 @@ class DetectionLoop:
                 "dataset_id": self.dataset_id,
                 "job": {
                     "template": "detection-fcos",
-                    "team": "vision",
+                    "team": DEMO_TEAM,
                     "model_name": self.model,
                     "seed": self.seed,
                     # The label map stays the same across rounds, whatever a version holds.
@@ -233,7 +236,13 @@ class DetectionLoop:
                 },
             },
         )
-        await k.call("registry", "POST", "/v1/models", json={"name": self.model}, expect=(201, 409))
+        await k.call(
+            "registry",
+            "POST",
+            "/v1/models",
+            json={"name": self.model, "team": DEMO_TEAM},
+            expect=(201, 409),
+        )
         await k.call(
             "registry",
             "PUT",
@@ -249,7 +258,7 @@ class DetectionLoop:
                 "auto_promote": "production",
             },
         )
-        common = {"model_name": self.model, "alias": "production"}
+        common = {"model_name": self.model, "alias": "production", "team": DEMO_TEAM}
         await k.call(
             "serving",
             "POST",

@@ -318,12 +318,20 @@ def token(
     subject: str = typer.Option("dev", "--sub", help="user id"),
     role: list[str] = typer.Option(["admin"], "--role", help="role (repeatable)"),
     ttl: int = typer.Option(3600, help="seconds the token is valid"),
+    team: list[str] = typer.Option(
+        [], "--team", help="a team the caller belongs to, as TEAM or TEAM=ROLE (repeatable)"
+    ),
 ) -> None:
     """Mint a bearer token signed with KILN_JWT_SECRET (for local use and tests)."""
     from kiln_core.auth import issue_token  # heavy: loaded by the command that uses it
 
+    teams = dict(t.partition("=")[::2] for t in team)
     try:
-        typer.echo(issue_token(subject, role, ttl_s=ttl))
+        typer.echo(
+            issue_token(
+                subject, role, ttl_s=ttl, teams={t: r or "member" for t, r in teams.items()}
+            )
+        )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
 

@@ -17,12 +17,17 @@ class Registry:
     def __init__(self, transport: Transport) -> None:
         self._t = transport
 
-    async def create_model(self, name: str, description: str = "", exist_ok: bool = True) -> None:
+    async def create_model(
+        self, name: str, description: str = "", exist_ok: bool = True, team: str | None = None
+    ) -> None:
+        body = {"name": name, "description": description}
+        if team is not None:  # else the caller's only team
+            body["team"] = team
         await self._t.request(
             "registry",
             "POST",
             "/v1/models",
-            json={"name": name, "description": description},
+            json=body,
             ok=(409,) if exist_ok else (),
         )
 

@@ -76,7 +76,7 @@ class DatasetVersionCreated(EventData):
 
 @register_event
 class DatasetShared(EventData):
-    event_type: ClassVar[str] = "kiln.dataset.shared"
+    event_type: ClassVar[str] = "kiln.dataset.sharing.changed"
     description: ClassVar[str] = (
         "The teams a dataset is shared with (read-only) changed; the list is the whole new set."
     )

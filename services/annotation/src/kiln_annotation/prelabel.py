@@ -17,7 +17,7 @@ import httpx
 from sqlmodel import col, select
 
 from kiln_annotation.models import AuditEntry, PrelabelJob, Project, Task, TaskStatus
-from kiln_core.auth import issue_token
+from kiln_annotation.workflow import service_token
 from kiln_core.db import utcnow
 from kiln_core.errors import DependencyUnavailable
 from kiln_core.jobs import Progress
@@ -80,7 +80,7 @@ async def prelabel(runtime: ServiceRuntime, job: PrelabelJob, _progress: Progres
             claimed.total = sum(len(t.items) for t in tasks)
             session.add(claimed)
     endpoint, job_id = job.endpoint, job.id
-    token = issue_token("svc:annotation", ["ml-engineer"], runtime.settings)
+    token = await service_token(runtime, job.project_id)
     async with httpx.AsyncClient(
         base_url=runtime.settings.serving_url,
         headers={"authorization": f"Bearer {token}"},

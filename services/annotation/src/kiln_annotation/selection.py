@@ -43,8 +43,7 @@ from sqlmodel import col, select
 from kiln_annotation.handlers import untasked_items
 from kiln_annotation.models import AuditEntry, Project, ProjectItem, SelectionJob
 from kiln_annotation.prelabel import BATCH, box_suggestion, class_suggestion, model_source
-from kiln_annotation.workflow import create_tasks
-from kiln_core.auth import issue_token
+from kiln_annotation.workflow import create_tasks, service_token
 from kiln_core.db import utcnow
 from kiln_core.errors import DependencyUnavailable, ValidationFailed
 from kiln_core.jobs import Progress
@@ -145,7 +144,7 @@ async def select_batch(runtime: ServiceRuntime, job: SelectionJob, progress: Pro
     by_id = {i.item_id: i for i in pool}
     answers: dict[str, dict[str, Any]] = {}
     features: dict[str, np.ndarray | None] = {}
-    token = issue_token("svc:annotation", ["ml-engineer"], runtime.settings)
+    token = await service_token(runtime, job.project_id)
     failed = 0
     async with httpx.AsyncClient(
         base_url=runtime.settings.serving_url,

@@ -19,6 +19,7 @@ from kiln_annotation.agreement import consensus, match_shapes
 from kiln_annotation.label_schema import AnnotationInvalid, LabelSchema, validate_annotation
 from kiln_annotation.models import AuditEntry, LabelsCommit, Project, Task, TaskStatus
 from kiln_annotation.performance import _LABELS, label_agreement
+from kiln_core.auth import issue_token
 from kiln_core.catalog import LabelsCommitted
 from kiln_core.db import aware, new_id, utcnow
 from kiln_core.errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -453,4 +454,14 @@ async def sweep_uncommitted_versions(runtime: ServiceRuntime, stop: asyncio.Even
         stop,
         lambda: complete_uncommitted_versions(runtime),
         "committing finished versions",
+    )
+
+
+async def service_token(runtime: ServiceRuntime, project_id: str) -> str:
+    """The annotation service's own token for asking a project's team's endpoints (it may
+    call them, as the team's viewer, and change nothing)."""
+    async with runtime.db.session() as session:
+        project = await get_project(session, project_id)
+    return issue_token(
+        "svc:annotation", ["ml-engineer"], runtime.settings, teams={project.team: "viewer"}
     )

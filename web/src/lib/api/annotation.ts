@@ -688,6 +688,11 @@ export interface components {
              * @default 1
              */
             review_levels?: number;
+            /**
+             * Team
+             * @description the team that owns it (and the dataset); by default the caller's only team
+             */
+            team?: string | null;
         };
         /**
          * ReviewDecision

@@ -284,6 +284,30 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/datasets/{dataset_id}/shares/{team}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Share Dataset
+         * @description Let ``team`` read the dataset and train on it (not change it). Sharing twice is a no-op.
+         */
+        put: operations["shareDataset"];
+        post?: never;
+        /**
+         * Unshare Dataset
+         * @description Stop sharing the dataset with ``team``; models already trained on it keep their lineage.
+         */
+        delete: operations["unshareDataset"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/datasets/{dataset_id}/versions": {
         parameters: {
             query?: never;
@@ -631,6 +655,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/team-operations": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Team Operations
+         * @description The append-only log of sharing changes, newest first, for the caller's teams.
+         */
+        get: operations["listTeamOperations"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -908,7 +952,7 @@ export interface components {
             media_format?: string | null;
             /**
              * Name
-             * @description unique among live datasets; letters, digits, spaces, dots, dashes
+             * @description unique among the team's live datasets; letters, digits, spaces, dots, dashes
              */
             name: string;
             /**
@@ -932,6 +976,11 @@ export interface components {
              * @enum {string}
              */
             task_type: "classification" | "detection" | "segmentation";
+            /**
+             * Team
+             * @description the team that owns it; by default the caller's only team
+             */
+            team?: string | null;
             /** @description what the data may be used for */
             usability?: components["schemas"]["Usability"] | null;
         };
@@ -948,6 +997,7 @@ export interface components {
          *       "owner": "dana",
          *       "product_standard": "standard",
          *       "purge_after": null,
+         *       "shared_with": [],
          *       "source_channel": "factory-camera",
          *       "status": "active",
          *       "tags": [
@@ -955,6 +1005,7 @@ export interface components {
          *         "metal"
          *       ],
          *       "task_type": "detection",
+         *       "team": "vision",
          *       "updated_at": "2026-03-02T10:00:00Z",
          *       "usability": "training"
          *     }
@@ -1012,6 +1063,11 @@ export interface components {
              */
             purge_after: string | null;
             /**
+             * Shared With
+             * @description Teams that may read it (and train on it), but not change it.
+             */
+            shared_with: string[];
+            /**
              * Source Channel
              * @description Where the images come from.
              */
@@ -1031,6 +1087,11 @@ export interface components {
              * @description classification, detection, segmentation or keypoints.
              */
             task_type: string;
+            /**
+             * Team
+             * @description The team that owns it.
+             */
+            team: string;
             /**
              * Updated At
              * Format: date-time
@@ -1362,6 +1423,17 @@ export interface components {
             /** Total */
             total: number;
         };
+        /** Page[TeamOperationPublic] */
+        Page_TeamOperationPublic_: {
+            /** Items */
+            items: components["schemas"]["TeamOperationPublic"][];
+            /** Limit */
+            limit: number;
+            /** Offset */
+            offset: number;
+            /** Total */
+            total: number;
+        };
         /** Page[VersionPublic] */
         Page_VersionPublic_: {
             /** Items */
@@ -1665,6 +1737,41 @@ export interface components {
              */
             stratify?: boolean;
         };
+        /** TeamOperationPublic */
+        TeamOperationPublic: {
+            /**
+             * Action
+             * @description what changed, e.g. member.set, dataset.shared
+             */
+            action: string;
+            /**
+             * Actor
+             * @description who made the change
+             */
+            actor: string;
+            /**
+             * At
+             * Format: date-time
+             */
+            at: string;
+            /**
+             * Detail
+             * @description the values after the change
+             */
+            detail: {
+                [key: string]: unknown;
+            };
+            /**
+             * Target
+             * @description the member, dataset or quota changed
+             */
+            target: string;
+            /**
+             * Team
+             * @description the team it concerns
+             */
+            team: string;
+        };
         /** UploadItemsForm */
         UploadItemsForm: {
             /**
@@ -1830,6 +1937,8 @@ export interface operations {
                 limit?: number;
                 /** @description items to skip */
                 offset?: number;
+                /** @description only this team's datasets */
+                team?: string | null;
                 task_type?: string | null;
                 source_channel?: string | null;
                 product_standard?: string | null;
@@ -2334,6 +2443,72 @@ export interface operations {
             header?: never;
             path: {
                 dataset_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DatasetPublic"];
+                };
+            };
+            /** @description Problem details (RFC 9457) */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                };
+            };
+        };
+    };
+    shareDataset: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                dataset_id: string;
+                /** @description a team */
+                team: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DatasetPublic"];
+                };
+            };
+            /** @description Problem details (RFC 9457) */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                };
+            };
+        };
+    };
+    unshareDataset: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                dataset_id: string;
+                /** @description a team */
+                team: string;
             };
             cookie?: never;
         };
@@ -3052,6 +3227,41 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Accepted"];
+                };
+            };
+            /** @description Problem details (RFC 9457) */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                };
+            };
+        };
+    };
+    listTeamOperations: {
+        parameters: {
+            query?: {
+                /** @description page size */
+                limit?: number;
+                /** @description items to skip */
+                offset?: number;
+                team?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Page_TeamOperationPublic_"];
                 };
             };
             /** @description Problem details (RFC 9457) */

@@ -592,6 +592,11 @@ export interface components {
              * @description classification, detection, … (free text)
              */
             task_type?: string | null;
+            /**
+             * Team
+             * @description the team that owns it; by default the caller's only team
+             */
+            team?: string | null;
         };
         /** ModelPublic */
         ModelPublic: {
@@ -621,6 +626,8 @@ export interface components {
             tags: string[];
             /** Task Type */
             task_type: string | null;
+            /** Team */
+            team: string;
             /**
              * Updated At
              * Format: date-time

@@ -637,6 +637,11 @@ export interface components {
              */
             strategy?: "direct" | "canary" | "shadow" | "ab";
             /**
+             * Team
+             * @description the team that owns it; by default the caller's only team
+             */
+            team?: string | null;
+            /**
              * Warmup Requests
              * @description the candidate's first answered requests, left out of its latency (cold)
              * @default 20
@@ -719,6 +724,11 @@ export interface components {
              * @description direct, canary, ab or shadow.
              */
             strategy: string;
+            /**
+             * Team
+             * @description The team that owns it.
+             */
+            team: string;
             /**
              * Traffic
              * @description share of answers by model version

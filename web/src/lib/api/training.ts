@@ -49,7 +49,8 @@ export interface paths {
         put?: never;
         /**
          * Submit Job
-         * @description Submit a training job: validated against its template, then queued for the scheduler.
+         * @description Submit a training job under one of the caller's teams: validated against its template,
+         *     then queued for the scheduler.
          */
         post: operations["submitJob"];
         delete?: never;
@@ -350,13 +351,13 @@ export interface paths {
         };
         /**
          * List Teams
-         * @description Every team, by name.
+         * @description The caller's teams (every team, for admins), by name.
          */
         get: operations["listTeams"];
         put?: never;
         /**
          * Create Team
-         * @description Create a team with its scheduling weight and per-resource quota.
+         * @description Create a team with its scheduling weight, per-resource quota and counted limits.
          */
         post: operations["createTeam"];
         delete?: never;
@@ -385,6 +386,26 @@ export interface paths {
          * @description Delete a team that has no queued, running or paused job.
          */
         delete: operations["deleteTeam"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/teams/{name}/operations": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Team Operations
+         * @description The team's append-only log of quota and limit changes, oldest first.
+         */
+        get: operations["teamOperations"];
+        put?: never;
+        post?: never;
+        delete?: never;
         options?: never;
         head?: never;
         patch?: never;
@@ -1175,6 +1196,13 @@ export interface components {
         };
         /** TeamCreate */
         TeamCreate: {
+            /**
+             * Limits
+             * @description counted caps: 'jobs' = queued, running and paused jobs at once
+             */
+            limits?: {
+                [key: string]: number;
+            };
             /** Name */
             name: string;
             /** Quota */
@@ -1189,6 +1217,13 @@ export interface components {
         };
         /** TeamIn */
         TeamIn: {
+            /**
+             * Limits
+             * @description counted caps: 'jobs' = queued, running and paused jobs at once
+             */
+            limits?: {
+                [key: string]: number;
+            };
             /** Quota */
             quota?: {
                 [key: string]: number;
@@ -1199,6 +1234,41 @@ export interface components {
              */
             weight?: number;
         };
+        /** TeamOperationPublic */
+        TeamOperationPublic: {
+            /**
+             * Action
+             * @description what changed, e.g. member.set, dataset.shared
+             */
+            action: string;
+            /**
+             * Actor
+             * @description who made the change
+             */
+            actor: string;
+            /**
+             * At
+             * Format: date-time
+             */
+            at: string;
+            /**
+             * Detail
+             * @description the values after the change
+             */
+            detail: {
+                [key: string]: unknown;
+            };
+            /**
+             * Target
+             * @description the member, dataset or quota changed
+             */
+            target: string;
+            /**
+             * Team
+             * @description the team it concerns
+             */
+            team: string;
+        };
         /** TeamPublic */
         TeamPublic: {
             /**
@@ -1206,6 +1276,10 @@ export interface components {
              * Format: date-time
              */
             created_at: string;
+            /** Limits */
+            limits: {
+                [key: string]: number;
+            };
             /** Name */
             name: string;
             /** Quota */
@@ -1406,6 +1480,13 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["JobPublic"];
                 };
+            };
+            /** @description quota-exceeded: the team's limit of unfinished jobs */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
             /** @description Problem details (RFC 9457) */
             "4XX": {
@@ -2014,6 +2095,37 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description Problem details (RFC 9457) */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                };
+            };
+        };
+    };
+    teamOperations: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TeamOperationPublic"][];
+                };
             };
             /** @description Problem details (RFC 9457) */
             "4XX": {
