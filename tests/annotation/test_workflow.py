@@ -319,3 +319,55 @@ async def test_submit_and_lease_next_is_one_call_and_a_refusal_leases_nothing(
         json={"labels": {item2: [{"type": "box", "label": "dent", "bbox": [0, 0, 5, 5]}]}},
     )
     assert last.status_code == 200 and last.json()["next"] is None
+
+
+async def test_the_second_review_level_needs_another_reviewer(services: dict[str, Any]) -> None:
+    """Separation of duties: whoever accepted a task at the first review level may not accept
+    it at the second; another reviewer may. A resubmission starts a new round."""
+    ann, settings = services["annotation"], services["settings"]
+    _, pid = await setup_project(services, images=1, review_levels=1)
+    alice = as_user(settings, "alice", "annotator")
+    rita = as_user(settings, "rita", "reviewer")
+    ravi = as_user(settings, "ravi", "reviewer")
+    task = (await ann.post(f"/v1/projects/{pid}/lease", headers=alice)).json()
+    labels = {task["items"][0]["item_id"]: [{"type": "box", "label": "dent", "bbox": [1, 1, 9, 9]}]}
+
+    async def submit() -> None:
+        r = await ann.post(
+            f"/v1/tasks/{task['id']}/submission", headers=alice, json={"labels": labels}
+        )
+        assert r.status_code == 200, r.text
+
+    async def review(who: dict[str, str], **body: Any) -> Any:
+        return await ann.post(f"/v1/tasks/{task['id']}/review", headers=who, json=body)
+
+    await submit()
+    first = await review(rita, accept=True)
+    assert first.status_code == 200 and first.json()["status"] == "in_review"
+    assert first.json()["review_level"] == 1
+    twice = await review(rita, accept=True)
+    assert twice.status_code == 403, twice.text
+    assert twice.headers["content-type"] == "application/problem+json"
+    assert "another reviewer" in twice.json()["detail"]
+    after = (await ann.get(f"/v1/tasks/{task['id']}", headers=rita)).json()
+    assert after["status"] == "in_review" and after["review_level"] == 1  # nothing changed
+
+    # The second reviewer sends it back; in the next round rita's earlier accept no longer
+    # counts, so she may take the first level again, and ravi the second.
+    back = await review(ravi, accept=False, comment="the box misses the dent")
+    assert back.json()["status"] == "rework"
+    await ann.post(f"/v1/projects/{pid}/lease", headers=alice)
+    await submit()
+    assert (await review(rita, accept=True)).json()["review_level"] == 1
+    assert (await review(ravi, accept=True)).json()["status"] == "accepted"
+    actions = [
+        (e["actor"], e["action"])
+        for e in (await ann.get(f"/v1/tasks/{task['id']}/audit", headers=rita)).json()
+        if e["action"] in ("accepted", "rejected")
+    ]
+    assert actions == [
+        ("rita", "accepted"),
+        ("ravi", "rejected"),
+        ("rita", "accepted"),
+        ("ravi", "accepted"),
+    ]

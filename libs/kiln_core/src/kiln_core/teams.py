@@ -49,16 +49,22 @@ class Member(Protocol):
 
 @dataclass(frozen=True)
 class Owner:
-    """Who owns what a path names: its team, and the teams it is shared with read-only."""
+    """Who owns what a path names: its team (None: nothing by that name), and the teams it
+    is shared with read-only."""
 
-    team: str
+    team: str | None
     shared_with: frozenset[str] = field(default_factory=frozenset)
     # The refusal a missing resource gets, word for word, so another team's looks the same.
     not_found: str = "not found"
 
 
-# How a service finds the owner of what a path parameter's value names (None: nothing by that
-# name, and the route answers its own 404).
+def missing(not_found: str) -> Owner:
+    return Owner(None, not_found=not_found)
+
+
+# How a service finds the owner of what a path parameter's value names. A missing resource is
+# refused here as another team's is, before the body is validated, so the two answers match
+# (a platform admin's request goes on to the route). None: a platform resource, no team's.
 OwnerLookup = Callable[[AsyncSession, str], Awaitable[Owner | None]]
 
 
@@ -111,6 +117,8 @@ def check_access(principal: Member, owner: Owner, method: str, route_roles: froz
     their labelling work."""
     if principal.is_admin:
         return
+    if owner.team is None:
+        raise NotFound(owner.not_found)
     role = principal.teams.get(owner.team)
     reading = method in READ_METHODS
     if role is None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from kiln_core.teams import Owner, OwnerLookup
+from kiln_core.teams import Owner, OwnerLookup, missing
 from kiln_serving.models import Endpoint
 
 
-async def endpoint_owner(session: AsyncSession, name: str) -> Owner | None:
+async def endpoint_owner(session: AsyncSession, name: str) -> Owner:
     endpoint = await session.get(Endpoint, name)
-    return None if endpoint is None else Owner(endpoint.team, not_found=f"no endpoint {name!r}")
+    not_found = f"no endpoint {name!r}"
+    return missing(not_found) if endpoint is None else Owner(endpoint.team, not_found=not_found)
 
 
 OWNERSHIP: dict[str, OwnerLookup] = {

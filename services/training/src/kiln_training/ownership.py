@@ -4,29 +4,33 @@ from __future__ import annotations
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from kiln_core.teams import Owner, OwnerLookup
+from kiln_core.teams import Owner, OwnerLookup, missing
 from kiln_training.api import trigger_team
 from kiln_training.models import Team, TrainingJob, Trigger
 
 
-async def job_owner(session: AsyncSession, job_id: str) -> Owner | None:
+async def job_owner(session: AsyncSession, job_id: str) -> Owner:
     job = await session.get(TrainingJob, job_id)
+    not_found = f"training job {job_id} does not exist"
+    return missing(not_found) if job is None else Owner(job.team, not_found=not_found)
+
+
+async def trigger_owner(session: AsyncSession, trigger_id: str) -> Owner:
+    trigger = await session.get(Trigger, trigger_id)
+    not_found = f"trigger {trigger_id} does not exist"
     return (
-        None if job is None else Owner(job.team, not_found=f"training job {job_id} does not exist")
+        missing(not_found) if trigger is None else Owner(trigger_team(trigger), not_found=not_found)
     )
 
 
-async def trigger_owner(session: AsyncSession, trigger_id: str) -> Owner | None:
-    trigger = await session.get(Trigger, trigger_id)
-    if trigger is None:
-        return None
-    return Owner(trigger_team(trigger), not_found=f"trigger {trigger_id} does not exist")
-
-
-async def team_owner(session: AsyncSession, name: str) -> Owner | None:
+async def team_owner(session: AsyncSession, name: str) -> Owner:
     """A team is its own members' business: others learn nothing of it."""
-    team = await session.get(Team, name)
-    return None if team is None else Owner(name, not_found=f"team {name} does not exist")
+    not_found = f"team {name} does not exist"
+    return (
+        missing(not_found)
+        if await session.get(Team, name) is None
+        else Owner(name, not_found=not_found)
+    )
 
 
 OWNERSHIP: dict[str, OwnerLookup] = {

@@ -1,0 +1,76 @@
+"""Jobs belong to the teams of the people who submit them, and a team's limit on unfinished
+jobs holds when many submissions arrive at once (on PostgreSQL the team's row is locked)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import httpx
+
+from kiln_core.auth import issue_token
+from kiln_core.service import ServiceRuntime
+from tests.training.conftest import known_to_training, make_image_version, make_team
+
+Service = tuple[httpx.AsyncClient, ServiceRuntime]
+
+
+def body(version: dict[str, Any], team: str) -> dict[str, Any]:
+    return {
+        "template": "image-cnn",
+        "params": {"epochs": 1, "batch_size": 8, "image_size": 8, "width": 4},
+        "team": team,
+        "dataset": {"dataset_id": version["dataset_id"], "version": version["version"]},
+        # No worker offers a GPU: the jobs stay queued, so none finishes and frees the limit.
+        "resources": {"cpu": 1, "gpu": 1},
+    }
+
+
+async def test_jobs_only_under_the_callers_team_and_the_limit_holds_under_50_submissions(
+    services: tuple[Service, Service],
+) -> None:
+    training, dataset = services
+    client, runtime = training
+    version = await make_image_version(dataset, "quota", per_class=2)
+    await known_to_training(training, version)
+    # The dataset was made by the (tokenless) admin, so it belongs to the default team.
+    team = runtime.settings.default_team
+    await make_team(client, team, limits={"jobs": 5})
+    await make_team(client, "elsewhere")
+    mia = {
+        "authorization": "Bearer "
+        + issue_token("mia", ["ml-engineer"], runtime.settings, teams=[team])
+    }
+
+    refused = await client.post("/v1/jobs", json=body(version, "elsewhere"), headers=mia)
+    assert refused.status_code == 403, refused.text
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert "not a member of team 'elsewhere'" in refused.json()["detail"]
+
+    answers = await asyncio.gather(
+        *(client.post("/v1/jobs", json=body(version, team), headers=mia) for _ in range(50))
+    )
+    codes = Counter(a.status_code for a in answers)
+    assert codes == {201: 5, 409: 45}, codes
+    problem = next(a for a in answers if a.status_code == 409).json()
+    assert problem["type"].endswith("quota-exceeded")
+    assert (problem["quota"], problem["usage"], problem["limit"]) == ("jobs", 5, 5)
+
+    queued = (await client.get("/v1/jobs", params={"team": team, "limit": 100})).json()
+    assert queued["total"] == 5
+    assert (await client.get("/v1/jobs", params={"team": "elsewhere"})).json()["total"] == 0
+    # Her list shows her team's jobs only; the other team is as absent to her as a missing one.
+    assert (await client.get("/v1/jobs", headers=mia)).json()["total"] == 5
+    assert (await client.get("/v1/teams/elsewhere", headers=mia)).status_code == 404
+    assert [t["name"] for t in (await client.get("/v1/teams", headers=mia)).json()] == [team]
+
+    # Raising the limit is an operation with its actor in the team's log.
+    r = await client.put(f"/v1/teams/{team}", json={"weight": 1.0, "limits": {"jobs": 6}})
+    assert r.status_code == 200 and r.json()["limits"] == {"jobs": 6}
+    log = (await client.get(f"/v1/teams/{team}/operations")).json()
+    assert [(e["action"], e["actor"], e["detail"]["limits"]) for e in log] == [
+        ("team.created", "local", {"jobs": 5}),
+        ("quota.set", "local", {"jobs": 6}),
+    ]
+    assert (await client.post("/v1/jobs", json=body(version, team), headers=mia)).status_code == 201
