@@ -135,6 +135,10 @@ POLICY: dict[str, dict[tuple[str, str], frozenset[str] | None]] = {
         ("POST", "/v1/teams"): ADMIN,
         ("GET", "/v1/teams/{name}"): EVERYONE,
         ("GET", "/v1/teams/{name}/operations"): EVERYONE,
+        # Who is in a team is its owners' and maintainers' call (their team role decides).
+        ("GET", "/v1/teams/{name}/members"): EVERYONE,
+        ("PUT", "/v1/teams/{name}/members/{subject}"): EVERYONE,
+        ("DELETE", "/v1/teams/{name}/members/{subject}"): EVERYONE,
         ("PUT", "/v1/teams/{name}"): ADMIN,
         ("DELETE", "/v1/teams/{name}"): ADMIN,
         ("POST", "/v1/jobs"): ML,

@@ -27,6 +27,8 @@ PATH_VALUES = {
     "trigger_id": "trigger-none",
     "alias": "staging",
     "sha256": "0" * 64,
+    "team": "green",
+    "subject": "someone",
 }
 PATH_VALUES_BY_SERVICE = {"registry": {"name": MATRIX_MODEL}, "training": {"name": "none"}}
 

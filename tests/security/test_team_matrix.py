@@ -292,3 +292,59 @@ def test_team_roles_limit_what_members_change(stack: Stack, resources: Resources
         ).json()["items"]
     mine = [(e["action"], e["actor"], e["target"]) for e in log if e["target"] == ds]
     assert mine == [("dataset.unshared", "red-dan", ds), ("dataset.shared", "red-dan", ds)]
+
+
+@pytest.mark.integration
+def test_kilns_own_membership_reaches_every_service(stack: Stack) -> None:
+    """Without a teams claim in the token, a person's teams are Kiln's own data: the training
+    service's members, announced by events that every service keeps a copy of. Joining lets
+    them work in the team's resources everywhere; leaving takes it away; both are logged."""
+    team, who = f"violet{uuid.uuid4().hex[:6]}", f"vic-{uuid.uuid4().hex[:6]}"
+    admin = stack.headers("team-admin", "admin")
+    u = stack.urls
+    # No claim: the services look the person up in their copy of the membership.
+    vic = {"authorization": "Bearer " + stack.token(who, "data-engineer", teams=None)}
+    owner = {"authorization": "Bearer " + stack.token("olga", "viewer", teams={team: "owner"})}
+    maintainer = {
+        "authorization": "Bearer " + stack.token("max", "viewer", teams={team: "maintainer"})
+    }
+    with httpx.Client(timeout=60) as c:
+        _ok(c.post(f"{u['training']}/v1/teams", json={"name": team}, headers=admin), 201)
+        refused = c.post(
+            f"{u['dataset']}/v1/datasets",
+            json={"name": "vic-1", "task_type": "classification", "team": team},
+            headers=vic,
+        )
+        assert refused.status_code == 403, refused.text
+        members = f"{u['training']}/v1/teams/{team}/members"
+        no = c.put(f"{members}/{who}", json={"role": "owner"}, headers=maintainer)
+        assert no.status_code == 403  # a maintainer makes no owners
+        assert (
+            c.put(f"{members}/{who}", json={"role": "member"}, headers=maintainer).json()["role"]
+            == "member"
+        )
+
+        def created() -> str | None:
+            r = c.post(
+                f"{u['dataset']}/v1/datasets",
+                json={"name": "vic-1", "task_type": "classification"},  # his only team
+                headers=vic,
+            )
+            return str(r.json()["id"]) if r.status_code == 201 else None
+
+        ds = _wait(created, "the dataset service to hear that vic joined")
+        made = _ok(c.get(f"{u['dataset']}/v1/datasets/{ds}", headers=vic), 200)
+        assert made["team"] == team
+        assert [m["subject"] for m in _ok(c.get(members, headers=owner), 200)] == [who]
+
+        c.delete(f"{members}/{who}", headers=owner).raise_for_status()
+        _wait(
+            lambda: c.get(f"{u['dataset']}/v1/datasets/{ds}", headers=vic).status_code == 404,
+            "the dataset service to hear that vic left",
+        )
+        log = _ok(c.get(f"{u['training']}/v1/teams/{team}/operations", headers=owner), 200)
+    assert [(e["action"], e["actor"], e["target"]) for e in log] == [
+        ("team.created", "team-admin", team),
+        ("member.set", "max", who),
+        ("member.removed", "olga", who),
+    ]

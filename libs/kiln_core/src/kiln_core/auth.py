@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, Literal, get_args
 
 import jwt
@@ -12,7 +12,7 @@ from fastapi import Depends, Request
 
 from kiln_core.errors import Forbidden, Unauthorized
 from kiln_core.settings import Settings, get_settings
-from kiln_core.teams import TEAM_ROLES, check_access, parse_teams_claim
+from kiln_core.teams import TEAM_ROLES, check_access, memberships_of, parse_teams_claim
 
 ROLES = ("admin", "data-engineer", "annotator", "reviewer", "ml-engineer", "viewer")
 # The same roles as a type, so request schemas declare which names they take.
@@ -27,6 +27,8 @@ class Principal:
     anonymous: bool = False
     # Team → the caller's role in it (kiln_core.teams); platform admins need none.
     teams: Mapping[str, str] = field(default_factory=dict, hash=False)
+    # The token named the teams (an identity provider's groups); else Kiln's membership does.
+    teams_claimed: bool = False
 
     def has(self, *roles: str) -> bool:
         return "admin" in self.roles or bool(self.roles.intersection(roles))
@@ -117,11 +119,13 @@ def _verify(token: str, settings: Settings) -> tuple[Principal, float]:
         raise Unauthorized("token claim 'sub' must be a non-empty string")
     if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
         raise Unauthorized("token claim 'roles' must be a list of role names")
+    claimed = settings.teams_claim in claims
     try:
         teams = parse_teams_claim(claims.get(settings.teams_claim))
     except ValueError as exc:
         raise Unauthorized(f"token claim '{settings.teams_claim}': {exc}") from None
-    return Principal(subject, frozenset(roles), teams=teams), float(claims["exp"])
+    principal = Principal(subject, frozenset(roles), teams=teams, teams_claimed=claimed)
+    return principal, float(claims["exp"])
 
 
 PrincipalDep = Annotated[Principal, Depends(principal_from_request)]
@@ -136,10 +140,22 @@ def require_roles(*roles: str):  # type: ignore[no-untyped-def]
     async def check(request: Request, principal: PrincipalDep) -> Principal:
         if not principal.has(*roles):
             raise Forbidden(f"requires one of the roles: {', '.join(roles)}")
+        principal = await with_memberships(request.app.state, principal)
         await check_ownership(request, principal, allowed)
         return principal
 
     return Depends(check)
+
+
+async def with_memberships(state: Any, principal: Principal) -> Principal:
+    """``principal`` with their teams from this service's copy of Kiln's membership, unless
+    the token named them (or they are a platform admin, who needs none)."""
+    runtime = getattr(state, "runtime", None)
+    if principal.is_admin or principal.teams_claimed or runtime is None:
+        return principal
+    async with runtime.db.session() as session:
+        teams = await memberships_of(session, principal.subject)
+    return replace(principal, teams=teams)
 
 
 async def check_ownership(request: Request, principal: Principal, roles: frozenset[str]) -> None:

@@ -75,6 +75,20 @@ class DatasetVersionCreated(EventData):
 
 
 @register_event
+class TeamMembershipChanged(EventData):
+    event_type: ClassVar[str] = "kiln.training.membership.changed"
+    description: ClassVar[str] = (
+        "A person's role in a team changed (role null: they left it); every service keeps a "
+        "copy to check callers' teams locally."
+    )
+
+    team: str
+    subject: str = Field(description="the person, as tokens name them ('sub')")
+    role: str | None = Field(description="owner, maintainer, member, annotator or viewer")
+    actor: str = Field(description="who changed it")
+
+
+@register_event
 class DatasetShared(EventData):
     event_type: ClassVar[str] = "kiln.dataset.sharing.changed"
     description: ClassVar[str] = (

@@ -204,3 +204,59 @@ def add_team_column(op: Any, table: str, default: str = "default") -> None:
 
     op.add_column(table, sa.Column("team", sa.String(100), nullable=False, server_default=default))
     op.create_index(f"ix_{table}_team", table, ["team"])
+
+
+# --- Kiln's own membership -----------------------------------------------------------------------
+# The training service owns who is in which team (its /v1/teams/{name}/members routes) and
+# announces each change; every service keeps the same table from those events, so it checks a
+# caller's teams locally, with no call on the request path. A token that carries the teams
+# claim (an identity provider that manages groups) is taken at its word instead.
+
+
+class Membership(SQLModel, table=True):
+    """One person's role in one team, as this service last heard it."""
+
+    __tablename__ = "memberships"
+
+    team: str = Field(sa_column=Column(String(100), primary_key=True))
+    subject: str = Field(sa_column=Column(String(200), primary_key=True))
+    role: str = Field(sa_column=Column(String(20), nullable=False))
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UtcDateTime(), nullable=False)
+    )
+
+
+def create_memberships_table(op: Any) -> None:
+    import sqlalchemy as sa
+
+    op.create_table(
+        "memberships",
+        sa.Column("team", sa.String(100), primary_key=True),
+        sa.Column("subject", sa.String(200), primary_key=True, index=True),
+        sa.Column("role", sa.String(20), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    )
+
+
+async def memberships_of(session: AsyncSession, subject: str) -> dict[str, str]:
+    """``subject``'s teams and roles in them, from this service's copy."""
+    from sqlmodel import select
+
+    rows = await session.exec(select(Membership).where(Membership.subject == subject))
+    return {m.team: m.role for m in rows.all()}
+
+
+async def apply_membership(
+    session: AsyncSession, team: str, subject: str, role: str | None
+) -> None:
+    """Make this service's copy say ``subject`` has ``role`` in ``team`` (None: not in it).
+    Setting the whole state makes a repeated event harmless."""
+    row = await session.get(Membership, (team, subject))
+    if role is None:
+        if row is not None:
+            await session.delete(row)
+        return
+    if row is None:
+        row = Membership(team=team, subject=subject, role=role)
+    row.role, row.updated_at = role, utcnow()
+    session.add(row)

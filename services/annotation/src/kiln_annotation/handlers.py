@@ -14,6 +14,7 @@ from kiln_core.catalog import DatasetVersionCreated
 from kiln_core.events import CloudEvent
 from kiln_core.inbox import EventHandler
 from kiln_core.manifest import ManifestItem, read_manifest
+from kiln_core.membership import membership_handlers
 from kiln_core.ping import ping_handlers
 from kiln_core.service import runtime_of
 
@@ -106,5 +107,6 @@ async def untasked_items(
 
 HANDLERS: dict[str, EventHandler] = {
     **ping_handlers("annotation"),
+    **membership_handlers(),
     DatasetVersionCreated.event_type: on_version_created,
 }

@@ -11,6 +11,7 @@ from kiln_core.errors import EventRejected, NotFound
 from kiln_core.events import CloudEvent
 from kiln_core.inbox import EventHandler
 from kiln_core.manifest import Category, Label
+from kiln_core.membership import membership_handlers
 from kiln_core.ping import ping_handlers
 from kiln_core.service import ServiceRuntime, runtime_of
 from kiln_core.storage import ObjectNotFound
@@ -99,6 +100,7 @@ async def read_manifest_labels(runtime: ServiceRuntime, key: str) -> dict[str, l
 
 HANDLERS: dict[str, EventHandler] = {
     **ping_handlers("dataset"),
+    **membership_handlers(),
     LabelsCommitted.event_type: on_labels_committed,
     PredictionFlagged.event_type: on_prediction_flagged,
 }

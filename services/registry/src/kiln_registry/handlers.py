@@ -15,6 +15,7 @@ from kiln_core.catalog import ModelVersionLineage, TrainingJobSucceeded
 from kiln_core.errors import EventRejected, NotFound
 from kiln_core.events import CloudEvent
 from kiln_core.inbox import EventHandler
+from kiln_core.membership import membership_handlers
 from kiln_core.ping import ping_handlers
 from kiln_core.service import runtime_of
 from kiln_core.storage import ObjectNotFound
@@ -139,5 +140,6 @@ async def auto_promote(
 
 HANDLERS: dict[str, EventHandler] = {
     **ping_handlers("registry"),
+    **membership_handlers(),
     TrainingJobSucceeded.event_type: on_training_job_succeeded,
 }

@@ -10,7 +10,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, FastAPI, Query, Request, Response, status
 from sqlmodel import col, select
 
-from kiln_core.auth import Principal, check_ownership, principal_from_request, require_roles
+from kiln_core.auth import (
+    Principal,
+    check_ownership,
+    principal_from_request,
+    require_roles,
+    with_memberships,
+)
 from kiln_core.db import utcnow
 from kiln_core.errors import (
     Conflict,
@@ -284,6 +290,7 @@ async def predict(
     principal = principal_from_request(request)
     if not principal.has(*CALLERS):
         raise Forbidden(f"requires one of the roles: {', '.join(CALLERS)}")
+    principal = await with_memberships(request.app.state, principal)
     await check_ownership(request, principal, frozenset(CALLERS))
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
     body, version = await predict_once(

@@ -11,6 +11,7 @@ from kiln_core.catalog import ModelVersionPromoted
 from kiln_core.db import aware, new_id
 from kiln_core.events import CloudEvent
 from kiln_core.inbox import EventHandler
+from kiln_core.membership import membership_handlers
 from kiln_core.ping import ping_handlers
 from kiln_core.service import runtime_of
 from kiln_core.wake import wake_on_commit
@@ -111,5 +112,6 @@ async def on_model_version_promoted(
 
 HANDLERS: dict[str, EventHandler] = {
     **ping_handlers("serving"),
+    **membership_handlers(),
     ModelVersionPromoted.event_type: on_model_version_promoted,  # type: ignore[dict-item]
 }

@@ -25,7 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 
-from kiln_core.auth import check_ownership, principal_from_request
+from kiln_core.auth import check_ownership, principal_from_request, with_memberships
 from kiln_core.errors import BadRequest, Forbidden, KilnError, NotFound
 from kiln_serving.predict import (
     CALLERS,
@@ -308,6 +308,7 @@ async def _caller(request: Request) -> None:
     principal = principal_from_request(request)
     if not principal.has(*CALLERS):
         raise Forbidden(f"requires one of the roles: {', '.join(CALLERS)}")
+    principal = await with_memberships(request.app.state, principal)
     await check_ownership(request, principal, frozenset(CALLERS))
 
 

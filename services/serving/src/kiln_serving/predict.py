@@ -27,7 +27,7 @@ import numpy as np
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from kiln_core.auth import Principal, principal_from_header
+from kiln_core.auth import Principal, principal_from_header, with_memberships
 from kiln_core.errors import (
     BadRequest,
     DependencyUnavailable,
@@ -464,6 +464,7 @@ class PredictRoute:
                     raise Forbidden(f"requires one of the roles: {', '.join(CALLERS)}")
                 params = scope["path_params"]
                 if not principal.is_admin:
+                    principal = await with_memberships(self.app.state, principal)
                     await self._check_team(principal, params["name"])
                 body = await self._body(receive)
                 if scope["route"] is PREDICT_LABEL:

@@ -6,21 +6,29 @@ import asyncio
 import dataclasses
 import json
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, status
+from fastapi import Path as PathParam
 from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.auth import Admin, Principal, Reader, require_roles
+from kiln_core.catalog import TeamMembershipChanged
 from kiln_core.db import utcnow
-from kiln_core.errors import Conflict, NotFound, QuotaExceeded, ValidationFailed
+from kiln_core.errors import Conflict, Forbidden, NotFound, QuotaExceeded, ValidationFailed
 from kiln_core.http import Limit, Offset, SessionDep, get_runtime
 from kiln_core.teams import (
+    MANAGERS,
+    Membership,
     TeamOperation,
     TeamOperationPublic,
+    TeamRole,
+    apply_membership,
     record_operation,
     team_for_new,
     visible_teams,
@@ -157,6 +165,90 @@ async def team_operations(
         select(TeamOperation).where(TeamOperation.team == name).order_by(col(TeamOperation.id))
     )
     return [TeamOperationPublic.model_validate(r, from_attributes=True) for r in rows.all()]
+
+
+# --- members: Kiln's own membership, announced to every service ------------------------------
+
+
+class MemberIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"role": "member"}]})
+
+    role: TeamRole = Field(description="owner, maintainer, member, annotator or viewer")
+
+
+class MemberPublic(BaseModel):
+    team: str = Field(description="the team")
+    subject: str = Field(description="the person, as tokens name them ('sub')")
+    role: str = Field(description="their role in the team")
+    updated_at: datetime = Field(description="when it last changed (UTC)")
+
+
+Subject = Annotated[str, PathParam(min_length=1, max_length=200, description="a person's 'sub'")]
+
+
+def _may_manage(who: Principal, team: str, role: str | None) -> None:
+    """Owners and maintainers change their team's members; only owners make owners."""
+    mine = who.teams.get(team)
+    if who.is_admin or (mine in MANAGERS and (role != "owner" or mine == "owner")):
+        return
+    raise Forbidden(
+        f"only team {team}'s owners (and maintainers, but for owners) change its members"
+    )
+
+
+async def _set_member(
+    request: Request, team: str, subject: str, role: str | None, who: Principal
+) -> Membership | None:
+    runtime = get_runtime(request)
+    _may_manage(who, team, role)
+    async with runtime.db.transaction() as session:
+        if await session.get(Team, team) is None:
+            raise NotFound(f"team {team} does not exist")
+        before = await session.get(Membership, (team, subject))
+        if before is not None and before.role == "owner" and who.teams.get(team) != "owner":
+            _may_manage(who, team, "owner")  # demoting or removing an owner takes an owner
+        await apply_membership(session, team, subject, role)
+        record_operation(
+            session,
+            who.subject,
+            "member.set" if role else "member.removed",
+            team,
+            subject,
+            role=role,
+            before=None if before is None else before.role,
+        )
+        await runtime.emit(
+            session,
+            TeamMembershipChanged(team=team, subject=subject, role=role, actor=who.subject),
+            subject=f"{team}/{subject}",
+        )
+    async with runtime.db.session() as session:
+        return await session.get(Membership, (team, subject))
+
+
+@router.get("/teams/{name}/members", response_model=list[MemberPublic], tags=["teams"])
+async def list_members(name: str, session: SessionDep, _who: Reader) -> list[MemberPublic]:
+    """The team's members and their roles, by subject."""
+    rows = await session.exec(
+        select(Membership).where(Membership.team == name).order_by(col(Membership.subject))
+    )
+    return [MemberPublic.model_validate(m, from_attributes=True) for m in rows.all()]
+
+
+@router.put("/teams/{name}/members/{subject}", response_model=MemberPublic, tags=["teams"])
+async def set_member(
+    name: str, subject: Subject, body: MemberIn, request: Request, who: Reader
+) -> MemberPublic:
+    """Add a person to the team or change their role; every service hears of it."""
+    member = await _set_member(request, name, subject, body.role, who)
+    return MemberPublic.model_validate(member, from_attributes=True)
+
+
+@router.delete("/teams/{name}/members/{subject}", status_code=204, tags=["teams"])
+async def remove_member(name: str, subject: Subject, request: Request, who: Reader) -> Response:
+    """Take a person out of the team (a no-op for someone not in it)."""
+    await _set_member(request, name, subject, None, who)
+    return Response(status_code=204)
 
 
 @router.put("/teams/{name}", response_model=TeamPublic, tags=["teams"])

@@ -9,6 +9,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from kiln_core.catalog import DatasetShared, DatasetVersionCreated, ModelVersionCreated
 from kiln_core.events import CloudEvent
 from kiln_core.inbox import EventHandler
+from kiln_core.membership import membership_handlers
 from kiln_core.ping import ping_handlers
 from kiln_training.models import KnownModelVersion, KnownVersion
 from kiln_training.triggers import fire_triggers
@@ -67,6 +68,7 @@ async def on_dataset_shared(session: AsyncSession, event: CloudEvent, data: Data
 
 HANDLERS: dict[str, EventHandler] = {
     **ping_handlers("training"),
+    **membership_handlers(),
     DatasetVersionCreated.event_type: on_version_created,
     DatasetShared.event_type: on_dataset_shared,
     ModelVersionCreated.event_type: on_model_version_created,

@@ -1,5 +1,7 @@
 """Teams: every dataset belongs to one and may be shared read-only; the ownership log.
 
+And this service's copy of who is in which team (kiln_core.teams).
+
 Revision ID: 0005
 """
 
@@ -8,6 +10,7 @@ from alembic import op
 
 from kiln_core.teams import (
     add_team_column,
+    create_memberships_table,
     create_team_operations_table,
     drop_team_operations_table,
 )
@@ -19,6 +22,7 @@ depends_on = None
 
 
 def upgrade() -> None:
+    create_memberships_table(op)
     add_team_column(op, "datasets")
     op.add_column(
         "datasets", sa.Column("shared_with", sa.JSON, nullable=False, server_default="[]")
@@ -27,6 +31,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("memberships")
     drop_team_operations_table(op)
     op.drop_column("datasets", "shared_with")
     op.drop_index("ix_datasets_team", "datasets")

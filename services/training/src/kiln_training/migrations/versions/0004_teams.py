@@ -1,12 +1,18 @@
 """Teams: counted limits, who may train on a dataset version, and the ownership log.
 
+And this service's copy of who is in which team (kiln_core.teams).
+
 Revision ID: 0004
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-from kiln_core.teams import create_team_operations_table, drop_team_operations_table
+from kiln_core.teams import (
+    create_memberships_table,
+    create_team_operations_table,
+    drop_team_operations_table,
+)
 
 revision = "0004"
 down_revision = "0003"
@@ -15,6 +21,7 @@ depends_on = None
 
 
 def upgrade() -> None:
+    create_memberships_table(op)
     op.add_column("teams", sa.Column("limits", sa.JSON, nullable=False, server_default="{}"))
     op.add_column(
         "known_versions",
@@ -27,6 +34,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("memberships")
     drop_team_operations_table(op)
     op.drop_column("known_versions", "shared_with")
     op.drop_column("known_versions", "team")
