@@ -120,7 +120,7 @@ async def training_event(
     await runtime.store.put(key, raw)
     data = TrainingJobSucceeded(
         job_id=job_id,
-        team="vision",
+        team="default",  # the default team owns what the tokenless admin registers
         template="tabular-mlp",
         model_name=model_name,
         dataset_id="ds-1",

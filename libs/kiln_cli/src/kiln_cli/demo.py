@@ -245,11 +245,16 @@ async def until_stopped() -> None:
 
 @asynccontextmanager
 async def embedded_services(
-    out_dir: Path, *, serve: tuple[str, int] | None = None, settings: Any = None
+    out_dir: Path,
+    *,
+    serve: tuple[str, int] | None = None,
+    settings: Any = None,
+    console_team: str | None = None,
 ) -> AsyncIterator[tuple[AsyncKiln, Any]]:
     """Every service in this process, each with its API (lifespan included) and event loop;
-    with ``serve=(host, port)`` also the gateway and the web console on that address; on the
-    embedded defaults, or on ``settings`` (tests point them at the real stack)."""
+    with ``serve=(host, port)`` also the gateway and the web console on that address, whose
+    development sign-in puts everyone in ``console_team`` (the default team when not named);
+    on the embedded defaults, or on ``settings`` (tests point them at the real stack)."""
 
     settings = settings or Settings(
         database_url=f"sqlite+aiosqlite:///{out_dir}/data/{{service}}.db",
@@ -272,7 +277,7 @@ async def embedded_services(
             gateway = Gateway(
                 apps,
                 console=ConsoleApp(DIST),
-                dev_tokens=dev_tokens(settings, [DEMO_TEAM, settings.default_team]),
+                dev_tokens=dev_tokens(settings, [console_team or settings.default_team]),
             )
             await stack.enter_async_context(serving_console(gateway, *serve))
         client = AsyncKiln(
@@ -776,7 +781,11 @@ async def run_demo(
     def say(message: str) -> None:
         typer.echo(f"{time.monotonic() - started:6.1f}s  {message}")
 
-    services = embedded_services(out_dir, serve=serve) if stack == "embedded" else stack_services()
+    services = (
+        embedded_services(out_dir, serve=serve, console_team=DEMO_TEAM)
+        if stack == "embedded"
+        else stack_services()
+    )
     say(f"starting Kiln ({stack}); output in {out_dir}")
     async with services as (client, settings):
         kiln = Kiln(client, settings)
