@@ -325,7 +325,7 @@ async def test_the_second_review_level_needs_another_reviewer(services: dict[str
     """Separation of duties: whoever accepted a task at the first review level may not accept
     it at the second; another reviewer may. A resubmission starts a new round."""
     ann, settings = services["annotation"], services["settings"]
-    _, pid = await setup_project(services, images=1, review_levels=1)
+    _, pid = await setup_project(services, images=1, review_levels=2)
     alice = as_user(settings, "alice", "annotator")
     rita = as_user(settings, "rita", "reviewer")
     ravi = as_user(settings, "ravi", "reviewer")

@@ -56,7 +56,7 @@ async def test_duplicate_training_event_gives_one_version(
     assert first["evaluation_split"] == "val" and first["params"] == {"epochs": 2, "lr": 0.01}
     assert first["artifact"]["sha256"] == event.data["artifact"]["sha256"]
     assert first["artifact"]["key"].startswith("blobs/sha256/")
-    assert first["status"] == "registered" and first["created_by"] == "training:vision"
+    assert first["status"] == "registered" and first["created_by"] == "training:default"
     async with runtime.db.session() as session:
         rows = (await session.exec(select(ModelVersion))).all()
     assert len(rows) == 2

@@ -35,6 +35,8 @@ OWNED = {
 EVERYONES = ("/v1/templates/",)
 # Annotators see only the tasks they hold, in their own team too (test_annotator_isolation).
 ANNOTATORS_OWN_TASKS = {("GET", "/v1/tasks/{task_id}"), ("GET", "/v1/tasks/{task_id}/audit")}
+# Event streams stay open: one's own is not read to the end (another team's is still refused).
+STREAMS = {("GET", "/v1/jobs/{job_id}/events")}
 
 
 @dataclass
@@ -212,11 +214,15 @@ def test_no_role_sees_or_changes_another_teams_resources(
                         f"{other.text[:120]} — a missing one: {absent.status_code}"
                     )
                 if role not in allowed:
-                    if other.status_code != 403:
+                    # 403, or 404 where the role a route allows depends on the resource (a
+                    # model's promotion policy names who moves its aliases).
+                    if other.status_code not in (403, 404):
                         failures.append(f"{role} {method} {path}: {other.status_code}, want 403")
                     continue
-                if method in READS and not (
-                    role == "annotator" and (method, path) in ANNOTATORS_OWN_TASKS
+                if (
+                    method in READS
+                    and (method, path) not in STREAMS
+                    and not (role == "annotator" and (method, path) in ANNOTATORS_OWN_TASKS)
                 ):
                     mine = call(client, method, own_url, token)
                     as_admin = call(client, method, own_url, admin)

@@ -70,7 +70,7 @@ async def test_jobs_only_under_the_callers_team_and_the_limit_holds_under_50_sub
     assert r.status_code == 200 and r.json()["limits"] == {"jobs": 6}
     log = (await client.get(f"/v1/teams/{team}/operations")).json()
     assert [(e["action"], e["actor"], e["detail"]["limits"]) for e in log] == [
-        ("team.created", "local", {"jobs": 5}),
-        ("quota.set", "local", {"jobs": 6}),
+        ("team.created", "tester", {"jobs": 5}),
+        ("quota.set", "tester", {"jobs": 6}),
     ]
     assert (await client.post("/v1/jobs", json=body(version, team), headers=mia)).status_code == 201

@@ -89,6 +89,23 @@ class TeamMembershipChanged(EventData):
 
 
 @register_event
+class TeamUpdated(EventData):
+    event_type: ClassVar[str] = "kiln.training.team.updated"
+    description: ClassVar[str] = (
+        "A team was created or its share, quotas or counted limits changed; services that "
+        "enforce a limit keep a copy."
+    )
+
+    team: str
+    weight: float
+    quota: dict[str, float] = Field(description="capacity per resource kind (DRF)")
+    limits: dict[str, int] = Field(
+        description="counted caps: jobs, endpoints, model_instances (absent: none)"
+    )
+    actor: str = Field(description="who changed it")
+
+
+@register_event
 class DatasetShared(EventData):
     event_type: ClassVar[str] = "kiln.dataset.sharing.changed"
     description: ClassVar[str] = (

@@ -20,7 +20,7 @@ from sqlmodel import Field, SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.db import UtcDateTime, utcnow
-from kiln_core.errors import Forbidden, NotFound, ValidationFailed
+from kiln_core.errors import Forbidden, NotFound, QuotaExceeded, ValidationFailed
 
 TEAM_ROLES = ("owner", "maintainer", "member", "annotator", "viewer")
 TeamRole = Literal["owner", "maintainer", "member", "annotator", "viewer"]
@@ -260,3 +260,54 @@ async def apply_membership(
         row = Membership(team=team, subject=subject, role=role)
     row.role, row.updated_at = role, utcnow()
     session.add(row)
+
+
+class TeamLimits(SQLModel, table=True):
+    """A team's counted limits (``{"endpoints": 3, ...}``), as this service last heard them
+    from the training service, which owns teams. The row is what concurrent creations in the
+    team lock, so they are counted one at a time."""
+
+    __tablename__ = "team_limits"
+
+    team: str = Field(sa_column=Column(String(100), primary_key=True))
+    limits: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UtcDateTime(), nullable=False)
+    )
+
+
+def create_team_limits_table(op: Any) -> None:
+    import sqlalchemy as sa
+
+    op.create_table(
+        "team_limits",
+        sa.Column("team", sa.String(100), primary_key=True),
+        sa.Column("limits", sa.JSON, nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    )
+
+
+async def apply_limits(session: AsyncSession, team: str, limits: dict[str, int]) -> None:
+    row = await session.get(TeamLimits, team) or TeamLimits(team=team)
+    row.limits, row.updated_at = dict(limits), utcnow()
+    session.add(row)
+
+
+async def locked_limits(session: AsyncSession, team: str) -> dict[str, int]:
+    """The team's limits, its row locked until the transaction ends (PostgreSQL; SQLite's one
+    writer at a time does the same for a write transaction)."""
+    row = await session.get(TeamLimits, team, with_for_update=True)
+    return dict(row.limits) if row is not None else {}
+
+
+def within(limits: dict[str, int], quota: str, team: str, usage: int, adding: int) -> None:
+    """Refuse ``adding`` more of ``quota`` past the team's limit, naming usage and limit."""
+    limit = limits.get(quota)
+    if limit is not None and usage + adding > limit:
+        raise QuotaExceeded(
+            f"team {team} uses {usage} {quota.replace('_', ' ')} of its limit {limit}",
+            quota=quota,
+            team=team,
+            usage=usage,
+            limit=limit,
+        )

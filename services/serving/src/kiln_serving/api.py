@@ -25,7 +25,7 @@ from kiln_core.errors import (
     ValidationFailed,
 )
 from kiln_core.http import PROBLEM_JSON, SessionDep, get_runtime
-from kiln_core.teams import team_for_new, visible_teams
+from kiln_core.teams import locked_limits, team_for_new, visible_teams, within
 from kiln_serving import canary
 from kiln_serving.controller import Controller, _endpoint_for_update, _pair
 from kiln_serving.handlers import request_deployment
@@ -127,11 +127,13 @@ async def create_endpoint(
     body: EndpointCreate, request: Request, session: SessionDep, who: Writer
 ) -> EndpointPublic:
     """An endpoint serving ``model_name`` at ``alias``; versions arrive with promotions."""
+    team = team_for_new(who, body.team, get_runtime(request).settings.default_team)
+    await _within_team_limits(session, team, endpoints=1, instances=body.instance_count)
     if await session.get(Endpoint, body.name) is not None:
         raise Conflict(f"endpoint {body.name!r} exists")
     endpoint = Endpoint(
         name=body.name,
-        team=team_for_new(who, body.team, get_runtime(request).settings.default_team),
+        team=team,
         model_name=body.model_name,
         alias=body.alias,
         candidate_alias=body.candidate_alias,
@@ -146,6 +148,22 @@ async def create_endpoint(
         await request_deployment(session, endpoint, promotion)
     await session.commit()
     return await _public(session, endpoint)
+
+
+async def _within_team_limits(
+    session: SessionDep, team: str, *, endpoints: int, instances: int, besides: str = ""
+) -> None:
+    """Refuse more endpoints or model instances than the team's limits; the team's limits row
+    stays locked until the caller commits, so concurrent requests count one at a time."""
+    limits = await locked_limits(session, team)
+    if not limits:
+        return
+    rows = (
+        await session.exec(select(Endpoint).where(Endpoint.team == team, Endpoint.name != besides))
+    ).all()
+    within(limits, "endpoints", team, len(rows), endpoints)
+    used = sum(int(e.config.get("instance_count", 1)) for e in rows)
+    within(limits, "model_instances", team, used, instances)
 
 
 @router.get("/endpoints")
@@ -175,6 +193,10 @@ async def update_endpoint(
     if endpoint is None:
         raise NotFound(f"no endpoint {name!r}")
     changes = body.model_dump(exclude_unset=True)
+    if "instance_count" in changes:
+        await _within_team_limits(
+            session, endpoint.team, endpoints=0, instances=changes["instance_count"], besides=name
+        )
     for field in ("alias", "candidate_alias", "strategy"):
         if field in changes:
             setattr(endpoint, field, changes.pop(field))

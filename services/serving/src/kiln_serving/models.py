@@ -323,6 +323,7 @@ class EndpointPublic(BaseModel):
             "examples": [
                 {
                     "name": "bolts",
+                    "team": "vision",
                     "model_name": "bolts-cnn",
                     "alias": "production",
                     "candidate_alias": "canary",

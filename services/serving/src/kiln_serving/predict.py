@@ -518,9 +518,9 @@ class PredictRoute:
         if route is None:
             await self.controller.refresh_routes()
             route = self.controller.table.routes.get(name)
-        if route is not None:
-            owner = Owner(route.team, not_found=f"no endpoint {name!r}")
-            check_access(principal, owner, "GET", _CALLER_ROLES)
+        # A missing endpoint is refused before the body is read, as another team's is.
+        owner = Owner(route.team if route else None, not_found=f"no endpoint {name!r}")
+        check_access(principal, owner, "GET", _CALLER_ROLES)
 
     async def _body(self, receive: Receive) -> bytes:
         """The request body; a body longer than the limit (declared or not) is refused."""

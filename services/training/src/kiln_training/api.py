@@ -18,7 +18,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.auth import Admin, Principal, Reader, require_roles
-from kiln_core.catalog import TeamMembershipChanged
+from kiln_core.catalog import TeamMembershipChanged, TeamUpdated
 from kiln_core.db import utcnow
 from kiln_core.errors import Conflict, Forbidden, NotFound, QuotaExceeded, ValidationFailed
 from kiln_core.http import Limit, Offset, SessionDep, get_runtime
@@ -113,6 +113,14 @@ def _quotas(team: Team) -> dict[str, Any]:
     return {"weight": team.weight, "quota": dict(team.quota), "limits": dict(team.limits or {})}
 
 
+async def _announce(request: Request, session: AsyncSession, team: Team, who: Principal) -> None:
+    await get_runtime(request).emit(
+        session,
+        TeamUpdated(actor=who.subject, team=team.name, **_quotas(team)),
+        subject=team.name,
+    )
+
+
 def _team_public(team: Team) -> TeamPublic:
     return TeamPublic(**team.model_dump())
 
@@ -135,6 +143,7 @@ async def create_team(body: TeamCreate, request: Request, who: Admin) -> TeamPub
         record_operation(
             session, who.subject, "team.created", team.name, team.name, **_quotas(team)
         )
+        await _announce(request, session, team, who)
     return _team_public(team)
 
 
@@ -266,6 +275,7 @@ async def update_team(name: str, body: TeamIn, request: Request, who: Admin) -> 
         )
         session.add(team)
         record_operation(session, who.subject, "quota.set", team.name, team.name, **_quotas(team))
+        await _announce(request, session, team, who)
     return _team_public(team)
 
 

@@ -205,7 +205,7 @@ class Trigger(SQLModel, table=True):
 # --- API schemas --------------------------------------------------------------------------------
 
 ResourceName = Literal["cpu", "memory", "gpu"]
-LimitName = Literal["jobs"]
+LimitName = Literal["jobs", "endpoints", "model_instances"]
 
 
 class ResourcesIn(BaseModel):
@@ -224,7 +224,8 @@ class TeamIn(BaseModel):
     quota: dict[ResourceName, Annotated[float, PydField(ge=0)]] = PydField(default_factory=dict)
     limits: dict[LimitName, Annotated[int, PydField(ge=0, le=1_000_000)]] = PydField(
         default_factory=dict,
-        description="counted caps: 'jobs' = queued, running and paused jobs at once",
+        description="counted caps: 'jobs' (queued, running and paused at once), 'endpoints', "
+        "'model_instances' (inference-server instances over the team's endpoints)",
     )
 
 

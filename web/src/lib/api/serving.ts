@@ -669,6 +669,7 @@ export interface components {
          *       "stable": null,
          *       "state": "rolling_out",
          *       "strategy": "canary",
+         *       "team": "vision",
          *       "traffic": {
          *         "1": 0.9,
          *         "2": 0.1

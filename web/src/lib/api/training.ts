@@ -391,6 +391,50 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/teams/{name}/members": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Members
+         * @description The team's members and their roles, by subject.
+         */
+        get: operations["listMembers"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/teams/{name}/members/{subject}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Set Member
+         * @description Add a person to the team or change their role; every service hears of it.
+         */
+        put: operations["setMember"];
+        post?: never;
+        /**
+         * Remove Member
+         * @description Take a person out of the team (a no-op for someone not in it).
+         */
+        delete: operations["removeMember"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/teams/{name}/operations": {
         parameters: {
             query?: never;
@@ -1028,6 +1072,44 @@ export interface components {
              */
             world_size?: number;
         };
+        /**
+         * MemberIn
+         * @example {
+         *       "role": "member"
+         *     }
+         */
+        MemberIn: {
+            /**
+             * Role
+             * @description owner, maintainer, member, annotator or viewer
+             * @enum {string}
+             */
+            role: "owner" | "maintainer" | "member" | "annotator" | "viewer";
+        };
+        /** MemberPublic */
+        MemberPublic: {
+            /**
+             * Role
+             * @description their role in the team
+             */
+            role: string;
+            /**
+             * Subject
+             * @description the person, as tokens name them ('sub')
+             */
+            subject: string;
+            /**
+             * Team
+             * @description the team
+             */
+            team: string;
+            /**
+             * Updated At
+             * Format: date-time
+             * @description when it last changed (UTC)
+             */
+            updated_at: string;
+        };
         /** MetricPointPublic */
         MetricPointPublic: {
             /**
@@ -1198,7 +1280,7 @@ export interface components {
         TeamCreate: {
             /**
              * Limits
-             * @description counted caps: 'jobs' = queued, running and paused jobs at once
+             * @description counted caps: 'jobs' (queued, running and paused at once), 'endpoints', 'model_instances' (inference-server instances over the team's endpoints)
              */
             limits?: {
                 [key: string]: number;
@@ -1219,7 +1301,7 @@ export interface components {
         TeamIn: {
             /**
              * Limits
-             * @description counted caps: 'jobs' = queued, running and paused jobs at once
+             * @description counted caps: 'jobs' (queued, running and paused at once), 'endpoints', 'model_instances' (inference-server instances over the team's endpoints)
              */
             limits?: {
                 [key: string]: number;
@@ -2084,6 +2166,105 @@ export interface operations {
             header?: never;
             path: {
                 name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Problem details (RFC 9457) */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                };
+            };
+        };
+    };
+    listMembers: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MemberPublic"][];
+                };
+            };
+            /** @description Problem details (RFC 9457) */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                };
+            };
+        };
+    };
+    setMember: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+                /** @description a person's 'sub' */
+                subject: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["MemberIn"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MemberPublic"];
+                };
+            };
+            /** @description Problem details (RFC 9457) */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                };
+            };
+        };
+    };
+    removeMember: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+                /** @description a person's 'sub' */
+                subject: string;
             };
             cookie?: never;
         };

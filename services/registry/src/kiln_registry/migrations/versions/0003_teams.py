@@ -7,7 +7,7 @@ Revision ID: 0003
 
 from alembic import op
 
-from kiln_core.teams import add_team_column, create_memberships_table
+from kiln_core.teams import add_team_column, create_memberships_table, create_team_limits_table
 
 revision = "0003"
 down_revision = "0002"
@@ -17,10 +17,12 @@ depends_on = None
 
 def upgrade() -> None:
     create_memberships_table(op)
+    create_team_limits_table(op)
     add_team_column(op, "registered_models")
 
 
 def downgrade() -> None:
+    op.drop_table("team_limits")
     op.drop_table("memberships")
     op.drop_index("ix_registered_models_team", "registered_models")
     op.drop_column("registered_models", "team")

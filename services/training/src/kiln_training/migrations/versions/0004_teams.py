@@ -10,6 +10,7 @@ from alembic import op
 
 from kiln_core.teams import (
     create_memberships_table,
+    create_team_limits_table,
     create_team_operations_table,
     drop_team_operations_table,
 )
@@ -22,6 +23,7 @@ depends_on = None
 
 def upgrade() -> None:
     create_memberships_table(op)
+    create_team_limits_table(op)
     op.add_column("teams", sa.Column("limits", sa.JSON, nullable=False, server_default="{}"))
     op.add_column(
         "known_versions",
@@ -34,6 +36,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("team_limits")
     op.drop_table("memberships")
     drop_team_operations_table(op)
     op.drop_column("known_versions", "shared_with")
