@@ -344,13 +344,13 @@ async def test_the_second_review_level_needs_another_reviewer(services: dict[str
     await submit()
     first = await review(rita, accept=True)
     assert first.status_code == 200 and first.json()["status"] == "in_review"
-    assert first.json()["review_level"] == 1
+    assert first.json()["review_level"] == 2  # levels count from 1: now the second
     twice = await review(rita, accept=True)
     assert twice.status_code == 403, twice.text
     assert twice.headers["content-type"] == "application/problem+json"
     assert "another reviewer" in twice.json()["detail"]
     after = (await ann.get(f"/v1/tasks/{task['id']}", headers=rita)).json()
-    assert after["status"] == "in_review" and after["review_level"] == 1  # nothing changed
+    assert after["status"] == "in_review" and after["review_level"] == 2  # nothing changed
 
     # The second reviewer sends it back; in the next round rita's earlier accept no longer
     # counts, so she may take the first level again, and ravi the second.
@@ -358,7 +358,7 @@ async def test_the_second_review_level_needs_another_reviewer(services: dict[str
     assert back.json()["status"] == "rework"
     await ann.post(f"/v1/projects/{pid}/lease", headers=alice)
     await submit()
-    assert (await review(rita, accept=True)).json()["review_level"] == 1
+    assert (await review(rita, accept=True)).json()["review_level"] == 2
     assert (await review(ravi, accept=True)).json()["status"] == "accepted"
     actions = [
         (e["actor"], e["action"])

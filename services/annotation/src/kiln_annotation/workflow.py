@@ -275,11 +275,11 @@ async def review(
             raise Conflict(f"task is {task.status}; only submitted tasks are reviewed")
         if task.assignee == reviewer:
             raise Forbidden("annotators do not review their own work")
-        if task.review_level > 0 and await _accepted_this_round(session, task.id, reviewer):
+        if task.review_level > 1 and await _accepted_this_round(session, task.id, reviewer):
             # Separation of duties: each review level is a different person's judgement.
             raise Forbidden(
                 f"you accepted this task at an earlier review level; level "
-                f"{task.review_level + 1} needs another reviewer"
+                f"{task.review_level} needs another reviewer"
             )
         if not accept and not comment.strip():
             raise ValidationFailed(
