@@ -74,3 +74,27 @@ async def test_jobs_only_under_the_callers_team_and_the_limit_holds_under_50_sub
         ("quota.set", "tester", {"jobs": 6}),
     ]
     assert (await client.post("/v1/jobs", json=body(version, team), headers=mia)).status_code == 201
+
+
+async def test_the_queue_shows_other_teams_jobs_only_as_counts(
+    services: tuple[Service, Service],
+) -> None:
+    training, dataset = services
+    client, runtime = training
+    version = await make_image_version(dataset, "queue", per_class=2)
+    await known_to_training(training, version)
+    await make_team(client, "vision")
+    await make_team(client, "audio")
+    for team in ("vision", "audio", "audio"):
+        r = await client.post("/v1/jobs", json=body(version, team))  # as the admin
+        assert r.status_code == 201, r.text
+    ada = {
+        "authorization": "Bearer "
+        + issue_token("ada", ["viewer"], runtime.settings, teams={"vision": "viewer"})
+    }
+    pool = (await client.get("/v1/queue", headers=ada)).json()["pools"]["gpu"]
+    assert {w["team"] for w in pool["waiting"]} == {"vision"}
+    assert pool["others_waiting"] == 2
+    assert set(pool["dominant_shares"]) <= {"vision"}
+    everyone = (await client.get("/v1/queue")).json()["pools"]["gpu"]
+    assert sorted(w["team"] for w in everyone["waiting"]) == ["audio", "audio", "vision"]

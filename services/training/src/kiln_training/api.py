@@ -676,8 +676,28 @@ async def delete_trigger(trigger_id: str, request: Request, _who: Submitter) -> 
 
 
 @router.get("/queue", tags=["queue"])
-async def get_queue(session: SessionDep, _who: Reader) -> dict[str, Any]:
+async def get_queue(session: SessionDep, who: Reader) -> dict[str, Any]:
     """Per pool: capacity advertised by live workers, running jobs, waiting jobs in line with
-    the reason each waits (quota, fair share, capacity, priority, reservation) and every
-    team's dominant share."""
-    return await queue_view(session, lifecycle.training_settings())
+    the reason each waits (quota, fair share, capacity, priority, reservation) and each team's
+    dominant share. Other teams' jobs are counted, not shown, and their names not given."""
+    view = await queue_view(session, lifecycle.training_settings())
+    teams = visible_teams(who)
+    if teams is None:
+        return view
+    return {**view, "pools": {p: _own_view(pool, teams) for p, pool in view["pools"].items()}}
+
+
+def _own_view(pool: dict[str, Any], teams: frozenset[str]) -> dict[str, Any]:
+    mine = [w for w in pool["waiting"] if w["team"] in teams]
+    for w in mine:
+        if w.get("blocked_by_team") not in (None, *teams):
+            w["blocked_by_team"] = "another team"
+    running = [r for r in pool["running"] if r["team"] in teams]
+    return {
+        **pool,
+        "running": running,
+        "waiting": mine,
+        "others_running": len(pool["running"]) - len(running),
+        "others_waiting": len(pool["waiting"]) - len(mine),
+        "dominant_shares": {t: s for t, s in pool["dominant_shares"].items() if t in teams},
+    }
