@@ -205,7 +205,7 @@ class Trigger(SQLModel, table=True):
 # --- API schemas --------------------------------------------------------------------------------
 
 ResourceName = Literal["cpu", "memory", "gpu"]
-LimitName = Literal["jobs", "endpoints", "model_instances"]
+LimitName = Literal["jobs", "endpoints", "model_instances", "storage_bytes"]
 
 
 class ResourcesIn(BaseModel):
@@ -222,10 +222,11 @@ class TeamIn(BaseModel):
     weight: float = PydField(default=1.0, gt=0, le=1000)
     # Amounts are never negative; the schema says so.
     quota: dict[ResourceName, Annotated[float, PydField(ge=0)]] = PydField(default_factory=dict)
-    limits: dict[LimitName, Annotated[int, PydField(ge=0, le=1_000_000)]] = PydField(
+    limits: dict[LimitName, Annotated[int, PydField(ge=0, le=10**15)]] = PydField(
         default_factory=dict,
         description="counted caps: 'jobs' (queued, running and paused at once), 'endpoints', "
-        "'model_instances' (inference-server instances over the team's endpoints)",
+        "'model_instances' (inference-server instances over the team's endpoints), "
+        "'storage_bytes' (distinct blobs of its datasets' live versions and open drafts)",
     )
 
 

@@ -26,6 +26,7 @@ from kiln_dataset.api.common import Writer, version_out
 from kiln_dataset.lifecycle import record_blobs, store_blobs
 from kiln_dataset.media import UnreadableImage, extension_matches, sniff, verify_image
 from kiln_dataset.models import Blob, DatasetStatus, Draft, DraftItem, VersionPublic
+from kiln_dataset.quotas import check_storage
 from kiln_dataset.versions import (
     create_version,
     get_dataset,
@@ -218,6 +219,7 @@ async def upload_items(
         await store_blobs(runtime, [(spooled, item.media_type) for item, spooled in good])
         async with runtime.db.transaction() as session:
             await _open_draft(session, dataset_id, draft_id)
+            await check_storage(session, dataset_id, [item for item, _ in good])
             await _put_draft_items(session, draft_id, [item for item, _ in good])
     accepted = [
         {
@@ -321,6 +323,7 @@ async def add_blob_items(
             await record_blobs(
                 session, [(StoredBlob(b.sha256, b.size_bytes), b.media_type) for b in seen]
             )
+            await check_storage(session, dataset_id, good)
             await _put_draft_items(session, draft_id, good)
     accepted = [
         {"file": i.item_id, "item_id": i.item_id, "blob": i.blob, "size_bytes": i.size_bytes}
