@@ -111,6 +111,8 @@ async def training_event(
     metrics: dict[str, float] | None = None,
     seed: int = 0,
     evaluation_split: str = "val",
+    team: str = "default",  # the default team owns what the tokenless admin registers
+    dataset_team: str | None = None,
 ) -> CloudEvent:
     """What the training service announces when a job succeeds, its artifact in the store."""
     raw = torchscript_bytes(seed)
@@ -120,7 +122,8 @@ async def training_event(
     await runtime.store.put(key, raw)
     data = TrainingJobSucceeded(
         job_id=job_id,
-        team="default",  # the default team owns what the tokenless admin registers
+        team=team,
+        dataset_team=dataset_team,
         template="tabular-mlp",
         model_name=model_name,
         dataset_id="ds-1",

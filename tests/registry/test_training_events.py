@@ -148,3 +148,23 @@ async def test_auto_promotion_moves_the_alias_only_for_versions_passing_the_gate
     refused = [op for op in log if op["action"] == "promotion.refused"]
     assert refused and refused[0]["actor"] == "registry:auto-promote"
     assert refused[0]["details"]["failed_gates"]
+
+
+async def test_lineage_names_a_shared_datasets_team_and_another_teams_job_adds_no_version(
+    registry_service: Service, unique: str
+) -> None:
+    client, runtime = registry_service
+    name = f"shared{unique}"
+    made = await client.post("/v1/models", json={"name": name, "team": "red"})
+    assert made.status_code == 201 and made.json()["team"] == "red"
+    # Red's job trained on blue's dataset (shared with red): the version says whose it was.
+    ok = await training_event(runtime, f"red-{unique}", name, team="red", dataset_team="blue")
+    await runtime.inbox.handle_record(as_record(ok))
+    [version] = await _versions(registry_service, name)
+    assert version["lineage"]["team"] == "red"
+    assert version["lineage"]["dataset_team"] == "blue"
+    assert version["lineage"]["shared_dataset"] is True
+    # Blue's job may not add a version to red's model: the event is rejected, nothing added.
+    foreign = await training_event(runtime, f"blue-{unique}", name, team="blue", seed=1)
+    await runtime.inbox.handle_record(as_record(foreign))
+    assert [v["version"] for v in await _versions(registry_service, name)] == [1]

@@ -98,3 +98,34 @@ async def test_the_queue_shows_other_teams_jobs_only_as_counts(
     assert set(pool["dominant_shares"]) <= {"vision"}
     everyone = (await client.get("/v1/queue")).json()["pools"]["gpu"]
     assert sorted(w["team"] for w in everyone["waiting"]) == ["audio", "audio", "vision"]
+
+
+async def test_another_teams_dataset_trains_only_once_shared(
+    services: tuple[Service, Service],
+) -> None:
+    from kiln_core.catalog import DatasetShared
+    from kiln_core.events import new_event
+    from tests.registry.conftest import as_record
+
+    training, dataset = services
+    client, runtime = training
+    version = await make_image_version(dataset, "sharing", per_class=2)  # the default team's
+    await known_to_training(training, version)
+    await make_team(client, "audio")
+    sam = {
+        "authorization": "Bearer "
+        + issue_token("sam", ["ml-engineer"], runtime.settings, teams=["audio"])
+    }
+    refused = await client.post("/v1/jobs", json=body(version, "audio"), headers=sam)
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["type"].endswith("unknown-dataset-version")
+    # The dataset service announces that its team shared the dataset with audio.
+    shared = DatasetShared(
+        dataset_id=version["dataset_id"],
+        team=runtime.settings.default_team,
+        shared_with=["audio"],
+        actor="dana",
+    )
+    await runtime.inbox.handle_record(as_record(new_event(shared, subject=version["dataset_id"])))
+    accepted = await client.post("/v1/jobs", json=body(version, "audio"), headers=sam)
+    assert accepted.status_code == 201, accepted.text
