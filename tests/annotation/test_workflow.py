@@ -312,6 +312,11 @@ async def test_submit_and_lease_next_is_one_call_and_a_refusal_leases_nothing(
     second = body["next"]
     assert second["id"] != first["id"] and second["status"] == "leased"
     assert second["assignee"] == "alice" and second["lease_expires_at"]
+    # The first lease named what would come next, so the workspace could fetch it early; the
+    # last task has nothing after it.
+    assert first["up_next"] == second["items"]
+    assert second["up_next"] == []
+    assert (await ann.get(f"/v1/tasks/{second['id']}", headers=alice)).json()["up_next"] is None
     item2 = second["items"][0]["item_id"]
     last = await ann.post(
         f"/v1/tasks/{second['id']}/submission-and-lease",

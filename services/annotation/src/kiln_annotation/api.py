@@ -14,6 +14,7 @@ from sqlmodel import col, select
 
 from kiln_annotation.jobs import SELECTION
 from kiln_annotation.label_schema import LabelSchema, validate_annotation
+from kiln_annotation.lookahead import up_next
 from kiln_annotation.models import (
     AuditEntry,
     LabelsCommit,
@@ -39,6 +40,7 @@ from kiln_core.db import INT32_MAX, MAX_PARAM_INT, new_id
 from kiln_core.errors import Conflict, NotFound, ValidationFailed
 from kiln_core.http import SessionDep, get_runtime
 from kiln_core.manifest import read_manifest
+from kiln_core.service import ServiceRuntime
 from kiln_core.storage import ObjectNotFound
 from kiln_core.teams import TEAM_NAME, team_for_new, visible_teams
 
@@ -173,10 +175,20 @@ class TaskPublic(BaseModel):
     """The latest submission: labels per item id; null before one."""
     prelabels: dict[str, Any] | None
     """Suggestions from the project's model per item id, each with its score."""
+    up_next: list[dict[str, Any]] | None = None
+    """On a lease: the items of the task most likely leased next (to fetch their images
+    early); a hint, not a lease. Null elsewhere."""
 
 
 def task_public(task: Task) -> TaskPublic:
     return TaskPublic.model_validate(task, from_attributes=True)
+
+
+async def leased_public(runtime: ServiceRuntime, task: Task, annotator: str) -> TaskPublic:
+    """A just-leased task, with the items its annotator will likely get next."""
+    public = task_public(task)
+    public.up_next = await up_next(runtime, task, annotator)
+    return public
 
 
 @router.post("/projects", status_code=201)
@@ -307,10 +319,11 @@ async def list_tasks(
 )
 async def lease(project_id: str, request: Request, who: Annotator) -> Any:
     """Pull the next task (highest priority first) and hold it until the lease expires."""
-    task = await lease_next(get_runtime(request), project_id, who.subject)
+    runtime = get_runtime(request)
+    task = await lease_next(runtime, project_id, who.subject)
     if task is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
-    return task_public(task)
+    return await leased_public(runtime, task, who.subject)
 
 
 @router.get("/tasks/{task_id}", response_model=TaskPublic)
@@ -369,7 +382,7 @@ async def submit_and_lease_next(
     following = await lease_next(runtime, task.project_id, who.subject)
     return SubmittedAndNext(
         submitted=task_public(task),
-        next=task_public(following) if following is not None else None,
+        next=None if following is None else await leased_public(runtime, following, who.subject),
     )
 
 

@@ -907,6 +907,14 @@ export interface components {
              * @description queued, leased, in_review, rework, accepted or committed.
              */
             status: string;
+            /**
+             * Up Next
+             * @description On a lease: the items of the task most likely leased next (to fetch their images
+             *     early); a hint, not a lease. Null elsewhere.
+             */
+            up_next?: {
+                [key: string]: unknown;
+            }[] | null;
         };
         /** TasksRequest */
         TasksRequest: {

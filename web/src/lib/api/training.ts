@@ -289,8 +289,8 @@ export interface paths {
         /**
          * Get Queue
          * @description Per pool: capacity advertised by live workers, running jobs, waiting jobs in line with
-         *     the reason each waits (quota, fair share, capacity, priority, reservation) and every
-         *     team's dominant share.
+         *     the reason each waits (quota, fair share, capacity, priority, reservation) and each team's
+         *     dominant share. Other teams' jobs are counted, not shown, and their names not given.
          */
         get: operations["getQueue"];
         put?: never;
@@ -1280,7 +1280,7 @@ export interface components {
         TeamCreate: {
             /**
              * Limits
-             * @description counted caps: 'jobs' (queued, running and paused at once), 'endpoints', 'model_instances' (inference-server instances over the team's endpoints)
+             * @description counted caps: 'jobs' (queued, running and paused at once), 'endpoints', 'model_instances' (inference-server instances over the team's endpoints), 'storage_bytes' (distinct blobs of its datasets' live versions and open drafts)
              */
             limits?: {
                 [key: string]: number;
@@ -1301,7 +1301,7 @@ export interface components {
         TeamIn: {
             /**
              * Limits
-             * @description counted caps: 'jobs' (queued, running and paused at once), 'endpoints', 'model_instances' (inference-server instances over the team's endpoints)
+             * @description counted caps: 'jobs' (queued, running and paused at once), 'endpoints', 'model_instances' (inference-server instances over the team's endpoints), 'storage_bytes' (distinct blobs of its datasets' live versions and open drafts)
              */
             limits?: {
                 [key: string]: number;

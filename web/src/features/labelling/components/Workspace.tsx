@@ -34,13 +34,16 @@ function previewUrl(datasetId: string, item: TaskItem): string | null {
 }
 
 /** Every item of a newly leased task starts loading at once: a large one's preview first, its
- * original only after that (the two would compete for the same server and connection). */
-function prefetch(datasetId: string, items: TaskItem[]): void {
-  for (const it of items) {
-    const preview = previewUrl(datasetId, it);
-    const original = () => loadImage(blobUrl(datasetId, it.blob));
-    void (preview ? loadImage(preview).then(original, original) : original()).catch(() => undefined);
-  }
+ * original only after that (the two would compete for the same server and connection).
+ * Settles when all are loaded (or failed). */
+function prefetch(datasetId: string, items: TaskItem[]): Promise<unknown> {
+  return Promise.all(
+    items.map((it) => {
+      const preview = previewUrl(datasetId, it);
+      const original = () => loadImage(blobUrl(datasetId, it.blob));
+      return (preview ? loadImage(preview).then(original, original) : original()).catch(() => undefined);
+    }),
+  );
 }
 
 /** The lease's time left, ticking on its own: the workspace (and its canvas) is not redrawn
@@ -105,7 +108,12 @@ export function Workspace({ project }: { project: Project }) {
   // from the labels it already has (a task sent back for rework).
   const show = useCallback(
     (next: Task | null) => {
-      if (next) prefetch(project.dataset_id, next.items as unknown as TaskItem[]);
+      if (next) {
+        // Then the images of the task likely leased next, so "submit" shows it at once; only
+        // after this task's own, which they would otherwise slow down.
+        const later = ((next.up_next ?? []) as unknown as TaskItem[]).slice(0, 1); // the one drawn first
+        void prefetch(project.dataset_id, next.items as unknown as TaskItem[]).then(() => prefetch(project.dataset_id, later));
+      }
       setTask(next);
       setEmpty(next === null);
       setIndex(0);
