@@ -3,7 +3,9 @@
 * ``first_load_ms``: the datasets page to interactive with a cold cache (median of runs);
 * ``labelling_ready_ms``: the labelling page to its 4000×3000 task image drawn (median);
 * ``submit_to_next_p99_ms``: from the submit click to the next task's image drawn, p99 over
-  ``--tasks`` tasks in one session;
+  ``--tasks`` tasks in one session, timed in the page (click event to the first frame after
+  the image is in); ``submit_to_next_harness_p99_ms`` is the same on the harness's clock,
+  Playwright's click and polling included;
 * ``js_gzip_kb``: JavaScript the first page loads (the entry chunk and its static imports),
   gzip-compressed.
 
@@ -141,6 +143,9 @@ def main() -> None:
         "submit_to_next_p99_ms": timings["submit_to_next_p99_ms"],
         "js_gzip_kb": js_gzip_kb(dist),
         "submit_to_next_p50_ms": timings["submit_to_next_p50_ms"],
+        # The same, on the harness's clock: Playwright's click and polling included.
+        "submit_to_next_harness_p99_ms": timings["submit_to_next_harness_p99_ms"],
+        "submit_to_next_harness_p50_ms": timings["submit_to_next_harness_p50_ms"],
         "tasks": args.tasks,
         "runs": args.runs,
         "targets": {

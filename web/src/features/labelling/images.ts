@@ -6,6 +6,13 @@ import { authHeaders } from "@/lib/api-client";
 const KEPT = 8; // decoded photos are large (a 12-megapixel one is 48 MB)
 const loaded = new Map<string, Promise<HTMLImageElement>>();
 const objectUrls = new Map<string, string>();
+// The same images once decoded, for drawing in the very render that needs them.
+const decoded = new Map<string, HTMLImageElement>();
+
+/** The decoded image behind a URL if it is already in, else null (no fetch is started). */
+export function peekImage(url: string): HTMLImageElement | null {
+  return decoded.get(url) ?? null;
+}
 
 /** The decoded image behind a guarded URL; the same promise for the same URL while kept. */
 export function loadImage(url: string): Promise<HTMLImageElement> {
@@ -23,6 +30,7 @@ export function loadImage(url: string): Promise<HTMLImageElement> {
     const element = new window.Image();
     element.src = objectUrl;
     await element.decode();
+    if (loaded.has(url)) decoded.set(url, element); // not if it was forgotten meanwhile
     return element;
   })();
   pending.catch(() => forget(url)); // a failed load is retried next time
@@ -36,6 +44,7 @@ export function loadImage(url: string): Promise<HTMLImageElement> {
 
 function forget(url: string): void {
   loaded.delete(url);
+  decoded.delete(url);
   const objectUrl = objectUrls.get(url);
   if (objectUrl) URL.revokeObjectURL(objectUrl);
   objectUrls.delete(url);

@@ -3,7 +3,7 @@ import { useCallback, useEffect, useMemo, useState } from "react";
 import { EmptyState, ProblemAlert } from "@/components/ui/Problem";
 import { ProblemError } from "@/lib/api-client";
 import { blobUrl } from "@/features/datasets/api/datasets";
-import { loadImage, PREVIEW_SIZE, wantsPreview } from "../images";
+import { loadImage, peekImage, PREVIEW_SIZE, wantsPreview } from "../images";
 import { fillPolygon, paintInto, paintStroke } from "../mask";
 import { leaseNext, submitAndLeaseNext, type Project, type Task, type TaskItem } from "../api/tasks";
 import { commit, fromLabels, history, redo, toSubmission, undo, type History, type Shape } from "../geometry";
@@ -15,8 +15,10 @@ const CANVAS_H = 540;
 /** The decoded image at ``url`` (null while loading); ``failed`` once it could not be loaded. */
 function useImageElement(url: string | null): { image: HTMLImageElement | null; failed: boolean } {
   const [state, setState] = useState<{ url: string; element: HTMLImageElement | null } | null>(null);
+  // Already decoded (prefetched): drawn in this very render, not one effect and frame later.
+  const ready = url ? peekImage(url) : null;
   useEffect(() => {
-    if (!url) return;
+    if (!url || peekImage(url)) return;
     let current = true;
     loadImage(url)
       .then((element) => current && setState({ url, element }))
@@ -25,6 +27,7 @@ function useImageElement(url: string | null): { image: HTMLImageElement | null; 
       current = false;
     };
   }, [url]);
+  if (ready) return { image: ready, failed: false };
   const mine = state && state.url === url ? state : null;
   return { image: mine?.element ?? null, failed: !!mine && !mine.element };
 }
