@@ -202,6 +202,9 @@ async def create_project(body: ProjectCreate, request: Request, who: Manager) ->
     team = team_for_new(who, body.team, runtime.settings.default_team)
     async with runtime.db.transaction() as session:
         clash = (await session.exec(select(Project).where(Project.name == body.name))).first()
+        if clash is not None and clash.team != team:
+            # Names are unique across teams; another team's project is not named further.
+            raise Conflict(f"the project name {body.name!r} is taken; choose another")
         if clash is not None:
             raise Conflict(f"a project named {body.name!r} exists", project_id=clash.id)
         project = Project(
