@@ -129,3 +129,37 @@ async def test_another_teams_dataset_trains_only_once_shared(
     await runtime.inbox.handle_record(as_record(new_event(shared, subject=version["dataset_id"])))
     accepted = await client.post("/v1/jobs", json=body(version, "audio"), headers=sam)
     assert accepted.status_code == 201, accepted.text
+
+
+async def test_a_members_rule_fires_only_on_its_teams_datasets(
+    services: tuple[Service, Service],
+) -> None:
+    from sqlmodel import select
+
+    from kiln_training.models import KnownVersion
+    from kiln_training.triggers import fire_triggers
+
+    training, dataset = services
+    client, runtime = training
+    version = await make_image_version(dataset, "rules", per_class=2)  # the default team's
+    await known_to_training(training, version)
+    await make_team(client, "audio")
+    sam = {
+        "authorization": "Bearer "
+        + issue_token("sam", ["ml-engineer"], runtime.settings, teams=["audio"])
+    }
+    spec = {k: v for k, v in body(version, "audio").items() if k != "dataset"}
+    rule = {"name": "retrain", "dataset_id": version["dataset_id"], "job": spec}
+    mine = await client.post("/v1/triggers", json=rule, headers=sam)
+    assert mine.status_code == 201, mine.text
+    admins = await client.post("/v1/triggers", json={**rule, "name": "admin's"})
+    assert admins.status_code == 201, admins.text
+    async with runtime.db.transaction() as session:
+        known = (
+            await session.exec(
+                select(KnownVersion).where(KnownVersion.version_id == version["version_id"])
+            )
+        ).one()
+        fired = await fire_triggers(session, known)
+    # Audio's rule on the default team's (unshared) dataset submits nothing; the admin's does.
+    assert [job.trigger_id for job in fired] == [admins.json()["id"]]

@@ -613,6 +613,9 @@ async def create_trigger(body: TriggerCreate, request: Request, who: Submitter) 
                 "spec": body.job.model_dump(mode="json"),
                 "train_split": body.train_split,
                 "eval_split": body.eval_split,
+                # A platform admin's rule may train on any team's dataset; a member's only on
+                # the team's own and those shared with it (checked when it fires).
+                "any_dataset": who.is_admin,
             },
             created_by=who.subject,
         )

@@ -61,6 +61,17 @@ async def fire_triggers(session: AsyncSession, version: KnownVersion) -> list[Tr
         ).first()
         if fired is not None:
             continue
+        team = str(rule.job.get("spec", {}).get("team", ""))
+        usable = team == version.team or team in (version.shared_with or [])
+        if not usable and not rule.job.get("any_dataset", True):
+            log.warning(
+                "trigger %s of team %s skipped: dataset %s is team %s's and not shared with it",
+                rule.id,
+                team,
+                version.dataset_id,
+                version.team,
+            )
+            continue
         try:
             job = await new_job(
                 session,
