@@ -49,6 +49,7 @@ from bench.peers import (  # noqa: E402
     PG_PASSWORD,
     PG_PORT,
     PG_USER,
+    KilnServices,
     PeerFailed,
     Server,
     Timings,
@@ -60,14 +61,7 @@ from bench.peers import (  # noqa: E402
     peer_version,
     timed,
 )
-from bench.soak import (  # noqa: E402
-    SoakFailed,
-    Stack,
-    _drop_bucket,
-    _drop_schemas,
-    _drop_topics,
-    _flush_redis,
-)
+from bench.soak import SoakFailed  # noqa: E402
 
 LABELS = ["a", "b", "c"]
 LS_DATABASE = "kiln_peer_label_studio"
@@ -91,57 +85,14 @@ def png(rng: np.random.Generator, size: int = 16) -> bytes:
 # --- Kiln ----------------------------------------------------------------------------------------
 
 
-class AnnotationStack(Stack):
-    """The dataset and annotation services of ``kiln up`` (API + event process each)."""
-
-    def commands(self) -> list[tuple[str, list[str]]]:
-        keep = ("dataset-api", "dataset-events", "annotation-api", "annotation-events")
-        return [(n, a) for n, a in super().commands() if n in keep]
-
-    def start(self) -> None:
-        from kiln_core.events import SERVICES
-
-        self.ports = {name: free_port() for name in SERVICES}
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        env = self.env()
-        for name, args in self.commands():
-            self._spawn(name, [sys.executable, "-m", "kiln_cli.main", *args], env)
-
-    async def wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        async with aiohttp.ClientSession() as session:
-            for service in ("dataset", "annotation"):
-                url = f"http://127.0.0.1:{self.ports[service]}/readyz"
-                while True:
-                    self.check_alive()
-                    try:
-                        async with session.get(url) as r:
-                            if r.status == 200:
-                                break
-                    except aiohttp.ClientError:
-                        pass
-                    if time.monotonic() > deadline:
-                        raise SoakFailed(f"{url} not ready within {timeout_s:.0f}s")
-                    await asyncio.sleep(0.3)
-
-    async def clean_up(self) -> None:
-        """Drop this stack's schemas, topics, bucket and Redis db (it serves no models)."""
-        from kiln_cli.infra import local_stack_env
-
-        env = local_stack_env()
-        await _drop_schemas(env, self.prefix)
-        await _drop_topics(env, self.namespace)
-        await asyncio.to_thread(_drop_bucket, env, self.bucket)
-        await asyncio.to_thread(_flush_redis, env, self.redis_db)
-
-
 async def kiln_side(args: argparse.Namespace, images: list[bytes]) -> dict[str, Any]:
     from kiln_client import AsyncKiln, ClientSettings
     from kiln_core.auth import issue_token
     from kiln_core.settings import Settings
 
     run = uuid.uuid4().hex[:8]
-    stack = AnnotationStack(run, args.redis_db, REPO / ".kiln" / "bench" / f"annotation-{run}")
+    stack = KilnServices(run, args.redis_db, REPO / ".kiln" / "bench" / f"annotation-{run}")
+    stack.services = ("dataset", "annotation")
     log(f"kiln: starting dataset + annotation services (logs in {stack.log_dir})")
     stack.start()
     try:

@@ -20,7 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.soak import (  # noqa: E402
+    Stack,
+    _drop_bucket,
+    _drop_schemas,
+    _drop_topics,
+    _flush_redis,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = "postgresql://kiln:kiln@127.0.0.1:55432/kiln"
@@ -120,8 +131,6 @@ class Server:
             return "(no log)"
 
     async def wait_ready(self, path: str, timeout_s: float, ok: Sequence[int] = (200,)) -> None:
-        import aiohttp
-
         deadline = time.monotonic() + timeout_s
         async with aiohttp.ClientSession() as session:
             while True:
@@ -148,6 +157,53 @@ class Server:
         except subprocess.TimeoutExpired:
             os.killpg(self.popen.pid, signal.SIGKILL)
             self.popen.wait(5)
+
+
+class KilnServices(Stack):
+    """Some services of ``kiln up`` (each one's API and event process) as real processes, with
+    their own schemas, topics, bucket and Redis db (see :class:`bench.soak.Stack`)."""
+
+    services: tuple[str, ...] = ("dataset", "annotation")
+
+    def commands(self) -> list[tuple[str, list[str]]]:
+        keep = {f"{s}-{kind}" for s in self.services for kind in ("api", "events")}
+        return [(n, a) for n, a in super().commands() if n in keep]
+
+    def start(self) -> None:
+        from kiln_core.events import SERVICES
+
+        self.ports = {name: free_port() for name in SERVICES}
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        env = self.env()
+        for name, args in self.commands():
+            self._spawn(name, [sys.executable, "-m", "kiln_cli.main", *args], env)
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        async with aiohttp.ClientSession() as session:
+            for service in self.services:
+                url = f"http://127.0.0.1:{self.ports[service]}/readyz"
+                while True:
+                    self.check_alive()
+                    try:
+                        async with session.get(url) as r:
+                            if r.status == 200:
+                                break
+                    except aiohttp.ClientError:
+                        pass
+                    if time.monotonic() > deadline:
+                        raise PeerFailed(f"{url} not ready within {timeout_s:.0f}s")
+                    await asyncio.sleep(0.3)
+
+    async def clean_up(self) -> None:
+        """Drop this stack's schemas, topics, bucket and Redis db (it serves no models)."""
+        from kiln_cli.infra import local_stack_env
+
+        env = local_stack_env()
+        await _drop_schemas(env, self.prefix)
+        await _drop_topics(env, self.namespace)
+        await asyncio.to_thread(_drop_bucket, env, self.bucket)
+        await asyncio.to_thread(_flush_redis, env, self.redis_db)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
