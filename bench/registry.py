@@ -191,7 +191,9 @@ async def mlflow_side(args: argparse.Namespace) -> dict[str, Any]:
         "AWS_ACCESS_KEY_ID": MINIO[1],
         "AWS_SECRET_ACCESS_KEY": MINIO[2],
     }
-    database = f"postgresql+psycopg2://{PG_USER}:{PG_PASSWORD}@{PG_HOST}:{PG_PORT}/{MLFLOW_DATABASE}"
+    database = (
+        f"postgresql+psycopg2://{PG_USER}:{PG_PASSWORD}@{PG_HOST}:{PG_PORT}/{MLFLOW_DATABASE}"
+    )
     server = Server(
         "mlflow",
         [
