@@ -98,7 +98,7 @@ async def kiln_side(args: argparse.Namespace, images: list[bytes]) -> dict[str, 
     try:
         await stack.wait_ready(120)
         urls = {s: f"http://127.0.0.1:{stack.ports[s]}" for s in ("dataset", "annotation")}
-        admin = issue_token("bench", ["admin"], Settings())
+        admin = issue_token("bench", ["admin"], Settings(), teams=[Settings().default_team])
         settings = ClientSettings(url=urls["annotation"], token=admin, service_urls=urls)
         async with AsyncKiln(settings=settings) as k:
             dataset = await k.datasets.create(f"bench-annotation-{run}", "classification")
@@ -132,7 +132,9 @@ async def kiln_side(args: argparse.Namespace, images: list[bytes]) -> dict[str, 
         async with aiohttp.ClientSession(connector=connector) as session:
 
             async def annotator(i: int) -> None:
-                token = issue_token(f"annotator{i}", ["annotator"], Settings())
+                token = issue_token(
+                    f"annotator{i}", ["annotator"], Settings(), teams=[Settings().default_team]
+                )
                 headers = {"authorization": f"Bearer {token}"}
 
                 async def lease() -> dict[str, Any] | None:

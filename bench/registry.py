@@ -133,7 +133,7 @@ async def kiln_side(args: argparse.Namespace) -> dict[str, Any]:
     try:
         await stack.wait_ready(180)
         base = f"http://127.0.0.1:{stack.ports['registry']}"
-        token = issue_token("bench", ["admin"], Settings())
+        token = issue_token("bench", ["admin"], Settings(), teams=[Settings().default_team])
         headers = {"authorization": f"Bearer {token}"}
         model = f"bench-{run}"
         raw = await asyncio.to_thread(tabular_model)
