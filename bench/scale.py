@@ -197,7 +197,7 @@ async def one_size(n: int, args: argparse.Namespace, images: list[bytes]) -> dic
             async def make_tasks() -> None:
                 async with annotation.db.transaction() as session:
                     fresh = await untasked_items(session, project.id, items)
-                    create_tasks(session, project, 1, fresh)
+                    await create_tasks(session, project, 1, fresh)
 
             out["tasks"], _ = await timed(make_tasks())
             leases = []

@@ -4,10 +4,12 @@ manifests, statistics and diffs."""
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+from pydantic import TypeAdapter
 from sqlalchemy import insert
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -18,9 +20,10 @@ from kiln_core.errors import Conflict, NotFound, ValidationFailed
 from kiln_core.manifest import Category, ManifestItem, dump_jsonl, read_manifest
 from kiln_core.service import ServiceRuntime
 from kiln_core.storage import ObjectStore
-from kiln_dataset.models import Dataset, DatasetStatus, DatasetVersion, VersionBlob
+from kiln_dataset.models import Dataset, DatasetStatus, DatasetVersion, DraftItem, VersionBlob
 
 VERSION_BLOBS = VersionBlob.__table__  # type: ignore[attr-defined]
+DRAFT_ITEMS = DraftItem.__table__  # type: ignore[attr-defined]
 # Parsed manifests by (store, key). A manifest never changes once its version exists, so
 # paging through items or diffing need not re-read and re-parse it each time.
 _MANIFESTS: OrderedDict[tuple[str, str], list[ManifestItem]] = OrderedDict()
@@ -29,6 +32,12 @@ _MANIFESTS_KEPT = 8
 
 def manifest_key(dataset_id: str, version_id: str) -> str:
     return f"datasets/{dataset_id}/manifests/{version_id}.jsonl"
+
+
+def remember_manifest(store: ObjectStore, key: str, items: list[ManifestItem]) -> None:
+    _MANIFESTS[(store.url, key)] = list(items)
+    while len(_MANIFESTS) > _MANIFESTS_KEPT:
+        _MANIFESTS.popitem(last=False)
 
 
 async def version_items(store: ObjectStore, version: DatasetVersion) -> list[ManifestItem]:
@@ -43,6 +52,31 @@ async def version_items(store: ObjectStore, version: DatasetVersion) -> list[Man
     else:
         _MANIFESTS.move_to_end(key)
     return list(items)
+
+
+_ITEM_LIST: TypeAdapter[list[ManifestItem]] = TypeAdapter(list[ManifestItem])
+
+
+async def copy_into_draft(
+    session: AsyncSession, store: ObjectStore, draft_id: str, base: DatasetVersion
+) -> int:
+    """The base version's items as the draft's rows, inserted in bulk (one ORM object per
+    item made a draft of 50,000 items take 8.5 s); how many."""
+    cached = _MANIFESTS.get((store.url, base.manifest_key))
+    if cached is not None:
+        records = _ITEM_LIST.dump_python(cached, mode="json", exclude_none=True)
+    else:
+        # The manifest's lines are already the records (Kiln wrote them, checked, with
+        # exclude_none): plain JSON parsing, not a model per item and a dump back.
+        body = await store.read_bytes(base.manifest_key)
+        records = [json.loads(line) for line in body.splitlines() if line.strip()]
+    rows = [
+        {"draft_id": draft_id, "item_id": r["item_id"], "blob": r["blob"], "record": r}
+        for r in records
+    ]
+    if rows:
+        await session.execute(insert(DRAFT_ITEMS), rows)
+    return len(rows)
 
 
 def label_names(items: Iterable[ManifestItem]) -> list[str]:
@@ -176,6 +210,8 @@ async def create_version(
     key = manifest_key(dataset.id, version_id)
     body = b"".join(dump_jsonl(items))
     await runtime.store.put(key, body)
+    # What reads a new version next (its tasks, an export, a draft) finds it parsed.
+    remember_manifest(runtime.store, key, items)
     cats = merge_categories(categories, items)
     number = dataset.next_version
     dataset.next_version = number + 1
