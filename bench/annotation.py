@@ -21,7 +21,7 @@ Figures: ``tasks_per_s``, ``lease_p50_ms``/``lease_p99_ms``, ``submit_p99_ms`` (
 ``annotation_ratio`` = Kiln / Label Studio tasks per second; ``label_studio_version``.
 Last line: one JSON object.
 
-    .venv/bin/python bench/annotation.py [--tasks 1000] [--annotators 50] [--side both|kiln|ls]
+    .venv/bin/python bench/annotation.py [--tasks 500] [--annotators 50] [--side both|kiln|ls]
 """
 
 from __future__ import annotations
@@ -405,7 +405,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--tasks", type=int, default=1000)
+    parser.add_argument("--tasks", type=int, default=500)
     parser.add_argument("--annotators", type=int, default=50)
     parser.add_argument("--side", choices=("both", "kiln", "ls"), default="both")
     parser.add_argument(
