@@ -96,7 +96,9 @@ async def create_draft(
         if body.base_version is not None:
             base = await get_version(session, dataset_id, body.base_version)
             await session.flush()  # the draft's row before its items' rows
-            count = await copy_into_draft(session, runtime.store, draft.id, base)
+            count = await copy_into_draft(
+                session, runtime.store, draft.id, base, postgres=runtime.db.is_postgres
+            )
     return DraftPublic(
         id=draft.id,
         dataset_id=dataset_id,
