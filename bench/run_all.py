@@ -72,6 +72,8 @@ class Benchmark:
     full: list[str] = field(default_factory=list)
     quick: list[str] = field(default_factory=list)
     timeout_s: float = 1800
+    # Peers it runs beside Kiln: (name, key of the version in its JSON, how it is set up).
+    peers: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 BENCHMARKS = [
@@ -131,7 +133,7 @@ BENCHMARKS = [
                 "ms",
                 "bare_kafka_p99_ms",
                 "bare Kafka",
-                Target("<", 50),
+                Target("<=", 15),
             ),
             Figure(
                 "p50 latency, Kafka + PostgreSQL",
@@ -159,8 +161,8 @@ BENCHMARKS = [
                 "plain_loop_s",
                 "plain PyTorch loop",
             ),
-            Figure("overhead ratio", "overhead_ratio", "", target=Target("<=", 1.10)),
-            Figure("submit → first step", "submit_to_first_step_s", "s", target=Target("<", 10)),
+            Figure("overhead ratio", "overhead_ratio", "", target=Target("<=", 1.05)),
+            Figure("submit → first step", "submit_to_first_step_s", "s", target=Target("<", 0.5)),
             Figure("schedule decision (10,000 queued)", "schedule_decision_ms", "ms"),
         ],
         quick=["--images", "500", "--epochs", "2"],
@@ -173,17 +175,145 @@ BENCHMARKS = [
         "answer from the new version.",
         [
             Figure("p50 latency", "kiln_p50_ms", "ms", "direct_p50_ms", "Triton direct"),
-            Figure("p50 overhead", "p50_overhead_ms", "ms", target=Target("<=", 2)),
+            Figure("p50 overhead", "p50_overhead_ms", "ms", target=Target("<=", 0.5)),
             Figure("p99 latency", "kiln_p99_ms", "ms", "direct_p99_ms", "Triton direct"),
             Figure("throughput", "kiln_rps", "req/s", "direct_rps", "Triton direct"),
-            Figure("throughput ratio", "throughput_ratio", "", target=Target(">=", 0.8)),
+            Figure("throughput ratio", "throughput_ratio", "", target=Target(">=", 0.95)),
             Figure("v2 infer p50 latency", "oip_p50_ms", "ms", "direct_p50_ms", "Triton direct"),
             Figure("v2 infer p50 overhead", "oip_p50_overhead_ms", "ms"),
             Figure("v2 infer throughput", "oip_rps", "req/s", "direct_rps", "Triton direct"),
             Figure("v2 infer throughput ratio", "oip_throughput_ratio", ""),
-            Figure("promotion → serving", "promote_to_serve_s", "s", target=Target("<", 5)),
+            Figure("promotion → serving", "promote_to_serve_s", "s", target=Target("<", 1.5)),
+            Figure("KServe p50 latency", "kserve_p50_ms", "ms", "kiln_p50_ms", "Kiln :predict"),
+            Figure("KServe throughput", "kserve_throughput", "req/s", "kiln_rps", "Kiln :predict"),
+            Figure("Kiln / KServe throughput", "kserve_ratio", "", target=Target(">=", 1.5)),
         ],
         quick=["--requests", "300", "--seconds", "3"],
+        peers=[
+            (
+                "KServe",
+                "kserve_version",
+                "`kserve` from PyPI in its own environment (`tools/install_peer_kserve.sh`, "
+                "~/.cache/kiln/peers/kserve-<version>). `bench/kserve_transformer.py` is a "
+                "KServe `Model` run by KServe's `ModelServer` with its defaults (one uvicorn "
+                'worker, REST only): `preprocess` turns `{"instances": [[…]]}` into a v2 '
+                "`InferRequest`, KServe's own predictor client sends it to the same Triton "
+                "model over v2 gRPC (`--predictor_protocol grpc-v2`), `postprocess` maps "
+                "`probabilities` to labels — what Kiln's `:predict` does. Asked "
+                "`POST /v1/models/<name>:predict` with one row, by the same aiohttp client at "
+                "the same concurrency, in rounds alternating with Kiln's.",
+            )
+        ],
+    ),
+    Benchmark(
+        "annotation",
+        "annotation.py",
+        "50 simulated annotators, each taking the next task of a project and submitting a "
+        "classification label until the queue is empty: on Kiln's dataset and annotation "
+        "services as `kiln up` runs them (API + event process each, PostgreSQL, Kafka, "
+        "MinIO), then on Label Studio's REST API; the same number of one-image tasks, the same "
+        "client (aiohttp) and machine.",
+        [
+            Figure("tasks per second", "tasks_per_s", "tasks/s", "ls_tasks_per_s", "Label Studio"),
+            Figure(
+                "Kiln / Label Studio tasks per second",
+                "annotation_ratio",
+                "",
+                target=Target(">=", 3),
+            ),
+            Figure(
+                "lease p99",
+                "lease_p99_ms",
+                "ms",
+                "ls_next_p99_ms",
+                "Label Studio next task",
+                Target("<=", 20),
+            ),
+            Figure("lease p50", "lease_p50_ms", "ms", "ls_next_p50_ms", "Label Studio next task"),
+            Figure(
+                "submit p99", "submit_p99_ms", "ms", "ls_submit_p99_ms", "Label Studio annotation"
+            ),
+        ],
+        quick=["--tasks", "200"],
+        peers=[
+            (
+                "Label Studio",
+                "label_studio_version",
+                "`label-studio` from PyPI with `psycopg2-binary` and `uwsgi` in its own "
+                "environment (`tools/install_peer_labelstudio.sh`). Its database is "
+                "`kiln_peer_label_studio` on the same PostgreSQL (`DJANGO_DB=default`, "
+                "migrated by `manage.py migrate`); served the way its production image does "
+                "(`deploy/uwsgi.ini`): uWSGI, master, 4 processes, single interpreter, "
+                "`DEBUG` off, HTTP keep-alive on (nginx would keep client connections open), "
+                "Sentry off. One organisation with legacy API tokens, one user per annotator. "
+                "A project with one `Choices` control over an `Image`, "
+                "`maximum_annotations=1`, the tasks imported in one `POST …/import`; each "
+                "annotator loops `GET /api/projects/{id}/next` + `POST "
+                "/api/tasks/{id}/annotations`.",
+            )
+        ],
+    ),
+    Benchmark(
+        "registry",
+        "registry.py",
+        "16 concurrent clients, each looping: register a new version of a model from an "
+        "artifact already in the store, point an alias of its own at it, resolve the alias; "
+        "Kiln's registry service (API + event process, PostgreSQL, MinIO, Kafka) against "
+        "`mlflow server`; every call counts as one operation.",
+        [
+            Figure(
+                "operations per second",
+                "registry_ops_per_s",
+                "ops/s",
+                "mlflow_ops_per_s",
+                "MLflow",
+            ),
+            Figure(
+                "Kiln / MLflow operations per second", "registry_ratio", "", target=Target(">=", 2)
+            ),
+            Figure("p50 per operation", "registry_p50_ms", "ms", "mlflow_p50_ms", "MLflow"),
+            Figure("p99 per operation", "registry_p99_ms", "ms", "mlflow_p99_ms", "MLflow"),
+            Figure(
+                "register p99", "registry_register_p99_ms", "ms", "mlflow_register_p99_ms", "MLflow"
+            ),
+            Figure("alias p99", "registry_alias_p99_ms", "ms", "mlflow_alias_p99_ms", "MLflow"),
+            Figure(
+                "resolve p99", "registry_resolve_p99_ms", "ms", "mlflow_resolve_p99_ms", "MLflow"
+            ),
+        ],
+        quick=["--seconds", "8"],
+        peers=[
+            (
+                "MLflow",
+                "mlflow_version",
+                "`mlflow` from PyPI with `psycopg2-binary` and `boto3` in its own environment "
+                "(`tools/install_peer_mlflow.sh`). `mlflow server --backend-store-uri "
+                "postgresql+psycopg2://…/kiln_peer_mlflow` (its own database on the same "
+                "PostgreSQL) `--artifacts-destination s3://kiln-peer-mlflow/artifacts` (the "
+                "same MinIO, `MLFLOW_S3_ENDPOINT_URL`), otherwise its defaults (uvicorn and "
+                "its default workers). The model file is put once in its bucket; each loop is "
+                "`POST model-versions/create` with that `source`, `POST "
+                "registered-models/alias`, `GET registered-models/alias`. Kiln's side sends the "
+                "same TorchScript file to `POST /v1/models/{name}/versions` (content-addressed: "
+                "the bytes are already stored), then `POST …/aliases/c<i>` and `GET …/aliases`.",
+            )
+        ],
+    ),
+    Benchmark(
+        "scale",
+        "scale.py",
+        "How Kiln's costs grow with its data: at each size, a version commit, a draft based on "
+        "the version, committing that draft, stats, diff, COCO export, annotation task "
+        "creation for the version, one lease with that many tasks waiting, one scheduling "
+        "decision with that many queued jobs, the relay publishing that many outbox rows. "
+        "In-process services on the embedded store (SQLite + local files); growth exponent = "
+        "slope of log(time) on log(size).",
+        [
+            Figure("largest growth exponent", "max_exponent", "", target=Target("<=", 1.1)),
+            Figure("lease growth exponent", "lease_exponent", "", target=Target("<=", 0.2)),
+        ],
+        quick=["--sizes", "1000,10000"],
+        timeout_s=5400,
     ),
     Benchmark(
         "soak",
@@ -386,6 +516,61 @@ def soak_rows(figures: dict[str, Any]) -> list[str]:
     return out
 
 
+SCALE_OPS = {
+    "commit": "version commit",
+    "draft": "draft based on the version",
+    "draft_commit": "commit of that draft",
+    "stats": "stats",
+    "diff": "diff of two versions",
+    "export": "COCO export",
+    "tasks": "annotation tasks for the version",
+    "lease": "one lease (p50), that many tasks waiting",
+    "schedule": "scheduling decision, that many queued jobs",
+    "relay": "relay publishing that many outbox rows",
+}
+
+
+def exponent_target(op: str) -> Target:
+    """Every operation at most linear; a lease near constant (issue #24)."""
+    return Target("<=", 0.2) if op == "lease" else Target("<=", 1.1)
+
+
+def scale_rows(figures: dict[str, Any]) -> list[str]:
+    sizes = figures.get("sizes", [])
+    head = " | ".join(f"{n:,}" for n in sizes)
+    out = [
+        "",
+        f"Time per operation at each size ({figures.get('store', '?')} store), growth exponent "
+        "and its target:",
+        "",
+        f"| operation | {head} | exponent | target | |",
+        "|---|" + "---|" * len(sizes) + "---|---|---|",
+    ]
+    for op, label in SCALE_OPS.items():
+        times = " | ".join(fmt(figures.get(f"{op}_{n}_ms"), "ms") for n in sizes)
+        exponent = figures.get(f"{op}_exponent")
+        target = exponent_target(op)
+        verdict = "—" if exponent is None else ("pass" if target.met(exponent) else "**miss**")
+        out.append(f"| {label} | {times} | {fmt(exponent)} | {target} | {verdict} |")
+    extra = (
+        ("lease p99", "lease_p99_{n}_ms", "ms"),
+        ("COCO export", "export_items_per_s_{n}", "items/s"),
+        ("relay", "relay_events_per_s_{n}", "events/s"),
+    )
+    for label, key, unit in extra:
+        cells = " | ".join(fmt(figures.get(key.format(n=n)), unit) for n in sizes)
+        out.append(f"| {label} | {cells} | | | |")
+    return out
+
+
+def peer_lines(bench: Benchmark, figures: dict[str, Any] | None) -> list[str]:
+    out = []
+    for name, key, setup in bench.peers:
+        version = (figures or {}).get(key) or "not run"
+        out += [f"**Peer: {name} {version}.** {setup}", ""]
+    return out
+
+
 def machine_line(m: dict[str, Any]) -> str:
     return (
         f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB RAM; {m['os']}; "
@@ -400,7 +585,9 @@ def render(results: dict[str, Any], note: str) -> str:
         "",
         "Written by `bench/run_all.py` from each benchmark's last-line JSON (raw: "
         "`docs/benchmarks.json`). Every figure stands beside the baseline the benchmark "
-        "measured in the same run and the target of issue #8. Re-run with "
+        "measured in the same run (a peer tool — Label Studio, MLflow, KServe — where the "
+        "issue names one, each in its own environment under ~/.cache/kiln/peers, version "
+        "pinned, setup below) and the targets of issues #8 and #24. Re-run with "
         "`.venv/bin/python bench/run_all.py` (`--quick` for small sizes, `--only a,b` for some).",
         "",
         f"Machine: {machine_line(now)}.",
@@ -423,10 +610,29 @@ def render(results: dict[str, Any], note: str) -> str:
                 f"{fmt(value, f.unit)} | "
                 f"{verdict} |"
             )
+    for bench in BENCHMARKS:
+        entry = results.get(bench.name)
+        if entry is None or bench.name != "scale":
+            continue
+        figures = entry.get("figures") or {}
+        for op, label in SCALE_OPS.items():
+            exponent = figures.get(f"{op}_exponent")
+            target = exponent_target(op)
+            verdict = "—" if exponent is None else ("pass" if target.met(exponent) else "**miss**")
+            summary.append(
+                f"| scale: {label}, growth exponent | {target} | {fmt(exponent)} | {verdict} |"
+            )
+    peers = ["| peer | version | benchmark |", "|---|---|---|"]
+    for bench in BENCHMARKS:
+        figures = (results.get(bench.name) or {}).get("figures") or {}
+        for name, key, _ in bench.peers:
+            peers.append(f"| {name} | {figures.get(key) or 'not run'} | {bench.name} |")
     lines += ["## Targets at a glance", "", *summary, ""]
+    lines += ["## Peers", "", *peers, ""]
     for bench in BENCHMARKS:
         entry = results.get(bench.name)
         lines += [f"## {bench.name} (`bench/{bench.script}`)", "", bench.about, ""]
+        lines += peer_lines(bench, (entry or {}).get("figures"))
         if entry is None:
             lines += ["Not run yet.", ""]
             continue
@@ -451,6 +657,8 @@ def render(results: dict[str, Any], note: str) -> str:
         lines += figure_rows(bench, figures)
         if bench.name == "soak":
             lines += soak_rows(figures)
+        if bench.name == "scale":
+            lines += scale_rows(figures)
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

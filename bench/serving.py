@@ -299,6 +299,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     triton = grpcclient.InferenceServerClient(TRITON)
     result: dict[str, Any] = {"client": args.client}
     base = f"http://127.0.0.1:{port}"
+    kserve: Any = None
     try:
         limits = httpx.Limits(max_connections=args.concurrency * 2)
         # Idle connections retire before uvicorn's 5 s keep-alive closes them under our feet.
@@ -335,6 +336,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             outputs = [InferRequestedOutput("probabilities")]
             row = np.asarray([ROW], dtype=np.float32)
 
+            kserve = await start_kserve(triton_model, tag)
+            kserve_url = f"{kserve.url}/v1/models/{endpoint}:predict"
+            kserve_body = json.dumps({"instances": [ROW]}).encode()
+
+            async def kserve_call() -> None:
+                await kiln_call_aiohttp(session, kserve_url, kserve_body)
+
             async def direct() -> None:
                 tensor = InferInput("features", [1, 4], "FP32")
                 tensor.set_data_from_numpy(row)
@@ -365,13 +373,16 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             await latencies(direct, 100)  # warm every path
             await latencies(kiln, 100)
             await latencies(oip, 100)
+            await latencies(kserve_call, 100)
             lat_direct: list[float] = []
             lat_kiln: list[float] = []
             lat_oip: list[float] = []
+            lat_kserve: list[float] = []
             for _ in range(10):  # interleaved chunks: all see the same background load
                 lat_direct += await latencies(direct, args.requests // 10)
                 lat_kiln += await latencies(kiln, args.requests // 10)
                 lat_oip += await latencies(oip, args.requests // 10)
+                lat_kserve += await latencies(kserve_call, args.requests // 10)
 
             async def healthz() -> None:
                 if args.client == "httpx":
@@ -392,6 +403,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             tput_direct = tput_kiln = tput_oip = 0.0
             # CPU per request of each process: what decides throughput on a box that is full.
             pids = {"client": None, "kiln": api.pid, "triton": triton_pid()}
+            kserve_pids = {**pids, "kiln": kserve.popen.pid if kserve.popen else None}
+            cpu_kserve: dict[str, float] = {}
+            tput_kserve = 0.0
             cpu_direct: dict[str, float] = {}
             cpu_kiln: dict[str, float] = {}
             cpu_oip: dict[str, float] = {}
@@ -401,8 +415,19 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 tput_direct += await throughput(direct, args.concurrency, span, cpu_direct, pids)
                 tput_kiln += await throughput(kiln, args.concurrency, span, cpu_kiln, pids)
                 tput_oip += await throughput(oip, args.concurrency, span, cpu_oip, pids)
+                tput_kserve += await throughput(
+                    kserve_call, args.concurrency, span, cpu_kserve, kserve_pids
+                )
             tput_direct, tput_kiln = tput_direct / rounds, tput_kiln / rounds
             tput_oip /= rounds
+            tput_kserve /= rounds
+            kserve.stop()
+            result["kserve_version"] = kserve_version()
+            result["kserve_p50_ms"] = round(percentile(lat_kserve, 50), 3)
+            result["kserve_p99_ms"] = round(percentile(lat_kserve, 99), 3)
+            result["kserve_throughput"] = round(tput_kserve, 1)
+            us = (cpu_kserve["kiln"]) / max(cpu_kserve["requests"], 1) * 1e6
+            result["kserve_cpu_us_per_req_server"] = round(us, 1)
             calls = await shared_calls(session, base) - calls_before
             answered = cpu_kiln["requests"] + cpu_oip["requests"]
             result["kiln_requests_per_triton_call"] = round(answered / max(calls, 1), 2)
@@ -477,8 +502,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         result["oip_p50_overhead_ms"] = round(result["oip_p50_ms"] - result["direct_p50_ms"], 3)
         result["oip_throughput_ratio"] = round(result["oip_rps"] / result["direct_rps"], 3)
         result["promote_to_serve_s"] = round(promote_to_serve, 3)
+        # :predict through Kiln against the same model through a KServe transformer.
+        result["kserve_ratio"] = round(result["kiln_rps"] / result["kserve_throughput"], 3)
         return result
     finally:
+        if kserve is not None:
+            kserve.stop()
         for proc in (api, consumer):
             proc.send_signal(signal.SIGTERM)
         for proc in (api, consumer):
@@ -488,6 +517,53 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 proc.kill()
         await cleanup(settings, tag, triton)
         await triton.close()
+
+
+def kserve_python() -> Path:
+    from bench.peers import install_peer
+
+    return install_peer("install_peer_kserve.sh")
+
+
+def kserve_version() -> str:
+    from bench.peers import peer_version
+
+    return peer_version(kserve_python(), "kserve")
+
+
+async def start_kserve(triton_model: str, tag: str) -> Any:
+    """A KServe transformer (its ModelServer, default settings: one worker) whose predictor is
+    the shared Triton over v2 gRPC; fails loudly if it cannot start."""
+    from bench.peers import Server
+
+    python = await asyncio.to_thread(kserve_python)
+    port = free_port()
+    server = Server(
+        "kserve",
+        [
+            str(python),
+            str(REPO / "bench" / "kserve_transformer.py"),
+            "--model_name",
+            f"bench-{tag}",
+            "--triton_model",
+            triton_model,
+            "--labels",
+            ",".join(LABELS),
+            "--predictor_host",
+            TRITON,
+            "--predictor_protocol",
+            "grpc-v2",
+            "--http_port",
+            str(port),
+        ],
+        {**os.environ, "PYTHONPATH": ""},
+        REPO / ".kiln" / "bench" / f"kserve-{tag}.log",
+        port,
+    )
+    server.start()
+    await server.wait_ready(f"/v1/models/bench-{tag}", 120)
+    print(f"kserve transformer ready on :{port}", file=sys.stderr)
+    return server
 
 
 async def cleanup(settings: Settings, tag: str, triton: Any) -> None:

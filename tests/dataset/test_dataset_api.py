@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
+import pytest
 
 from kiln_core.service import ServiceRuntime
 from kiln_dataset.models import Blob
@@ -254,3 +256,29 @@ async def test_openapi_documents_every_route_with_problem_responses(
     export = paths["/v1/datasets/{dataset_id}/versions/{version}/export"]["get"]
     assert {p["name"] for p in export["parameters"]} >= {"format"}
     assert "4XX" in paths["/v1/datasets"]["post"]["responses"]
+
+
+@pytest.mark.parametrize("parsed", [True, False], ids=["manifest-cached", "manifest-cold"])
+async def test_a_draft_based_on_a_version_carries_its_items_unchanged(
+    dataset_service: Service, parsed: bool
+) -> None:
+    """The draft's rows are the base manifest's records, whether the service has the manifest
+    parsed already or reads it from the store."""
+    from kiln_dataset import versions
+
+    client, _ = dataset_service
+    ds = (await make_dataset(client))["id"]
+    files = {f"c{i}.png": png((i, 5, 0)) for i in range(12)}
+    labels = {name: ("ok" if i % 2 else "scratch") for i, name in enumerate(files)}
+    await commit(client, ds, (await upload(client, ds, files, labels))["draft"])
+    if not parsed:
+        versions._MANIFESTS.clear()
+    draft = (await client.post(f"/v1/datasets/{ds}/drafts", json={"base_version": 1})).json()
+    assert draft["item_count"] == 12
+    await commit(client, ds, draft["id"])
+
+    async def items(version: int) -> list[dict[str, Any]]:
+        page = await client.get(f"/v1/datasets/{ds}/versions/{version}/items?limit=100")
+        return sorted(page.json()["items"], key=lambda i: i["item_id"])
+
+    assert await items(2) == await items(1)

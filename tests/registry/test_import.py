@@ -149,3 +149,34 @@ async def _nothing_stored(client: httpx.AsyncClient, runtime: ServiceRuntime, na
     assert await _stored_blobs(runtime) == []
     log = (await client.get(f"/v1/models/{name}/log")).json()["items"]
     assert [entry["action"] for entry in log] == ["model.created"]
+
+
+async def test_stored_bytes_with_the_same_signature_reuse_their_check(
+    registry_service: Service, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Registering an artifact the registry already checked (same bytes, signature and labels)
+    skips loading it again; other labels for the same bytes are checked afresh."""
+    from kiln_registry import torchscript
+
+    client, runtime = registry_service
+    name = f"imp{unique}"
+    await make_model(client, name)
+    raw = torchscript_bytes(seed=11)
+    first = await import_version(client, name, raw)
+    assert first.status_code == 201, first.text
+    real = torchscript.check_isolated
+    checked: list[list[str]] = []
+
+    def counting(raw: bytes, signature: Any, label_map: list[str], **kw: Any) -> Any:
+        checked.append(label_map)
+        return real(raw, signature, label_map, **kw)
+
+    monkeypatch.setattr(torchscript, "check_isolated", counting)
+    again = await import_version(client, name, raw)
+    assert again.status_code == 201, again.text
+    assert checked == []
+    assert again.json()["lineage"]["checked_outputs"] == first.json()["lineage"]["checked_outputs"]
+    other = await import_version(client, name, raw, label_map=["x", "y", "z"])
+    assert other.status_code == 201, other.text
+    assert checked == [["x", "y", "z"]]
+    assert len(await _stored_blobs(runtime)) == 1

@@ -59,3 +59,21 @@ async def test_local_store_contract(store: ObjectStore) -> None:
 async def test_local_store_refuses_keys_that_escape_its_root(store: ObjectStore) -> None:
     with pytest.raises(ValueError):
         await store.put("../outside", b"x")
+    for key in ("a/../../outside", "/etc/passwd", "a//../../x"):
+        with pytest.raises((ValueError, ObjectNotFound)):
+            await store.read_bytes(key)
+
+
+async def test_read_many_returns_the_objects_it_finds(store: ObjectStore) -> None:
+    refs = [await store.put_blob(bytes([n]) * (n + 1)) for n in range(5)]
+    keys = [blob_key(r.sha256) for r in refs]
+    found = await store.read_many([*keys, keys[0], "blobs/missing"])
+    assert found == {blob_key(r.sha256): bytes([n]) * (n + 1) for n, r in enumerate(refs)}
+
+
+async def test_a_file_of_exactly_one_chunk_streams_whole(store: ObjectStore) -> None:
+    await store.put("exact", b"z" * 1024)
+    chunks = [c async for c in store.stream("exact", chunk_size=1024)]
+    assert b"".join(chunks) == b"z" * 1024
+    with pytest.raises(ObjectNotFound):
+        [c async for c in store.stream("absent")]

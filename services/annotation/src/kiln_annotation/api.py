@@ -278,7 +278,7 @@ async def request_tasks(
         raise ValidationFailed(f"manifest_key: not a readable manifest ({exc})"[:500]) from None
     async with runtime.db.transaction() as session:
         project = await get_project(session, project_id)
-        tasks = create_tasks(
+        tasks = await create_tasks(
             session, project, body.dataset_version, items, priority=body.priority, source="manual"
         )
     return {"created": len(tasks)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import Table, insert
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -18,6 +19,7 @@ from kiln_core.membership import membership_handlers
 from kiln_core.ping import ping_handlers
 from kiln_core.service import runtime_of
 
+PROJECT_ITEMS: Table = ProjectItem.__table__  # type: ignore[attr-defined]
 ACTIVE_LEARNING_PRIORITY = 100  # flagged inputs are labelled before anything else
 
 
@@ -45,25 +47,25 @@ async def on_version_created(
         i for i in await read_manifest(runtime_of(session).store, data.manifest_key) if not i.labels
     ]
     active = data.lineage.source == "active-learning"
+    suggested = {i.item_id: s for i in items if (s := _prediction_suggestion(i))}
+
+    def suggest(payload: list[dict[str, Any]]) -> dict[str, Any] | None:
+        found = {
+            e["item_id"]: suggested[e["item_id"]] for e in payload if e["item_id"] in suggested
+        }
+        return found or None
+
     for project in projects:
         fresh = await untasked_items(session, project.id, items)
-        tasks = create_tasks(
+        await create_tasks(
             session,
             project,
             data.version,
             fresh,
             priority=ACTIVE_LEARNING_PRIORITY if active else 0,
             source="active-learning" if active else "dataset",
+            prelabels=suggest if suggested else None,
         )
-        suggested = {i.item_id: s for i in fresh if (s := _prediction_suggestion(i))}
-        for task in tasks:
-            suggestions = {
-                e["item_id"]: suggested[e["item_id"]]
-                for e in task.items
-                if e["item_id"] in suggested
-            }
-            if suggestions:
-                task.prelabels = suggestions
 
 
 def _prediction_suggestion(item: ManifestItem) -> dict[str, Any] | None:
@@ -89,8 +91,8 @@ async def untasked_items(
     """The items the project has no task for yet; records them as tasked."""
     tasked: set[str] = set()
     ids = [i.item_id for i in items]
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
+    for start in range(0, len(ids), 2000):
+        chunk = ids[start : start + 2000]
         tasked.update(
             (
                 await session.exec(
@@ -101,7 +103,9 @@ async def untasked_items(
             ).all()
         )
     fresh = [i for i in items if i.item_id not in tasked]
-    session.add_all(ProjectItem(project_id=project_id, item_id=i.item_id) for i in fresh)
+    if fresh:  # rows in bulk: an ORM object each cost seconds at tens of thousands of items
+        rows = [{"project_id": project_id, "item_id": i.item_id} for i in fresh]
+        await session.execute(insert(PROJECT_ITEMS), rows)
     return fresh
 
 

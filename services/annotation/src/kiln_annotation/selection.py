@@ -250,19 +250,23 @@ async def _task(
         if project is None or row is None:
             return
         fresh = await untasked_items(session, project.id, items)
-        tasks = create_tasks(
+
+        def suggest(payload: list[dict[str, Any]]) -> dict[str, Any] | None:
+            found = {
+                e["item_id"]: s for e in payload if (s := _suggestion(answers.get(e["item_id"])))
+            }
+            return found or None
+
+        tasks = await create_tasks(
             session,
             project,
             job.dataset_version,
             fresh,
             priority=SELECTION_PRIORITY,
             source=f"selection:{job.strategy}",
+            prelabels=suggest,
         )
         for task in tasks:
-            suggestions = {
-                e["item_id"]: s for e in task.items if (s := _suggestion(answers.get(e["item_id"])))
-            }
-            task.prelabels = suggestions or None
             session.add(
                 AuditEntry(
                     task_id=task.id,

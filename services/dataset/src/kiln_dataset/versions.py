@@ -4,11 +4,12 @@ manifests, statistics and diffs."""
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import JSON, String, bindparam, cast, insert
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -18,9 +19,10 @@ from kiln_core.errors import Conflict, NotFound, ValidationFailed
 from kiln_core.manifest import Category, ManifestItem, dump_jsonl, read_manifest
 from kiln_core.service import ServiceRuntime
 from kiln_core.storage import ObjectStore
-from kiln_dataset.models import Dataset, DatasetStatus, DatasetVersion, VersionBlob
+from kiln_dataset.models import Dataset, DatasetStatus, DatasetVersion, DraftItem, VersionBlob
 
 VERSION_BLOBS = VersionBlob.__table__  # type: ignore[attr-defined]
+DRAFT_ITEMS = DraftItem.__table__  # type: ignore[attr-defined]
 # Parsed manifests by (store, key). A manifest never changes once its version exists, so
 # paging through items or diffing need not re-read and re-parse it each time.
 _MANIFESTS: OrderedDict[tuple[str, str], list[ManifestItem]] = OrderedDict()
@@ -29,6 +31,12 @@ _MANIFESTS_KEPT = 8
 
 def manifest_key(dataset_id: str, version_id: str) -> str:
     return f"datasets/{dataset_id}/manifests/{version_id}.jsonl"
+
+
+def remember_manifest(store: ObjectStore, key: str, items: list[ManifestItem]) -> None:
+    _MANIFESTS[(store.url, key)] = list(items)
+    while len(_MANIFESTS) > _MANIFESTS_KEPT:
+        _MANIFESTS.popitem(last=False)
 
 
 async def version_items(store: ObjectStore, version: DatasetVersion) -> list[ManifestItem]:
@@ -43,6 +51,41 @@ async def version_items(store: ObjectStore, version: DatasetVersion) -> list[Man
     else:
         _MANIFESTS.move_to_end(key)
     return list(items)
+
+
+async def copy_into_draft(
+    session: AsyncSession,
+    store: ObjectStore,
+    draft_id: str,
+    base: DatasetVersion,
+    *,
+    postgres: bool,
+) -> int:
+    """The base version's items as the draft's rows, inserted in bulk (one ORM object per
+    item made a draft of 50,000 items take 8.5 s); how many. Each record goes in as the JSON
+    text the manifest holds for it (the column's own encoder per row cost as much again)."""
+    cached = _MANIFESTS.get((store.url, base.manifest_key))
+    rows: list[dict[str, Any]] = []
+    if cached is not None:
+        for item in cached:
+            text = item.model_dump_json(exclude_none=True)
+            rows.append({"d": draft_id, "i": item.item_id, "b": item.blob, "r": text})
+    else:
+        body = await store.read_bytes(base.manifest_key)
+        for line in body.splitlines():
+            if line.strip():
+                fields = json.loads(line)
+                rows.append({"d": draft_id, "i": fields["item_id"], "b": fields["blob"]})
+                rows[-1]["r"] = line.decode()
+    if rows:
+        value: Any = bindparam("r", type_=String())  # already JSON text
+        if postgres:  # text into a json column; SQLite stores it as it is
+            value = cast(value, JSON)
+        statement = insert(DRAFT_ITEMS).values(
+            draft_id=bindparam("d"), item_id=bindparam("i"), blob=bindparam("b"), record=value
+        )
+        await session.execute(statement, rows)
+    return len(rows)
 
 
 def label_names(items: Iterable[ManifestItem]) -> list[str]:
@@ -176,6 +219,8 @@ async def create_version(
     key = manifest_key(dataset.id, version_id)
     body = b"".join(dump_jsonl(items))
     await runtime.store.put(key, body)
+    # What reads a new version next (its tasks, an export, a draft) finds it parsed.
+    remember_manifest(runtime.store, key, items)
     cats = merge_categories(categories, items)
     number = dataset.next_version
     dataset.next_version = number + 1

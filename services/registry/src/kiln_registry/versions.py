@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from sqlalchemy import func
@@ -96,6 +97,30 @@ async def create_model(
     )
     await session.flush()
     return model
+
+
+async def known_check(
+    session: AsyncSession, raw: bytes, signature: ModelSignature, label_map: list[str]
+) -> dict[str, Any] | None:
+    """The check of an imported version with these very bytes and the same declared signature
+    and labels, if the registry already ran it (the check is deterministic: same file, same
+    zero inputs), so registering a stored artifact again skips loading it in a child."""
+    digest = hashlib.sha256(raw).hexdigest()
+    wanted = signature.model_dump(mode="json")
+    rows = await session.exec(
+        select(ModelVersion.artifact, ModelVersion.lineage)
+        .where(ModelVersion.sha256 == digest)
+        .order_by(col(ModelVersion.created_at).desc())
+        .limit(20)
+    )
+    for artifact, lineage in rows.all():
+        if (
+            "checked_outputs" in lineage
+            and artifact.get("signature") == wanted
+            and artifact.get("label_map") == label_map
+        ):
+            return {"output_shapes": lineage["checked_outputs"]}
+    return None
 
 
 async def store_artifact(

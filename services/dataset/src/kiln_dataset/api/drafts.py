@@ -28,11 +28,11 @@ from kiln_dataset.media import UnreadableImage, extension_matches, sniff, verify
 from kiln_dataset.models import Blob, DatasetStatus, Draft, DraftItem, VersionPublic
 from kiln_dataset.quotas import check_storage
 from kiln_dataset.versions import (
+    copy_into_draft,
     create_version,
     get_dataset,
     get_version,
     latest_version,
-    version_items,
 )
 
 router = APIRouter(prefix="/v1", tags=["datasets"])
@@ -95,16 +95,10 @@ async def create_draft(
         count = 0
         if body.base_version is not None:
             base = await get_version(session, dataset_id, body.base_version)
-            for item in await version_items(runtime.store, base):
-                session.add(
-                    DraftItem(
-                        draft_id=draft.id,
-                        item_id=item.item_id,
-                        blob=item.blob,
-                        record=item.model_dump(mode="json", exclude_none=True),
-                    )
-                )
-                count += 1
+            await session.flush()  # the draft's row before its items' rows
+            count = await copy_into_draft(
+                session, runtime.store, draft.id, base, postgres=runtime.db.is_postgres
+            )
     return DraftPublic(
         id=draft.id,
         dataset_id=dataset_id,

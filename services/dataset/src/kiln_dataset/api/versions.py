@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -18,7 +17,6 @@ from kiln_core.db import INT32_MAX, MAX_PARAM_INT
 from kiln_core.errors import NotFound, ValidationFailed
 from kiln_core.http import Limit, Offset, SessionDep, get_runtime
 from kiln_core.manifest import Category, ManifestItem
-from kiln_core.storage import blob_key
 from kiln_dataset.api.common import (
     Accepted,
     ExportFormat,
@@ -29,6 +27,7 @@ from kiln_dataset.api.common import (
 )
 from kiln_dataset.augment import Recipe
 from kiln_dataset.formats import export_stream
+from kiln_dataset.formats.common import PrefetchingReader
 from kiln_dataset.lifecycle import delete_version
 from kiln_dataset.models import DatasetVersion, Page, VersionPublic
 from kiln_dataset.splits import assign_splits
@@ -204,9 +203,7 @@ async def export_version(
     items = await version_items(runtime.store, row)
     categories = [Category.model_validate(c) for c in row.categories or []]
 
-    def read_blob(sha: str) -> AsyncIterator[bytes]:
-        return runtime.store.stream(blob_key(sha))
-
+    read_blob = PrefetchingReader(runtime.store, items)
     media = "application/x-ndjson" if format == "jsonl" else "application/zip"
     suffix = "jsonl" if format == "jsonl" else "zip"
     name = f"{dataset.name}-v{row.number}-{format}.{suffix}".replace(" ", "_")

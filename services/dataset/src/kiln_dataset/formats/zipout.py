@@ -7,7 +7,6 @@ import re
 import time
 import zipfile
 from collections.abc import AsyncIterator, Iterable, Iterator
-from pathlib import PurePosixPath
 
 from kiln_core.manifest import ManifestItem
 from kiln_dataset.formats.common import ReadBlob
@@ -100,7 +99,9 @@ class ExportNames:
         self._stems: set[str] = set()
 
     def claim(self, item: ManifestItem) -> str:
-        name = _UNSAFE.sub("_", PurePosixPath(item.source_name.replace("\\", "/")).name)
+        # The last path segment without building a path ("." and ".." strip to "" below).
+        base = item.source_name.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+        name = _UNSAFE.sub("_", base)
         name = name.lstrip("._")[-150:]
         stem, suffix = os.path.splitext(name)
         if suffix.lower() not in IMAGE_EXTENSIONS:

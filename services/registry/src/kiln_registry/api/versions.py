@@ -41,6 +41,7 @@ from kiln_registry.versions import (
     aliases_by_version,
     get_model,
     get_version,
+    known_check,
     log_operation,
     register_version,
     store_artifact,
@@ -146,7 +147,12 @@ async def import_version(
     raw = await file.read(MAX_MODEL_BYTES + 1)
     if len(raw) > MAX_MODEL_BYTES:
         raise PayloadTooLarge(f"a model file may be at most {MAX_MODEL_BYTES} bytes")
-    check = await asyncio.to_thread(torchscript.check_isolated, raw, meta.signature, meta.label_map)
+    async with runtime.db.session() as session:
+        check = await known_check(session, raw, meta.signature, meta.label_map)
+    if check is None:
+        check = await asyncio.to_thread(
+            torchscript.check_isolated, raw, meta.signature, meta.label_map
+        )
     artifact = await store_artifact(
         runtime,
         raw,
