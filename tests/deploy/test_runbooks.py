@@ -9,7 +9,7 @@ import pytest
 import typer.main
 from prometheus_client import REGISTRY
 
-import kiln_core.telemetry  # noqa: F401 - registers Kiln's metrics
+import kiln_core.metrics  # noqa: F401 - registers Kiln's metrics
 from tests.deploy.support import PORTS, REPO, SERVICES
 
 RUNBOOKS = REPO / "docs" / "runbooks"

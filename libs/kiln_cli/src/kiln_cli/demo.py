@@ -51,9 +51,9 @@ from kiln_client.types import DatasetVersion, ModelVersion
 from kiln_core.auth import ROLES, issue_token
 from kiln_core.events import SERVICES
 from kiln_core.http import create_app
+from kiln_core.metrics import EVENTS_PUBLISHED
 from kiln_core.service import ServiceRuntime
 from kiln_core.settings import Settings, get_settings, state_dir
-from kiln_core.telemetry import EVENTS_PUBLISHED
 
 T = TypeVar("T")
 

@@ -117,22 +117,49 @@ def serve(
     )
 
 
+MetricsPort = Annotated[
+    int,
+    typer.Option(
+        "--metrics-port",
+        min=0,
+        max=65535,
+        help="port of this process's /metrics, /healthz and /readyz "
+        "(0 = the service's API port + 100 for events, + 200 for the worker)",
+    ),
+]
+
+
+def _probe_address(service: str, process: str, port: int) -> tuple[str, int]:
+    from kiln_cli.services import probe_port  # heavy: loaded by the command that uses it
+    from kiln_core.settings import get_settings  # heavy: loaded by the command that uses it
+
+    return get_settings().metrics_host, port or probe_port(service, process)
+
+
 @app.command()
-def consume(service: ServiceArg) -> None:
+def consume(service: ServiceArg, metrics_port: MetricsPort = 0) -> None:
     """Run a service's event process: inbox consumer, outbox relay and its workers."""
+    from kiln_core.probes import probe_app, serve_probes  # heavy: loaded where used
+
     runtime = _runtime(service)
     _setup(service)
+    host, port = _probe_address(service, "events", metrics_port)
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await runtime.start()
+        # Up before start-up (migrations can take a while): alive at once, ready once it is.
+        app = probe_app(f"{service}-events", runtime.check_dependencies)
+        probes = asyncio.ensure_future(serve_probes(app, host, port, stop))
         try:
+            await runtime.start()
             await runtime.run_events(stop)
         finally:
+            stop.set()
             await runtime.stop()
+            await probes
 
     asyncio.run(main())
 
@@ -141,13 +168,26 @@ def consume(service: ServiceArg) -> None:
 def worker(
     service: ServiceArg,
     concurrency: int = typer.Option(2, min=1, max=64, help="tasks run at once"),
+    metrics_port: MetricsPort = 0,
 ) -> None:
     """Run a service's Celery worker for its long work (imports, training runs, …)."""
+    from kiln_core.probes import (  # heavy: loaded by the command that uses it
+        broker_check,
+        probe_app,
+        serve_probes_in_thread,
+    )
+    from kiln_core.tasks import count_task_outcomes  # heavy: loaded where used
+
     runtime = _runtime(service)
     _setup(service)
     if runtime.jobs is None:
         typer.echo(f"the {service} service has no long work to run", err=True)
         raise typer.Exit(2)
+    count_task_outcomes()
+    host, port = _probe_address(service, "worker", metrics_port)
+    serve_probes_in_thread(
+        probe_app(f"{service}-worker", broker_check(runtime.jobs.app)), host, port
+    )
     # The app is bound to this runtime's settings: each task builds its runtime from them.
     runtime.jobs.app.worker_main(
         ["worker", "-Q", service, "--pool", "threads", "-c", str(concurrency), "-l", "INFO"]

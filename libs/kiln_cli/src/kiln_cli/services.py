@@ -15,6 +15,15 @@ DEFAULT_PORTS = {
     "serving": 8105,
 }
 
+# The event process and the worker of a service serve /metrics, /healthz and /readyz on a port
+# of their own: the API's port plus these.
+PROBE_PORT_OFFSETS = {"events": 100, "worker": 200}
+
+
+def probe_port(service: str, process: str) -> int:
+    """The default probe port of ``service``'s ``process`` (events or worker)."""
+    return DEFAULT_PORTS[service] + PROBE_PORT_OFFSETS[process]
+
 
 def load_spec(name: str) -> ServiceSpec:
     if name not in SERVICES:

@@ -33,7 +33,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kiln_core.db import MAX_PARAM_INT
 from kiln_core.errors import PROBLEM_BASE, KilnError, PayloadTooLarge, ValidationFailed
-from kiln_core.telemetry import HTTP_REQUESTS, HTTP_SECONDS, extract_context, tracer
+from kiln_core.metrics import HTTP_REQUESTS, HTTP_SECONDS, record_checks
+from kiln_core.telemetry import extract_context, tracer
 
 if TYPE_CHECKING:
     from kiln_core.service import ServiceRuntime
@@ -317,8 +318,8 @@ class EdgeMiddleware:
         children = self._children.get(key)
         if children is None:
             children = self._children[key] = (
-                HTTP_REQUESTS.labels(self.service, method, route_path, status),
-                HTTP_SECONDS.labels(self.service, route_path),
+                HTTP_REQUESTS.labels(method, route_path, status),
+                HTTP_SECONDS.labels(route_path),
             )
         children[0].inc()
         children[1].observe(time.perf_counter() - started)
@@ -500,7 +501,7 @@ def create_app(
     @app.get("/readyz", tags=["health"])
     async def readyz() -> Response:
         checks = await runtime.check_dependencies()
-        ready = all(v == "ok" for v in checks.values())
+        ready = record_checks(checks)
         if ready:
             return JSONResponse({"status": "ready", "service": spec.name, "checks": checks})
         return _problem(

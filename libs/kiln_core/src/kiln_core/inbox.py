@@ -28,7 +28,8 @@ from kiln_core.bus import Bus, Consumer, OutgoingRecord, Record, dlq_topic
 from kiln_core.db import Database, utcnow
 from kiln_core.errors import EventRejected
 from kiln_core.events import CloudEvent, EventData, decode_event, topic_for
-from kiln_core.telemetry import EVENT_HANDLE_SECONDS, EVENTS_HANDLED, extract_context, tracer
+from kiln_core.metrics import EVENT_HANDLE_SECONDS, EVENTS_DEAD_LETTERED, EVENTS_HANDLED
+from kiln_core.telemetry import extract_context, tracer
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +278,7 @@ class InboxConsumer:
             [OutgoingRecord(dlq_topic(record.topic), record.value, record.key, headers)]
         )
         EVENTS_HANDLED.labels(self.name, "dead_lettered").inc()
+        EVENTS_DEAD_LETTERED.labels(self.name, record.topic, error_type).inc()
         log.error(
             "event dead-lettered",
             extra={

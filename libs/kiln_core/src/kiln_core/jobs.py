@@ -31,6 +31,7 @@ from sqlmodel import Field, SQLModel
 
 from kiln_core.db import UtcDateTime, new_id, utcnow
 from kiln_core.errors import KilnError, failure_problem
+from kiln_core.metrics import JOBS_ENQUEUED
 from kiln_core.settings import Settings
 from kiln_core.tasks import is_embedded_url, make_celery
 
@@ -249,8 +250,11 @@ class JobQueue:
         self.ensure_embedded_worker()
         if self._pool is not None:
             self._pool.submit(self._run_here, args)
+            JOBS_ENQUEUED.labels(queue or self.work.queues[0]).inc()
             return
-        self.app.send_task(self.work.task_name, args=list(args), queue=queue or self.work.queues[0])
+        target = queue or self.work.queues[0]
+        self.app.send_task(self.work.task_name, args=list(args), queue=target)
+        JOBS_ENQUEUED.labels(target).inc()
 
     def _run_here(self, args: tuple[Any, ...]) -> None:
         try:

@@ -27,7 +27,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from kiln_core.bus import Bus, OutgoingRecord
 from kiln_core.db import Database, utcnow
 from kiln_core.events import CloudEvent
-from kiln_core.telemetry import EVENTS_PUBLISHED, inject_headers
+from kiln_core.metrics import EVENTS_PUBLISHED
+from kiln_core.telemetry import inject_headers
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +225,7 @@ class OutboxRelay:
                 .values(published_at=utcnow(), publish_count=c.publish_count + 1)
             )
         for row in rows:
-            EVENTS_PUBLISHED.labels(self.service, row.topic).inc()
+            EVENTS_PUBLISHED.labels(row.topic).inc()
         return len(rows)
 
     async def drain(self) -> int:

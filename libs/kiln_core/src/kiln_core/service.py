@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
+from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.bus import Bus, open_bus
@@ -20,6 +21,7 @@ from kiln_core.events import CloudEvent, EventData, new_event
 from kiln_core.inbox import EventHandler, InboxConsumer
 from kiln_core.jobs import JobContext, JobQueue, LongWork
 from kiln_core.outbox import OutboxRelay, add_event
+from kiln_core.probes import sample_metrics
 from kiln_core.settings import Settings, get_settings
 from kiln_core.storage import ObjectStore, open_store
 from kiln_core.teams import OwnerLookup
@@ -60,6 +62,8 @@ class ServiceSpec:
     # Path parameter ("param", or "param@/path/prefix") → how to find the team owning what
     # it names (kiln_core.teams).
     ownership: dict[str, OwnerLookup] = field(default_factory=dict)
+    # Tables of jobs with a ``status`` column, exported as ``kiln_jobs{table, state}``.
+    job_tables: tuple[type[SQLModel], ...] = ()
 
 
 def runtime_of(session: AsyncSession) -> ServiceRuntime:
@@ -101,6 +105,9 @@ class ServiceRuntime:
             backoff_max_s=s.consumer_backoff_max_s,
         )
         self.db.session_info["kiln_runtime"] = self
+        # Readiness checks beyond database, bus and store that parts of the process add (serving:
+        # Triton and the models it routes to): name -> a coroutine that raises when not ready.
+        self.checks: dict[str, Callable[[], Awaitable[object]]] = {}
         # Tasks build their own runtime (for their own event loop) from this process's settings.
         self.jobs: JobQueue | None = (
             JobQueue(
@@ -165,7 +172,7 @@ class ServiceRuntime:
 
     async def run_events(self, stop: asyncio.Event) -> None:
         """The event process: inbox consumer, outbox relay and the service's own workers."""
-        jobs = [self.run_inbox(stop), self.run_relay(stop)]
+        jobs = [self.run_inbox(stop), self.run_relay(stop), sample_metrics(self, stop)]
         jobs += [worker(self, stop) for worker in self.spec.workers]  # type: ignore[misc]
         await asyncio.gather(*jobs)
 
@@ -177,7 +184,7 @@ class ServiceRuntime:
             except Exception as exc:  # noqa: BLE001 - reported, not raised
                 return f"{type(exc).__name__}: {exc}"[:300]
 
-        db, bus, store = await asyncio.gather(
-            probe(self.db.check), probe(self.bus.check), probe(self.store.check)
-        )
-        return {"database": db, "bus": bus, "store": store}
+        names = ["database", "bus", "store", *self.checks]
+        probes = [self.db.check, self.bus.check, self.store.check, *self.checks.values()]
+        outcomes = await asyncio.gather(*(probe(check) for check in probes))
+        return dict(zip(names, outcomes, strict=True))

@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
     trace_exporter: str = "none"  # none | console | memory | otlp | file:<path>
+    # Event and worker processes serve /metrics, /healthz and /readyz here (the API on its own
+    # port); the port defaults to the service's API port + 100 (events) or + 200 (worker).
+    metrics_host: str = "127.0.0.1"
+    metrics_interval_s: float = Field(default=15.0, gt=0)
 
     consumer_max_attempts: int = 5
     consumer_backoff_initial_s: float = 0.05

@@ -10,9 +10,12 @@ pool in the process that enqueued it.
 from __future__ import annotations
 
 import logging
+import time
+from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
+from kiln_core.metrics import CELERY_TASK_SECONDS, CELERY_TASKS
 from kiln_core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -48,3 +51,33 @@ def is_embedded_url(broker_url: str) -> bool:
 
 def is_embedded_broker(app: Celery) -> bool:
     return is_embedded_url(str(app.conf.broker_url or ""))
+
+
+_OUTCOMES = {"SUCCESS": "succeeded", "FAILURE": "failed", "RETRY": "retried"}
+
+
+def count_task_outcomes() -> None:
+    """Export, from this worker process, each task's outcome and time (Celery's signals);
+    idempotent."""
+    started: dict[str, float] = {}
+
+    def prerun(task_id: str | None = None, **_: Any) -> None:
+        if task_id is not None:
+            started[task_id] = time.perf_counter()
+
+    def postrun(
+        task_id: str | None = None, task: Any = None, state: str | None = None, **_: Any
+    ) -> None:
+        name = getattr(task, "name", "unknown")
+        began = started.pop(task_id or "", None)
+        if began is not None:
+            CELERY_TASK_SECONDS.labels(name).observe(time.perf_counter() - began)
+        CELERY_TASKS.labels(name, _OUTCOMES.get(state or "", (state or "unknown").lower())).inc()
+
+    def rejected(message: Any = None, **_: Any) -> None:
+        headers = getattr(message, "headers", None) or {}
+        CELERY_TASKS.labels(str(headers.get("task", "unknown")), "rejected").inc()
+
+    signals.task_prerun.connect(prerun, weak=False, dispatch_uid="kiln-task-prerun")
+    signals.task_postrun.connect(postrun, weak=False, dispatch_uid="kiln-task-postrun")
+    signals.task_rejected.connect(rejected, weak=False, dispatch_uid="kiln-task-rejected")

@@ -1,5 +1,5 @@
-"""Tracing, metrics and logs: OpenTelemetry traces carried through Kafka headers, Prometheus
-metrics, and JSON logs that carry the trace id."""
+"""Tracing and logs: OpenTelemetry traces carried through Kafka headers, and JSON logs that
+carry the trace id (the metrics are in :mod:`kiln_core.metrics`)."""
 
 from __future__ import annotations
 
@@ -22,28 +22,10 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from prometheus_client import Counter, Histogram
 
 _propagator = TraceContextTextMapPropagator()
 _provider: TracerProvider | None = None
 memory_exporter: InMemorySpanExporter | None = None
-
-EVENTS_PUBLISHED = Counter(
-    "kiln_events_published_total", "Outbox events published to the bus", ["service", "topic"]
-)
-EVENTS_HANDLED = Counter(
-    "kiln_events_handled_total",
-    "Events taken by an inbox consumer, by outcome "
-    "(applied, duplicate, ignored, dead_lettered, retried)",
-    ["consumer", "outcome"],
-)
-EVENT_HANDLE_SECONDS = Histogram(
-    "kiln_event_handle_seconds", "Time to apply one event in its transaction", ["consumer"]
-)
-HTTP_REQUESTS = Counter(
-    "kiln_http_requests_total", "HTTP requests", ["service", "method", "route", "status"]
-)
-HTTP_SECONDS = Histogram("kiln_http_request_seconds", "HTTP latency", ["service", "route"])
 
 
 class JsonLinesSpanExporter(SpanExporter):

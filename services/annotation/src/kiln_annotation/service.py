@@ -6,6 +6,7 @@ from pathlib import Path
 from kiln_annotation import api
 from kiln_annotation.handlers import HANDLERS
 from kiln_annotation.jobs import LONG_WORK
+from kiln_annotation.models import PrelabelJob, SelectionJob
 from kiln_annotation.ownership import OWNERSHIP
 from kiln_annotation.workflow import sweep_uncommitted_versions
 from kiln_core.ping import ping_router
@@ -20,4 +21,5 @@ SERVICE = ServiceSpec(
     long_work=LONG_WORK,
     workers=[sweep_uncommitted_versions],
     ownership=OWNERSHIP,
+    job_tables=(PrelabelJob, SelectionJob),
 )

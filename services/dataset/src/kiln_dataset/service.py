@@ -10,6 +10,7 @@ from kiln_core.service import ServiceSpec
 from kiln_dataset import api
 from kiln_dataset.active_learning import flush_flagged_inputs
 from kiln_dataset.handlers import HANDLERS
+from kiln_dataset.models import Job
 from kiln_dataset.ownership import OWNERSHIP
 from kiln_dataset.runners import LONG_WORK
 
@@ -22,4 +23,5 @@ SERVICE = ServiceSpec(
     workers=[flush_flagged_inputs],
     long_work=LONG_WORK,
     ownership=OWNERSHIP,
+    job_tables=(Job,),
 )

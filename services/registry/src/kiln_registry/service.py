@@ -10,6 +10,7 @@ from kiln_core.service import ServiceSpec
 from kiln_registry import api
 from kiln_registry.handlers import HANDLERS
 from kiln_registry.jobs import LONG_WORK
+from kiln_registry.models import Job
 from kiln_registry.ownership import OWNERSHIP
 
 SERVICE = ServiceSpec(
@@ -20,4 +21,5 @@ SERVICE = ServiceSpec(
     handlers=HANDLERS,
     long_work=LONG_WORK,
     ownership=OWNERSHIP,
+    job_tables=(Job,),
 )

@@ -62,11 +62,13 @@ async def controller_lifespan(app: FastAPI) -> AsyncIterator[None]:
     controller = Controller(runtime, triton)
     app.state.controller = controller
     install_predict_route(app, controller, infer_v2)
+    runtime.checks["triton"] = controller.check_triton  # /readyz: Triton and routed models
     stop = asyncio.Event()
     task = asyncio.ensure_future(controller.run(stop))
     try:
         yield
     finally:
+        runtime.checks.pop("triton", None)
         stop.set()
         await asyncio.gather(task, return_exceptions=True)
         await triton.stop()

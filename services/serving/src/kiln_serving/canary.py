@@ -16,10 +16,13 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
+from prometheus_client import Counter
+from sqlalchemy import event
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.catalog import TrafficShifted
 from kiln_core.db import aware, utcnow
+from kiln_core.metrics import CANARY_PROMOTIONS, CANARY_ROLLBACKS, CANARY_STEPS
 from kiln_core.service import ServiceRuntime
 from kiln_serving.models import (
     ANALYSIS_SAMPLES,
@@ -144,6 +147,12 @@ def summary(analysis: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _count_on_commit(session: AsyncSession, counter: Counter, endpoint: Endpoint) -> None:
+    """Count a transition once its transaction commits (a rolled-back one never happened)."""
+    child = counter.labels(endpoint.name)
+    event.listen(session.sync_session, "after_commit", lambda _: child.inc(), once=True)
+
+
 def _touch(endpoint: Endpoint) -> None:
     endpoint.generation += 1
     endpoint.updated_at = utcnow()
@@ -225,6 +234,7 @@ async def advance(
     candidate.analysis["history"] = [*previous.get("history", []), summary(previous)]
     endpoint.candidate_weight = config.canary_steps[step]
     _touch(endpoint)
+    _count_on_commit(session, CANARY_STEPS, endpoint)
     w = endpoint.candidate_weight / 100
     weights = {stable.version_id: 1 - w, candidate.version_id: w}
     await _shifted(runtime, session, endpoint, candidate, weights, "step", previous)
@@ -245,6 +255,7 @@ async def promote(
     candidate.updated_at = utcnow()
     endpoint.stable_id, endpoint.candidate_id, endpoint.candidate_weight = candidate.id, None, 0.0
     _touch(endpoint)
+    _count_on_commit(session, CANARY_PROMOTIONS, endpoint)
     await _shifted(
         runtime,
         session,
@@ -269,6 +280,7 @@ async def rollback(
     candidate.reason = f"rolled back: {why}"
     endpoint.candidate_id, endpoint.candidate_weight = None, 0.0
     _touch(endpoint)
+    _count_on_commit(session, CANARY_ROLLBACKS, endpoint)
     weights = {stable.version_id: 1.0} if stable else {}
     await _shifted(
         runtime, session, endpoint, candidate, weights, "rolled_back", candidate.analysis

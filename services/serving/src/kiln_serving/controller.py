@@ -18,6 +18,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.catalog import DeploymentFailed, DeploymentReady, ModelArtifact
 from kiln_core.db import aware, utcnow
+from kiln_core.metrics import TRITON_MODEL_READY
 from kiln_core.service import ServiceRuntime
 from kiln_core.storage import ObjectNotFound
 from kiln_core.wake import Wake
@@ -156,6 +157,26 @@ class Controller:
         if not up and self.triton_up:
             log.warning("Triton is unavailable")
         self.triton_up = up
+
+    async def check_triton(self) -> None:
+        """Readiness: Triton answers and has every model the routes send traffic to ready
+        (raises, naming what is not)."""
+        if not await self.triton.ready(timeout_s=2.0):
+            raise TritonUnavailable(f"Triton at {self.triton.address} does not answer")
+        routed = {
+            version.triton_model
+            for route in self.table.routes.values()
+            for version in (route.stable, route.candidate)
+            if version is not None
+        }
+        missing = []
+        for model in sorted(routed):
+            ready = await self.triton.model_ready(model)
+            TRITON_MODEL_READY.labels(model).set(1 if ready else 0)
+            if not ready:
+                missing.append(model)
+        if missing:
+            raise TritonUnavailable(f"models not ready on Triton: {', '.join(missing)}")
 
     async def refresh_routes(self) -> None:
         """Re-read changed routes now (at most every 50 ms, so misses cannot flood the DB)."""

@@ -36,6 +36,7 @@ from kiln_core.errors import (
     NotFound,
 )
 from kiln_core.http import EdgeMiddleware, problem_response, request_id_of
+from kiln_core.metrics import PREDICTIONS
 from kiln_core.teams import Owner, check_access
 from kiln_core.telemetry import extract_context
 from kiln_serving.detection import image_answer
@@ -278,6 +279,7 @@ async def infer_routed(
         predictions = _detections(controller, name, version, probs, raws, config, latency_ms)
     else:
         predictions = _classes(controller, name, version, probs, raws, config, latency_ms)
+    PREDICTIONS.labels(name, str(version.version)).inc(len(predictions))
     return Answered(version, probs, predictions)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from kiln_core.catalog import PredictionFlagged, PredictionSampled
 from kiln_core.db import new_id
+from kiln_core.metrics import PREDICTIONS_FLAGGED
 from kiln_core.service import ServiceRuntime
 from kiln_serving.traffic import ServingVersion
 
@@ -56,6 +57,8 @@ class PredictionLog:
     ) -> None:
         """Queue a prediction if it is sampled or flagged (never blocks, drops when full)."""
         flagged = confidence < threshold and raw_input is not None
+        if flagged:
+            PREDICTIONS_FLAGGED.labels(endpoint, str(version.version)).inc()
         sampled = sample_rate > 0 and random.random() < sample_rate
         if not (flagged or sampled):
             return

@@ -21,6 +21,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from kiln_core.catalog import TrainingJobCancelled, TrainingJobFailed
 from kiln_core.db import aware, utcnow
 from kiln_core.errors import Conflict, KilnError, NotFound, ValidationFailed
+from kiln_core.metrics import TRAINING_WORKERS_LOST
 from kiln_core.service import ServiceRuntime
 from kiln_core.telemetry import current_traceparent
 from kiln_training.models import (
@@ -417,6 +418,7 @@ async def reclaim_expired(
             _release(job, JobStatus.paused)
             session.add(job)
         elif job.worker_losses + 1 >= job.max_attempts:
+            TRAINING_WORKERS_LOST.inc()
             job.worker_losses += 1
             await mark_failed(
                 session,
@@ -425,6 +427,7 @@ async def reclaim_expired(
                 f"the worker was lost {job.worker_losses} times (last: {job.worker_id})",
             )
         else:
+            TRAINING_WORKERS_LOST.inc()
             job.worker_losses += 1
             _release(job, JobStatus.queued)
             job.queued_at = now

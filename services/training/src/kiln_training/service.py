@@ -10,6 +10,7 @@ from kiln_core.service import ServiceSpec
 from kiln_training import api
 from kiln_training.executor import scheduler_loop
 from kiln_training.handlers import HANDLERS
+from kiln_training.models import TrainingJob
 from kiln_training.ownership import OWNERSHIP
 from kiln_training.tasks import LONG_WORK
 
@@ -22,4 +23,5 @@ SERVICE = ServiceSpec(
     workers=[scheduler_loop],
     long_work=LONG_WORK,
     ownership=OWNERSHIP,
+    job_tables=(TrainingJob,),
 )

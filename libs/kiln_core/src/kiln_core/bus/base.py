@@ -77,6 +77,11 @@ class Consumer(ABC):
         """Block until the group has given this member its partitions (no-op when immediate)."""
         return None
 
+    async def lag(self) -> dict[tuple[str, int], int]:
+        """Records per assigned (topic, partition) not yet taken by this member (none known:
+        empty)."""
+        return {}
+
     @abstractmethod
     async def poll(self, timeout_s: float = 0.5, max_records: int = 500) -> list[Record]: ...
 

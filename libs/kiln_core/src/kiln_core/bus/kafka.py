@@ -49,6 +49,16 @@ class KafkaConsumer(Consumer):
                 raise TimeoutError(f"no partitions assigned to group {self.group_id}")
             await asyncio.sleep(0.05)
 
+    async def lag(self) -> dict[tuple[str, int], int]:
+        out: dict[tuple[str, int], int] = {}
+        for tp in self._consumer.assignment():
+            end = self._consumer.highwater(tp)  # known once a fetch of the partition answered
+            if end is None:
+                continue
+            position = await self._consumer.position(tp)
+            out[(self.bus.unwire(tp.topic), tp.partition)] = max(end - position, 0)
+        return out
+
     async def poll(self, timeout_s: float = 0.5, max_records: int = 500) -> list[Record]:
         batches = await self._consumer.getmany(
             timeout_ms=int(timeout_s * 1000), max_records=max_records
