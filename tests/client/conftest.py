@@ -49,6 +49,8 @@ class RunningKiln:
     url: str  # the gateway
     env: dict[str, str]  # what the services run with (and what a token is signed for)
     ports: dict[str, int]
+    # Where each process ("dataset-api", "dataset-events", …) serves /metrics and its probes.
+    probes: dict[str, int]
 
     def token(self, who: str = "client-test", *roles: str) -> str:
         settings = Settings()
@@ -93,16 +95,22 @@ def kiln_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningKiln]:
         "KILN_TRAINING_SCHEDULE_INTERVAL_S": "0.2",
         "KILN_LOG_LEVEL": "WARNING",
         "KILN_TRACE_EXPORTER": "none",
+        "KILN_METRICS_INTERVAL_S": "1",
     }
     env.pop("KILN_HOME", None)
     ports = {service: free_port() for service in PROCESSES}
     procs: dict[str, subprocess.Popen[bytes]] = {}
+    probes: dict[str, int] = {}
     verbs = {"api": "serve", "events": "consume", "worker": "worker"}
     for service, kinds in PROCESSES.items():
         for kind in kinds:
             args = [verbs[kind], service]
             if kind == "api":
                 args += ["--port", str(ports[service])]
+                probes[f"{service}-{kind}"] = ports[service]
+            else:
+                probes[f"{service}-{kind}"] = free_port()
+                args += ["--metrics-port", str(probes[f"{service}-{kind}"])]
             if kind == "worker":
                 args += ["--concurrency", "1"]
             with (logs / f"{service}-{kind}.log").open("wb") as log:
@@ -126,7 +134,7 @@ def kiln_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningKiln]:
     try:
         for port in ports.values():
             _ready(f"http://127.0.0.1:{port}", procs, logs)
-        yield RunningKiln(f"http://127.0.0.1:{gateway_port}", env, ports)
+        yield RunningKiln(f"http://127.0.0.1:{gateway_port}", env, ports, probes)
     finally:
         server.should_exit = True
         thread.join(10)

@@ -8,6 +8,8 @@ import random
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
 
 from kiln_core.service import ServiceRuntime
 from tests.conftest import eventually
@@ -71,10 +73,21 @@ async def test_a_failing_canary_is_rolled_back_and_stable_keeps_serving(
         shifted = await events_of(runtime, "kiln.serving.traffic.shifted")
         return any(e["reason"] == "rolled_back" for e in shifted)
 
+    rollbacks = REGISTRY.get_sample_value("kiln_canary_rollbacks_total", {"endpoint": name})
+    assert not rollbacks
     await eventually(rolled_back, timeout_s=60, interval_s=0.2)
     await asyncio.sleep(0.5)
     stop.set()
     await asyncio.gather(*streams)
+    # The rollback is counted once, on the API's /metrics beside the steps and predictions.
+    exported = {
+        (s.name, s.labels.get("endpoint"), s.labels.get("version")): s.value
+        for family in text_string_to_metric_families((await client.get("/metrics")).text)
+        for s in family.samples
+    }
+    assert exported[("kiln_canary_rollbacks_total", name, None)] == 1
+    assert ("kiln_canary_steps_total", name, None) not in exported  # it never passed a step
+    assert exported[("kiln_predictions_total", name, "1")] > 0
 
     shifted = await events_of(runtime, "kiln.serving.traffic.shifted")
     rollback = [e for e in shifted if e["reason"] == "rolled_back"][0]
