@@ -11,6 +11,7 @@ import jwt
 from fastapi import Depends, Request
 
 from kiln_core.errors import Forbidden, Unauthorized
+from kiln_core.jwks import uses_jwks, verify_with_jwks
 from kiln_core.settings import Settings, get_settings
 from kiln_core.teams import TEAM_ROLES, check_access, memberships_of, parse_teams_claim
 
@@ -102,6 +103,9 @@ _verified: dict[tuple[str, str, str], tuple[Principal, float]] = {}
 
 
 def _verify(token: str, settings: Settings) -> tuple[Principal, float]:
+    if uses_jwks(token, settings):  # signed by the company's identity provider
+        subject, granted, expires = verify_with_jwks(token, settings, ROLES)
+        return Principal(subject, frozenset(granted)), expires
     try:
         claims = jwt.decode(
             token,

@@ -12,7 +12,7 @@ import tomllib
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -76,6 +76,16 @@ class Settings(BaseSettings):
     # The team of what the platform's administrators (and the tokenless quickstart) create
     # without naming one.
     default_team: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_\-]*$", max_length=100)
+    # Company sign-in (kiln_core.jwks): tokens signed with the identity provider's keys,
+    # verified against its JWKS URL (empty: only the HS256 tokens above).
+    jwt_jwks_url: str = ""
+    jwt_jwks_algorithms: tuple[str, ...] = ("RS256", "ES256")
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
+    jwt_roles_claim: str = Field(default="roles", min_length=1)  # a dotted path into the claims
+    jwt_leeway_s: float = Field(default=30.0, ge=0, le=300)
+    jwt_jwks_cache_s: float = Field(default=300.0, gt=0)
+    jwt_jwks_cooldown_s: float = Field(default=30.0, ge=0)
 
     log_level: str = "INFO"
     log_json: bool = True
@@ -93,6 +103,14 @@ class Settings(BaseSettings):
     relay_fallback_interval_s: float = 1.0
 
     max_request_bytes: int = 64 * 1024 * 1024
+
+    @model_validator(mode="after")
+    def _provider_tokens_name_their_issuer_and_audience(self) -> Settings:
+        if self.jwt_jwks_url and not (self.jwt_issuer and self.jwt_audience):
+            raise ValueError("KILN_JWT_JWKS_URL needs KILN_JWT_ISSUER and KILN_JWT_AUDIENCE")
+        if any(a.upper().startswith("HS") or a == "none" for a in self.jwt_jwks_algorithms):
+            raise ValueError("KILN_JWT_JWKS_ALGORITHMS takes public-key algorithms only")
+        return self
 
     def resolve(self, url: str, service: str) -> str:
         """Expand ``{service}`` and ``{state}`` placeholders in a configured URL."""
