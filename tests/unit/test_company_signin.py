@@ -20,6 +20,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from pydantic import ValidationError
 
 from kiln_core.auth import Reader, principal_from_header
@@ -51,10 +52,11 @@ class Provider:
     def jwks(self) -> dict[str, Any]:
         keys = []
         for kid in self.published:
-            algorithm = jwt.algorithms.RSAAlgorithm  # type: ignore[attr-defined]
-            if isinstance(self.keys[kid], ec.EllipticCurvePrivateKey):
-                algorithm = jwt.algorithms.ECAlgorithm  # type: ignore[attr-defined]
-            jwk = json.loads(algorithm.to_jwk(self.keys[kid].public_key()))
+            public = self.keys[kid].public_key()
+            if isinstance(public, ec.EllipticCurvePublicKey):
+                jwk = json.loads(ECAlgorithm.to_jwk(public))
+            else:
+                jwk = json.loads(RSAAlgorithm.to_jwk(public))
             keys.append({**jwk, "kid": kid, "use": "sig"})
         return {"keys": keys}
 
