@@ -9,12 +9,18 @@ Compose and Kubernetes use nginx for the same job (``compose/gateway``).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
+import jwt
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from kiln_core.metrics import REQUESTS_SHED
 
 HOP_BY_HOP = {
     "connection",
@@ -30,7 +36,12 @@ HOP_BY_HOP = {
 }
 
 
-async def _problem(send: Send, status: int, title: str, detail: str) -> None:
+async def _problem(
+    send: Send, status: int, title: str, detail: str, retry_after_s: float | None = None
+) -> None:
+    headers = [(b"content-type", b"application/problem+json")]
+    if retry_after_s is not None:
+        headers.append((b"retry-after", str(max(1, math.ceil(retry_after_s))).encode()))
     body = json.dumps(
         {
             "type": f"https://kiln.dev/problems/{title.lower().replace(' ', '-')}",
@@ -43,10 +54,60 @@ async def _problem(send: Send, status: int, title: str, detail: str) -> None:
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/problem+json")],
+            "headers": headers,
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def principal_key(headers: Mapping[str, str], client: tuple[str, int] | None) -> str:
+    """Whom a request counts against: the token's issuer and subject (read, not verified: the
+    service verifies; a forged token only spends its own budget), else the token itself, else
+    the caller's address."""
+    authorization = headers.get("authorization", "")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() == "bearer" and token:
+        try:
+            claims = jwt.decode(token, options={"verify_signature": False})
+            return f"sub:{claims.get('iss', '')}|{claims['sub']}"
+        except (jwt.InvalidTokenError, KeyError, TypeError):
+            return "token:" + hashlib.sha256(token.encode()).hexdigest()[:24]
+    return f"addr:{client[0] if client else 'unknown'}"
+
+
+class RateLimiter:
+    """A token bucket per principal: ``rate`` requests a second on average, bursts up to
+    ``burst``. :meth:`take` answers 0 when a request may go, else the seconds until it could."""
+
+    MAX_KEYS = 50_000
+
+    def __init__(
+        self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate = rate
+        self.burst = max(burst, 1.0)
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+
+    def take(self, key: str) -> float:
+        now = self.clock()
+        tokens, at = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        if tokens < 1.0:
+            self._buckets[key] = (tokens, now)
+            return (1.0 - tokens) / self.rate
+        if len(self._buckets) >= self.MAX_KEYS and key not in self._buckets:
+            self._forget_idle(now)
+        self._buckets[key] = (tokens - 1.0, now)
+        return 0.0
+
+    def _forget_idle(self, now: float) -> None:
+        # A bucket that has refilled is the same as no bucket: forget those.
+        full = [
+            k for k, (t, at) in self._buckets.items() if t + (now - at) * self.rate >= self.burst
+        ]
+        for k in full:
+            del self._buckets[k]
 
 
 class Gateway:
@@ -60,9 +121,21 @@ class Gateway:
         max_body_bytes: int = 64 * 1024 * 1024,
         console: ASGIApp | None = None,
         dev_tokens: Callable[[], dict[str, str]] | None = None,
+        rate_per_principal: float = 0.0,
+        burst_per_principal: float = 0.0,
+        max_inflight: int = 0,
     ) -> None:
         self.targets = dict(targets)
         self.max_body_bytes = max_body_bytes
+        # Per-principal rate limit (429) and a cap on requests in flight (503), both with
+        # Retry-After; 0 turns either off.
+        self.limiter = (
+            RateLimiter(rate_per_principal, burst_per_principal or 2 * rate_per_principal)
+            if rate_per_principal > 0
+            else None
+        )
+        self.max_inflight = max_inflight
+        self.inflight = 0
         # The web console at "/" (everything outside /api/), and in embedded mode a token per
         # role for its sign-in page (a real deployment signs in with its IdP's tokens).
         self.console = console
@@ -97,6 +170,33 @@ class Gateway:
             await _problem(send, 404, "Not found", "metrics are scraped from each service")
             return
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        if self.limiter is not None:
+            wait = self.limiter.take(principal_key(headers, scope.get("client")))
+            if wait > 0:
+                REQUESTS_SHED.labels("rate_limit").inc()
+                await _problem(
+                    send, 429, "Too many requests", "rate limit of this caller reached", wait
+                )
+                return
+        if self.max_inflight and self.inflight >= self.max_inflight:
+            REQUESTS_SHED.labels("overload").inc()
+            await _problem(send, 503, "Overloaded", "the gateway is at capacity", 1.0)
+            return
+        self.inflight += 1
+        try:
+            await self._route(service, rest, headers, scope, receive, send)
+        finally:
+            self.inflight -= 1
+
+    async def _route(
+        self,
+        service: str,
+        rest: str,
+        headers: dict[str, str],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
         declared = headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
             await _problem(

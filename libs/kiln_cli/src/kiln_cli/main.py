@@ -328,11 +328,19 @@ def gateway(
     from kiln_cli.console import DIST, ConsoleApp  # heavy: loaded by the command that uses it
     from kiln_cli.gateway import Gateway  # heavy: loaded by the command that uses it
     from kiln_cli.services import DEFAULT_PORTS  # heavy: loaded by the command that uses it
+    from kiln_core.settings import get_settings  # heavy: loaded by the command that uses it
 
     _setup("gateway")
+    settings = get_settings()
     targets = {name: f"http://127.0.0.1:{p}" for name, p in DEFAULT_PORTS.items()}
     # The console is built by `kiln up` (or by hand); without a build "/" says how to make one.
-    gateway = Gateway(targets, console=ConsoleApp(DIST))
+    gateway = Gateway(
+        targets,
+        console=ConsoleApp(DIST),
+        rate_per_principal=settings.gateway_rate_per_principal,
+        burst_per_principal=settings.gateway_burst_per_principal,
+        max_inflight=settings.gateway_max_inflight,
+    )
     uvicorn.run(gateway, host=host, port=port, log_config=None, access_log=False)
 
 

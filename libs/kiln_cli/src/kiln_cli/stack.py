@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -43,12 +44,22 @@ def service_processes(ports: Mapping[str, int] = DEFAULT_PORTS) -> list[tuple[st
     """Each service's processes as (name, ``kiln`` arguments): its API on ``ports[service]``,
     its event process and, if it has background jobs, its Celery worker."""
     procs = []
+    own_ports = dict(ports) != DEFAULT_PORTS  # another stack beside `kiln up`: probes too
     for name in SERVICES:
         procs.append((f"{name}-api", ["serve", name, "--port", str(ports[name])]))
-        procs.append((f"{name}-events", ["consume", name]))
-        if load_spec(name).long_work is not None:
-            procs.append((f"{name}-worker", ["worker", name]))
+        kinds = ["events"] + (["worker"] if load_spec(name).long_work is not None else [])
+        for kind in kinds:
+            args = ["consume" if kind == "events" else "worker", name]
+            if own_ports:
+                args += ["--metrics-port", str(_free_port())]
+            procs.append((f"{name}-{kind}", args))
     return procs
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _processes() -> list[tuple[str, list[str]]]:

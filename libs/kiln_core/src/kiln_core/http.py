@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
@@ -33,7 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kiln_core.db import MAX_PARAM_INT
 from kiln_core.errors import PROBLEM_BASE, KilnError, PayloadTooLarge, ValidationFailed
-from kiln_core.metrics import HTTP_REQUESTS, HTTP_SECONDS, record_checks
+from kiln_core.metrics import HTTP_REQUESTS, HTTP_SECONDS, REQUESTS_SHED, record_checks
 from kiln_core.telemetry import extract_context, tracer
 
 if TYPE_CHECKING:
@@ -61,7 +62,28 @@ Offset = Annotated[int, Query(ge=0, le=MAX_PARAM_INT, description="items to skip
 
 
 def problem_response(status: int, body: dict[str, Any]) -> JSONResponse:
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
+    response = JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
+    if status in (429, 503):  # shed or waiting on a dependency: say when to come back
+        response.headers["retry-after"] = str(RETRY_AFTER_S)
+    return response
+
+
+RETRY_AFTER_S = 1
+# Served even at capacity: an orchestrator must still see the process alive and how it is.
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def overloaded(detail: str) -> JSONResponse:
+    """503 problem for a request shed because the process is at capacity."""
+    return problem_response(
+        503,
+        {
+            "type": PROBLEM_BASE + "overloaded",
+            "title": "Overloaded",
+            "status": 503,
+            "detail": detail,
+        },
+    )
 
 
 def _problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> JSONResponse:
@@ -104,6 +126,18 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 405:
             response.headers["allow"] = ", ".join(_allowed_methods(request))  # RFC 9110 15.5.6
         return response
+
+    @app.exception_handler(PoolTimeout)
+    async def pool_exhausted(request: Request, exc: PoolTimeout) -> JSONResponse:
+        # Every database connection was busy for the pool's whole wait: overload, not a bug.
+        REQUESTS_SHED.labels("database_pool").inc()
+        return _problem(
+            503,
+            "overloaded",
+            "Overloaded",
+            "no database connection became free in time; retry shortly",
+            instance=request.url.path,
+        )
 
     @app.exception_handler(DBAPIError)
     async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:
@@ -215,10 +249,15 @@ def request_id_of(raw: bytes) -> str:
 class EdgeMiddleware:
     """Request id, server span, metrics and the request size limit, as pure ASGI."""
 
-    def __init__(self, app: ASGIApp, service: str, max_body: int) -> None:
+    def __init__(self, app: ASGIApp, service: str, max_body: int, max_inflight: int = 0) -> None:
         self.app = app
         self.service = service
         self.max_body = max_body
+        # Requests served at once before more are shed with 503 + Retry-After (0: no limit):
+        # past it a request would only wait for a database connection or the CPU, and every
+        # caller's latency would grow until clients time out.
+        self.max_inflight = max_inflight
+        self.inflight = 0
         self.tracer = tracer("kiln.http")  # looked up once: get_tracer per request is not free
         # The metric children of each (method, route, status) seen: labels() takes a lock and
         # builds a key on every call.
@@ -228,6 +267,21 @@ class EdgeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if (
+            self.max_inflight
+            and self.inflight >= self.max_inflight
+            and scope.get("path") not in PROBE_PATHS
+        ):
+            REQUESTS_SHED.labels("overload").inc()
+            await overloaded(f"{self.service} is at capacity; retry shortly")(scope, receive, send)
+            return
+        self.inflight += 1
+        try:
+            await self._serve(scope, receive, send)
+        finally:
+            self.inflight -= 1
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {k.decode().lower(): v for k, v in scope.get("headers", [])}
         request_id = request_id_of(headers.get("x-request-id", b""))
         scope.setdefault("state", {})["request_id"] = request_id
@@ -491,7 +545,10 @@ def create_app(
     app.state.settings = runtime.settings
     install_error_handlers(app)
     app.add_middleware(
-        EdgeMiddleware, service=spec.name, max_body=runtime.settings.max_request_bytes
+        EdgeMiddleware,
+        service=spec.name,
+        max_body=runtime.settings.max_request_bytes,
+        max_inflight=runtime.settings.max_inflight_requests,
     )
 
     @app.get("/healthz", tags=["health"])

@@ -86,10 +86,20 @@ def _server(app: Starlette, host: str, port: int) -> _ProbeServer:
     return _ProbeServer(config)
 
 
+async def _serve(server: _ProbeServer) -> None:
+    try:
+        await server.serve()
+    except SystemExit:  # uvicorn's answer to a port in use: the process's own work goes on
+        log.error(
+            "probe endpoints not served: the port is taken (set --metrics-port)",
+            extra={"port": server.config.port},
+        )
+
+
 async def serve_probes(app: Starlette, host: str, port: int, stop: asyncio.Event) -> None:
     """Serve ``app`` on ``host:port`` in this event loop until ``stop``."""
     server = _server(app, host, port)
-    task = asyncio.ensure_future(server.serve())
+    task = asyncio.ensure_future(_serve(server))
     stopped = asyncio.ensure_future(stop.wait())
     await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
     server.should_exit = True
@@ -100,7 +110,10 @@ async def serve_probes(app: Starlette, host: str, port: int, stop: asyncio.Event
 def serve_probes_in_thread(app: Starlette, host: str, port: int) -> threading.Thread:
     """Serve ``app`` from a daemon thread of its own (for a process whose main thread another
     loop owns, such as a Celery worker)."""
-    thread = threading.Thread(target=_server(app, host, port).run, name="kiln-probes", daemon=True)
+    server = _server(app, host, port)
+    thread = threading.Thread(
+        target=lambda: asyncio.run(_serve(server)), name="kiln-probes", daemon=True
+    )
     thread.start()
     return thread
 

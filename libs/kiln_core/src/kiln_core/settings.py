@@ -103,6 +103,13 @@ class Settings(BaseSettings):
     relay_fallback_interval_s: float = 1.0
 
     max_request_bytes: int = 64 * 1024 * 1024
+    # Requests one API process serves at once; more are shed with 503 + Retry-After (0: off).
+    max_inflight_requests: int = Field(default=128, ge=0)
+    # The local gateway (`kiln gateway`): requests a second per principal (429 + Retry-After
+    # past it; 0: no limit), its burst, and requests in flight before it sheds with 503.
+    gateway_rate_per_principal: float = Field(default=100.0, ge=0)
+    gateway_burst_per_principal: float = Field(default=200.0, ge=0)
+    gateway_max_inflight: int = Field(default=512, ge=0)
 
     @model_validator(mode="after")
     def _provider_tokens_name_their_issuer_and_audience(self) -> Settings:
