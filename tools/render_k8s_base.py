@@ -73,19 +73,10 @@ SERVICES = (
     ),
 )
 
-# Celery answers a ping from its own node only while the worker loop is alive.
-WORKER_PING = (
-    "import os, socket, sys; from kiln_cli.services import load_spec; "
-    "app = load_spec(os.environ['KILN_SERVICE']).celery; "
-    "sys.exit(0 if app.control.ping(destination=['celery@' + socket.gethostname()], timeout=10) "
-    "else 1)"
-)
-# A consumer is ready when the Kafka bootstrap server it was configured with accepts connections.
-KAFKA_REACHABLE = (
-    "import os, socket; from urllib.parse import urlsplit; "
-    "u = urlsplit(os.environ['KILN_BUS_URL'].split(',')[0]); "
-    "socket.create_connection((u.hostname, u.port or 9092), timeout=3).close()"
-)
+# The event process and the worker serve /metrics, /healthz and /readyz on the API's port plus
+# these (kiln_cli.services.PROBE_PORT_OFFSETS): the consumer's readiness checks its database, Kafka
+# and store, the worker's its Celery broker.
+PROBE_PORT_OFFSETS = {"consumer": 100, "worker": 200}
 
 
 def labels(svc: str, component: str) -> dict[str, str]:
@@ -186,9 +177,11 @@ def deployment(
     }
 
 
-def http_probe(path: str, period: int, failures: int, initial: int = 0) -> dict[str, Any]:
+def http_probe(
+    path: str, period: int, failures: int, initial: int = 0, port: str = "http"
+) -> dict[str, Any]:
     probe: dict[str, Any] = {
-        "httpGet": {"path": path, "port": "http"},
+        "httpGet": {"path": path, "port": port},
         "periodSeconds": period,
         "timeoutSeconds": 3,
         "failureThreshold": failures,
@@ -216,13 +209,8 @@ def api_objects(s: ServiceShape) -> list[dict[str, Any]]:
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}
         )
         spec["volumes"].append({"name": "triton-models", "emptyDir": {}})
-    metrics = {
-        "prometheus.io/scrape": "true",
-        "prometheus.io/port": str(s.port),
-        "prometheus.io/path": "/metrics",
-    }
     return [
-        deployment(s.name, "api", spec, 2, metrics),
+        deployment(s.name, "api", spec, 2, scraped(s.port)),
         {
             "apiVersion": "v1",
             "kind": "Service",
@@ -273,17 +261,31 @@ def triton_sidecar(sizes: Sizes) -> dict[str, Any]:
     }
 
 
-def consumer_objects(s: ServiceShape) -> list[dict[str, Any]]:
-    consumer = kiln_container(s.name, "consumer", ["consume", s.name], s.consumer)
-    consumer["readinessProbe"] = {
-        "exec": {"command": ["python", "-c", KAFKA_REACHABLE]},
-        "periodSeconds": 20,
-        "timeoutSeconds": 5,
-        "failureThreshold": 3,
+def scraped(port: int) -> dict[str, str]:
+    """The pod annotations Prometheus's Kubernetes discovery reads."""
+    return {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(port),
+        "prometheus.io/path": "/metrics",
     }
+
+
+def with_probes(container: dict[str, Any], port: int, period: int) -> dict[str, Any]:
+    """An event or worker process's own /metrics, /healthz and /readyz port and probes."""
+    container["ports"] = [{"name": "probes", "containerPort": port, "protocol": "TCP"}]
+    container["livenessProbe"] = http_probe("/healthz", period, 3, 30, port="probes")
+    container["readinessProbe"] = http_probe("/readyz", period, 3, port="probes")
+    return container
+
+
+def consumer_objects(s: ServiceShape) -> list[dict[str, Any]]:
+    port = s.port + PROBE_PORT_OFFSETS["consumer"]
+    consumer = kiln_container(s.name, "consumer", ["consume", s.name], s.consumer)
+    with_probes(consumer, port, 20)
     # Replicas belong to KEDA (it drives an HPA from the group's lag), so none are set here.
+    spec = pod_spec(s.name, [consumer], grace_s=60)
     return [
-        deployment(s.name, "consumer", pod_spec(s.name, [consumer], grace_s=60), None),
+        deployment(s.name, "consumer", spec, None, scraped(port)),
         {
             "apiVersion": "keda.sh/v1alpha1",
             "kind": "ScaledObject",
@@ -325,15 +327,10 @@ def worker_objects(s: ServiceShape) -> list[dict[str, Any]]:
         s.name, "worker", ["worker", s.name, "--concurrency", str(s.worker_concurrency)], s.worker
     )
     worker["env"] += [{"name": k, "value": v} for k, v in s.worker_env]
-    worker["livenessProbe"] = {
-        "exec": {"command": ["python", "-c", WORKER_PING]},
-        "initialDelaySeconds": 60,
-        "periodSeconds": 60,
-        "timeoutSeconds": 30,
-        "failureThreshold": 3,
-    }
+    port = s.port + PROBE_PORT_OFFSETS["worker"]
+    with_probes(worker, port, 30)
     spec = pod_spec(s.name, [worker], grace_s=s.worker_grace_s)
-    workload = deployment(s.name, "worker", spec, 1)
+    workload = deployment(s.name, "worker", spec, 1, scraped(port))
     budget = pdb(s.name, "worker", {"maxUnavailable": 1})
     pool = dict(s.worker_env).get("KILN_TRAINING_POOL")
     if pool:

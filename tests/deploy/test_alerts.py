@@ -18,8 +18,8 @@ import yaml
 from tests.deploy.support import REPO, cache_dir, missing_tool
 from tests.deploy.test_runbooks import kiln_metric_names
 
-RULES = REPO / "compose" / "prometheus" / "alerts.yml"
-RULE_TESTS = REPO / "compose" / "prometheus" / "alerts.test.yml"
+RULES = REPO / "k8s" / "base" / "monitoring" / "alerts.yml"
+RULE_TESTS = REPO / "k8s" / "base" / "monitoring" / "alerts.test.yml"
 PROMTOOL_VERSION = "v0.316.0"  # tools/install_promtool.sh
 # What the issue asks to alert on, by the alert that covers it.
 REQUIRED = {

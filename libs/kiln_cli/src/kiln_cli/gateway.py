@@ -9,9 +9,11 @@ Compose and Kubernetes use nginx for the same job (``compose/gateway``).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import math
+import random
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -110,6 +112,35 @@ class RateLimiter:
             del self._buckets[k]
 
 
+class LoopLag:
+    """How late this process's event loop runs what is due on it (smoothed), measured every
+    ``interval_s``. When the process is out of CPU, requests wait in socket buffers where no
+    count of requests in flight sees them; the loop's lateness does."""
+
+    def __init__(self, interval_s: float = 0.05) -> None:
+        self.interval_s = interval_s
+        self.seconds = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def ensure_started(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._measure())
+
+    async def _measure(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(self.interval_s)
+            late = max(loop.time() - before - self.interval_s, 0.0)
+            self.seconds = 0.8 * self.seconds + 0.2 * late  # about the last quarter second
+
+    def shed(self, limit_s: float) -> bool:
+        """Whether to refuse a request: never under ``limit_s``, then more of them the later
+        the loop runs (all at twice the limit), so the answers it does give stay prompt."""
+        over = (self.seconds - limit_s) / limit_s
+        return over > 0 and random.random() < over
+
+
 class Gateway:
     """An ASGI app routing ``/api/<service>/<path>`` to ``targets[service]`` (an ASGI app or a
     base URL)."""
@@ -124,6 +155,7 @@ class Gateway:
         rate_per_principal: float = 0.0,
         burst_per_principal: float = 0.0,
         max_inflight: int = 0,
+        shed_loop_lag_s: float = 0.0,
     ) -> None:
         self.targets = dict(targets)
         self.max_body_bytes = max_body_bytes
@@ -136,6 +168,9 @@ class Gateway:
         )
         self.max_inflight = max_inflight
         self.inflight = 0
+        # Shed (503) while the event loop runs later than this (0: never): out of CPU.
+        self.shed_loop_lag_s = shed_loop_lag_s
+        self.loop_lag = LoopLag()
         # The web console at "/" (everything outside /api/), and in embedded mode a token per
         # role for its sign-in page (a real deployment signs in with its IdP's tokens).
         self.console = console
@@ -182,6 +217,12 @@ class Gateway:
             REQUESTS_SHED.labels("overload").inc()
             await _problem(send, 503, "Overloaded", "the gateway is at capacity", 1.0)
             return
+        if self.shed_loop_lag_s:
+            self.loop_lag.ensure_started()
+            if self.loop_lag.shed(self.shed_loop_lag_s):
+                REQUESTS_SHED.labels("cpu").inc()
+                await _problem(send, 503, "Overloaded", "the gateway is out of CPU", 1.0)
+                return
         self.inflight += 1
         try:
             await self._route(service, rest, headers, scope, receive, send)

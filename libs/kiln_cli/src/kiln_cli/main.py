@@ -340,6 +340,7 @@ def gateway(
         rate_per_principal=settings.gateway_rate_per_principal,
         burst_per_principal=settings.gateway_burst_per_principal,
         max_inflight=settings.gateway_max_inflight,
+        shed_loop_lag_s=settings.gateway_shed_loop_lag_s,
     )
     uvicorn.run(gateway, host=host, port=port, log_config=None, access_log=False)
 

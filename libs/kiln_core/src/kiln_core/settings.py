@@ -110,6 +110,8 @@ class Settings(BaseSettings):
     gateway_rate_per_principal: float = Field(default=100.0, ge=0)
     gateway_burst_per_principal: float = Field(default=200.0, ge=0)
     gateway_max_inflight: int = Field(default=512, ge=0)
+    # ... and sheds a growing share of requests while its event loop runs this late (0: off).
+    gateway_shed_loop_lag_s: float = Field(default=0.25, ge=0)
 
     @model_validator(mode="after")
     def _provider_tokens_name_their_issuer_and_audience(self) -> Settings:
