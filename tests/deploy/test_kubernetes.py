@@ -108,7 +108,11 @@ def test_serving_api_pods_carry_their_own_triton_in_explicit_mode(
     names = [c["name"] for c in pod["containers"]]
     assert names == ["api", "triton"]
     assert "--model-control-mode=explicit" in pod["containers"][1]["args"]
-    config = next(o for o in rendered[target] if o["kind"] == "ConfigMap")
+    config = next(
+        o
+        for o in rendered[target]
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("kiln-config")
+    )
     assert config["data"]["KILN_TRITON_URL"] == "grpc://127.0.0.1:8001"
 
 
