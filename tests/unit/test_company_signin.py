@@ -140,6 +140,9 @@ def test_a_token_from_the_provider_is_accepted_with_roles_from_the_configured_cl
     assert principal.subject == "alice@acme.example"
     # Names that are not Kiln roles (the provider's own) are left out.
     assert principal.roles == frozenset({"ml-engineer"})
+    assert not principal.teams_claimed  # teams then come from Kiln's own membership
+    grouped = signed_in(provider.token("key-2026-a", teams=["vision"]), company(provider))
+    assert grouped.teams_claimed and set(grouped.teams) == {"vision"}
     provider.add_key("key-ec", kind="ec")
     es256 = signed_in(provider.token("key-ec"), company(provider))
     assert es256.roles == frozenset({"ml-engineer"})

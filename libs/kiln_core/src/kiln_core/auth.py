@@ -104,8 +104,8 @@ _verified: dict[tuple[str, str, str], tuple[Principal, float]] = {}
 
 def _verify(token: str, settings: Settings) -> tuple[Principal, float]:
     if uses_jwks(token, settings):  # signed by the company's identity provider
-        subject, granted, expires = verify_with_jwks(token, settings, ROLES)
-        return Principal(subject, frozenset(granted)), expires
+        subject, granted, expires, provider_claims = verify_with_jwks(token, settings, ROLES)
+        return _with_teams(subject, granted, provider_claims, settings), expires
     try:
         claims = jwt.decode(
             token,
@@ -123,13 +123,19 @@ def _verify(token: str, settings: Settings) -> tuple[Principal, float]:
         raise Unauthorized("token claim 'sub' must be a non-empty string")
     if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
         raise Unauthorized("token claim 'roles' must be a list of role names")
+    return _with_teams(subject, roles, claims, settings), float(claims["exp"])
+
+
+def _with_teams(
+    subject: str, roles: list[str], claims: dict[str, Any], settings: Settings
+) -> Principal:
+    """The principal a verified token names, with the teams its teams claim gives."""
     claimed = settings.teams_claim in claims
     try:
         teams = parse_teams_claim(claims.get(settings.teams_claim))
     except ValueError as exc:
         raise Unauthorized(f"token claim '{settings.teams_claim}': {exc}") from None
-    principal = Principal(subject, frozenset(roles), teams=teams, teams_claimed=claimed)
-    return principal, float(claims["exp"])
+    return Principal(subject, frozenset(roles), teams=teams, teams_claimed=claimed)
 
 
 PrincipalDep = Annotated[Principal, Depends(principal_from_request)]

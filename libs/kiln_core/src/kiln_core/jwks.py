@@ -61,8 +61,9 @@ def _claim(claims: dict[str, Any], path: str) -> Any:
 
 def verify_with_jwks(
     token: str, settings: Settings, known_roles: tuple[str, ...]
-) -> tuple[str, list[str], float]:
-    """The subject, Kiln roles and expiry (epoch seconds) of a provider-signed token; raises
+) -> tuple[str, list[str], float, dict[str, Any]]:
+    """The subject, Kiln roles, expiry (epoch seconds) and every claim of a provider-signed
+    token (the caller reads its teams from them); raises
     :class:`Unauthorized` for a token that fails any check, :class:`DependencyUnavailable` when
     the provider's keys cannot be fetched."""
     try:
@@ -95,4 +96,4 @@ def verify_with_jwks(
         granted = []
     if not isinstance(granted, list) or not all(isinstance(r, str) for r in granted):
         raise Unauthorized(f"token claim {settings.jwt_roles_claim!r} must be a list of names")
-    return subject, [r for r in granted if r in known_roles], float(claims["exp"])
+    return subject, [r for r in granted if r in known_roles], float(claims["exp"]), claims
