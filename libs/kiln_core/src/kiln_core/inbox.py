@@ -29,6 +29,7 @@ from kiln_core.db import Database, utcnow
 from kiln_core.errors import EventRejected
 from kiln_core.events import CloudEvent, EventData, decode_event, topic_for
 from kiln_core.metrics import EVENT_HANDLE_SECONDS, EVENTS_DEAD_LETTERED, EVENTS_HANDLED
+from kiln_core.outage import Outage
 from kiln_core.telemetry import extract_context, tracer
 
 log = logging.getLogger(__name__)
@@ -301,14 +302,15 @@ class InboxConsumer:
         """Start the consumer, retrying with backoff while the broker is unreachable, so a
         consumer process started during a broker outage waits for it instead of exiting."""
         backoff = Backoff(max(0.5, self.backoff_initial_s), max(5.0, self.backoff_max_s))
+        outage = Outage(log, "event consumer start", consumer=self.name)
         while not stop.is_set():
             try:
-                return await self.start()
+                consumer = await self.start()
             except Exception as exc:  # noqa: BLE001 - retried until the broker answers
-                log.warning(
-                    "event consumer cannot start yet; retrying",
-                    extra={"consumer": self.name, "error": str(exc)},
-                )
+                outage.failed(exc)
+            else:
+                outage.recovered()
+                return consumer
             await backoff.sleep(stop)
         return None
 

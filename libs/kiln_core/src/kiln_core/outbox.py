@@ -28,6 +28,7 @@ from kiln_core.bus import Bus, OutgoingRecord
 from kiln_core.db import Database, utcnow
 from kiln_core.events import CloudEvent
 from kiln_core.metrics import EVENTS_PUBLISHED
+from kiln_core.outage import Outage
 from kiln_core.telemetry import inject_headers
 
 log = logging.getLogger(__name__)
@@ -253,17 +254,18 @@ class OutboxRelay:
         loop = self._loop = asyncio.get_running_loop()
         running = _RUNNING.setdefault(_outbox_of(self.db), set())
         running.add(self)
+        outage = Outage(log, "outbox relay", traceback_first=True, service=self.service)
         try:
             while not stop.is_set():
                 # Clear before draining: a wake-up that arrives mid-drain must not be lost.
                 self._wake.clear()
                 try:
                     await self.drain()
-                except Exception:  # noqa: BLE001 - keep relaying; rows stay pending
-                    log.exception(
-                        "outbox relay batch failed; retrying", extra={"service": self.service}
-                    )
+                except Exception as exc:  # noqa: BLE001 - keep relaying; rows stay pending
+                    outage.failed(exc)
                     await asyncio.sleep(min(5.0, interval * 10 + 0.5))
+                else:
+                    outage.recovered()
                 if loop.time() - last_prune > 600:
                     last_prune = loop.time()
                     try:

@@ -20,6 +20,7 @@ from kiln_core.db import Database
 from kiln_core.events import CloudEvent, EventData, new_event
 from kiln_core.inbox import EventHandler, InboxConsumer
 from kiln_core.jobs import JobContext, JobQueue, LongWork
+from kiln_core.outage import Outage
 from kiln_core.outbox import OutboxRelay, add_event
 from kiln_core.probes import sample_metrics
 from kiln_core.settings import Settings, get_settings
@@ -37,11 +38,14 @@ async def every(
 ) -> None:
     """Run ``round_`` now and then every ``interval_s`` until ``stop``; a failed round is
     logged and retried next time (the body of a service's periodic worker)."""
+    outage = Outage(log, what, traceback_first=True)
     while not stop.is_set():
         try:
             await round_()
-        except Exception:  # noqa: BLE001 - a failed round is retried next round
-            log.exception("%s failed; retrying", what)
+        except Exception as exc:  # noqa: BLE001 - a failed round is retried next round
+            outage.failed(exc)
+        else:
+            outage.recovered()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_s)
 

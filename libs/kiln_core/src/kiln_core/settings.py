@@ -88,7 +88,8 @@ class Settings(BaseSettings):
     jwt_jwks_cooldown_s: float = Field(default=30.0, ge=0)
 
     log_level: str = "INFO"
-    log_json: bool = True
+    # JSON lines (true), readable lines (false), or JSON unless stderr is a terminal (unset).
+    log_json: bool | None = None
     trace_exporter: str = "none"  # none | console | memory | otlp | file:<path>
     # Event and worker processes serve /metrics, /healthz and /readyz here (the API on its own
     # port); the port defaults to the service's API port + 100 (events) or + 200 (worker).

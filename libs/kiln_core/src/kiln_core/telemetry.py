@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -136,8 +137,16 @@ def detach(token: object) -> None:
     otel_context.detach(token)  # type: ignore[arg-type]
 
 
+# Colour and cursor codes some libraries put in their messages: never inside a JSON log line.
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
+
+
+def strip_ansi(text: str) -> str:
+    return _ANSI.sub("", text)
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line with the active trace and span ids."""
+    """One JSON object per line with the active trace and span ids; no ANSI escapes."""
 
     _skip = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -151,7 +160,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "service": self.service,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": strip_ansi(record.getMessage()),
         }
         sc = trace.get_current_span().get_span_context()
         if sc.is_valid:
@@ -159,24 +168,69 @@ class JsonFormatter(logging.Formatter):
             out["span_id"] = format(sc.span_id, "016x")
         for key, value in vars(record).items():
             if key not in self._skip and not key.startswith("_"):
-                out[key] = value
+                out[key] = strip_ansi(value) if isinstance(value, str) else value
         if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
+            out["exception"] = strip_ansi(self.formatException(record.exc_info))
         return json.dumps(out, default=str)
 
 
-def setup_logging(service: str, level: str = "INFO", as_json: bool = True) -> None:
-    """The one logging setup of a process."""
-    handler = logging.StreamHandler(sys.stderr)
-    if as_json:
+class TextFormatter(logging.Formatter):
+    """One readable line for a person at a terminal: time, level, logger, message and the
+    record's extra fields as ``key=value``; the level coloured when ``colour``."""
+
+    _skip = JsonFormatter._skip
+    _colours = {"WARNING": "\x1b[33m", "ERROR": "\x1b[31m", "CRITICAL": "\x1b[31;1m"}
+
+    def __init__(self, colour: bool = False) -> None:
+        super().__init__()
+        self.colour = colour
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
+        level = f"{record.levelname:<7}"
+        if self.colour and record.levelname in self._colours:
+            level = f"{self._colours[record.levelname]}{level}\x1b[0m"
+        extras = " ".join(
+            f"{k}={v}"
+            for k, v in vars(record).items()
+            if k not in self._skip and not k.startswith("_") and k != "service"
+        )
+        line = f"{when} {level} {record.name}: {record.getMessage()}"
+        if extras:
+            line += f"  {extras}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class _KnownChatter(logging.Filter):
+    """Third-party messages that say nothing to a Kiln operator, dropped where they are made."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # kombu, once per connection to an in-process (memory://) broker, which has no host.
+        return not record.getMessage().startswith("No hostname was supplied")
+
+
+def setup_logging(
+    service: str, level: str = "INFO", as_json: bool | None = None, stream: Any = None
+) -> None:
+    """The one logging setup of a process: JSON lines when ``as_json`` (None: unless the
+    stream is a terminal, where a person reads readable lines)."""
+    stream = stream or sys.stderr
+    terminal = bool(getattr(stream, "isatty", lambda: False)())
+    handler = logging.StreamHandler(stream)
+    if as_json if as_json is not None else not terminal:
         handler.setFormatter(JsonFormatter(service))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter(colour=terminal))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     for noisy in ("aiokafka", "kafka", "alembic", "uvicorn.access", "httpx"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    chatter = logging.getLogger("kombu.connection")
+    if not any(isinstance(f, _KnownChatter) for f in chatter.filters):
+        chatter.addFilter(_KnownChatter())
 
 
 def current_traceparent() -> str | None:

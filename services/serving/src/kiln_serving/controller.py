@@ -19,6 +19,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from kiln_core.catalog import DeploymentFailed, DeploymentReady, ModelArtifact
 from kiln_core.db import aware, utcnow
 from kiln_core.metrics import TRITON_MODEL_READY
+from kiln_core.outage import Outage
 from kiln_core.service import ServiceRuntime
 from kiln_core.storage import ObjectNotFound
 from kiln_core.wake import Wake
@@ -83,12 +84,16 @@ class Controller:
         try:
             await self._retry(lambda: reconcile(self, startup=True), stop)
             last = {"health": 0.0, "analysis": 0.0, "reconcile": time.monotonic()}
+            # A tick fails every TICK_S while Triton or the database is down: log the outage.
+            outage = Outage(log, "serving controller", traceback_first=True)
             while not stop.is_set():
                 now = time.monotonic()
                 try:
                     await self.tick(now, last)
-                except Exception:  # noqa: BLE001 - keep controlling; the next tick retries
-                    log.exception("serving controller tick failed")
+                except Exception as exc:  # noqa: BLE001 - keep controlling; the next tick retries
+                    outage.failed(exc)
+                else:
+                    outage.recovered()
                 await woken.wait(stop, TICK_S)
         finally:
             unregister_wake(channel, woken)
@@ -100,12 +105,14 @@ class Controller:
             await logger
 
     async def _retry(self, job, stop: asyncio.Event) -> None:  # type: ignore[no-untyped-def]
+        outage = Outage(log, "serving start-up reconcile")
         while not stop.is_set():
             try:
                 await job()
+                outage.recovered()
                 return
-            except Exception:  # noqa: BLE001 - Triton or the database may still be starting
-                log.warning("serving start-up reconcile failed; retrying", exc_info=True)
+            except Exception as exc:  # noqa: BLE001 - Triton or the database may still be starting
+                outage.failed(exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1.0)
 
