@@ -98,8 +98,8 @@ def serve(
     from kiln_cli.services import DEFAULT_PORTS  # heavy: loaded by the command that uses it
     from kiln_core.http import create_app  # heavy: loaded by the command that uses it
 
+    _setup(service)  # first: engines made after it get the database instrumentation
     runtime = _runtime(service)
-    _setup(service)
     api = create_app(runtime, background=[runtime.run_relay])
     uvicorn.run(
         api,
@@ -141,8 +141,8 @@ def consume(service: ServiceArg, metrics_port: MetricsPort = 0) -> None:
     """Run a service's event process: inbox consumer, outbox relay and its workers."""
     from kiln_core.probes import probe_app, serve_probes  # heavy: loaded where used
 
+    _setup(service)  # first: engines made after it get the database instrumentation
     runtime = _runtime(service)
-    _setup(service)
     host, port = _probe_address(service, "events", metrics_port)
 
     async def main() -> None:
@@ -178,8 +178,8 @@ def worker(
     )
     from kiln_core.tasks import count_task_outcomes  # heavy: loaded where used
 
+    _setup(service)  # first: engines made after it get the database instrumentation
     runtime = _runtime(service)
-    _setup(service)
     if runtime.jobs is None:
         typer.echo(f"the {service} service has no long work to run", err=True)
         raise typer.Exit(2)
@@ -250,7 +250,8 @@ def demo(
     with_out_env(out_dir)
     from kiln_core.telemetry import setup_tracing  # heavy: loaded by the command that uses it
 
-    setup_tracing("demo", f"file:{out_dir / 'traces.jsonl'}")
+    # Kiln's own spans only: a span per SQLite statement would bury the loop's trace in the file.
+    setup_tracing("demo", f"file:{out_dir / 'traces.jsonl'}", libraries=False)
     _setup("demo")
     try:
         if task == "detection":

@@ -22,12 +22,8 @@ from typing import Any
 import asyncpg
 from sqlalchemy import DateTime, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import (
-    AsyncConnection,
-    AsyncEngine,
-    async_sessionmaker,
-    create_async_engine,
-)
+from sqlalchemy.ext import asyncio as sa_asyncio
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker
 from sqlalchemy.types import TypeDecorator
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -99,7 +95,8 @@ class Database:
             kwargs["connect_args"] = {"timeout": 30}
         else:
             raise ValueError(f"unsupported database URL {sa_url.render_as_string()}")
-        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        # Looked up at call time: the SQLAlchemy instrumentation (kiln_core.telemetry) wraps it.
+        self.engine: AsyncEngine = sa_asyncio.create_async_engine(url, **kwargs)
         self._lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)

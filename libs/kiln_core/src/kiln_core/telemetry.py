@@ -86,9 +86,12 @@ def span_processor(exporter: str) -> SpanProcessor | None:
     raise ValueError(f"unknown trace exporter {exporter!r}: none, console, memory, otlp, file:")
 
 
-def setup_tracing(service: str, exporter: str = "none") -> TracerProvider:
+def setup_tracing(
+    service: str, exporter: str = "none", libraries: bool | None = None
+) -> TracerProvider:
     """Install one tracer provider per process (idempotent), exporting as
-    :func:`span_processor` says."""
+    :func:`span_processor` says, and with ``libraries`` (default: whenever spans go somewhere
+    other than a test's memory) the instrumentations of what Kiln calls."""
     global _provider
     if _provider is not None:
         return _provider
@@ -98,7 +101,45 @@ def setup_tracing(service: str, exporter: str = "none") -> TracerProvider:
         provider.add_span_processor(processor)
     trace.set_tracer_provider(provider)
     _provider = provider
+    if libraries if libraries is not None else exporter not in ("none", "memory"):
+        instrument_libraries()
     return provider
+
+
+_instrumentors: list[Any] = []
+
+
+def instrument_libraries() -> None:
+    """The maintained OpenTelemetry instrumentations of what Kiln calls, so a trace shows its
+    database statements (SQLAlchemy, engines made from now on), outgoing HTTP (httpx), Kafka
+    sends and receives (aiokafka) and Celery task publishing and runs; idempotent."""
+    if _instrumentors:
+        return
+    from opentelemetry.instrumentation.aiokafka import AIOKafkaInstrumentor
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+    for instrumentor in (
+        SQLAlchemyInstrumentor(),
+        HTTPXClientInstrumentor(),
+        AIOKafkaInstrumentor(),
+        CeleryInstrumentor(),
+    ):
+        # Its declared range stops short of SQLAlchemy 2.1, whose engine events it uses are
+        # unchanged (tests/integration/test_trace_insides.py checks the spans).
+        instrumentor.instrument(skip_dep_check=isinstance(instrumentor, SQLAlchemyInstrumentor))
+        _instrumentors.append(instrumentor)
+
+
+def libraries_instrumented() -> bool:
+    return bool(_instrumentors)
+
+
+def uninstrument_libraries() -> None:
+    """Undo :func:`instrument_libraries` (tests)."""
+    while _instrumentors:
+        _instrumentors.pop().uninstrument()
 
 
 def tracer(name: str = "kiln") -> trace.Tracer:

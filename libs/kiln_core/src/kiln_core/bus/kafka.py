@@ -12,6 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from kiln_core.bus.base import Bus, Consumer, OutgoingRecord, Record
+from kiln_core.telemetry import attach, detach, extract_context, libraries_instrumented
 
 log = logging.getLogger(__name__)
 
@@ -141,11 +142,21 @@ class KafkaBus(Bus):
         assert self._producer is not None
         futures = []
         for rec in records:
-            futures.append(
-                await self._producer.send(
-                    self.wire(rec.topic), value=rec.value, key=rec.key, headers=list(rec.headers)
+            # Sent in the trace the record carries (the request that emitted the event), so an
+            # instrumented producer's span joins that trace rather than starting its own.
+            token = attach(extract_context(rec.headers)) if libraries_instrumented() else None
+            try:
+                futures.append(
+                    await self._producer.send(
+                        self.wire(rec.topic),
+                        value=rec.value,
+                        key=rec.key,
+                        headers=list(rec.headers),
+                    )
                 )
-            )
+            finally:
+                if token is not None:
+                    detach(token)
         # Idempotent producer keeps per-partition order across retries; wait for every ack.
         await asyncio.gather(*futures)
 
