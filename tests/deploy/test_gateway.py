@@ -42,6 +42,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     # A slow rate keeps the limit test deterministic on a busy machine.
     assert "rate=50r/s" in text and "burst=100 nodelay" in text
     text = text.replace("rate=50r/s", "rate=2r/s").replace("burst=100 nodelay", "burst=20 nodelay")
+    assert "rate=20r/s" in text and "burst=40 nodelay" in text
+    text = text.replace("rate=20r/s", "rate=1r/s").replace("burst=40 nodelay", "burst=5 nodelay")
     for svc, server in apis.items():
         text = text.replace(f"{svc}-api:{PORTS[svc]}", f"127.0.0.1:{server.server_address[1]}")
     for sub in TEMP_DIRS:
@@ -102,3 +104,24 @@ def test_a_burst_above_the_rate_limit_gets_429(gateway: str) -> None:
     assert codes[200] >= 20  # the burst allowance
     assert codes[429] > 0
     assert set(codes) <= {200, 429}
+
+
+def test_a_principal_over_its_rate_gets_429_with_retry_after_wherever_it_calls_from(
+    gateway: str,
+) -> None:
+    def calls(address: str, token: str, n: int) -> list[httpx.Response]:
+        transport = httpx.HTTPTransport(local_address=address)
+        headers = {"authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=gateway, timeout=30, transport=transport) as client:
+            return [client.get("/api/training/healthz", headers=headers) for _ in range(n)]
+
+    first = calls("127.0.0.3", "token-of-alice", 12)
+    codes = Counter(r.status_code for r in first)
+    assert codes[200] >= 5 and codes[429] > 0 and set(codes) <= {200, 429}
+    refused = next(r for r in first if r.status_code == 429)
+    assert refused.headers["retry-after"] == "1"
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["status"] == 429
+    # The same principal from another address is still over its rate; another one is not.
+    assert calls("127.0.0.4", "token-of-alice", 1)[0].status_code == 429
+    assert calls("127.0.0.4", "token-of-bob", 1)[0].status_code == 200
