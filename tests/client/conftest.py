@@ -25,7 +25,7 @@ from PIL.PngImagePlugin import PngInfo
 from sqlalchemy import text
 
 from kiln_cli.gateway import Gateway
-from kiln_client import Kiln
+from kiln_client import ApiError, Kiln
 from kiln_core.auth import issue_token
 from kiln_core.db import Database
 from kiln_core.settings import Settings
@@ -95,7 +95,7 @@ def kiln_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningKiln]:
         "KILN_TRAINING_SCHEDULE_INTERVAL_S": "0.2",
         "KILN_LOG_LEVEL": "WARNING",
         "KILN_TRACE_EXPORTER": "none",
-        "KILN_METRICS_INTERVAL_S": "1",
+        "KILN_METRICS_INTERVAL_S": "2",
     }
     env.pop("KILN_HOME", None)
     ports = {service: free_port() for service in PROCESSES}
@@ -199,13 +199,28 @@ def served_model(kiln_up: RunningKiln, tmp_path_factory: pytest.TempPathFactory)
         kiln.datasets.upload_folder(ds["id"], images, labels_from_folders=True, progress=False)
         kiln.training.ensure_team("client")
         model = f"served-{run}"
-        job = kiln.training.submit(
-            "image-cnn",
-            ds["id"],
-            team="client",
-            model_name=model,
-            params={"image_size": 8, "image_mode": "L", "width": 8, "epochs": 4, "batch_size": 8},
-        )
+        # Training learns of the new version from its event, a moment after the upload commits.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                job = kiln.training.submit(
+                    "image-cnn",
+                    ds["id"],
+                    team="client",
+                    model_name=model,
+                    params={
+                        "image_size": 8,
+                        "image_mode": "L",
+                        "width": 8,
+                        "epochs": 4,
+                        "batch_size": 8,
+                    },
+                )
+                break
+            except ApiError as exc:
+                if not exc.type.endswith("/unknown-dataset-version") or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
         kiln.training.wait(job["id"], timeout_s=300)
         deadline = time.monotonic() + 60
         while not (versions := kiln.registry.versions(model)):

@@ -1,7 +1,8 @@
 """What operators see of a process: ``/metrics``, ``/healthz`` and ``/readyz`` on a port of its
 own for the processes without an API (event consumers, Celery workers), and the sampler that
-turns state only a query shows (outbox backlog, jobs by state, queue depth, consumer lag,
-readiness) into gauges, every ``KILN_METRICS_INTERVAL_S`` in each event process."""
+turns state only a query shows (outbox backlog, jobs by state, queue depth, consumer lag) into
+gauges, every ``KILN_METRICS_INTERVAL_S`` in each event process. Readiness gauges follow each
+``/readyz`` answer (the orchestrator's probes ask for it)."""
 
 from __future__ import annotations
 
@@ -200,16 +201,11 @@ async def _sample_lag(runtime: ServiceRuntime) -> None:
         CONSUMER_LAG.labels(consumer.group_id, topic, str(partition)).set(lag)
 
 
-async def _sample_readiness(runtime: ServiceRuntime) -> None:
-    record_checks(await runtime.check_dependencies())
-
-
 SAMPLES: dict[str, Callable[[ServiceRuntime], Awaitable[None]]] = {
     "outbox": _sample_outbox,
     "jobs": _sample_jobs,
     "queues": _sample_queues,
     "lag": _sample_lag,
-    "readiness": _sample_readiness,
 }
 
 
