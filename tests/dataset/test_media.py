@@ -85,3 +85,26 @@ async def test_media_checks_access_like_the_item(dataset_service: Service) -> No
         f"/v1/datasets/{ds}/blobs/{sha}", headers={"authorization": f"Bearer {stranger}"}
     )
     assert other.status_code == 404
+
+
+async def test_a_large_uploads_preview_is_made_ahead_and_a_small_ones_is_not(
+    dataset_service: Service,
+) -> None:
+    """The labelling workspace draws a large image from its 960-pixel preview first; the
+    upload makes that preview on its own, so the first annotator does not wait for it."""
+    from tests.conftest import eventually
+
+    client, runtime = dataset_service
+    ds = (await make_dataset(client, "previews"))["id"]
+    large, small = png((10, 200, 10), (1600, 1200)), png((10, 10, 200), (640, 480))
+    await upload(client, ds, {"large.png": large, "small.png": small})
+    key = f"thumbnails/960/{hashlib.sha256(large).hexdigest()[:2]}"
+
+    async def made() -> bool:
+        return any(k.startswith(key) for k in await runtime.store.list("thumbnails/"))
+
+    await eventually(made, timeout_s=30)
+    stored = await runtime.store.list("thumbnails/")
+    assert len(stored) == 1  # the small one's is made only if asked for
+    with Image.open(io.BytesIO(await runtime.store.read_bytes(stored[0]))) as image:
+        assert image.size == (960, 720)

@@ -23,6 +23,7 @@ from kiln_core.http import get_runtime
 from kiln_core.manifest import Category, ManifestItem
 from kiln_core.storage import SMALL_BLOB, SpooledBlob, blob_key
 from kiln_dataset.api.common import Writer, version_out
+from kiln_dataset.api.media import warm_previews
 from kiln_dataset.lifecycle import record_blobs, store_blobs
 from kiln_dataset.media import UnreadableImage, extension_matches, sniff, verify_image
 from kiln_dataset.models import Blob, DatasetStatus, Draft, DraftItem, VersionPublic
@@ -215,6 +216,7 @@ async def upload_items(
             await _open_draft(session, dataset_id, draft_id)
             await check_storage(session, dataset_id, [item for item, _ in good])
             await _put_draft_items(session, draft_id, [item for item, _ in good])
+        warm_previews(runtime.store, [item for item, _ in good])
     accepted = [
         {
             "file": item.item_id,

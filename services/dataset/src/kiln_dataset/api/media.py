@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Annotated
@@ -27,6 +28,8 @@ from kiln_core.manifest import ManifestItem
 from kiln_core.storage import ObjectNotFound, ObjectStore, blob_key
 from kiln_dataset.models import DatasetVersion
 from kiln_dataset.versions import get_dataset, get_version, version_items
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["media"])
 
@@ -153,20 +156,55 @@ def render_thumbnail(data: bytes, size: int) -> bytes:
 THUMB_SIZES = (128, 256, 512, 960)
 
 
+def thumbnail_key(sha256: str, size: int) -> str:
+    return f"thumbnails/{size}/{sha256[:2]}/{sha256}.jpg"
+
+
+async def thumbnail_bytes(store: ObjectStore, sha256: str, size: int) -> bytes:
+    """The stored thumbnail, rendered and stored on first use."""
+    key = thumbnail_key(sha256, size)
+    try:
+        return await store.read_bytes(key)
+    except (ObjectNotFound, FileNotFoundError):
+        original = await store.read_bytes(blob_key(sha256))
+        body = await asyncio.to_thread(render_thumbnail, original, size)
+        await store.put(key, body)  # the same bytes whoever writes first: a race is harmless
+        return body
+
+
+# The labelling workspace draws a large image from this rendition first (web/src/features/
+# labelling/images.ts: PREVIEW_SIZE and wantsPreview say the same).
+PREVIEW_SIZE = 960
+_warming: set[asyncio.Task[None]] = set()
+
+
+def warm_previews(store: ObjectStore, items: list[ManifestItem]) -> None:
+    """Render the previews of an upload's large images now, one after another, after the
+    upload has answered: the first annotator to open one need not wait for it. Best effort;
+    a preview not made here is made on first use."""
+    large = [i.blob for i in items if max(i.width or 0, i.height or 0) > PREVIEW_SIZE * 1.25]
+    if not large:
+        return
+
+    async def warm() -> None:
+        for blob in dict.fromkeys(large):
+            try:
+                await thumbnail_bytes(store, blob, PREVIEW_SIZE)
+            except Exception:  # noqa: BLE001 - made on first use instead
+                log.debug("preview of %s not made ahead", blob, exc_info=True)
+
+    task = asyncio.get_running_loop().create_task(warm())
+    _warming.add(task)  # held, so the task is not collected before it ends
+    task.add_done_callback(_warming.discard)
+
+
 async def _thumbnail(request: Request, sha256: str, asked: int) -> Response:
     size = next(s for s in THUMB_SIZES if s >= asked)
     etag = f'"{sha256}-{size}"'
     cached = _not_modified(request, etag)
     if cached is not None:
         return cached
-    store = get_runtime(request).store
-    key = f"thumbnails/{size}/{sha256[:2]}/{sha256}.jpg"
-    try:
-        body = await store.read_bytes(key)
-    except (ObjectNotFound, FileNotFoundError):
-        original = await store.read_bytes(blob_key(sha256))
-        body = await asyncio.to_thread(render_thumbnail, original, size)
-        await store.put(key, body)  # the same bytes whoever writes first: a race is harmless
+    body = await thumbnail_bytes(get_runtime(request).store, sha256, size)
     return Response(
         body, media_type="image/jpeg", headers={"etag": etag, "cache-control": IMMUTABLE}
     )
