@@ -108,7 +108,7 @@ def seed(url: str) -> dict[str, str]:
             headers=engineer,
         )
         assert r.status_code == 201, r.text
-        r = http.post("/api/training/v1/teams", json={"name": "vision"}, headers=admin)
+        r = http.post("/api/training/v1/teams", json={"name": "default"}, headers=admin)
         assert r.status_code == 201, r.text
         # A small grid search (two trials) whose ranking the run page shows.
         r = http.post(
@@ -117,7 +117,7 @@ def seed(url: str) -> dict[str, str]:
                 "base": {
                     "template": "image-cnn",
                     "params": {"epochs": 3, "image_size": 8, "batch_size": 8, "image_mode": "L"},
-                    "team": "vision",
+                    "team": "default",  # the team the development sign-in puts everyone in
                     "model_name": "shapes-search",
                     "dataset": {"dataset_id": ds["id"]},
                 },
