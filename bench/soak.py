@@ -598,7 +598,7 @@ class Load:
         self.train_dataset = train["id"]
         self.train_version = await self._training_version()
         await c.must("setup", lambda k: k.training.ensure_team("soak"))
-        await c.must("setup", lambda k: k.registry.create_model(self.trained_model))
+        await c.must("setup", lambda k: k.registry.create_model(self.trained_model, team="soak"))
         self.model = f"soak-{self.run}-tab"
         self.endpoint = f"soak-{self.run}"
         await c.must("setup", lambda k: k.registry.create_model(self.model))
