@@ -9,20 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.orm import aliased
-from sqlmodel import col, exists, select
+from sqlmodel import col, select
 
 from kiln_annotation.models import Task, TaskStatus
+from kiln_annotation.workflow import took_a_copy
 from kiln_core.service import ServiceRuntime
 
 
 async def up_next(runtime: ServiceRuntime, leased: Task, annotator: str) -> list[dict[str, Any]]:
-    sibling: Any = aliased(Task)
-    took_sibling = exists().where(
-        sibling.group_id == Task.group_id,
-        sibling.id != Task.id,
-        sibling.assignee == annotator,
-    )
     query = (
         select(Task.items)
         .where(
@@ -30,7 +24,7 @@ async def up_next(runtime: ServiceRuntime, leased: Task, annotator: str) -> list
             Task.status == TaskStatus.queued,
             Task.id != leased.id,
             Task.group_id != leased.group_id,
-            ~took_sibling,
+            ~took_a_copy(annotator),
         )
         .order_by(col(Task.priority).desc(), col(Task.created_at), col(Task.id))
         .limit(1)

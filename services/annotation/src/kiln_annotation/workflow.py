@@ -159,6 +159,17 @@ async def get_task(session: AsyncSession, task_id: str, *, lock: bool = False) -
     return task
 
 
+def took_a_copy(annotator: str) -> Any:
+    """Whether ``annotator`` holds another copy of a task's items (overlap: one annotator
+    never takes two copies of the same items)."""
+    sibling: Any = aliased(Task)  # an alias's columns are SQL expressions, not str
+    return exists().where(
+        sibling.group_id == Task.group_id,
+        sibling.id != Task.id,
+        sibling.assignee == annotator,
+    )
+
+
 async def lease_next(runtime: ServiceRuntime, project_id: str, annotator: str) -> Task | None:
     """The annotator's current task, or the next one by priority; None when nothing is left.
 
@@ -186,13 +197,7 @@ async def lease_next(runtime: ServiceRuntime, project_id: str, annotator: str) -
                 task.lease_expires_at = now + timedelta(seconds=project.lease_seconds)
                 session.add(task)
                 return task
-        sibling: Any = aliased(Task)  # an alias's columns are SQL expressions, not str
-        # Overlap: one annotator never takes two copies of the same items.
-        took_sibling = exists().where(
-            sibling.group_id == Task.group_id,
-            sibling.id != Task.id,
-            sibling.assignee == annotator,
-        )
+        took_sibling = took_a_copy(annotator)
         order = (col(Task.priority).desc(), col(Task.created_at), col(Task.id))
         # Two index range reads (ix_tasks_queue, ix_tasks_lease_expiry), not one OR that makes
         # the database sort every task of the project: the first waiting task, and the first

@@ -20,7 +20,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from kiln_core.auth import Admin, Principal, Reader, require_roles
 from kiln_core.catalog import TeamMembershipChanged, TeamUpdated
 from kiln_core.db import utcnow
-from kiln_core.errors import Conflict, Forbidden, NotFound, QuotaExceeded, ValidationFailed
+from kiln_core.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from kiln_core.http import Limit, Offset, SessionDep, get_runtime
 from kiln_core.teams import (
     MANAGERS,
@@ -32,6 +32,7 @@ from kiln_core.teams import (
     record_operation,
     team_for_new,
     visible_teams,
+    within,
 )
 from kiln_training import lifecycle, search
 from kiln_training.executor import queue_view
@@ -57,6 +58,7 @@ from kiln_training.models import (
     TriggerUpdate,
 )
 from kiln_training.templates import TEMPLATES, get_template
+from kiln_training.triggers import trigger_team
 
 router = APIRouter(prefix="/v1", tags=["training"])
 
@@ -319,8 +321,7 @@ async def _require_team(session: AsyncSession, name: str, who: Principal) -> Tea
 async def _within_limit(session: AsyncSession, team: Team, adding: int = 1) -> None:
     """Refuse a submission past the team's cap on unfinished jobs. The team's row is locked
     (on PostgreSQL) by :func:`_require_team`, so concurrent submissions count one by one."""
-    limit = (team.limits or {}).get("jobs")
-    if limit is None:
+    if "jobs" not in (team.limits or {}):
         return
     usage = (
         await session.exec(
@@ -331,14 +332,7 @@ async def _within_limit(session: AsyncSession, team: Team, adding: int = 1) -> N
             )
         )
     ).one()
-    if usage + adding > limit:
-        raise QuotaExceeded(
-            f"team {team.name} has {usage} unfinished jobs of its limit {limit}",
-            quota="jobs",
-            team=team.name,
-            usage=usage,
-            limit=limit,
-        )
+    within(team.limits, "jobs", team.name, usage, adding)
 
 
 @router.post(
@@ -583,11 +577,6 @@ async def get_search(job_id: str, session: SessionDep, _who: Reader) -> dict[str
 
 
 # --- triggers -----------------------------------------------------------------------------------
-
-
-def trigger_team(trigger: Trigger) -> str:
-    """The team a rule's jobs are submitted under (it owns the rule)."""
-    return str(trigger.job.get("spec", {}).get("team", ""))
 
 
 def _trigger_public(trigger: Trigger) -> TriggerPublic:

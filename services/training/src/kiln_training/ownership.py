@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kiln_core.teams import Owner, OwnerLookup, missing
-from kiln_training.api import trigger_team
 from kiln_training.models import Team, TrainingJob, Trigger
+from kiln_training.triggers import trigger_team
 
 
 async def job_owner(session: AsyncSession, job_id: str) -> Owner:

@@ -39,6 +39,11 @@ def trigger_job(trigger: Trigger, version: KnownVersion) -> JobCreate:
     )
 
 
+def trigger_team(trigger: Trigger) -> str:
+    """The team a rule's jobs are submitted under (it owns the rule)."""
+    return str(trigger.job.get("spec", {}).get("team", ""))
+
+
 async def fire_triggers(session: AsyncSession, version: KnownVersion) -> list[TrainingJob]:
     """Submit the job of every enabled rule on ``version``'s dataset that has not fired for it."""
     rules = (
@@ -61,7 +66,7 @@ async def fire_triggers(session: AsyncSession, version: KnownVersion) -> list[Tr
         ).first()
         if fired is not None:
             continue
-        team = str(rule.job.get("spec", {}).get("team", ""))
+        team = trigger_team(rule)
         usable = team == version.team or team in (version.shared_with or [])
         if not usable and not rule.job.get("any_dataset", True):
             log.warning(
